@@ -1,0 +1,248 @@
+import numpy as np
+import pytest
+
+from videoar.eval.long_horizon import baselines, format_table, segment_table
+from videoar.eval.metrics import frame_difference_energy, intensity_histogram_distance, psnr, ssim
+from videoar.eval.objects import compare_objects, detect_objects
+
+PALETTE = np.array(
+    [
+        [1.0, -1.0, -1.0],  # red
+        [-1.0, 1.0, -1.0],  # green
+        [-1.0, -1.0, 1.0],  # blue
+        [1.0, 1.0, -1.0],  # yellow
+        [1.0, -1.0, 1.0],  # magenta
+        [-1.0, 1.0, 1.0],  # cyan
+    ]
+)
+SIZE = 32
+HALF_EXTENT = 3.5
+
+
+def draw_frame(objects, size=SIZE):
+    """objects: (centre_row, centre_col, rgb, shape) with shape "square" or "disc"."""
+    frame = np.full((size, size, 3), -1.0)
+    rows, cols = np.mgrid[0:size, 0:size]
+    for row, col, rgb, shape in objects:
+        if shape == "square":
+            inside = (np.abs(rows - row) <= HALF_EXTENT) & (np.abs(cols - col) <= HALF_EXTENT)
+        else:
+            inside = (rows - row) ** 2 + (cols - col) ** 2 <= HALF_EXTENT**2
+        frame[inside] = rgb
+    return frame
+
+
+def moving_clip(num_frames, color_ids):
+    """One clip of two objects in straight-line motion: frames [F, H, W, 3], positions [F, 2, 2]."""
+    t = np.arange(num_frames, dtype=np.float64)
+    positions = np.stack(
+        [np.stack([8.0 + 0.5 * t, 10.0 + 0.3 * t], -1), np.stack([22.0 - 0.2 * t, 24.0 - 0.4 * t], -1)],
+        axis=1,
+    )
+    frames = np.stack(
+        [
+            draw_frame([(*positions[f, k], PALETTE[color_ids[k]], ("square", "disc")[k]) for k in range(2)])
+            for f in range(num_frames)
+        ]
+    )
+    return frames, positions
+
+
+def reference_ssim(x, y, data_range):
+    """Straightforward per-pixel SSIM: every valid window position and channel, one at a time."""
+    size, sigma = 7, 1.5
+    offsets = np.arange(size) - (size - 1) / 2
+    taps = np.exp(-(offsets**2) / (2 * sigma**2))
+    window = np.outer(taps, taps) / np.outer(taps, taps).sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    values = []
+    for channel in range(x.shape[-1]):
+        for i in range(x.shape[0] - size + 1):
+            for j in range(x.shape[1] - size + 1):
+                a = x[i : i + size, j : j + size, channel]
+                b = y[i : i + size, j : j + size, channel]
+                mu_a, mu_b = np.sum(window * a), np.sum(window * b)
+                var_a = np.sum(window * (a - mu_a) ** 2)
+                var_b = np.sum(window * (b - mu_b) ** 2)
+                cov = np.sum(window * (a - mu_a) * (b - mu_b))
+                values.append(
+                    (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+                )
+    return np.mean(values)
+
+
+def test_psnr_is_infinite_for_identical_frames_and_falls_with_noise():
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(-1, 1, (2, 3, 8, 8, 3))
+    assert psnr(frames, frames).shape == (2, 3)
+    assert np.all(psnr(frames, frames) == np.inf)
+    noise = rng.normal(size=frames.shape)
+    scores = [psnr(frames + scale * noise, frames).mean() for scale in (0.01, 0.1, 0.5)]
+    assert scores[0] > scores[1] > scores[2]
+    # A constant error of 0.1 on a range of 2: 10 log10(4 / 0.01).
+    np.testing.assert_allclose(psnr(frames + 0.1, frames), 10 * np.log10(400.0))
+
+
+def test_ssim_is_one_for_identical_frames_and_falls_with_noise():
+    frames, _ = moving_clip(4, [0, 2])
+    np.testing.assert_allclose(ssim(frames, frames), 1.0, atol=1e-12)
+    noise = np.random.default_rng(1).normal(size=frames.shape)
+    scores = [ssim(frames + scale * noise, frames) for scale in (0.05, 0.2, 0.8)]
+    assert scores[0].shape == (4,)
+    assert np.all(scores[0] < 1.0)
+    assert np.all(scores[0] > scores[1]) and np.all(scores[1] > scores[2])
+
+
+def test_ssim_matches_per_pixel_loop():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (11, 12, 2))
+    y = np.clip(x + 0.3 * rng.normal(size=x.shape), -1, 1)
+    assert abs(ssim(x, y) - reference_ssim(x, y, 2.0)) < 1e-6
+    assert abs(ssim(x, y, data_range=1.0) - reference_ssim(x, y, 1.0)) < 1e-6
+
+
+def test_drift_statistics():
+    clip, _ = moving_clip(5, [0, 2])
+    static = np.repeat(clip[:1], 3, axis=0)
+    np.testing.assert_allclose(intensity_histogram_distance(static, clip[:1]), 0.0, atol=1e-12)
+    # Moving objects rasterise to slightly different pixel counts, nothing more.
+    assert np.all(intensity_histogram_distance(clip, clip) < 0.01)
+    empty = np.full_like(clip, -1.0)
+    distance = intensity_histogram_distance(empty, clip)
+    assert distance.shape == (5,)
+    # Empty frames keep all their mass in the lowest bin; the clip moves a fraction to the top bin.
+    np.testing.assert_allclose(distance, 2 * np.mean(clip == 1.0))
+    # Overshooting values land in the edge bins rather than vanishing from the histogram.
+    np.testing.assert_allclose(intensity_histogram_distance(empty - 0.5, empty), 0.0, atol=1e-12)
+
+    energy = frame_difference_energy(clip[None])
+    assert energy.shape == (1, 4)
+    assert np.all(energy > 0)
+    np.testing.assert_allclose(frame_difference_energy(np.repeat(clip[:1], 3, axis=0)), 0.0)
+    step = np.stack([empty[0], empty[0] + 0.5])
+    np.testing.assert_allclose(frame_difference_energy(step), [0.25])
+
+
+def test_detect_objects_finds_centroids_and_nothing_else():
+    red_centre, blue_centre = (8.2, 9.7), (22.0, 20.5)
+    frame = draw_frame([(*red_centre, PALETTE[0], "square"), (*blue_centre, PALETTE[2], "disc")])
+    frame[30, 1] = PALETTE[1]  # a stray pixel, below min_pixels
+    frame[0, 30] = [0.0, 0.0, 0.0]  # far from every colour: belongs to none
+    detected = detect_objects(np.stack([frame, frame])[None], PALETTE)
+
+    assert detected["present"].shape == (1, 2, 6)
+    assert detected["centroid"].shape == (1, 2, 6, 2)
+    assert detected["mean_color"].shape == (1, 2, 6, 3)
+    present = detected["present"][0, 0]
+    assert present.tolist() == [True, False, True, False, False, False]
+    centroid = detected["centroid"][0, 0]
+    assert np.linalg.norm(centroid[0] - red_centre) < 0.5
+    assert np.linalg.norm(centroid[2] - blue_centre) < 0.5
+    assert np.all(np.isnan(centroid[~present]))
+    blue_pixels = int(np.all(frame == PALETTE[2], axis=-1).sum())
+    assert detected["pixel_count"][0, 0].tolist() == [49, 1, blue_pixels, 0, 0, 0]
+    np.testing.assert_allclose(detected["mean_color"][0, 0, [0, 2]], PALETTE[[0, 2]])
+
+
+def test_compare_objects_counts_lost_invented_and_drift():
+    red, blue, green = (8.0, 9.0), (22.0, 20.0), (15.0, 26.0)
+    frames = np.stack(
+        [
+            draw_frame([(*red, PALETTE[0], "square"), (*blue, PALETTE[2], "disc")]),
+            draw_frame([(*red, PALETTE[0], "square")]),  # blue lost
+            draw_frame(
+                [(*red, PALETTE[0], "square"), (*blue, PALETTE[2], "disc"), (*green, PALETTE[1], "square")]
+            ),  # green invented
+            draw_frame([]),  # everything lost
+            draw_frame([(*red, PALETTE[0] + [0, 0.2, 0], "square"), (*blue, PALETTE[2], "disc")]),  # red drifted
+        ]
+    )[None]
+    positions = np.broadcast_to(np.array([red, blue]), (1, 5, 2, 2))
+    result = compare_objects(detect_objects(frames, PALETTE), positions, np.array([[0, 2]]), PALETTE)
+
+    assert result["lost"].tolist() == [[0, 1, 0, 2, 0]]
+    assert result["invented"].tolist() == [[0, 0, 1, 0, 0]]
+    errors = result["position_error"][0]
+    assert np.all(errors[[0, 1, 2, 4]] < 0.5) and np.isnan(errors[3])
+    drift = result["color_drift"][0]
+    np.testing.assert_allclose(drift[[0, 1, 2]], 0.0, atol=1e-12)
+    np.testing.assert_allclose(drift[4], 0.1)  # mean over the two found objects of 0.2 and 0
+    assert np.isnan(drift[3])
+
+
+def test_compare_objects_aligns_per_clip_color_ids_with_the_clip_axis():
+    # B == F == 2, so aligning per-clip ids [B, K] with the frame axis would silently be wrong.
+    color_ids = np.array([[0, 2], [1, 3]])
+    clips = [moving_clip(2, ids) for ids in color_ids]
+    frames = np.stack([frames for frames, _ in clips])
+    positions = np.stack([positions for _, positions in clips])
+    result = compare_objects(detect_objects(frames, PALETTE), positions, color_ids, PALETTE)
+    assert result["lost"].tolist() == [[0, 0], [0, 0]]
+    assert result["invented"].tolist() == [[0, 0], [0, 0]]
+    assert np.all(result["position_error"] < 0.5)
+
+    with pytest.raises(ValueError, match="true_color_ids"):
+        compare_objects(detect_objects(frames, PALETTE), positions, color_ids[:, :1], PALETTE)
+
+
+def test_segment_table_splits_and_localises_a_late_perturbation():
+    truth = np.stack([moving_clip(24, ids)[0] for ids in ([0, 2], [3, 5])])
+    rng = np.random.default_rng(3)
+    generated = truth + 0.01 * rng.normal(size=truth.shape)
+    generated[:, 16:] += 0.3 * rng.normal(size=generated[:, 16:].shape)
+    rows = segment_table(generated, truth, segment_len=8)
+
+    assert [row["segment"] for row in rows] == ["0-7", "8-15", "16-23"]
+    assert [row["frames"] for row in rows] == [8, 8, 8]
+    assert set(rows[0]) == {"segment", "frames", "psnr", "ssim"}
+    assert abs(rows[0]["psnr"] - rows[1]["psnr"]) < 0.5
+    assert rows[2]["psnr"] < rows[1]["psnr"] - 10
+    assert rows[2]["ssim"] < rows[1]["ssim"]
+
+
+def test_segment_table_keeps_a_partial_last_segment_and_reports_objects():
+    color_ids = np.array([[0, 2], [3, 5]])
+    clips = [moving_clip(20, ids) for ids in color_ids]
+    truth = np.stack([frames for frames, _ in clips])
+    positions = np.stack([positions for _, positions in clips])
+    generated = truth.copy()
+    generated[:, 16:] = -1.0  # the model loses everything in the last segment
+    rows = segment_table(generated, truth, segment_len=8, positions=positions, color_ids=color_ids, palette=PALETTE)
+
+    assert [(row["segment"], row["frames"]) for row in rows] == [("0-7", 8), ("8-15", 8), ("16-19", 4)]
+    for row in rows[:2]:
+        assert row["psnr"] == np.inf and row["ssim"] == pytest.approx(1.0)
+        assert row["position_error"] < 0.5
+        assert row["lost"] == 0 and row["invented"] == 0 and row["color_drift"] == pytest.approx(0.0)
+    assert rows[2]["lost"] == 2 and rows[2]["invented"] == 0
+    assert np.isnan(rows[2]["position_error"]) and np.isnan(rows[2]["color_drift"])
+
+    with pytest.raises(ValueError, match="together"):
+        segment_table(generated, truth, segment_len=8, positions=positions)
+
+
+def test_baselines_shapes_and_values():
+    context = np.random.default_rng(4).uniform(-1, 1, (2, 3, 32, 32, 3)).astype(np.float32)
+    result = baselines(context, 10)
+    assert set(result) == {"copy_last", "background"}
+    for frames in result.values():
+        assert frames.shape == (2, 10, 32, 32, 3) and frames.dtype == np.float32
+    np.testing.assert_array_equal(result["copy_last"], np.broadcast_to(context[:, -1:], (2, 10, 32, 32, 3)))
+    assert np.all(result["background"] == -1.0)
+
+
+def test_format_table_names_every_method_segment_and_metric():
+    truth = np.stack([moving_clip(12, [0, 2])[0]])
+    context = truth[:, :1]
+    continuation = truth[:, 1:]
+    tables = {"model": segment_table(continuation + 0.05, continuation, segment_len=4)}
+    for name, frames in baselines(context, continuation.shape[1]).items():
+        tables[name] = segment_table(frames, continuation, segment_len=4)
+    text = format_table(tables)
+
+    for word in ("model", "copy_last", "background", "0-3", "4-7", "8-10", "PSNR", "SSIM"):
+        assert word in text
+    psnr_block = text.split("\n\n")[0].splitlines()
+    assert len(psnr_block) == 3 + len(tables)  # title, header, rule, one line per method
+    model_line = next(line for line in psnr_block if line.startswith("model"))
+    assert f"{tables['model'][0]['psnr']:.2f}" in model_line

@@ -1,0 +1,121 @@
+"""Attention masks as small hashable values at frame granularity.
+
+A mask spec says which key frames each query frame may attend to. Every spec is a frozen
+dataclass (hashable, so it can be a static argument of a jitted function) with
+`frame_mask()`: a static numpy [Fq, Fk] bool array, and `to_dense(tokens_per_frame)`: the
+token-level [Fq*T, Fk*T] form used by the reference attention. Frames are grouped into chunks
+of `chunk` frames: frames of one chunk are generated together, so they see each other.
+
+Layouts:
+  BlockCausal(n)         frame i sees frames in chunks <= chunk(i)   (Diffusion Forcing, cache writes)
+  TeacherForcing(n)      2n frames [history x^1..x^n ; noisy x_t^1..x_t^n]: history i sees history
+                         in chunks <= chunk(i); noisy i sees history in chunks < chunk(i) and the
+                         noisy frames of its own chunk, never another chunk's noisy frames.
+  Full(n)                every frame sees every frame (bidirectional teacher, cached sampling).
+  SlidingWindow(n, w, s) block-causal restricted to the last w chunks, plus the first s sink frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+def _check_positive(name: str, value: int) -> None:
+  if value < 1:
+    raise ValueError(f"{name}={value} must be >= 1")
+
+
+class MaskSpec:
+  """Base of the mask specs: subclasses define `frame_mask`."""
+
+  num_frames: int
+
+  def frame_mask(self) -> np.ndarray:
+    raise NotImplementedError
+
+  def to_dense(self, tokens_per_frame: int) -> np.ndarray:
+    t = tokens_per_frame
+    return np.repeat(np.repeat(self.frame_mask(), t, axis=0), t, axis=1)
+
+  def block_sparsity(self) -> float:
+    """Fraction of (query frame, key frame) blocks that are empty."""
+    return 1.0 - float(self.frame_mask().mean())
+
+
+def _chunk_ids(num_frames: int, chunk: int) -> np.ndarray:
+  return np.arange(num_frames) // chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCausal(MaskSpec):
+  num_frames: int
+  chunk: int = 1
+
+  def __post_init__(self):
+    _check_positive("num_frames", self.num_frames)
+    _check_positive("chunk", self.chunk)
+
+  def frame_mask(self) -> np.ndarray:
+    c = _chunk_ids(self.num_frames, self.chunk)
+    return c[:, None] >= c[None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherForcing(MaskSpec):
+  """The 2N layout; `num_frames` is N (the video length), the sequence holds 2N frames."""
+
+  num_frames: int
+  chunk: int = 1
+
+  def __post_init__(self):
+    _check_positive("num_frames", self.num_frames)
+    _check_positive("chunk", self.chunk)
+
+  def frame_mask(self) -> np.ndarray:
+    c = _chunk_ids(self.num_frames, self.chunk)
+    history_sees_history = c[:, None] >= c[None, :]
+    noisy_sees_history = c[:, None] > c[None, :]
+    noisy_sees_noisy = c[:, None] == c[None, :]
+    none = np.zeros_like(history_sees_history)
+    return np.block([[history_sees_history, none], [noisy_sees_history, noisy_sees_noisy]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Full(MaskSpec):
+  """`num_kv_frames` (default: square) lets a chunk of queries see a KV cache plus itself."""
+
+  num_frames: int
+  num_kv_frames: int | None = None
+
+  def __post_init__(self):
+    _check_positive("num_frames", self.num_frames)
+
+  def frame_mask(self) -> np.ndarray:
+    kv = self.num_frames if self.num_kv_frames is None else self.num_kv_frames
+    return np.ones((self.num_frames, kv), bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlidingWindow(MaskSpec):
+  """Block-causal over the last `window` chunks (own chunk included) plus `sink` first frames."""
+
+  num_frames: int
+  window: int
+  sink: int = 0
+  chunk: int = 1
+
+  def __post_init__(self):
+    _check_positive("num_frames", self.num_frames)
+    _check_positive("window", self.window)
+    _check_positive("chunk", self.chunk)
+    if self.sink < 0:
+      raise ValueError(f"sink={self.sink} must be >= 0")
+
+  def frame_mask(self) -> np.ndarray:
+    c = _chunk_ids(self.num_frames, self.chunk)
+    causal = c[:, None] >= c[None, :]
+    recent = c[:, None] - c[None, :] < self.window
+    is_sink = np.arange(self.num_frames)[None, :] < self.sink
+    return causal & (recent | is_sink)

@@ -1,0 +1,140 @@
+"""Track the coloured objects of the bouncing world in frames and compare them with the truth.
+
+Every object in a bouncing-world clip has its own palette colour, so a colour identifies an object:
+detection segments each frame by nearest palette colour, and comparison looks the true objects up
+by their colour ids. Coordinates are (row, col) in pixels with the centre of pixel [i, j] at
+(i, j), the array-index convention.
+"""
+
+import numpy as np
+
+BACKGROUND_VALUE = -1.0
+
+
+def detect_objects(
+    frames: np.ndarray, palette: np.ndarray, color_tol: float = 0.5, min_pixels: int = 3
+) -> dict[str, np.ndarray]:
+    """Find each palette colour's blob in every frame.
+
+    A pixel belongs to palette colour p when p is its nearest colour among the palette and the
+    background (all channels BACKGROUND_VALUE) and lies within color_tol of it (Euclidean, RGB);
+    pixels far from every colour belong to nothing. A colour is present when at least min_pixels
+    pixels belong to it, which ignores stray pixels of noise.
+
+    Args:
+      frames: [..., H, W, 3] in [-1, 1].
+      palette: [P, 3].
+
+    Returns a dict, with [...] the leading axes of frames:
+      present: bool [..., P].
+      centroid: float [..., P, 2], mean (row, col) of the colour's pixels; NaN where not present.
+      pixel_count: int [..., P], pixels of that colour (also counted below min_pixels).
+      mean_color: float [..., P, 3], mean RGB of the colour's pixels; NaN where not present.
+    """
+    values = np.asarray(frames, np.float64)
+    palette = np.asarray(palette, np.float64)
+    height, width = values.shape[-3:-1]
+
+    # Nearest colour per pixel, one candidate at a time so memory stays at a few [..., H, W] arrays.
+    nearest_distance_sq = np.sum(np.square(values - BACKGROUND_VALUE), axis=-1)
+    nearest_index = np.full(nearest_distance_sq.shape, -1)
+    for index, colour in enumerate(palette):
+        distance_sq = np.sum(np.square(values - colour), axis=-1)
+        closer = distance_sq < nearest_distance_sq
+        nearest_index[closer] = index
+        nearest_distance_sq = np.where(closer, distance_sq, nearest_distance_sq)
+    assigned = np.where(nearest_distance_sq <= color_tol**2, nearest_index, -1)
+
+    rows = np.arange(height, dtype=np.float64)
+    cols = np.arange(width, dtype=np.float64)
+    counts, row_sums, col_sums, colour_sums = [], [], [], []
+    for index in range(len(palette)):
+        mask = (assigned == index).astype(np.float64)
+        counts.append(mask.sum(axis=(-2, -1)))
+        row_sums.append(np.einsum("...hw,h->...", mask, rows))
+        col_sums.append(np.einsum("...hw,w->...", mask, cols))
+        colour_sums.append(np.einsum("...hw,...hwc->...c", mask, values))
+    pixel_count = np.stack(counts, axis=-1)
+    present = pixel_count >= min_pixels
+    denominator = np.where(present, pixel_count, np.nan)
+    centroid = np.stack([np.stack(row_sums, -1), np.stack(col_sums, -1)], axis=-1) / denominator[..., None]
+    mean_color = np.stack(colour_sums, axis=-2) / denominator[..., None]
+    return {
+        "present": present,
+        "centroid": centroid,
+        "pixel_count": pixel_count.astype(np.int64),
+        "mean_color": mean_color,
+    }
+
+
+def _align_color_ids(true_color_ids: np.ndarray, frame_shape: tuple[int, ...], num_objects: int) -> np.ndarray:
+    """Broadcast colour ids given per clip (or once for all) to one set per frame, frame_shape + [K].
+
+    Unlike numpy's trailing alignment, the ids' leading axes are matched to the *first* frame axes:
+    ids [B, K] with frames [B, F] apply clip b's ids to all of its F frames.
+    """
+    ids = np.asarray(true_color_ids).astype(np.int64)
+    leading = ids.shape[:-1]
+    if ids.ndim == 0 or ids.shape[-1] != num_objects or leading != frame_shape[: len(leading)]:
+        raise ValueError(
+            f"true_color_ids must be [..., K={num_objects}] with leading axes a prefix of the frame axes "
+            f"{frame_shape}, got {ids.shape}"
+        )
+    per_frame = ids.reshape(leading + (1,) * (len(frame_shape) - len(leading)) + (num_objects,))
+    return np.broadcast_to(per_frame, frame_shape + (num_objects,))
+
+
+def compare_objects(
+    detected: dict[str, np.ndarray],
+    true_positions: np.ndarray,
+    true_color_ids: np.ndarray,
+    palette: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Compare detected objects with the true ones, frame by frame.
+
+    Shapes, with [S] the leading frame axes of `detected` (e.g. [B, F]) and K objects:
+      detected: the output of detect_objects on frames [S, H, W, 3].
+      true_positions: [S, K, 2], true (row, col) centres.
+      true_color_ids: [K], [B, K] or [S, K]: palette index of each object, given once, per clip or
+        per frame; the ids' leading axes must be the first axes of [S] and are repeated over the
+        rest (so per-clip ids [B, K] serve frames [B, F]). Objects of one clip have distinct ids.
+      palette: [P, 3], the palette detection used.
+
+    Returns a dict of [S] arrays:
+      position_error: mean distance in pixels of the found true objects' centroids from their true
+        centres; NaN where no true object was found.
+      lost: int, true objects whose colour is not present.
+      invented: int, present colours that belong to no true object.
+      color_drift: mean Euclidean RGB distance of the found objects' mean colour from their palette
+        colour; NaN where none was found. Only drift within detect_objects' color_tol is visible
+        here: beyond it an object counts as lost (and maybe invented as another colour).
+    """
+    present = detected["present"]
+    frame_shape = present.shape[:-1]
+    num_colours = present.shape[-1]
+    positions = np.asarray(true_positions, np.float64)
+    if positions.ndim < 2 or positions.shape[:-2] != frame_shape or positions.shape[-1] != 2:
+        raise ValueError(f"true_positions must be {frame_shape} + [K, 2], got {positions.shape}")
+    num_objects = positions.shape[-2]
+    ids = _align_color_ids(true_color_ids, frame_shape, num_objects)
+    if ids.size and (ids.min() < 0 or ids.max() >= num_colours):
+        raise ValueError(f"true_color_ids must index the {num_colours} palette colours, got {np.unique(ids)}")
+
+    found = np.take_along_axis(present, ids, axis=-1)
+    num_found = found.sum(axis=-1)
+    found_centroids = np.take_along_axis(detected["centroid"], ids[..., None], axis=-2)
+    found_colours = np.take_along_axis(detected["mean_color"], ids[..., None], axis=-2)
+    true_colours = np.asarray(palette, np.float64)[ids]
+    centre_distance = np.where(found, np.linalg.norm(found_centroids - positions, axis=-1), 0.0)
+    colour_distance = np.where(found, np.linalg.norm(found_colours - true_colours, axis=-1), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        position_error = np.where(num_found > 0, centre_distance.sum(axis=-1) / num_found, np.nan)
+        color_drift = np.where(num_found > 0, colour_distance.sum(axis=-1) / num_found, np.nan)
+
+    is_true_colour = (ids[..., None] == np.arange(num_colours)).any(axis=-2)
+    return {
+        "position_error": position_error,
+        "lost": (num_objects - num_found).astype(np.int64),
+        "invented": (present & ~is_true_colour).sum(axis=-1).astype(np.int64),
+        "color_drift": color_drift,
+    }

@@ -1,0 +1,27 @@
+"""A bidirectional video model (the Self Forcing teacher): full attention, one t per video."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from videoar.attention import masks
+from videoar.diffusion import flow
+from videoar.forcing import common
+from videoar.models import dit
+
+
+def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
+            cond_drop_prob: float, step=None):
+  del chunk, step
+  cond_rng, time_rng, noise_rng = jax.random.split(rng, 3)
+  labels, actions = common.conditioning(model, batch, cond_rng, cond_drop_prob)
+  video = batch["video"]
+  b, n = video.shape[:2]
+  t_bf = jnp.broadcast_to(flow.sample_time(time_rng, (b, 1), time_shift), (b, n))
+  eps = jax.random.normal(noise_rng, video.shape)
+  v, _ = model.apply(params, flow.interpolate(video, eps, t_bf), t_bf,
+                     frame_pos_f=jnp.arange(n, dtype=jnp.int32), mask=masks.Full(n),
+                     labels_b=labels, actions_bf=actions)
+  loss = common.mse(v, flow.velocity_target(video, eps))
+  return loss, {"loss": loss}

@@ -1,0 +1,45 @@
+"""Teacher Forcing: all frames trained in one pass over the 2N layout [history ; noisy frames].
+
+Noisy frame i sees the history before its chunk and the noisy frames of its own chunk
+(masks.TeacherForcing). The history is the clean video here; Resampling Forcing passes its
+degraded history to the same `history_conditioned_loss`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from videoar.attention import masks
+from videoar.diffusion import flow
+from videoar.forcing import common
+from videoar.models import dit
+
+
+def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc, labels,
+                             actions, rng, *, chunk: int, time_shift: float):
+  """Flow-matching loss of every frame of `video`, each conditioned on `history` before it."""
+  b, n = video_bfhwc.shape[:2]
+  time_rng, noise_rng = jax.random.split(rng)
+  t_bf = common.per_chunk_time(time_rng, b, n, chunk, time_shift)
+  eps = jax.random.normal(noise_rng, video_bfhwc.shape)
+  x_t = flow.interpolate(video_bfhwc, eps, t_bf)
+  sequence = jnp.concatenate([history_bfhwc, x_t], axis=1)
+  t_sequence = jnp.concatenate([jnp.zeros_like(t_bf), t_bf], axis=1)
+  frame_pos = jnp.tile(jnp.arange(n, dtype=jnp.int32), 2)
+  if actions is not None:
+    actions = jnp.tile(actions, (1, 2))
+  v, _ = model.apply(params, sequence, t_sequence, frame_pos_f=frame_pos,
+                     mask=masks.TeacherForcing(n, chunk), labels_b=labels, actions_bf=actions)
+  loss = common.mse(v[:, n:], flow.velocity_target(video_bfhwc, eps))
+  return loss, {"loss": loss}
+
+
+def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
+            cond_drop_prob: float, step=None):
+  del step
+  cond_rng, loss_rng = jax.random.split(rng)
+  labels, actions = common.conditioning(model, batch, cond_rng, cond_drop_prob)
+  video = batch["video"]
+  return history_conditioned_loss(model, params, video, video, labels, actions, loss_rng,
+                                  chunk=chunk, time_shift=time_shift)

@@ -1,0 +1,122 @@
+"""CausalDiT: a diffusion transformer over frames of patch tokens.
+
+One class serves causal and bidirectional use: the mask spec passed at call time decides who sees
+whom. Every frame has its own timestep, which modulates its tokens (AdaLN-zero).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from videoar.attention import masks
+from videoar.models import kv_cache as kv_cache_lib
+from videoar.models import layers
+
+
+class Block(nn.Module):
+  width: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  attention_impl: str = "auto"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bftd, cond_bfd, **attention_kwargs):
+    mod = nn.Dense(6 * self.width, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                   name="adaln")(nn.silu(cond_bfd))
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
+    norm = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name=name)
+    h = layers.modulate(norm("attn_norm")(x_bftd), shift_a, scale_a)
+    h, new_kv = layers.Attention(self.num_heads, self.attention_impl, self.dtype, name="attn")(
+        h, **attention_kwargs)
+    x_bftd = x_bftd + gate_a[:, :, None] * h
+    h = layers.modulate(norm("mlp_norm")(x_bftd), shift_m, scale_m)
+    h = nn.Dense(int(self.width * self.mlp_ratio), dtype=self.dtype, name="mlp_in")(h)
+    h = nn.Dense(self.width, dtype=self.dtype, name="mlp_out")(nn.gelu(h))
+    return x_bftd + gate_m[:, :, None] * h, new_kv
+
+
+class CausalDiT(nn.Module):
+  """Predicts the flow velocity of every frame.
+
+  Attributes:
+    patch: side of the square patches; the frame side must be a multiple.
+    num_classes: > 0 adds a class-label embedding (id num_classes is the null label for CFG).
+    num_actions: > 0 adds a per-frame action embedding (id num_actions is the null action).
+  """
+
+  patch: int = 4
+  width: int = 128
+  depth: int = 4
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  num_classes: int = 0
+  num_actions: int = 0
+  attention_impl: str = "auto"
+  dtype: jnp.dtype = jnp.float32
+
+  def grid(self, height: int, width: int) -> tuple[int, int]:
+    return height // self.patch, width // self.patch
+
+  def tokens_per_frame(self, height: int, width: int) -> int:
+    gh, gw = self.grid(height, width)
+    return gh * gw
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+  @nn.compact
+  def __call__(self, x_bfhwc, t_bf, *, frame_pos_f, mask: masks.MaskSpec, labels_b=None,
+               actions_bf=None, cache: kv_cache_lib.KVCache | None = None):
+    """Returns (velocity [B, F, H, W, C], new (k, v) of this call's tokens, each
+    [depth, B, F, T, heads, head_dim]) so that a sampler can write them to its cache.
+
+    With `cache`, `frame_pos_f` and the mask are those of the queries; the mask spans
+    [F, slots + F] key frames (cache first)."""
+    b, f, h, w, c = x_bfhwc.shape
+    p = self.patch
+    gh, gw = self.grid(h, w)
+    tokens = x_bfhwc.reshape(b, f, gh, p, gw, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
+    tokens = tokens.reshape(b, f, gh * gw, p * p * c).astype(self.dtype)
+    x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(tokens)
+
+    cond = layers.timestep_embedding(t_bf, 256)
+    cond = nn.Dense(self.width, dtype=self.dtype, name="time_in")(cond)
+    cond = nn.Dense(self.width, dtype=self.dtype, name="time_out")(nn.silu(cond))
+    if self.num_classes:
+      if labels_b is None:
+        raise ValueError("CausalDiT(num_classes>0) needs labels_b")
+      cond = cond + nn.Embed(self.num_classes + 1, self.width, name="label_embed")(labels_b)[:, None]
+    if self.num_actions:
+      if actions_bf is None:
+        raise ValueError("CausalDiT(num_actions>0) needs actions_bf")
+      cond = cond + nn.Embed(self.num_actions + 1, self.width, name="action_embed")(actions_bf)
+
+    positions = layers.token_positions(frame_pos_f, gh, gw)
+    attention_kwargs = dict(positions_t3=positions, mask=mask)
+    if cache is not None:
+      attention_kwargs.update(
+          cache_positions_t3=layers.token_positions(kv_cache_lib.frame_positions(cache), gh, gw),
+          cache_frame_valid=kv_cache_lib.frame_valid(cache))
+    new_k, new_v = [], []
+    for i in range(self.depth):
+      if cache is not None:
+        attention_kwargs["cache_kv"] = tuple(
+            a[i].reshape(b, -1, self.num_heads, self.head_dim) for a in (cache.k, cache.v))
+      x, (k, v) = Block(self.width, self.num_heads, self.mlp_ratio, self.attention_impl,
+                        self.dtype, name=f"block_{i}")(x, cond, **attention_kwargs)
+      new_k.append(k.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
+      new_v.append(v.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
+
+    shift, scale = jnp.split(
+        nn.Dense(2 * self.width, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                 name="final_adaln")(nn.silu(cond)), 2, axis=-1)
+    x = layers.modulate(nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x),
+                        shift, scale)
+    x = nn.Dense(p * p * c, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                 name="unpatch")(x)
+    x = x.reshape(b, f, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, h, w, c)
+    return x.astype(jnp.float32), (jnp.stack(new_k), jnp.stack(new_v))

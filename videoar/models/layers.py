@@ -1,0 +1,92 @@
+"""Building blocks of the DiT: embeddings, 3D rotary positions, the attention layer."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from videoar.attention import masks, ops
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features of t in [0, 1] (scaled by 1000 so low-noise steps stay distinct)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = 1000.0 * t[..., None].astype(jnp.float32) * freqs
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+  """Head channels given to (frame, row, column) rotations; each part is even."""
+  spatial = 2 * (head_dim // 6)
+  return head_dim - 2 * spatial, spatial, spatial
+
+
+def token_positions(frame_pos_f: jax.Array, grid_h: int, grid_w: int) -> jax.Array:
+  """(frame, row, column) of every token, frame-major: [F * grid_h * grid_w, 3]."""
+  f = frame_pos_f.shape[0]
+  rows, cols = jnp.meshgrid(jnp.arange(grid_h), jnp.arange(grid_w), indexing="ij")
+  spatial = jnp.stack([rows.ravel(), cols.ravel()], axis=-1)
+  spatial = jnp.broadcast_to(spatial, (f,) + spatial.shape)
+  frames = jnp.broadcast_to(frame_pos_f[:, None, None], (f, spatial.shape[1], 1))
+  return jnp.concatenate([frames, spatial], axis=-1).reshape(-1, 3).astype(jnp.float32)
+
+
+def apply_rope(x_bthd: jax.Array, positions_t3: jax.Array, theta: float = 10_000.0) -> jax.Array:
+  """Rotates channel pairs of each head by angles from the token's 3D position."""
+  dims = rope_split(x_bthd.shape[-1])
+  angles = []
+  for axis, d in enumerate(dims):
+    if d == 0:
+      continue
+    freqs = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    angles.append(positions_t3[:, axis:axis + 1] * freqs)
+  angles = jnp.concatenate(angles, axis=-1)[None, :, None, :]  # [1, T, 1, D/2]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x = x_bthd.astype(jnp.float32)
+  x1, x2 = x[..., 0::2], x[..., 1::2]
+  rotated = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return rotated.reshape(x.shape).astype(x_bthd.dtype)
+
+
+def modulate(x_bftd, shift_bfd, scale_bfd):
+  return x_bftd * (1.0 + scale_bfd[:, :, None]) + shift_bfd[:, :, None]
+
+
+class Attention(nn.Module):
+  """Self-attention over frames of tokens, optionally over a KV cache of earlier frames.
+
+  Returns the output and this call's (k, v) before rotation, which a sampler writes to its cache.
+  """
+
+  num_heads: int
+  attention_impl: str = "auto"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bftd, *, positions_t3, mask: masks.MaskSpec, cache_kv=None,
+               cache_positions_t3=None, cache_frame_valid=None):
+    b, f, t, d = x_bftd.shape
+    head_dim = d // self.num_heads
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv")(
+        x_bftd.reshape(b, f * t, d))
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q = nn.RMSNorm(dtype=self.dtype, name="q_norm")(q)
+    k = nn.RMSNorm(dtype=self.dtype, name="k_norm")(k)
+    new_kv = (k, v)
+    q = apply_rope(q, positions_t3)
+    k = apply_rope(k, positions_t3)
+    kv_frame_valid = None
+    if cache_kv is not None:
+      cache_k, cache_v = cache_kv
+      cache_k = apply_rope(cache_k.astype(k.dtype), cache_positions_t3)
+      k = jnp.concatenate([cache_k, k], axis=1)
+      v = jnp.concatenate([cache_v.astype(v.dtype), v], axis=1)
+      kv_frame_valid = jnp.concatenate([cache_frame_valid, jnp.ones((f,), bool)])
+    out = ops.attention(q, k, v, mask, tokens_per_frame=t, kv_frame_valid=kv_frame_valid,
+                        impl=self.attention_impl)
+    out = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+    return out.reshape(b, f, t, d), new_kv
