@@ -6,6 +6,10 @@ dataclass (hashable, so it can be a static argument of a jitted function) with
 token-level [Fq*T, Fk*T] form used by the reference attention. Frames are grouped into chunks
 of `chunk` frames: frames of one chunk are generated together, so they see each other.
 
+`own_frame_mask()` ([Fq, Fk] bool, within `frame_mask()`) marks the key frames of a query
+frame's own chunk, which history routing (routing.py) always keeps; the other allowed key frames,
+`frame_mask() & ~own_frame_mask()`, are the history it routes over.
+
 Layouts:
   BlockCausal(n)         frame i sees frames in chunks <= chunk(i)   (Diffusion Forcing, cache writes)
   TeacherForcing(n)      2n frames [history x^1..x^n ; noisy x_t^1..x_t^n]: history i sees history
@@ -35,6 +39,9 @@ class MaskSpec:
   def frame_mask(self) -> np.ndarray:
     raise NotImplementedError
 
+  def own_frame_mask(self) -> np.ndarray:
+    raise NotImplementedError
+
   def to_dense(self, tokens_per_frame: int) -> np.ndarray:
     t = tokens_per_frame
     return np.repeat(np.repeat(self.frame_mask(), t, axis=0), t, axis=1)
@@ -46,6 +53,11 @@ class MaskSpec:
 
 def _chunk_ids(num_frames: int, chunk: int) -> np.ndarray:
   return np.arange(num_frames) // chunk
+
+
+def _same_chunk(num_frames: int, chunk: int) -> np.ndarray:
+  c = _chunk_ids(num_frames, chunk)
+  return c[:, None] == c[None, :]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +72,9 @@ class BlockCausal(MaskSpec):
   def frame_mask(self) -> np.ndarray:
     c = _chunk_ids(self.num_frames, self.chunk)
     return c[:, None] >= c[None, :]
+
+  def own_frame_mask(self) -> np.ndarray:
+    return _same_chunk(self.num_frames, self.chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +96,12 @@ class TeacherForcing(MaskSpec):
     none = np.zeros_like(history_sees_history)
     return np.block([[history_sees_history, none], [noisy_sees_history, noisy_sees_noisy]])
 
+  def own_frame_mask(self) -> np.ndarray:
+    """History frames own their history chunk, noisy frames their noisy chunk."""
+    same = _same_chunk(self.num_frames, self.chunk)
+    none = np.zeros_like(same)
+    return np.block([[same, none], [none, same]])
+
 
 @dataclasses.dataclass(frozen=True)
 class Full(MaskSpec):
@@ -95,6 +116,17 @@ class Full(MaskSpec):
   def frame_mask(self) -> np.ndarray:
     kv = self.num_frames if self.num_kv_frames is None else self.num_kv_frames
     return np.ones((self.num_frames, kv), bool)
+
+  def own_frame_mask(self) -> np.ndarray:
+    """The chunk's own frames, which follow the cache frames in the keys."""
+    kv = self.num_frames if self.num_kv_frames is None else self.num_kv_frames
+    if kv <= self.num_frames:
+      raise ValueError(
+          f"{self} has no history frames: routing over a Full mask needs a KV cache before the"
+          " chunk (num_kv_frames > num_frames); a bidirectional Full mask cannot be routed")
+    own = np.zeros((self.num_frames, kv), bool)
+    own[:, kv - self.num_frames:] = True
+    return own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,3 +151,6 @@ class SlidingWindow(MaskSpec):
     recent = c[:, None] - c[None, :] < self.window
     is_sink = np.arange(self.num_frames)[None, :] < self.sink
     return causal & (recent | is_sink)
+
+  def own_frame_mask(self) -> np.ndarray:
+    return _same_chunk(self.num_frames, self.chunk)

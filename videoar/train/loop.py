@@ -1,0 +1,175 @@
+"""The training loop, top to bottom: build, restore, step, log, checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from tensorboardX import SummaryWriter
+
+from videoar import validate
+from videoar.attention import masks
+from videoar.data import pipeline
+from videoar.forcing import PARADIGMS
+from videoar.models import dit
+from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import state as state_lib
+from videoar.train import step as step_lib
+
+MODEL_INPUTS = ("video", "label", "actions")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What train, sample and evaluate share, built from a validated config."""
+
+  config: ml_collections.ConfigDict
+  source: pipeline.ClipSource
+  model: dit.CausalDiT
+  frame_shape: tuple[int, int, int]
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  validate.validate(config)
+  source = pipeline.make_source(config.data.source, **config.data.options.to_dict())
+  frame_shape = source.clip(config.seed, 0, 1)["video"].shape[1:]
+  model = dit.CausalDiT(
+      patch=config.model.patch, width=config.model.width, depth=config.model.depth,
+      num_heads=config.model.num_heads, mlp_ratio=config.model.mlp_ratio,
+      num_classes=config.model.num_classes, num_actions=config.model.num_actions,
+      attention_impl=config.model.attention_impl, dtype=jnp.dtype(config.model.dtype))
+  return Experiment(config, source, model, tuple(frame_shape))
+
+
+def init_params(exp: Experiment, rng: jax.Array):
+  n = exp.config.data.num_frames
+  x = jnp.zeros((1, n) + exp.frame_shape)
+  labels = jnp.zeros((1,), jnp.int32) if exp.model.num_classes else None
+  actions = jnp.zeros((1, n), jnp.int32) if exp.model.num_actions else None
+  return exp.model.init(rng, x, jnp.zeros((1, n)), frame_pos_f=jnp.arange(n),
+                        mask=masks.BlockCausal(n), labels_b=labels, actions_bf=actions)
+
+
+def make_loss_fn(exp: Experiment):
+  f = exp.config.forcing
+  paradigm_loss = PARADIGMS[f.paradigm]
+  options = {k: v for k, v in f.to_dict().items() if k != "paradigm"}
+
+  def loss_fn(params, batch, rng, step):
+    return paradigm_loss(exp.model, params, batch, rng, step=step, **options)
+
+  return loss_fn
+
+
+def model_inputs(batch: dict) -> dict:
+  return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps, so it can save and exit 0."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+  if not np.isfinite(metrics["loss"]):
+    raise FloatingPointError(
+        f"non-finite loss {metrics['loss']} at step {step}; the last good checkpoint is kept")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+  exp = build(config)
+  os.makedirs(workdir, exist_ok=True)
+  optimizer = state_lib.make_optimizer(config)
+  schedule = state_lib.learning_rate_schedule(config)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  state = jax.jit(lambda rng: state_lib.create(init_params(exp, rng), optimizer))(init_rng)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("CausalDiT with %.2fM parameters", num_params / 1e6)
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+  restored = checkpointer.restore_latest(state)
+  if restored is not None:
+    state = restored
+    logging.info("resumed from step %d", int(state.step))
+  start = int(state.step)
+
+  train_step = step_lib.make_train_step(
+      loss_fn=make_loss_fn(exp), optimizer=optimizer, schedule=schedule,
+      ema_decay=config.optim.ema_decay)
+  batches = pipeline.train_batches(exp.source, batch_size=config.data.batch_size,
+                                   num_frames=config.data.num_frames, seed=config.seed)
+  batch_iter = iter(batches[start:config.train.num_steps].map(model_inputs).to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+
+  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  preemption = _Preemption()
+  frames_per_step = config.data.batch_size * config.data.num_frames
+  last_time, last_step = time.perf_counter(), start
+  try:
+    for step in tqdm.trange(start, config.train.num_steps, initial=start,
+                            total=config.train.num_steps, desc="train", mininterval=2.0):
+      state, metrics = train_step(state, next(batch_iter), train_rng)
+      done = step + 1
+      is_last = done == config.train.num_steps
+      if done % config.train.log_every == 0 or is_last:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(metrics, done)
+        now = time.perf_counter()
+        metrics["steps_per_s"] = (done - last_step) / (now - last_time)
+        metrics["frames_per_s"] = metrics["steps_per_s"] * frames_per_step
+        last_time, last_step = now, done
+        for key, value in metrics.items():
+          writer.add_scalar(f"train/{key}", value, done)
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(dict(step=done, **metrics)) + "\n")
+      if done % config.train.checkpoint_every == 0 or is_last or preemption.requested:
+        if done % config.train.log_every and not is_last:
+          _check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, done)
+        checkpointer.save(state)
+      if preemption.requested:
+        logging.warning("SIGTERM: saved a checkpoint at step %d, exiting", done)
+        break
+  finally:
+    preemption.restore()
+    checkpointer.close()
+    writer.close()
+  return state
+
+
+def restore_params(exp: Experiment, workdir: str, use_ema: bool):
+  """The trained (EMA) parameters of the newest checkpoint in `workdir`."""
+  config = exp.config
+  optimizer = state_lib.make_optimizer(config)
+  like = jax.eval_shape(
+      lambda: state_lib.create(init_params(exp, jax.random.key(0)), optimizer))
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                             keep=config.train.keep_checkpoints)
+  try:
+    state = checkpointer.restore_latest(like)
+  finally:
+    checkpointer.close()
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+  return state.ema_params if use_ema else state.params

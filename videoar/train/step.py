@@ -1,0 +1,37 @@
+"""The train step: a pure function (state, batch, rng) -> (state, metrics)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from videoar.train import state as state_lib
+
+
+def train_step(state: state_lib.TrainState, batch, rng, *, loss_fn: Callable,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               ema_decay: float):
+  """`loss_fn(params, batch, rng, step) -> (loss, metrics)`; the step's randomness is
+  `fold_in(rng, step)`, so a resumed run draws exactly what an uninterrupted one would."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, batch, step_rng, state.step)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # Early in a run the average of few models is noise: ramp the decay up from 0.
+  decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                 learning_rate=schedule(state.step))
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_train_step(**kwargs):
+  """Jitted once; the state is donated so parameters and optimizer moments update in place."""
+  return jax.jit(functools.partial(train_step, **kwargs), donate_argnums=0)

@@ -1,0 +1,72 @@
+"""Config validation: every bad value fails here, before anything compiles, with one line
+naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from videoar.attention import ops
+from videoar.data import pipeline
+from videoar.forcing import PARADIGMS
+
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _fail(key: str, value, allowed: str):
+  raise ConfigError(f"config.{key}={value!r} is invalid: {allowed}")
+
+
+def _positive(config, key: str):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if not isinstance(value, int) or value < 1:
+    _fail(key, value, "must be an integer >= 1")
+  return value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  if config.data.source not in pipeline.SOURCES:
+    _fail("data.source", config.data.source, f"allowed: {', '.join(pipeline.SOURCES)}")
+  if config.forcing.paradigm not in PARADIGMS:
+    _fail("forcing.paradigm", config.forcing.paradigm, f"allowed: {', '.join(PARADIGMS)}")
+  if config.model.attention_impl not in ops.IMPLS:
+    _fail("model.attention_impl", config.model.attention_impl, f"allowed: {', '.join(ops.IMPLS)}")
+  if config.model.dtype not in DTYPES:
+    _fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
+  for key in ("data.num_frames", "data.batch_size", "model.patch", "model.width", "model.depth",
+              "model.num_heads", "forcing.chunk", "train.num_steps", "train.log_every",
+              "train.checkpoint_every", "sample.num_steps", "sample.num_videos",
+              "sample.length_multiple", "eval.num_clips", "eval.segment_len"):
+    _positive(config, key)
+
+  size = config.data.options.get("size", 32)
+  if size % config.model.patch:
+    _fail("model.patch", config.model.patch,
+          f"must divide the frame size data.options.size={size}")
+  if config.model.width % config.model.num_heads:
+    _fail("model.num_heads", config.model.num_heads,
+          f"must divide model.width={config.model.width}")
+  if config.model.width // config.model.num_heads < 8:
+    _fail("model.num_heads", config.model.num_heads,
+          "leaves fewer than 8 channels a head for the 3D rotary embedding")
+  chunk = config.forcing.chunk
+  if config.data.num_frames % chunk:
+    _fail("forcing.chunk", chunk, f"must divide data.num_frames={config.data.num_frames}")
+  if config.sample.context_frames % chunk:
+    _fail("sample.context_frames", config.sample.context_frames,
+          f"must be a multiple of forcing.chunk={chunk}")
+  if not 0 <= config.sample.context_frames < config.data.num_frames:
+    _fail("sample.context_frames", config.sample.context_frames,
+          f"must be in [0, data.num_frames={config.data.num_frames})")
+  if not 0.0 <= config.forcing.cond_drop_prob < 1.0:
+    _fail("forcing.cond_drop_prob", config.forcing.cond_drop_prob, "must be in [0, 1)")
+  if config.forcing.time_shift <= 0:
+    _fail("forcing.time_shift", config.forcing.time_shift, "must be > 0")
+  if config.forcing.paradigm == "bidirectional" and chunk != config.data.num_frames:
+    _fail("forcing.chunk", chunk,
+          "a bidirectional model generates the whole clip at once: set it to data.num_frames")
