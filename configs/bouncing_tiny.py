@@ -34,6 +34,7 @@ def get_config(variant: str = ""):
   config.model.num_classes = 0
   config.model.num_actions = 0
   config.model.attention_impl = "auto"
+  config.model.routing_top_k = 0  # 0: dense attention over the history
   config.model.dtype = "float32"
 
   config.forcing = ml_collections.ConfigDict()

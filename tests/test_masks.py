@@ -26,6 +26,8 @@ def brute_force(spec) -> np.ndarray:
         out[i, j] = kj // c <= qi // c
       elif q_noisy and not k_noisy:
         out[i, j] = kj // c < qi // c
+      if not k_noisy and spec.window and qi // c - kj // c > spec.window:
+        out[i, j] = False
       elif q_noisy and k_noisy:
         out[i, j] = kj // c == qi // c
     return out
@@ -42,7 +44,8 @@ def brute_force(spec) -> np.ndarray:
 
 SPECS = [
     masks.BlockCausal(6), masks.BlockCausal(6, chunk=2), masks.TeacherForcing(5),
-    masks.TeacherForcing(6, chunk=3), masks.Full(4), masks.Full(2, 6),
+    masks.TeacherForcing(6, chunk=3), masks.TeacherForcing(7, window=2),
+    masks.TeacherForcing(8, chunk=2, window=1), masks.Full(4), masks.Full(2, 6),
     masks.SlidingWindow(8, window=3), masks.SlidingWindow(8, window=2, sink=1),
     masks.SlidingWindow(8, window=2, sink=2, chunk=2),
 ]
@@ -84,6 +87,7 @@ def test_bad_spec_arguments_raise(bad):
 
 
 CAUSAL_SPECS = [masks.BlockCausal(4), masks.BlockCausal(4, chunk=2), masks.TeacherForcing(4),
+                masks.TeacherForcing(4, window=1),
                 masks.SlidingWindow(4, window=2, sink=1)]
 
 

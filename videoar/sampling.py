@@ -27,6 +27,14 @@ from videoar.models import dit
 from videoar.models import kv_cache as kv_cache_lib
 
 
+def window_frames(num_frames: int, chunk: int, history_window: int = 0) -> int:
+  """Frames a chunk sees in sampling (cache + itself): as many as in training, where a
+  `history_window` > 0 limits the history to that many chunks."""
+  if history_window:
+    return min(num_frames, (history_window + 1) * chunk)
+  return num_frames
+
+
 class Sampler:
   """Autoregressive chunked sampling with a KV cache.
 

@@ -3,11 +3,13 @@ naming the key and what is allowed."""
 
 from __future__ import annotations
 
+import inspect
+
 import ml_collections
 
 from videoar.attention import ops
 from videoar.data import pipeline
-from videoar.forcing import PARADIGMS
+from videoar.forcing import PARADIGMS, resampling
 
 DTYPES = ("float32", "bfloat16")
 
@@ -34,6 +36,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("data.source", config.data.source, f"allowed: {', '.join(pipeline.SOURCES)}")
   if config.forcing.paradigm not in PARADIGMS:
     _fail("forcing.paradigm", config.forcing.paradigm, f"allowed: {', '.join(PARADIGMS)}")
+  options = set(config.forcing) - {"paradigm"}
+  accepted = set(inspect.signature(PARADIGMS[config.forcing.paradigm]).parameters) - {
+      "model", "params", "batch", "rng", "step"}
+  for key in sorted(options - accepted):
+    _fail(f"forcing.{key}", config.forcing[key],
+          f"paradigm {config.forcing.paradigm!r} takes only: {', '.join(sorted(accepted))}")
+  if config.forcing.paradigm == "resampling":
+    if config.forcing.get("resample_mode", "autoregressive") not in resampling.MODES:
+      _fail("forcing.resample_mode", config.forcing.resample_mode,
+            f"allowed: {', '.join(resampling.MODES)}")
+    if config.forcing.get("resample_shift", 0.6) <= 0:
+      _fail("forcing.resample_shift", config.forcing.resample_shift, "must be > 0")
+    if "resample_steps" in config.forcing:
+      _positive(config, "forcing.resample_steps")
   if config.model.attention_impl not in ops.IMPLS:
     _fail("model.attention_impl", config.model.attention_impl, f"allowed: {', '.join(ops.IMPLS)}")
   if config.model.dtype not in DTYPES:
@@ -44,6 +60,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "sample.length_multiple", "eval.num_clips", "eval.segment_len"):
     _positive(config, key)
 
+  top_k = config.model.get("routing_top_k", 0)
+  if not isinstance(top_k, int) or top_k < 0:
+    _fail("model.routing_top_k", top_k, "must be an integer >= 1 (0 turns routing off)")
+  if top_k and config.forcing.paradigm == "bidirectional":
+    _fail("model.routing_top_k", top_k, "a bidirectional model has no history to route over")
   size = config.data.options.get("size", 32)
   if size % config.model.patch:
     _fail("model.patch", config.model.patch,

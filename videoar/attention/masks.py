@@ -79,19 +79,27 @@ class BlockCausal(MaskSpec):
 
 @dataclasses.dataclass(frozen=True)
 class TeacherForcing(MaskSpec):
-  """The 2N layout; `num_frames` is N (the video length), the sequence holds 2N frames."""
+  """The 2N layout; `num_frames` is N (the video length), the sequence holds 2N frames.
+
+  `window` > 0 limits every frame's history to the last `window` chunks before its own, as a
+  KV cache of that many chunks does in sampling (the sliding-window baseline of routing)."""
 
   num_frames: int
   chunk: int = 1
+  window: int = 0
 
   def __post_init__(self):
     _check_positive("num_frames", self.num_frames)
     _check_positive("chunk", self.chunk)
+    if self.window < 0:
+      raise ValueError(f"window={self.window} must be >= 0 (0: unlimited)")
 
   def frame_mask(self) -> np.ndarray:
     c = _chunk_ids(self.num_frames, self.chunk)
-    history_sees_history = c[:, None] >= c[None, :]
-    noisy_sees_history = c[:, None] > c[None, :]
+    distance = c[:, None] - c[None, :]
+    in_window = distance <= (self.window or self.num_frames)
+    history_sees_history = (distance >= 0) & in_window
+    noisy_sees_history = (distance > 0) & in_window
     noisy_sees_noisy = c[:, None] == c[None, :]
     none = np.zeros_like(history_sees_history)
     return np.block([[history_sees_history, none], [noisy_sees_history, noisy_sees_noisy]])

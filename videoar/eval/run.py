@@ -22,8 +22,10 @@ from videoar.train import loop
 
 def make_sampler(exp: loop.Experiment) -> sampling.Sampler:
   c = exp.config
+  window = sampling.window_frames(c.data.num_frames, c.forcing.chunk,
+                                  c.forcing.get("history_window", 0))
   return sampling.Sampler(exp.model, frame_shape=exp.frame_shape, chunk=c.forcing.chunk,
-                          window=c.data.num_frames, guidance_scale=c.sample.guidance_scale)
+                          window=window, guidance_scale=c.sample.guidance_scale)
 
 
 def continue_clips(exp: loop.Experiment, params, num_clips: int, rng: jax.Array):

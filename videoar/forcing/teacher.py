@@ -17,7 +17,8 @@ from videoar.models import dit
 
 
 def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc, labels,
-                             actions, rng, *, chunk: int, time_shift: float):
+                             actions, rng, *, chunk: int, time_shift: float,
+                             history_window: int = 0):
   """Flow-matching loss of every frame of `video`, each conditioned on `history` before it."""
   b, n = video_bfhwc.shape[:2]
   time_rng, noise_rng = jax.random.split(rng)
@@ -30,16 +31,17 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
   if actions is not None:
     actions = jnp.tile(actions, (1, 2))
   v, _ = model.apply(params, sequence, t_sequence, frame_pos_f=frame_pos,
-                     mask=masks.TeacherForcing(n, chunk), labels_b=labels, actions_bf=actions)
+                     mask=masks.TeacherForcing(n, chunk, history_window), labels_b=labels, actions_bf=actions)
   loss = common.mse(v[:, n:], flow.velocity_target(video_bfhwc, eps))
   return loss, {"loss": loss}
 
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
-            cond_drop_prob: float, step=None):
+            cond_drop_prob: float, history_window: int = 0, step=None):
   del step
   cond_rng, loss_rng = jax.random.split(rng)
   labels, actions = common.conditioning(model, batch, cond_rng, cond_drop_prob)
   video = batch["video"]
   return history_conditioned_loss(model, params, video, video, labels, actions, loss_rng,
-                                  chunk=chunk, time_shift=time_shift)
+                                  chunk=chunk, time_shift=time_shift,
+                                  history_window=history_window)

@@ -20,6 +20,7 @@ class Block(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   attention_impl: str = "auto"
+  routing_top_k: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -29,7 +30,8 @@ class Block(nn.Module):
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     norm = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name=name)
     h = layers.modulate(norm("attn_norm")(x_bftd), shift_a, scale_a)
-    h, new_kv = layers.Attention(self.num_heads, self.attention_impl, self.dtype, name="attn")(
+    h, new_kv = layers.Attention(self.num_heads, self.attention_impl, self.routing_top_k,
+                                 self.dtype, name="attn")(
         h, **attention_kwargs)
     x_bftd = x_bftd + gate_a[:, :, None] * h
     h = layers.modulate(norm("mlp_norm")(x_bftd), shift_m, scale_m)
@@ -45,6 +47,7 @@ class CausalDiT(nn.Module):
     patch: side of the square patches; the frame side must be a multiple.
     num_classes: > 0 adds a class-label embedding (id num_classes is the null label for CFG).
     num_actions: > 0 adds a per-frame action embedding (id num_actions is the null action).
+    routing_top_k: > 0 routes each query token to its top-k history frames (routing.py).
   """
 
   patch: int = 4
@@ -55,6 +58,7 @@ class CausalDiT(nn.Module):
   num_classes: int = 0
   num_actions: int = 0
   attention_impl: str = "auto"
+  routing_top_k: int = 0
   dtype: jnp.dtype = jnp.float32
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -107,7 +111,8 @@ class CausalDiT(nn.Module):
         attention_kwargs["cache_kv"] = tuple(
             a[i].reshape(b, -1, self.num_heads, self.head_dim) for a in (cache.k, cache.v))
       x, (k, v) = Block(self.width, self.num_heads, self.mlp_ratio, self.attention_impl,
-                        self.dtype, name=f"block_{i}")(x, cond, **attention_kwargs)
+                        self.routing_top_k, self.dtype, name=f"block_{i}")(
+                            x, cond, **attention_kwargs)
       new_k.append(k.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
       new_v.append(v.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from videoar.attention import masks, ops
+from videoar.attention import masks, ops, routing as routing_lib
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
@@ -64,6 +64,7 @@ class Attention(nn.Module):
 
   num_heads: int
   attention_impl: str = "auto"
+  routing_top_k: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -86,7 +87,14 @@ class Attention(nn.Module):
       k = jnp.concatenate([cache_k, k], axis=1)
       v = jnp.concatenate([cache_v.astype(v.dtype), v], axis=1)
       kv_frame_valid = jnp.concatenate([cache_frame_valid, jnp.ones((f,), bool)])
+    routing = routing_lib.Routing(self.routing_top_k) if self.routing_top_k else None
+    if routing is not None and self.is_mutable_collection("intermediates"):
+      # Only when asked for (analysis, logging): the training step never pays for this.
+      selection = routing_lib.select_frames(q, k, mask, routing, tokens_per_frame=t,
+                                            kv_frame_valid=kv_frame_valid)
+      self.sow("intermediates", "routing_frequency",
+               routing_lib.frequency_by_query_and_key(selection, t))
     out = ops.attention(q, k, v, mask, tokens_per_frame=t, kv_frame_valid=kv_frame_valid,
-                        impl=self.attention_impl)
+                        routing=routing, impl=self.attention_impl)
     out = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out")(out)
     return out.reshape(b, f, t, d), new_kv

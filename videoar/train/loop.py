@@ -47,7 +47,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       patch=config.model.patch, width=config.model.width, depth=config.model.depth,
       num_heads=config.model.num_heads, mlp_ratio=config.model.mlp_ratio,
       num_classes=config.model.num_classes, num_actions=config.model.num_actions,
-      attention_impl=config.model.attention_impl, dtype=jnp.dtype(config.model.dtype))
+      attention_impl=config.model.attention_impl,
+      routing_top_k=config.model.get("routing_top_k", 0), dtype=jnp.dtype(config.model.dtype))
   return Experiment(config, source, model, tuple(frame_shape))
 
 

@@ -1,0 +1,54 @@
+"""Resampling Forcing on the bouncing world: the teacher-free method and its ablation arms.
+
+Everything not listed here is configs/bouncing_tiny.py (same world, model, optimizer, sampler and
+evaluation), so the arms differ from the Teacher Forcing baseline only in the history they train on.
+
+Knobs (config.forcing):
+  paradigm = "resampling"
+  resample_mode    "autoregressive" (the method): history frames are re-generated frame by frame
+                   by the current model from x_ts through the sampler's KV-cache path, each on the
+                   already degraded frames before it (intra-frame and accumulated error);
+                   "parallel": every frame denoised from x_ts in one pass on the clean history
+                   (intra-frame error only); "noise_augmentation": the history is x_ts itself.
+  resample_shift   shift s of the logit-normal that draws t_s, one per video. 0.6 (the paper's
+                   default) keeps t_s mostly low: small enough that the degraded history keeps the
+                   content, large enough to look like the model's own errors. Too small behaves
+                   like Teacher Forcing; too large lets content drift from the history.
+  resample_steps   Euler steps from t_s to 0 in the self-resampling (few: t_s is small, and each
+                   step costs a forward pass over the whole clip without gradient).
+  warmup_steps     plain Teacher Forcing for the first steps: an untrained model's errors are noise.
+Routing (config.model.routing_top_k): 0 is dense attention over the history; k > 0 makes every
+query token attend to its own frame plus the k history frames with the highest q . mean(K_j).
+
+Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
+  noise_augmentation, parallel    the ablation arms
+  routed                          history routing with k = 25 % of the training frames (2 of 8)
+  window                          the baseline for routing: a sliding window of the same k frames
+  test                            a tiny smoke run
+"""
+
+from configs import bouncing_tiny
+
+
+def get_config(variant: str = ""):
+  variants = [v for v in variant.split(",") if v]
+  config = bouncing_tiny.get_config("test" if "test" in variants else "")
+  config.forcing.paradigm = "resampling"
+  config.forcing.resample_mode = "autoregressive"
+  config.forcing.resample_shift = 0.6
+  config.forcing.resample_steps = 4
+  config.forcing.warmup_steps = 200
+  k = max(1, config.data.num_frames // 4)
+  for v in variants:
+    if v in ("noise_augmentation", "parallel"):
+      config.forcing.resample_mode = v
+    elif v == "routed":
+      config.model.routing_top_k = k
+    elif v == "window":
+      config.forcing.history_window = k
+    elif v == "test":
+      config.forcing.warmup_steps = 1
+    else:
+      raise ValueError(f"config variant {v!r} is unknown; allowed: noise_augmentation, parallel,"
+                       " routed, window, test")
+  return config

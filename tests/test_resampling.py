@@ -1,0 +1,122 @@
+"""Resampling Forcing: its limits, its gradients and its use of the sampler's code path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from videoar import sampling
+from videoar.attention import masks
+from videoar.diffusion import flow
+from videoar.forcing import resampling, teacher
+from videoar.models import dit
+
+MODEL = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2)
+N = 4
+
+
+def _setup(key=0):
+  video = jax.random.normal(jax.random.key(key), (2, N, 8, 8, 3))
+  params = MODEL.init(jax.random.key(key + 1), video, jnp.zeros((2, N)),
+                      frame_pos_f=jnp.arange(N), mask=masks.BlockCausal(N))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(key + 2), len(leaves))
+  params = jax.tree.unflatten(
+      tree, [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  return {"video": video}, params
+
+
+OPTIONS = dict(chunk=1, time_shift=1.0, cond_drop_prob=0.0)
+
+
+@pytest.mark.parametrize("mode", resampling.MODES)
+def test_zero_resampling_noise_equals_teacher_forcing(mode):
+  """With t_s = 0 (shift 0) the history is the clean video: loss and gradients are TF's."""
+  batch, params = _setup()
+  rng = jax.random.key(9)
+  rf = lambda p: resampling.loss_fn(MODEL, p, batch, rng, step=jnp.asarray(100), resample_mode=mode,
+                                    resample_shift=0.0, resample_steps=3, **OPTIONS)[0]
+  tf = lambda p: teacher.loss_fn(MODEL, p, batch, rng, **OPTIONS)[0]
+  rf_loss, rf_grads = jax.value_and_grad(rf)(params)
+  tf_loss, tf_grads = jax.value_and_grad(tf)(params)
+  np.testing.assert_allclose(rf_loss, tf_loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(rf_grads), jax.tree.leaves(tf_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_warmup_steps_are_teacher_forcing():
+  batch, params = _setup()
+  rng = jax.random.key(9)
+  rf = resampling.loss_fn(MODEL, params, batch, rng, step=jnp.asarray(3), warmup_steps=10,
+                          **OPTIONS)[0]
+  tf = teacher.loss_fn(MODEL, params, batch, rng, **OPTIONS)[0]
+  after = resampling.loss_fn(MODEL, params, batch, rng, step=jnp.asarray(10), warmup_steps=10,
+                             **OPTIONS)[0]
+  np.testing.assert_allclose(rf, tf, rtol=1e-6)
+  assert abs(float(after) - float(tf)) > 1e-4
+
+
+@pytest.mark.parametrize("mode", resampling.MODES)
+def test_no_gradient_reaches_the_degraded_history(mode):
+  """The gradient of the RF loss equals that of TF with the history frozen as a constant."""
+  batch, params = _setup(1)
+  rng = jax.random.key(4)
+  options = dict(chunk=1, mode=mode, resample_shift=2.0, resample_steps=2)
+  history = resampling.degrade_history(MODEL, params, batch["video"], None, None,
+                                       jax.random.fold_in(rng, 1), **options)
+  assert float(jnp.abs(history - batch["video"]).max()) > 1e-3
+
+  def grad_through(p):
+    h = resampling.degrade_history(MODEL, p, batch["video"], None, None,
+                                   jax.random.fold_in(rng, 1), **options)
+    return jnp.sum(h ** 2)
+
+  for g in jax.tree.leaves(jax.grad(grad_through)(params)):
+    assert float(jnp.abs(g).max()) == 0.0
+  rf = lambda p: resampling.loss_fn(MODEL, p, batch, rng, step=jnp.asarray(1), resample_mode=mode,
+                                    resample_shift=2.0, resample_steps=2, **OPTIONS)[0]
+  frozen = lambda p: teacher.history_conditioned_loss(
+      MODEL, p, history, batch["video"], None, None, jax.random.split(rng)[1], chunk=1,
+      time_shift=1.0)[0]
+  for a, b in zip(jax.tree.leaves(jax.grad(rf)(params)), jax.tree.leaves(jax.grad(frozen)(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_autoregressive_resampling_equals_the_sampler_from_x_ts():
+  batch, params = _setup(2)
+  rng = jax.random.key(5)
+  video = batch["video"]
+  steps, shift = 3, 0.6
+  history = resampling.degrade_history(MODEL, params, video, None, None, rng, chunk=1,
+                                       mode="autoregressive", resample_shift=shift,
+                                       resample_steps=steps)
+  # The same draws, then the streaming sampler frame by frame from x_ts.
+  time_rng, noise_rng = jax.random.split(rng)
+  t_s = flow.sample_time(time_rng, (2,), shift)
+  eps = jax.random.normal(noise_rng, video.shape)
+  x_ts = flow.interpolate(video, eps, jnp.broadcast_to(t_s[:, None], (2, N)))
+  sampler = sampling.Sampler(MODEL, frame_shape=(8, 8, 3), chunk=1, window=N)
+  cache = sampler.init_cache(2)
+  times = flow.step_times(steps, 1.0, t_s)
+  frames = []
+  for i in range(N):
+    x0, cache = sampler.chunk_step(params, cache, x_ts[:, i:i + 1], times)
+    frames.append(x0)
+  np.testing.assert_allclose(np.asarray(history), np.asarray(jnp.concatenate(frames, 1)),
+                             atol=1e-5)
+
+
+def test_resampling_time_follows_the_shifted_logit_normal():
+  shift = 0.6
+  samples = np.asarray(flow.sample_time(jax.random.key(0), (20_000,), shift))
+
+  def cdf(t):
+    # Invert t = s u / (1 + (s - 1) u), then u = sigmoid(n) with n standard normal.
+    u = t / (shift - (shift - 1.0) * t)
+    return stats.norm.cdf(np.log(u) - np.log1p(-u))
+
+  result = stats.kstest(samples, cdf)
+  assert result.pvalue > 0.01, result
+  assert not stats.kstest(np.asarray(flow.sample_time(jax.random.key(0), (20_000,), 1.0)),
+                          cdf).pvalue > 0.01

@@ -1,0 +1,140 @@
+"""The training side: overfitting, checkpoints, resume, config validation, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from videoar import validate
+from videoar.forcing import teacher
+from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import loop
+from videoar.train import state as state_lib
+from videoar.train import step as step_lib
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import bouncing_tiny  # noqa: E402
+
+
+def tiny_config(**overrides):
+  config = bouncing_tiny.get_config("test")
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_tiny_model_overfits_one_batch():
+  config = tiny_config(**{"model.width": 64, "model.depth": 2, "optim.learning_rate": 3e-3,
+                          "optim.warmup_steps": 10, "optim.weight_decay": 0.0,
+                          "train.num_steps": 300})
+  exp = loop.build(config)
+  from videoar.data import pipeline
+  batch = loop.model_inputs(pipeline.train_batches(
+      exp.source, batch_size=2, num_frames=4, seed=0)[0])
+  fixed = jax.random.key(7)
+
+  def loss_fn(params, batch, rng, step):
+    del rng, step  # the same noise and times every step: the batch can be memorised
+    return teacher.loss_fn(exp.model, params, batch, fixed, chunk=1, time_shift=1.0,
+                           cond_drop_prob=0.0)
+
+  optimizer = state_lib.make_optimizer(config)
+  state = state_lib.create(loop.init_params(exp, jax.random.key(0)), optimizer)
+  train_step = step_lib.make_train_step(
+      loss_fn=loss_fn, optimizer=optimizer,
+      schedule=state_lib.learning_rate_schedule(config), ema_decay=0.9)
+  losses = []
+  for _ in range(300):
+    state, metrics = train_step(state, batch, fixed)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_checkpoint_round_trips(tmp_path):
+  config = tiny_config()
+  exp = loop.build(config)
+  optimizer = state_lib.make_optimizer(config)
+  state = state_lib.create(loop.init_params(exp, jax.random.key(3)), optimizer)
+  state = state.replace(step=jnp.asarray(5, jnp.int32),
+                        ema_params=jax.tree.map(lambda p: p + 1.0, state.ema_params))
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), keep=2)
+  ckpt.save(state)
+  ckpt.close()
+  fresh = state_lib.create(loop.init_params(exp, jax.random.key(4)), optimizer)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), keep=2)
+  restored = ckpt.restore_latest(fresh)
+  ckpt.close()
+  assert int(restored.step) == 5
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_run(tmp_path):
+  config = tiny_config(**{"train.num_steps": 4, "train.log_every": 1, "train.checkpoint_every": 2})
+  loop.train(config, str(tmp_path / "straight"))
+  half = tiny_config(**{"train.num_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2})
+  loop.train(half, str(tmp_path / "resumed"))
+  loop.train(config, str(tmp_path / "resumed"))
+
+  def losses(run):
+    with open(tmp_path / run / "metrics.jsonl") as f:
+      return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+  assert losses("straight") == losses("resumed")
+  assert sorted(losses("resumed")) == [1, 2, 3, 4]
+
+
+BAD_CONFIGS = [
+    ({"model.patch": 5}, "config.model.patch=5"),
+    ({"forcing.chunk": 3}, "config.forcing.chunk=3"),
+    ({"forcing.paradigm": "magic"}, "config.forcing.paradigm='magic'"),
+    ({"data.source": "nowhere"}, "config.data.source='nowhere'"),
+    ({"model.num_heads": 3}, "config.model.num_heads=3"),
+    ({"sample.context_frames": 9}, "config.sample.context_frames=9"),
+    ({"train.num_steps": 0}, "config.train.num_steps=0"),
+    ({"model.attention_impl": "fast"}, "config.model.attention_impl='fast'"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_CONFIGS, ids=[m for _, m in BAD_CONFIGS])
+def test_bad_config_raises_naming_the_key(overrides, message):
+  with pytest.raises(validate.ConfigError) as error:
+    validate.validate(tiny_config(**overrides))
+  assert str(error.value).startswith(message)
+  assert "\n" not in str(error.value)
+
+
+def test_cli_rejects_a_bad_config_in_one_line_before_compiling(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_tiny.py:test",
+       f"--workdir={tmp_path}", "--config.model.patch=5"],
+      capture_output=True, text=True, timeout=120,
+      cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert result.returncode != 0
+  assert "error: config.model.patch=5 is invalid: must divide the frame size" in result.stderr
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_cli_main_job_writes_every_output(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_tiny.py:test",
+       f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300,
+      cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert result.returncode == 0, result.stderr[-2000:]
+  for path in ("metrics.jsonl", "eval.json", "samples/strip.png", "samples/sample_0.mp4"):
+    assert os.path.getsize(tmp_path / path) > 0, path
+  assert os.listdir(tmp_path / "checkpoints")
+  assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
+  with open(tmp_path / "eval.json") as f:
+    tables = json.load(f)["tables"]
+  assert set(tables) >= {"model", "copy_last", "background"}
+  assert [row["segment"] for row in tables["model"]] == ["0-7", "8-15", "16-23"]

@@ -1,0 +1,101 @@
+"""Resampling Forcing: Teacher Forcing on a history that the model has degraded itself.
+
+Exposure bias comes from training on clean history and generating on the model's own imperfect
+history. Here the history frames are first degraded by the model, then used as the context of
+the usual parallel frame-level loss (targets stay the clean frames):
+
+1. one t_s per video from the shifted logit-normal (shift `resample_shift`, default 0.6: mostly
+   low noise); every frame is noised to x_ts = (1 - t_s) x + t_s eps;
+2. without gradient, x_ts is integrated back to t = 0 in `resample_steps` Euler steps by the
+   current model, frame after frame through the sampler's KV-cache path, each frame conditioned
+   on the already degraded frames before it (`autoregressive`: intra-frame error and error
+   accumulated across frames);
+3. teacher.history_conditioned_loss with the degraded history.
+The first `warmup_steps` steps are plain Teacher Forcing: an untrained model's errors are noise.
+
+Ablation arms (`resample_mode`): `noise_augmentation` uses x_ts itself as history; `parallel`
+denoises every x_ts^i in one parallel pass conditioned on the clean history x^{<i} (intra-frame
+error only).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from videoar import sampling
+from videoar.attention import masks
+from videoar.diffusion import flow
+from videoar.forcing import common, teacher
+from videoar.models import dit
+
+MODES = ("autoregressive", "parallel", "noise_augmentation")
+
+
+def degrade_history(model: dit.CausalDiT, params, video_bfhwc, labels, actions, rng, *,
+                    chunk: int, mode: str, resample_shift: float, resample_steps: int,
+                    history_window: int = 0):
+  """The model's own resampling of `video`, with no gradient to anything."""
+  params = jax.lax.stop_gradient(params)
+  b, n = video_bfhwc.shape[:2]
+  time_rng, noise_rng = jax.random.split(rng)
+  t_s = flow.sample_time(time_rng, (b,), resample_shift)
+  eps = jax.random.normal(noise_rng, video_bfhwc.shape)
+  x_ts = flow.interpolate(video_bfhwc, eps, jnp.broadcast_to(t_s[:, None], (b, n)))
+  times_bs = flow.step_times(resample_steps, 1.0, t_s)
+  if mode == "noise_augmentation":
+    history = x_ts
+  elif mode == "autoregressive":
+    sampler = sampling.Sampler(model, frame_shape=video_bfhwc.shape[2:], chunk=chunk,
+                               window=sampling.window_frames(n, chunk, history_window))
+    history, _ = sampler.rollout(params, sampler.init_cache(b), x_ts, times_bs, labels, actions)
+  elif mode == "parallel":
+    history = _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, labels, actions,
+                                 chunk=chunk, history_window=history_window)
+  else:
+    raise ValueError(f"forcing.resample_mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
+  return jax.lax.stop_gradient(history)
+
+
+def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, labels, actions, *, chunk,
+                       history_window):
+  """Every frame denoised at once on the 2N layout, conditioned on the clean history."""
+  b, n = video_bfhwc.shape[:2]
+  frame_pos = jnp.tile(jnp.arange(n, dtype=jnp.int32), 2)
+  if actions is not None:
+    actions = jnp.tile(actions, (1, 2))
+
+  def step(i, x):
+    t_now = jnp.broadcast_to(times_bs[:, i, None], (b, n))
+    t_next = jnp.broadcast_to(times_bs[:, i + 1, None], (b, n))
+    v, _ = model.apply(params, jnp.concatenate([video_bfhwc, x], axis=1),
+                       jnp.concatenate([jnp.zeros_like(t_now), t_now], axis=1),
+                       frame_pos_f=frame_pos, mask=masks.TeacherForcing(n, chunk, history_window),
+                       labels_b=labels, actions_bf=actions)
+    return flow.euler_step(x, v[:, n:], t_now, t_next)
+
+  return jax.lax.fori_loop(0, times_bs.shape[1] - 1, step, x_ts)
+
+
+def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
+            cond_drop_prob: float, step, resample_mode: str = "autoregressive",
+            resample_shift: float = 0.6, resample_steps: int = 4, warmup_steps: int = 0,
+            history_window: int = 0):
+  # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
+  cond_rng, loss_rng = jax.random.split(rng)
+  resample_rng = jax.random.fold_in(rng, 1)
+  labels, actions = common.conditioning(model, batch, cond_rng, cond_drop_prob)
+  video = batch["video"]
+  true_labels, true_actions = common.conditioning(model, batch, cond_rng, 0.0)
+
+  def degraded():
+    return degrade_history(model, params, video, true_labels, true_actions, resample_rng,
+                           chunk=chunk, mode=resample_mode, resample_shift=resample_shift,
+                           resample_steps=resample_steps, history_window=history_window)
+
+  history = jax.lax.cond(step < warmup_steps, lambda: video, degraded)
+  loss, metrics = teacher.history_conditioned_loss(
+      model, params, history, video, labels, actions, loss_rng, chunk=chunk,
+      time_shift=time_shift, history_window=history_window)
+  metrics["history_mse"] = common.mse(history, video)
+  return loss, metrics
