@@ -15,7 +15,8 @@ def _random_params(model, frames, chunk, key=0):
   x = jnp.zeros((2, frames, 8, 8, 3))
   params = model.init(jax.random.key(key), x, jnp.zeros((2, frames)),
                       frame_pos_f=jnp.arange(frames), mask=masks.BlockCausal(frames, chunk),
-                      labels_b=jnp.zeros((2,), jnp.int32) if model.num_classes else None)
+                      labels_b=jnp.zeros((2,), jnp.int32) if model.num_classes else None,
+                      previous_bfhwc=x)
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(key + 1), len(leaves))
   return jax.tree.unflatten(tree, [p + 0.2 * jax.random.normal(k, p.shape)
@@ -29,19 +30,29 @@ def recompute_sample(model, params, noise_bfhwc, times, chunk, labels=None):
   for start in range(0, n, chunk):
     x = noise_bfhwc[:, start:start + chunk]
     f = start + chunk
+    previous = None
+    if getattr(model, "previous_frame_input", False):
+      # Clean frames read the frame before them, the chunk reads the last clean frame.
+      sequence = jnp.concatenate([clean, x], axis=1)
+      previous = jnp.concatenate(
+          [dit.previous_frames(sequence, chunk, within_history=True)[:, :start],
+           dit.previous_frames(sequence, chunk, within_history=False)[:, start:]], axis=1)
     for i in range(len(times) - 1):
       t = jnp.concatenate([jnp.zeros((b, start)), jnp.full((b, chunk), times[i])], axis=1)
       v, _ = model.apply(params, jnp.concatenate([clean, x], axis=1), t,
                          frame_pos_f=jnp.arange(f), mask=masks.BlockCausal(f, chunk),
-                         labels_b=labels)
+                         labels_b=labels, previous_bfhwc=previous)
       x = flow.euler_step(x, v[:, start:], t[:, start:], jnp.full((b, chunk), times[i + 1]))
     clean = jnp.concatenate([clean, x], axis=1)
   return clean
 
 
-@pytest.mark.parametrize("chunk", [1, 2])
-def test_cached_sampling_equals_recomputation(chunk):
-  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2)
+@pytest.mark.parametrize("chunk,prediction,previous_frame_input",
+                         [(1, "velocity", False), (2, "velocity", False), (2, "data", True),
+                          (1, "data", True)])
+def test_cached_sampling_equals_recomputation(chunk, prediction, previous_frame_input):
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction=prediction,
+                        previous_frame_input=previous_frame_input)
   frames, steps = 6, 3
   params = _random_params(model, frames, chunk)
   sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=chunk, window=frames)

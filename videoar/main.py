@@ -26,12 +26,15 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and eval.")
 flags.DEFINE_enum("mode", "all", MODES, "What to run.")
+flags.DEFINE_bool("verbose", False, "Show INFO logs (orbax logs every checkpoint step at INFO).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
+  if not FLAGS.verbose:
+    logging.set_verbosity(logging.WARNING)
   config, workdir = FLAGS.config, FLAGS.workdir
   start = time.perf_counter()
   try:
@@ -43,7 +46,7 @@ def main(argv):
   if FLAGS.mode in ("all", "sample", "evaluate"):
     params = loop.restore_params(exp, workdir, use_ema=config.sample.use_ema)
     if FLAGS.mode in ("all", "sample"):
-      logging.info("samples: %s", run.sample(exp, params, workdir))
+      print(f"samples: {run.sample(exp, params, workdir)}")
     if FLAGS.mode in ("all", "evaluate"):
       run.evaluate(exp, params, workdir)
   print(f"videoar {FLAGS.mode} finished in {time.perf_counter() - start:.0f} s; outputs in {workdir}")

@@ -67,7 +67,7 @@ class Sampler:
     return kv_cache_lib.init(
         num_layers=m.depth, batch=batch * (2 if self.guided else 1), slots=self.slots,
         tokens_per_frame=m.tokens_per_frame(h, w), num_heads=m.num_heads, head_dim=m.head_dim,
-        dtype=m.dtype)
+        frame_shape=self.frame_shape, dtype=m.dtype)
 
   def _model_inputs(self, labels_b, actions_bc):
     """Conditioning for one model call; doubled (conditional, then null) under guidance."""
@@ -80,19 +80,26 @@ class Sampler:
       actions_bc = jnp.concatenate([actions_bc, jnp.full_like(actions_bc, m.num_actions)])
     return labels_b, actions_bc
 
-  def _apply(self, params, cache, x_bchwc, t_bc, labels_b, actions_bc):
+  def _apply(self, params, cache, x_bchwc, t_bc, previous_bchwc, labels_b, actions_bc):
+    """One model call on a chunk over the cache; inputs are per video (doubled here for CFG)."""
     if self.guided:
-      x_bchwc = jnp.concatenate([x_bchwc, x_bchwc])
-      t_bc = jnp.concatenate([t_bc, t_bc])
+      x_bchwc, t_bc, previous_bchwc = (jnp.concatenate([a, a])
+                                       for a in (x_bchwc, t_bc, previous_bchwc))
     labels_b, actions_bc = self._model_inputs(labels_b, actions_bc)
     c = x_bchwc.shape[1]
     return self.model.apply(
         params, x_bchwc, t_bc, frame_pos_f=kv_cache_lib.query_positions(cache, c),
         mask=masks.Full(c, self.slots + c), labels_b=labels_b, actions_bf=actions_bc,
-        cache=cache)
+        previous_bfhwc=previous_bchwc if self.model.previous_frame_input else None, cache=cache)
+
+  def _cache_rows(self, cache_array):
+    """The rows of a (possibly CFG-doubled) cache array that belong to the conditional pass."""
+    return jnp.split(cache_array, 2)[0] if self.guided else cache_array
 
   def velocity(self, params, cache, x_bchwc, t_bc, labels_b=None, actions_bc=None):
-    v, _ = self._apply(params, cache, x_bchwc, t_bc, labels_b, actions_bc)
+    last = self._cache_rows(cache.last_frame)[:, None]
+    previous = jnp.broadcast_to(last, x_bchwc.shape)
+    v, _ = self._apply(params, cache, x_bchwc, t_bc, previous, labels_b, actions_bc)
     if not self.guided:
       return v
     v_cond, v_null = jnp.split(v, 2)
@@ -113,16 +120,12 @@ class Sampler:
   def write_chunk(self, params, cache, x0_bchwc, labels_b=None, actions_bc=None):
     """Runs the clean chunk at t = 0 and appends its keys and values to the cache."""
     t0 = jnp.zeros(x0_bchwc.shape[:2], jnp.float32)
+    last = self._cache_rows(cache.last_frame)[:, None]
+    previous = jnp.concatenate([last, x0_bchwc[:, :-1]], axis=1)
+    _, (k, v) = self._apply(params, cache, x0_bchwc, t0, previous, labels_b, actions_bc)
     if self.guided:
-      t0 = jnp.concatenate([t0, t0])
       x0_bchwc = jnp.concatenate([x0_bchwc, x0_bchwc])
-    labels_b, actions_bc = self._model_inputs(labels_b, actions_bc)
-    c = x0_bchwc.shape[1]
-    _, (k, v) = self.model.apply(
-        params, x0_bchwc, t0, frame_pos_f=kv_cache_lib.query_positions(cache, c),
-        mask=masks.Full(c, self.slots + c), labels_b=labels_b, actions_bf=actions_bc,
-        cache=cache)
-    return kv_cache_lib.write(cache, k, v)
+    return kv_cache_lib.write(cache, k, v, x0_bchwc)
 
   def chunk_step(self, params, cache, x_start_bchwc, times_bs, labels_b=None, actions_bc=None):
     x0 = self.denoise_chunk(params, cache, x_start_bchwc, times_bs, labels_b, actions_bc)

@@ -9,6 +9,7 @@ import ml_collections
 
 from videoar.attention import ops
 from videoar.data import pipeline
+from videoar.diffusion import flow
 from videoar.forcing import PARADIGMS, resampling
 
 DTYPES = ("float32", "bfloat16")
@@ -52,6 +53,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _positive(config, "forcing.resample_steps")
   if config.model.attention_impl not in ops.IMPLS:
     _fail("model.attention_impl", config.model.attention_impl, f"allowed: {', '.join(ops.IMPLS)}")
+  if config.model.get("prediction", "velocity") not in flow.PREDICTIONS:
+    _fail("model.prediction", config.model.prediction, f"allowed: {', '.join(flow.PREDICTIONS)}")
   if config.model.dtype not in DTYPES:
     _fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
   for key in ("data.num_frames", "data.batch_size", "model.patch", "model.width", "model.depth",
@@ -60,6 +63,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "sample.length_multiple", "eval.num_clips", "eval.segment_len"):
     _positive(config, key)
 
+  if config.model.get("previous_frame_input", False) and config.forcing.paradigm in (
+      "diffusion_forcing", "bidirectional"):
+    _fail("model.previous_frame_input", True,
+          f"needs a clean previous frame, which {config.forcing.paradigm} does not train with")
   top_k = config.model.get("routing_top_k", 0)
   if not isinstance(top_k, int) or top_k < 0:
     _fail("model.routing_top_k", top_k, "must be an integer >= 1 (0 turns routing off)")

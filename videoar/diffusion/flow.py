@@ -44,3 +44,18 @@ def euler_step(x_t: jax.Array, velocity: jax.Array, t_now_bf: jax.Array, t_next_
   """x moves along dx/dt = v, from t_now to t_next (t decreasing towards data)."""
   dt = _broadcast_time(t_next_bf - t_now_bf, x_t)
   return x_t + dt * velocity
+
+
+PREDICTIONS = ("velocity", "data")
+# Below this t the data prediction's velocity (x_t - x) / t would divide by almost nothing.
+MIN_DATA_PREDICTION_TIME = 0.05
+
+
+def velocity_from_prediction(prediction: str, output, x_t, t_bf):
+  """The velocity a network output stands for: itself, or (x_t - x) / t for a data output."""
+  if prediction == "velocity":
+    return output
+  if prediction == "data":
+    t = _broadcast_time(jnp.maximum(t_bf, MIN_DATA_PREDICTION_TIME), x_t)
+    return (x_t.astype(jnp.float32) - output) / t
+  raise ValueError(f"prediction={prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")

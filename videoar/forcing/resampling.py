@@ -64,6 +64,7 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, labels, actio
   frame_pos = jnp.tile(jnp.arange(n, dtype=jnp.int32), 2)
   if actions is not None:
     actions = jnp.tile(actions, (1, 2))
+  previous = teacher.two_n_layout_previous(model, video_bfhwc, chunk)
 
   def step(i, x):
     t_now = jnp.broadcast_to(times_bs[:, i, None], (b, n))
@@ -71,7 +72,7 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, labels, actio
     v, _ = model.apply(params, jnp.concatenate([video_bfhwc, x], axis=1),
                        jnp.concatenate([jnp.zeros_like(t_now), t_now], axis=1),
                        frame_pos_f=frame_pos, mask=masks.TeacherForcing(n, chunk, history_window),
-                       labels_b=labels, actions_bf=actions)
+                       labels_b=labels, actions_bf=actions, previous_bfhwc=previous)
     return flow.euler_step(x, v[:, n:], t_now, t_next)
 
   return jax.lax.fori_loop(0, times_bs.shape[1] - 1, step, x_ts)

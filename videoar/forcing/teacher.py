@@ -16,6 +16,14 @@ from videoar.forcing import common
 from videoar.models import dit
 
 
+def two_n_layout_previous(model: dit.CausalDiT, history_bfhwc, chunk: int):
+  """The previous-frame input of the 2N layout [history ; noisy], for models that read it."""
+  if not model.previous_frame_input:
+    return None
+  return jnp.concatenate([dit.previous_frames(history_bfhwc, chunk, within_history=True),
+                          dit.previous_frames(history_bfhwc, chunk, within_history=False)], 1)
+
+
 def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc, labels,
                              actions, rng, *, chunk: int, time_shift: float,
                              history_window: int = 0):
@@ -31,7 +39,9 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
   if actions is not None:
     actions = jnp.tile(actions, (1, 2))
   v, _ = model.apply(params, sequence, t_sequence, frame_pos_f=frame_pos,
-                     mask=masks.TeacherForcing(n, chunk, history_window), labels_b=labels, actions_bf=actions)
+                     mask=masks.TeacherForcing(n, chunk, history_window), labels_b=labels,
+                     actions_bf=actions, previous_bfhwc=two_n_layout_previous(
+                         model, history_bfhwc, chunk))
   loss = common.mse(v[:, n:], flow.velocity_target(video_bfhwc, eps))
   return loss, {"loss": loss}
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from videoar.attention import masks
+from videoar.diffusion import flow
 from videoar.models import kv_cache as kv_cache_lib
 from videoar.models import layers
 
@@ -48,6 +49,15 @@ class CausalDiT(nn.Module):
     num_classes: > 0 adds a class-label embedding (id num_classes is the null label for CFG).
     num_actions: > 0 adds a per-frame action embedding (id num_actions is the null action).
     routing_top_k: > 0 routes each query token to its top-k history frames (routing.py).
+    prediction: what the last layer outputs. "velocity" is eps - x directly; "data" is the clean
+      frame x, turned into the velocity (x_t - x) / t. The velocity of a patch has as many
+      dimensions as the patch (8x8x3 = 192) and, near t = 1, is mostly noise, which a narrower
+      network cannot carry through; the clean frame lies on a low-dimensional set that it can.
+    previous_frame_input: every token also reads the co-located patch of the clean frame before
+      its chunk (`previous_frames`), next to its own. Through attention alone a small model
+      learns to use its context slowly; most motion is local, and this direct path makes the
+      history matter from the first steps. History still reaches further back only through
+      attention, so this is a Markov-order-1 shortcut, not a replacement.
   """
 
   patch: int = 4
@@ -59,6 +69,8 @@ class CausalDiT(nn.Module):
   num_actions: int = 0
   attention_impl: str = "auto"
   routing_top_k: int = 0
+  prediction: str = "velocity"
+  previous_frame_input: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -74,17 +86,26 @@ class CausalDiT(nn.Module):
 
   @nn.compact
   def __call__(self, x_bfhwc, t_bf, *, frame_pos_f, mask: masks.MaskSpec, labels_b=None,
-               actions_bf=None, cache: kv_cache_lib.KVCache | None = None):
+               actions_bf=None, previous_bfhwc=None,
+               cache: kv_cache_lib.KVCache | None = None):
     """Returns (velocity [B, F, H, W, C], new (k, v) of this call's tokens, each
     [depth, B, F, T, heads, head_dim]) so that a sampler can write them to its cache.
+    `previous_bfhwc`: with previous_frame_input, the clean frame before each frame's chunk
+    (zeros where there is none).
 
     With `cache`, `frame_pos_f` and the mask are those of the queries; the mask spans
     [F, slots + F] key frames (cache first)."""
     b, f, h, w, c = x_bfhwc.shape
     p = self.patch
     gh, gw = self.grid(h, w)
-    tokens = x_bfhwc.reshape(b, f, gh, p, gw, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
-    tokens = tokens.reshape(b, f, gh * gw, p * p * c).astype(self.dtype)
+    patches = lambda v: v.reshape(b, f, gh, p, gw, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
+        b, f, gh * gw, p * p * c)
+    tokens = patches(x_bfhwc)
+    if self.previous_frame_input:
+      if previous_bfhwc is None:
+        raise ValueError("CausalDiT(previous_frame_input=True) needs previous_bfhwc")
+      tokens = jnp.concatenate([tokens, patches(previous_bfhwc)], axis=-1)
+    tokens = tokens.astype(self.dtype)
     x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(tokens)
 
     cond = layers.timestep_embedding(t_bf, 256)
@@ -124,4 +145,21 @@ class CausalDiT(nn.Module):
     x = nn.Dense(p * p * c, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                  name="unpatch")(x)
     x = x.reshape(b, f, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, h, w, c)
-    return x.astype(jnp.float32), (jnp.stack(new_k), jnp.stack(new_v))
+    velocity = flow.velocity_from_prediction(self.prediction, x.astype(jnp.float32), x_bfhwc,
+                                             t_bf)
+    return velocity, (jnp.stack(new_k), jnp.stack(new_v))
+
+
+def previous_frames(history_bfhwc, chunk: int, *, within_history: bool):
+  """The `previous_bfhwc` input for frames laid out like `history_bfhwc`.
+
+  within_history: the history frames themselves, each reading the frame just before it (a chunk
+  is written to the cache clean, so its frames may read each other). Otherwise frames being
+  denoised, which read the last clean frame before their chunk.
+  """
+  b, n = history_bfhwc.shape[:2]
+  shifted = jnp.concatenate([jnp.zeros_like(history_bfhwc[:, :1]), history_bfhwc[:, :-1]], 1)
+  if within_history:
+    return shifted
+  chunk_start = (jnp.arange(n) // chunk) * chunk
+  return shifted[:, chunk_start]

@@ -48,7 +48,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       num_heads=config.model.num_heads, mlp_ratio=config.model.mlp_ratio,
       num_classes=config.model.num_classes, num_actions=config.model.num_actions,
       attention_impl=config.model.attention_impl,
-      routing_top_k=config.model.get("routing_top_k", 0), dtype=jnp.dtype(config.model.dtype))
+      routing_top_k=config.model.get("routing_top_k", 0),
+      prediction=config.model.get("prediction", "velocity"),
+      previous_frame_input=config.model.get("previous_frame_input", False), dtype=jnp.dtype(config.model.dtype))
   return Experiment(config, source, model, tuple(frame_shape))
 
 
@@ -105,14 +107,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = jax.jit(lambda rng: state_lib.create(init_params(exp, rng), optimizer))(init_rng)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("CausalDiT with %.2fM parameters", num_params / 1e6)
+  print(f"CausalDiT with {num_params / 1e6:.2f}M parameters, {config.forcing.paradigm}")
 
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
   restored = checkpointer.restore_latest(state)
   if restored is not None:
     state = restored
-    logging.info("resumed from step %d", int(state.step))
+    print(f"resumed from step {int(state.step)}")
   start = int(state.step)
 
   train_step = step_lib.make_train_step(

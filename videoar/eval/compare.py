@@ -1,0 +1,56 @@
+"""Puts the long-horizon tables of several runs side by side.
+
+  python -m videoar.eval.compare NAME=WORKDIR [NAME=WORKDIR ...] [--json PATH]
+
+Each WORKDIR holds the eval.json an `evaluate` run wrote; the baselines (copy_last, background)
+come from the first run. With several seeds per arm (NAME=DIR1,DIR2,...) the mean is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from videoar.eval import long_horizon
+
+
+def _mean_tables(tables: list[list[dict]]) -> list[dict]:
+  rows = []
+  for segment_rows in zip(*tables):
+    row = dict(segment_rows[0])
+    for key, value in row.items():
+      if isinstance(value, float):
+        row[key] = float(np.nanmean([r[key] for r in segment_rows]))
+    row["seeds"] = len(segment_rows)
+    rows.append(row)
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("runs", nargs="+", help="NAME=WORKDIR[,WORKDIR...]")
+  parser.add_argument("--json", help="also write the combined tables here")
+  args = parser.parse_args(argv)
+  combined, baselines = {}, None
+  for spec in args.runs:
+    name, _, dirs = spec.partition("=")
+    if not dirs:
+      parser.error(f"run {spec!r} is not NAME=WORKDIR")
+    results = []
+    for workdir in dirs.split(","):
+      with open(f"{workdir}/eval.json") as f:
+        results.append(json.load(f)["tables"])
+    combined[name] = _mean_tables([r["model"] for r in results])
+    if baselines is None:
+      baselines = {k: v for k, v in results[0].items() if k in ("copy_last", "background")}
+  combined.update(baselines or {})
+  print(long_horizon.format_table(combined))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(combined, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
