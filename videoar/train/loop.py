@@ -20,6 +20,7 @@ from tensorboardX import SummaryWriter
 from videoar import validate
 from videoar.attention import masks
 from videoar.data import pipeline
+from videoar.eval import routing_figure
 from videoar.forcing import PARADIGMS
 from videoar.models import dit
 from videoar.train import checkpoint as checkpoint_lib
@@ -99,6 +100,28 @@ def _check_finite(metrics: dict, step: int) -> None:
         f"non-finite loss {metrics['loss']} at step {step}; the last good checkpoint is kept")
 
 
+def _routing_logger(exp: Experiment):
+  """Logs how often each history frame is routed to, as a tensorboard histogram over the
+  history frame index (mass = mean routing frequency over layers and the query frames that
+  may see it)."""
+  c = exp.config
+  frequencies = jax.jit(lambda params, video: routing_figure.routing_frequencies(
+      exp.model, params, video, chunk=c.forcing.chunk,
+      history_window=c.forcing.get("history_window", 0)).mean(axis=0))
+
+  def log(writer, params, video, step):
+    mean = np.asarray(frequencies(params, video))
+    n = mean.shape[0]
+    visible = np.tril(np.ones((n, n)), -1)
+    per_frame = (mean * visible).sum(0) / np.maximum(visible.sum(0), 1)
+    writer.add_histogram_raw(
+        "routing/history_frame", min=0, max=n - 1, num=n, sum=float((per_frame * np.arange(n)).sum()),
+        sum_squares=float((per_frame * np.arange(n) ** 2).sum()),
+        bucket_limits=list(np.arange(n) + 0.5), bucket_counts=list(per_frame), global_step=step)
+
+  return log
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
   exp = build(config)
   os.makedirs(workdir, exist_ok=True)
@@ -125,6 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   batch_iter = iter(batches[start:config.train.num_steps].map(model_inputs).to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
 
+  log_routing = _routing_logger(exp) if exp.model.routing_top_k else None
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   preemption = _Preemption()
@@ -133,7 +157,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   try:
     for step in tqdm.trange(start, config.train.num_steps, initial=start,
                             total=config.train.num_steps, desc="train", mininterval=2.0):
-      state, metrics = train_step(state, next(batch_iter), train_rng)
+      batch = next(batch_iter)
+      state, metrics = train_step(state, batch, train_rng)
       done = step + 1
       is_last = done == config.train.num_steps
       if done % config.train.log_every == 0 or is_last:
@@ -145,6 +170,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
         last_time, last_step = now, done
         for key, value in metrics.items():
           writer.add_scalar(f"train/{key}", value, done)
+        if log_routing:
+          log_routing(writer, state.params, batch["video"], done)
         with open(metrics_path, "a") as f:
           f.write(json.dumps(dict(step=done, **metrics)) + "\n")
       if done % config.train.checkpoint_every == 0 or is_last or preemption.requested:

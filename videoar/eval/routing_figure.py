@@ -1,0 +1,100 @@
+"""How often history routing picks each history frame: the paper's Figure 8 for our models.
+
+  python -m videoar.eval.routing_figure --config=configs/bouncing_rf.py:routed --workdir=DIR \\
+      --out=docs/routing_frequency.png
+
+Runs the trained (EMA) model on held-out clips in the training layout and reads, from every
+layer, the fraction of query tokens x heads of each noisy frame i that routed to history frame j.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videoar.attention import masks
+from videoar.forcing import teacher
+from videoar.models import dit
+
+
+def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, *, chunk: int,
+                        history_window: int = 0) -> jax.Array:
+  """[depth, N, N]: for noisy frame i (rows) the fraction of its query tokens x heads that
+  routed to history frame j (columns), at t = 0.5, each layer separately."""
+  if not model.routing_top_k:
+    raise ValueError("routing_frequencies needs a model with routing_top_k > 0")
+  b, n = video_bfhwc.shape[:2]
+  eps = jax.random.normal(jax.random.key(0), video_bfhwc.shape)
+  x_t = 0.5 * (video_bfhwc + eps)
+  t = jnp.concatenate([jnp.zeros((b, n)), jnp.full((b, n), 0.5)], axis=1)
+  _, state = model.apply(
+      params, jnp.concatenate([video_bfhwc, x_t], axis=1), t,
+      frame_pos_f=jnp.tile(jnp.arange(n), 2), mask=masks.TeacherForcing(n, chunk, history_window),
+      previous_bfhwc=teacher.two_n_layout_previous(model, video_bfhwc, chunk),
+      mutable=["intermediates"])
+  per_layer = [v["attn"]["routing_frequency"][0] for k, v in
+               sorted(state["intermediates"].items(), key=lambda kv: int(kv[0].split("_")[1]))]
+  return jnp.stack([f[n:, :n] for f in per_layer])
+
+
+def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
+  """Left: the mean over layers as a query x history heatmap. Right: routing frequency by how far
+  back the history frame is (1 = the frame just before), and for the first frame (the sink)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  mean = frequencies.mean(axis=0)
+  n = mean.shape[0]
+  fig, (ax_map, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
+  image = ax_map.imshow(np.where(np.tril(np.ones((n, n)), -1) > 0, mean, np.nan), vmin=0, vmax=1,
+                        cmap="viridis")
+  ax_map.set_xlabel("history frame j")
+  ax_map.set_ylabel("query (noisy) frame i")
+  ax_map.set_title(f"routing frequency, top-{top_k}, mean of {len(frequencies)} layers")
+  fig.colorbar(image, ax=ax_map)
+  distances = np.arange(1, n)
+  by_distance = [np.mean([mean[i, i - d] for i in range(d, n)]) for d in distances]
+  first = [mean[i, 0] for i in range(1, n)]
+  ax_dist.bar(distances, by_distance, label="frame i - d")
+  ax_dist.plot(distances, first, "o-", color="tab:red", label="first frame (for query i = d)")
+  ax_dist.set_xlabel("distance d back in time")
+  ax_dist.set_ylabel("fraction of query tokens x heads")
+  ax_dist.set_ylim(0, 1)
+  ax_dist.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+
+  from videoar.data import pipeline
+  from videoar.train import loop
+  config = flags.FLAGS.config
+  exp = loop.build(config)
+  params = loop.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
+  clips = pipeline.eval_clips(exp.source, num_clips=16, num_frames=config.data.num_frames,
+                              seed=config.seed)
+  frequencies = routing_frequencies(exp.model, params, jnp.asarray(clips["video"]),
+                                    chunk=config.forcing.chunk,
+                                    history_window=config.forcing.get("history_window", 0))
+  frequencies = np.asarray(frequencies)
+  plot(frequencies, exp.model.routing_top_k, flags.FLAGS.out)
+  np.set_printoptions(precision=2, suppress=True)
+  print("mean routing frequency [query frame, history frame]:")
+  print(frequencies.mean(axis=0))
+  print(f"figure: {flags.FLAGS.out}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
+  flags.DEFINE_string("out", "docs/routing_frequency.png", "Where to write the figure.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
