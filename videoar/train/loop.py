@@ -61,7 +61,8 @@ def init_params(exp: Experiment, rng: jax.Array):
   labels = jnp.zeros((1,), jnp.int32) if exp.model.num_classes else None
   actions = jnp.zeros((1, n), jnp.int32) if exp.model.num_actions else None
   return exp.model.init(rng, x, jnp.zeros((1, n)), frame_pos_f=jnp.arange(n),
-                        mask=masks.BlockCausal(n), labels_b=labels, actions_bf=actions)
+                        mask=masks.BlockCausal(n), labels_b=labels, actions_bf=actions,
+                        previous_bfhwc=x)
 
 
 def make_loss_fn(exp: Experiment):
