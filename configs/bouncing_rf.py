@@ -36,7 +36,7 @@ def get_config(variant: str = ""):
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "autoregressive"
   config.forcing.resample_shift = 0.6
-  config.forcing.resample_steps = 4
+  config.forcing.resample_steps = 3
   config.forcing.warmup_steps = 200
   k = max(1, config.data.num_frames // 4)
   for v in variants:

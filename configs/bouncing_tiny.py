@@ -42,7 +42,9 @@ def get_config(variant: str = ""):
   config.forcing = ml_collections.ConfigDict()
   config.forcing.paradigm = "teacher_forcing"
   config.forcing.chunk = 1
-  config.forcing.time_shift = 1.0
+  # High-noise times decide where objects go; with data prediction the velocity loss weighs them
+  # by only 1/t^2, so draw them more often (measured: 600 steps, position error 6.8 -> 4.7 px).
+  config.forcing.time_shift = 3.0
   config.forcing.cond_drop_prob = 0.1
 
   config.optim = ml_collections.ConfigDict()
@@ -54,14 +56,14 @@ def get_config(variant: str = ""):
   config.optim.ema_decay = 0.995
 
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 1500
+  config.train.num_steps = 800
   config.train.log_every = 50
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_steps = 20
-  config.sample.time_shift = 1.0
+  config.sample.time_shift = 3.0
   config.sample.guidance_scale = 1.0
   config.sample.num_videos = 4
   config.sample.length_multiple = 3
@@ -71,6 +73,24 @@ def get_config(variant: str = ""):
   config.eval = ml_collections.ConfigDict()
   config.eval.num_clips = 32
   config.eval.segment_len = 8  # one training length per segment
+
+  # The device mesh of training (docs/scaling.md): axis sizes, where -1 takes the devices the
+  # other axes leave, and the rules that map the model's logical axis names to mesh axes (a name
+  # without a rule is not sharded).
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.sequence = 1
+  config.mesh.tensor = 1
+  config.mesh.rules = (
+      ("batch", ("data", "fsdp")),
+      ("frame", "sequence"),
+      ("embed", ("fsdp", "sequence")),
+      ("cond", ("fsdp", "sequence")),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("modulation", "tensor"),
+  )
 
   if variant == "test":
     config.data.batch_size = 4

@@ -47,12 +47,15 @@ def recompute_sample(model, params, noise_bfhwc, times, chunk, labels=None):
   return clean
 
 
-@pytest.mark.parametrize("chunk,prediction,previous_frame_input",
-                         [(1, "velocity", False), (2, "velocity", False), (2, "data", True),
-                          (1, "data", True)])
-def test_cached_sampling_equals_recomputation(chunk, prediction, previous_frame_input):
+@pytest.mark.parametrize("chunk,prediction,previous_frame_input,routing_top_k",
+                         [(1, "velocity", False, 0), (2, "velocity", False, 0), (2, "data", True, 0),
+                          (1, "data", True, 0), (1, "velocity", False, 2), (2, "data", True, 1)])
+def test_cached_sampling_equals_recomputation(chunk, prediction, previous_frame_input,
+                                              routing_top_k):
+  """Also with history routing: over the cache a chunk routes among the same frames, with the
+  same keys, as in the full recomputation."""
   model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction=prediction,
-                        previous_frame_input=previous_frame_input)
+                        previous_frame_input=previous_frame_input, routing_top_k=routing_top_k)
   frames, steps = 6, 3
   params = _random_params(model, frames, chunk)
   sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=chunk, window=frames)
