@@ -35,6 +35,11 @@ def _positive(config, key: str):
 def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.source not in pipeline.SOURCES:
     _fail("data.source", config.data.source, f"allowed: {', '.join(pipeline.SOURCES)}")
+  if config.data.source in pipeline.RECORDINGS and not config.data.get("path"):
+    _fail("data.path", config.data.get("path"),
+          f"data.source={config.data.source!r} reads files: set --config.data.path=DIR")
+  if config.data.get("prefetch", "threads") not in pipeline.PREFETCH:
+    _fail("data.prefetch", config.data.prefetch, f"allowed: {', '.join(pipeline.PREFETCH)}")
   if config.forcing.paradigm not in PARADIGMS:
     _fail("forcing.paradigm", config.forcing.paradigm, f"allowed: {', '.join(PARADIGMS)}")
   options = set(config.forcing) - {"paradigm"}
@@ -57,6 +62,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("model.prediction", config.model.prediction, f"allowed: {', '.join(flow.PREDICTIONS)}")
   if config.model.dtype not in DTYPES:
     _fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
+  if "num_workers" in config.data:
+    _positive(config, "data.num_workers")
   for key in ("data.num_frames", "data.batch_size", "model.patch", "model.width", "model.depth",
               "model.num_heads", "forcing.chunk", "train.num_steps", "train.log_every",
               "train.checkpoint_every", "sample.num_steps", "sample.num_videos",

@@ -1,59 +1,165 @@
 """Batches of clips for training and evaluation, built on grain's MapDataset.
 
-Every clip is a pure function of (seed, clip index), and training batches are
-random-access by step, so resuming at step s reproduces exactly the batches an
-uninterrupted run would have seen.
+Every source is a ClipSource: clip(seed, index, num_frames) is a pure function of its
+arguments. Procedural sources (bouncing, moving_mnist) render clip `index` of an endless stream
+chosen by `seed`. Recorded sources (atari, video_folder, array_record) hold finite frame
+sequences on disk; RecordedClips cuts them into clips of F frames at a stride, and the training
+stream visits those clips in a seeded shuffle that changes every epoch.
 
-Held-out clips come from the same seed but from clip indices starting at
-EVAL_INDEX_OFFSET; train_batches stops before reaching that range, so no
-evaluation clip is ever trained on.
+The global training stream is then split between hosts (host p takes clips p::process_count)
+and batched. Batches are random-access by step, so resuming at step s reproduces exactly the
+batches an uninterrupted run would have seen; batch_iterator reads them in order with thread or
+process prefetch, and its get_state() / set_state() checkpoint the position.
+
+Held-out clips come from clip indices starting at EVAL_INDEX_OFFSET: for a procedural source,
+the same seed's stream past anything train_batches reaches; for a recorded source, the last
+eval_fraction of every sequence's frames, which no training clip touches.
 """
 
 import dataclasses
+import functools
 from typing import Protocol
 
 import grain
 import numpy as np
+from absl import flags
 
+from videoar.data.array_record import ArrayRecordLatents
+from videoar.data.atari import AtariEpisodes
 from videoar.data.bouncing import BouncingWorld
 from videoar.data.moving_mnist import MovingMnist
+from videoar.data.video_folder import VideoFolder
 
 EVAL_INDEX_OFFSET = 2**40
+PREFETCH = ("threads", "processes")
 
 
 class ClipSource(Protocol):
-    def clip(self, seed: int, index: int, num_frames: int) -> dict[str, np.ndarray]: ...
+  def clip(self, seed: int, index: int, num_frames: int) -> dict[str, np.ndarray]: ...
 
 
-SOURCES: dict[str, type[ClipSource]] = {
-    "bouncing": BouncingWorld,
-    "moving_mnist": MovingMnist,
-}
+class Recording(Protocol):
+  """Finite frame sequences on disk: Atari episodes, video files, encoded latent sequences."""
+
+  def lengths(self) -> np.ndarray:
+    """Frames in each sequence, int64 [num_sequences]."""
+    ...
+
+  def read(self, sequence: int, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """`video` [len(frames), H, W, C] (uint8 pixels or float latents), per-frame arrays
+    [len(frames), ...] and per-sequence arrays, of the given frames of one sequence."""
+    ...
 
 
-def make_source(name: str, **kwargs) -> ClipSource:
-    if name not in SOURCES:
-        raise ValueError(f"data.source={name!r} is unknown; allowed: {', '.join(SOURCES)}")
-    return SOURCES[name](**kwargs)
+PROCEDURAL_SOURCES = {"bouncing": BouncingWorld, "moving_mnist": MovingMnist}
+RECORDINGS = {"atari": AtariEpisodes, "video_folder": VideoFolder,
+              "array_record": ArrayRecordLatents}
+SOURCES: dict[str, type] = PROCEDURAL_SOURCES | RECORDINGS
 
 
 @dataclasses.dataclass(frozen=True)
-class _HostClip:
-    """Maps this host's k-th training clip to its clip in the global stream."""
+class RecordedClips:
+  """The clips of a Recording: num_frames frames, `stride` frames apart.
 
-    source: ClipSource
-    seed: int
-    num_frames: int
-    batch_size: int
-    process_index: int
-    process_count: int
+  The first 1 - eval_fraction of every sequence is for training and the rest is held out.
+  Training clip i is the i-th window in sequence order, one starting at every frame (the
+  training stream shuffles them). Held-out clip EVAL_INDEX_OFFSET + i comes from windows that
+  do not overlap, in a fixed shuffled order, so a few of them already span many sequences.
+  """
 
-    def __call__(self, host_position: int) -> dict[str, np.ndarray]:
-        step, slot = divmod(host_position, self.batch_size)
-        # Within the global batch, this host owns the slots j with j % process_count == process_index.
-        global_slot = slot * self.process_count + self.process_index
-        index = step * self.batch_size * self.process_count + global_slot
-        return self.source.clip(self.seed, index, self.num_frames)
+  recording: Recording
+  stride: int = 1
+  eval_fraction: float = 0.1
+
+  def __post_init__(self):
+    if not isinstance(self.stride, int) or self.stride < 1:
+      raise ValueError(f"data.options.stride={self.stride!r} must be an integer >= 1")
+    if not 0.0 <= self.eval_fraction < 1.0:
+      raise ValueError(f"data.options.eval_fraction={self.eval_fraction!r} must be in [0, 1)")
+
+  def num_clips(self, num_frames: int, held_out: bool = False) -> int:
+    return int(_window_table(self, num_frames, held_out)[1][-1])
+
+  def clip(self, seed: int, index: int, num_frames: int) -> dict[str, np.ndarray]:
+    del seed  # a recorded clip is what is on disk; the seed orders the training stream
+    held_out = index >= EVAL_INDEX_OFFSET
+    position = index - EVAL_INDEX_OFFSET if held_out else index
+    first_frames, cumulative, order = _window_table(self, num_frames, held_out)
+    if not 0 <= position < cumulative[-1]:
+      split = "held-out" if held_out else "training"
+      raise IndexError(
+          f"{split} clip {position} of {num_frames} frames at stride {self.stride} is out of"
+          f" range: {self.recording} has {cumulative[-1]}")
+    window = int(order[position]) if held_out else position
+    sequence = int(np.searchsorted(cumulative, window, side="right")) - 1
+    start = first_frames[sequence] + (window - cumulative[sequence]) * (
+        (num_frames - 1) * self.stride + 1 if held_out else 1)
+    clip = dict(self.recording.read(sequence, start + self.stride * np.arange(num_frames)))
+    video = clip["video"]
+    if video.dtype == np.uint8:
+      clip["video"] = video.astype(np.float32) / 127.5 - 1.0
+    else:
+      clip["video"] = video.astype(np.float32)
+    return clip
+
+
+@functools.lru_cache(maxsize=16)
+def _window_table(clips: RecordedClips, num_frames: int, held_out: bool):
+  """(first frame of each sequence's part, cumulative window counts [N + 1], visiting order)."""
+  lengths = clips.recording.lengths()
+  train_lengths = np.floor(lengths * (1.0 - clips.eval_fraction)).astype(np.int64)
+  span = (num_frames - 1) * clips.stride + 1
+  if held_out:
+    first_frames, part_lengths = train_lengths, lengths - train_lengths
+    windows = part_lengths // span
+  else:
+    first_frames, part_lengths = np.zeros_like(lengths), train_lengths
+    windows = np.maximum(part_lengths - span + 1, 0)
+  cumulative = np.concatenate([[0], np.cumsum(windows)])
+  # A fixed order, not the run's seed: every run is evaluated on the same held-out clips.
+  order = np.random.default_rng(0).permutation(cumulative[-1]) if held_out else None
+  return first_frames, cumulative, order
+
+
+def make_source(name: str, *, path: str | None = None, **options) -> ClipSource:
+  """The source data.source=`name`; recorded sources read `path` (data.path)."""
+  if name not in SOURCES:
+    raise ValueError(f"data.source={name!r} is unknown; allowed: {', '.join(SOURCES)}")
+  if name in PROCEDURAL_SOURCES:
+    if path:
+      raise ValueError(f"data.source={name!r} reads no files, but data.path={path!r} is set")
+    return PROCEDURAL_SOURCES[name](**options)
+  if not path:
+    raise ValueError(f"data.source={name!r} reads files: set data.path")
+  clip_options = {key: options.pop(key) for key in ("stride", "eval_fraction") if key in options}
+  return RecordedClips(RECORDINGS[name](path=path, **options), **clip_options)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Clip:
+  """Clip `index` of the source, as a picklable function for grain's workers."""
+
+  source: ClipSource
+  seed: int
+  num_frames: int
+
+  def __call__(self, index: int) -> dict[str, np.ndarray]:
+    return self.source.clip(self.seed, int(index), self.num_frames)
+
+
+def _training_stream(source: ClipSource, num_frames: int, seed: int) -> grain.MapDataset:
+  """Element i is clip i of the global training stream."""
+  if isinstance(source, RecordedClips):
+    count = source.num_clips(num_frames)
+    if not count:
+      raise ValueError(
+          f"no training clip of {num_frames} frames at stride {source.stride} fits in"
+          f" {source.recording}: lower data.num_frames or data.options.stride")
+    # Each epoch visits every clip once, in an order drawn from (seed, epoch).
+    indices = grain.MapDataset.range(count).shuffle(seed).repeat()
+  else:
+    indices = grain.MapDataset.range(EVAL_INDEX_OFFSET)
+  return indices.map(_Clip(source, seed, num_frames))
 
 
 def train_batches(
@@ -65,34 +171,58 @@ def train_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.MapDataset:
-    """ds[step] is this host's training batch for `step`: a dict of stacked arrays.
+  """ds[step] is this host's training batch for `step`: a dict of stacked arrays.
 
-    batch_size is per host; the global batch at step s is clips
-    s * global_batch + j for j < global_batch = batch_size * process_count, and
-    this host takes the j with j % process_count == process_index.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
-    if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"process_index={process_index} must be in [0, process_count={process_count})"
-        )
-    num_steps = EVAL_INDEX_OFFSET // (batch_size * process_count)
-    host_clip = _HostClip(source, seed, num_frames, batch_size, process_index, process_count)
-    return (
-        grain.MapDataset.range(num_steps * batch_size)
-        .map(host_clip)
-        .batch(batch_size, drop_remainder=True)
-    )
+  batch_size is per host; the global batch at step s is clips s * global_batch + j of the
+  training stream for j < global_batch = batch_size * process_count, and this host takes the
+  j with j % process_count == process_index.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} must be at least 1")
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f"process_index={process_index} must be in [0, process_count={process_count})")
+  host_stream = _training_stream(source, num_frames, seed)[process_index::process_count]
+  return host_stream.batch(batch_size, drop_remainder=True)
+
+
+def batch_iterator(batches: grain.MapDataset, *, prefetch: str = "threads",
+                   num_workers: int = 2) -> grain.DatasetIterator:
+  """Iterates `batches` in order while `num_workers` threads or processes prepare the next ones.
+
+  get_state() after k batches, given to set_state() of a fresh iterator over the same batches,
+  makes it continue with batch k; grain.checkpoint.CheckpointSave(iterator) writes that state
+  into an orbax checkpoint. Threads suit sources whose clips cost little Python time (file
+  reads, NumPy); processes escape the GIL for Python-heavy sources but each worker starts by
+  importing what the pipeline's functions need, which takes seconds.
+  """
+  if prefetch not in PREFETCH:
+    raise ValueError(f"data.prefetch={prefetch!r} is unknown; allowed: {', '.join(PREFETCH)}")
+  if num_workers < 1:
+    raise ValueError(f"data.num_workers={num_workers} must be at least 1")
+  if prefetch == "threads":
+    return iter(batches.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=2 * num_workers)))
+  if not flags.FLAGS.is_parsed():
+    # grain's process prefetch reads its own absl flags; a program that never parsed flags
+    # (a test, a notebook) gets their defaults.
+    flags.FLAGS.mark_as_parsed()
+  return iter(batches.to_iter_dataset().mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)))
 
 
 def eval_clips(
     source: ClipSource, *, num_clips: int, num_frames: int, seed: int
 ) -> dict[str, np.ndarray]:
-    """The first num_clips held-out clips (indices from EVAL_INDEX_OFFSET), stacked."""
-    if num_clips < 1:
-        raise ValueError(f"num_clips={num_clips} must be at least 1")
-    clips = [
-        source.clip(seed, EVAL_INDEX_OFFSET + i, num_frames) for i in range(num_clips)
-    ]
-    return {key: np.stack([clip[key] for clip in clips]) for key in clips[0]}
+  """The first num_clips held-out clips (indices from EVAL_INDEX_OFFSET), stacked."""
+  if num_clips < 1:
+    raise ValueError(f"num_clips={num_clips} must be at least 1")
+  if isinstance(source, RecordedClips):
+    available = source.num_clips(num_frames, held_out=True)
+    if available < num_clips:
+      raise ValueError(
+          f"{source.recording} holds out only {available} clips of {num_frames} frames at"
+          f" stride {source.stride}, fewer than the {num_clips} asked for: raise"
+          " data.options.eval_fraction or lower eval.num_clips")
+  clips = [source.clip(seed, EVAL_INDEX_OFFSET + i, num_frames) for i in range(num_clips)]
+  return {key: np.stack([clip[key] for clip in clips]) for key in clips[0]}

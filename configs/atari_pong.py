@@ -1,0 +1,55 @@
+"""An action-conditioned world model of Atari Pong, 64x64, with Teacher Forcing.
+
+Data: 20 episodes of a sticky random policy (ale-py, frameskip 4), generated on first use into
+data.path (about 17k frames, 200 MB) or ahead of time with
+  python -m videoar.data.generate_atari --config=configs/atari_pong.py
+Every frame carries the action that led to it, one of Pong's 6 minimal actions (NOOP, FIRE,
+RIGHT = paddle up, LEFT = paddle down, RIGHTFIRE, LEFTFIRE), and the DiT adds an embedding of it
+to the frame's conditioning (model.num_actions = 6); cond_drop_prob drops actions per frame so
+that sampling can also guide on them.
+
+Model: configs/bouncing_tiny.py's causal DiT (width 128, depth 4, 8x8 patches: 64 tokens a
+frame) on clips of 8 frames. Sampling continues 2 held-out frames for 24 frames under the
+recorded actions; docs/pong_actions.py drives one context with two different action sequences.
+
+Variants (`--config=configs/atari_pong.py:VARIANT`, comma-separated):
+  latents  read the episodes from ArrayRecord shards in data.path (default data/pong_shards),
+           written by python -m videoar.data.write_array_record --config=configs/atari_pong.py
+           --output=data/pong_shards.
+  test     a few steps of a tiny model on 2 short episodes, for the test suite and smoke runs.
+"""
+
+import ml_collections
+
+from configs import bouncing_tiny
+
+
+def get_config(variant: str = ""):
+  variants = [v for v in variant.split(",") if v]
+  for v in variants:
+    if v not in ("latents", "test"):
+      raise ValueError(f"config variant {v!r} is unknown; allowed: latents, test")
+  config = bouncing_tiny.get_config("test" if "test" in variants else "")
+  config.data.source = "atari"
+  config.data.path = "data/atari"
+  config.data.options = ml_collections.ConfigDict(dict(
+      game="pong", size=64, num_episodes=20, max_frames=1000, frameskip=4, sticky=0.75,
+      stride=1, eval_fraction=0.1))
+  config.data.num_frames = 8
+  config.data.batch_size = 8
+  config.data.prefetch = "threads"
+  config.data.num_workers = 2
+  config.model.num_actions = 6
+  if "test" in variants:
+    config.data.options.num_episodes = 2
+    config.data.options.max_frames = 120
+    config.data.options.eval_fraction = 0.25
+    config.data.batch_size = 2
+  else:
+    config.train.num_steps = 4000
+  if "latents" in variants:
+    config.data.source = "array_record"
+    config.data.path = "data/pong_shards"
+    config.data.options = ml_collections.ConfigDict(dict(
+        stride=1, eval_fraction=config.data.options.eval_fraction))
+  return config

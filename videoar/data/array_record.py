@@ -1,0 +1,133 @@
+"""Pre-encoded frame sequences in ArrayRecord shards: latents, actions, labels, text embeddings.
+
+A dataset directory holds
+  frames-SSSSS-of-NNNNN.array_record  one record per frame: `video` [h, w, c] (uint8 pixels or
+                                      float latents) and, when present, its `actions` id;
+  sequences.array_record              one record per sequence: its `label` and `text` embedding
+                                      [tokens, dim], when present;
+  index.json                          each sequence's frame count and first frame record.
+Records are a JSON header line and the raw array bytes (to_bytes, from_bytes). Frames are
+records of their own so that a clip reads only its frames. write_sequences() writes this format
+from any encoder; `python -m videoar.data.write_array_record` converts another source into it.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Iterable
+
+import grain
+import numpy as np
+
+FRAME_KEYS = ("video", "actions")
+SEQUENCE_KEYS = ("label", "text")
+# One record a group: a frame is read without decompressing its neighbours.
+WRITER_OPTIONS = "group_size:1"
+
+
+def to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+  """A JSON header line of each array's key, dtype and shape, then their bytes in order."""
+  arrays = {key: np.asarray(value) for key, value in arrays.items()}
+  header = json.dumps([[key, value.dtype.str, value.shape] for key, value in arrays.items()])
+  return b"".join([header.encode(), b"\n"] + [value.tobytes() for value in arrays.values()])
+
+
+def from_bytes(record: bytes) -> dict[str, np.ndarray]:
+  # Not np.load: NumPy parses .npy headers with ast.literal_eval, which CPython 3.11 can crash
+  # ("AST constructor recursion depth mismatch") when prefetch threads call it at once.
+  end = record.index(b"\n")
+  arrays, offset = {}, end + 1
+  for key, dtype, shape in json.loads(record[:end]):
+    array = np.frombuffer(record, np.dtype(dtype), int(np.prod(shape)), offset).reshape(shape)
+    arrays[key] = array
+    offset += array.nbytes
+  return arrays
+
+
+def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
+                    num_shards: int = 1) -> int:
+  """Writes sequences ({video [T, h, w, c], optionally actions [T], label [], text [L, D]}) to
+  the dataset directory `path`, dealing them to `num_shards` frame shards in turn; returns how
+  many were written."""
+  from array_record.python import array_record_module  # only writing needs the writer
+
+  os.makedirs(path, exist_ok=True)
+  shard_names = [f"frames-{k:05d}-of-{num_shards:05d}.array_record" for k in range(num_shards)]
+  shards = [array_record_module.ArrayRecordWriter(os.path.join(path, name), WRITER_OPTIONS)
+            for name in shard_names]
+  sequence_writer = array_record_module.ArrayRecordWriter(
+      os.path.join(path, "sequences.array_record"), WRITER_OPTIONS)
+  shard_sizes = [0] * num_shards
+  placement = []  # (shard, first record in it, frames) of each sequence
+  keys = None
+  for i, sequence in enumerate(sequences):
+    unknown = set(sequence) - set(FRAME_KEYS) - set(SEQUENCE_KEYS)
+    if "video" not in sequence or unknown:
+      raise ValueError(f"sequence {i} has keys {sorted(sequence)}: needs video, and may have"
+                       f" only {', '.join(FRAME_KEYS[1:] + SEQUENCE_KEYS)}")
+    if keys is None:
+      keys = sorted(sequence)
+    elif sorted(sequence) != keys:
+      raise ValueError(f"sequence {i} has keys {sorted(sequence)}, sequence 0 had {keys}")
+    shard = i % num_shards
+    frame_arrays = {key: np.asarray(sequence[key]) for key in FRAME_KEYS if key in sequence}
+    num_frames = len(frame_arrays["video"])
+    for t in range(num_frames):
+      shards[shard].write(to_bytes({key: value[t] for key, value in frame_arrays.items()}))
+    sequence_writer.write(to_bytes(
+        {key: np.asarray(sequence[key]) for key in SEQUENCE_KEYS if key in sequence}))
+    placement.append((shard, shard_sizes[shard], num_frames))
+    shard_sizes[shard] += num_frames
+  for writer in shards + [sequence_writer]:
+    writer.close()
+  if not placement:
+    raise ValueError(f"no sequence to write to {path}")
+  shard_starts = np.concatenate([[0], np.cumsum(shard_sizes)[:-1]])
+  index = {
+      "frame_shards": shard_names,
+      "lengths": [frames for _, _, frames in placement],
+      "first_records": [int(shard_starts[shard] + first) for shard, first, _ in placement],
+  }
+  with open(os.path.join(path, "index.json"), "w") as f:
+    json.dump(index, f)
+  return len(placement)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayRecordLatents:
+  """The sequences of the dataset directory `path` written by write_sequences()."""
+
+  path: str
+
+  def lengths(self) -> np.ndarray:
+    return np.asarray(_index(self.path)["lengths"], np.int64)
+
+  def read(self, sequence: int, frames: np.ndarray) -> dict[str, np.ndarray]:
+    first = _index(self.path)["first_records"][sequence]
+    records = _frame_source(self.path).__getitems__([first + int(t) for t in frames])
+    per_frame = [from_bytes(record) for record in records]
+    clip = {key: np.stack([frame[key] for frame in per_frame]) for key in per_frame[0]}
+    return clip | from_bytes(_sequence_source(self.path)[sequence])
+
+
+@functools.cache
+def _index(path: str) -> dict:
+  index_path = os.path.join(path, "index.json")
+  if not os.path.exists(index_path):
+    raise ValueError(f"data.path={path!r} has no index.json: write it with"
+                     " python -m videoar.data.write_array_record")
+  with open(index_path) as f:
+    return json.load(f)
+
+
+# Readers hold open files: each process opens its own on first use.
+@functools.cache
+def _frame_source(path: str) -> grain.sources.ArrayRecordDataSource:
+  return grain.sources.ArrayRecordDataSource(
+      [os.path.join(path, name) for name in _index(path)["frame_shards"]])
+
+
+@functools.cache
+def _sequence_source(path: str) -> grain.sources.ArrayRecordDataSource:
+  return grain.sources.ArrayRecordDataSource([os.path.join(path, "sequences.array_record")])
