@@ -56,7 +56,7 @@ def get_config(variant: str = ""):
   config.optim.ema_decay = 0.995
 
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 800
+  config.train.num_steps = 600
   config.train.log_every = 50
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2
