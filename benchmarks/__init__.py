@@ -1,0 +1,64 @@
+"""What the benchmarks share: interleaved timing, the table they print, the JSON they write."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Callable
+
+import jax
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+  """Best seconds of each function over `repeats` rounds, after one call each to compile.
+
+  The functions take turns within a round, so load from other processes on a shared machine
+  slows all of them alike and their ratios hold; the best of the rounds is the least disturbed.
+  """
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+  best = {name: float("inf") for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
+def matmul_runner(size: int, dtype=jax.numpy.float32) -> tuple[Callable[[], object], float]:
+  """A large square matmul to time beside other work, and its FLOPs."""
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  matmul = jax.jit(lambda a: a @ a)
+  return lambda: matmul(a), 2.0 * size**3
+
+
+def machine() -> dict:
+  device = jax.devices()[0]
+  return dict(backend=jax.default_backend(), device=device.device_kind, jax=jax.__version__,
+              cpus=os.cpu_count(), load_average=os.getloadavg(), host=platform.node())
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+  cells = [header] + [[_cell(v) for v in row] for row in rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+  print(f"\n{title}")
+  for i, row in enumerate(cells):
+    print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    if i == 0:
+      print("  ".join("-" * w for w in widths))
+
+
+def _cell(value) -> str:
+  if isinstance(value, float):
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+  return str(value)
+
+
+def write_json(path: str | None, **results) -> None:
+  if path:
+    with open(path, "w") as f:
+      json.dump(dict(machine=machine(), **results), f, indent=2)
+    print(f"\nwrote {path}")

@@ -1,0 +1,153 @@
+"""The train step's model FLOP/s against the machine's measured matmul throughput.
+
+  python benchmarks/train_step.py [--patch=8] [--impls=dense,auto] [--steps=3] [--json=PATH]
+
+The default config (configs/bouncing_tiny.py: teacher forcing on the 2N layout, 8 frames of
+32x32, batch 16, width 128, depth 4) with --patch 8 (16 tokens a frame, the default) or 4 (64
+tokens a frame). Each --impls attention implementation runs the same step; they take turns, so
+load from other processes slows them alike.
+
+Model FLOPs per step are counted by hand from the shapes: the matmuls of every layer and the
+attention over the frame blocks the mask allows (2 FLOPs a multiply-add), forward times 3 for
+forward and backward; the optimizer, norms and elementwise work are left out, as is attention
+over masked-out blocks, which no implementation needs. XLA's own count of the compiled step
+(which includes everything it computes, masked blocks too) is printed beside it.
+The reference throughput: on CPU a large float32 matmul, timed in the same rounds as the steps;
+on a GPU the chip's bf16 peak (PEAK_BF16 by device kind; a timed bf16 matmul on other chips).
+Attention alone (forward and backward at the model's attention shapes, times the depth) is
+timed too, as a share of the step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import benchmarks  # noqa: E402
+from configs import bouncing_tiny  # noqa: E402
+from videoar.attention import masks, ops  # noqa: E402
+from videoar.train import loop  # noqa: E402
+from videoar.train import state as state_lib  # noqa: E402
+from videoar.train import step as step_lib  # noqa: E402
+
+flags.DEFINE_string("json", None, "Also write the results here as JSON.")
+flags.DEFINE_integer("patch", 8, "Patch side: 8 is the default config, 4 gives 64 tokens a frame.")
+flags.DEFINE_list("impls", ["dense", "auto"], "Attention implementations to run the step with.")
+flags.DEFINE_integer("steps", 3, "Timed steps per implementation; the best counts.")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the reference matmul (float32; bf16 on a GPU).")
+FLAGS = flags.FLAGS
+
+# Dense bf16 tensor-core peak, FLOP/s.
+PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12}
+
+
+def model_flops(config, frame_shape, mask: masks.MaskSpec) -> dict:
+  """FLOPs of one training step (forward and backward), by hand from the shapes."""
+  m = config.model
+  h, w, c = frame_shape
+  tokens_per_frame = (h // m.patch) * (w // m.patch)
+  frames = mask.frame_mask().shape[0]
+  tokens = frames * tokens_per_frame
+  width, hidden, patch_dim = m.width, int(m.width * m.mlp_ratio), m.patch**2 * c
+  per_layer = (2 * tokens * width * (3 * width + width + 2 * hidden)  # qkv, out, mlp
+               + 2 * frames * width * 6 * width)  # adaLN modulation
+  attended_pairs = int(mask.frame_mask().sum()) * tokens_per_frame**2
+  attention = 2 * 2 * attended_pairs * width  # q.k and p.v over every head
+  outside = (2 * tokens * patch_dim * width * 2  # patch embedding and unpatching
+             + 2 * frames * (256 * width + width * width + 2 * width * width))  # time, final adaLN
+  forward = config.data.batch_size * (m.depth * (per_layer + attention) + outside)
+  return dict(step=3 * forward, attention_share=m.depth * attention / (m.depth * (
+      per_layer + attention) + outside), tokens_per_frame=tokens_per_frame, frames=frames)
+
+
+def step_runner(config, impl: str):
+  """A jitted train step on a fixed random batch, with its state threaded through calls."""
+  config = config.copy_and_resolve_references()
+  config.model.attention_impl = impl
+  exp = loop.build(config)
+  optimizer = state_lib.make_optimizer(config)
+  state = jax.jit(lambda rng: state_lib.create(loop.init_params(exp, rng), optimizer))(
+      jax.random.key(0))
+  train_step = step_lib.make_train_step(
+      loss_fn=loop.make_loss_fn(exp), optimizer=optimizer,
+      schedule=state_lib.learning_rate_schedule(config), ema_decay=config.optim.ema_decay)
+  rng = np.random.default_rng(0)
+  b, f = config.data.batch_size, config.data.num_frames
+  batch = {"video": rng.uniform(-1, 1, (b, f) + exp.frame_shape).astype(np.float32)}
+  holder = [state]
+  xla_flops = train_step.lower(state, batch, jax.random.key(1)).compile().cost_analysis()
+  xla_flops = (xla_flops[0] if isinstance(xla_flops, list) else xla_flops).get("flops", 0.0)
+
+  def run():
+    holder[0], metrics = train_step(holder[0], batch, jax.random.key(1))
+    return metrics
+
+  return exp, run, xla_flops
+
+
+def attention_runner(config, exp, impl: str):
+  """Forward and backward of one layer's attention at the step's shapes."""
+  m = config.model
+  tokens_per_frame = exp.model.tokens_per_frame(*exp.frame_shape[:2])
+  n = config.data.num_frames
+  mask = masks.TeacherForcing(n, config.forcing.chunk)
+  shape = (config.data.batch_size, 2 * n * tokens_per_frame, m.num_heads, m.width // m.num_heads)
+  q, k, v, ct = (jax.random.normal(key, shape) for key in jax.random.split(jax.random.key(0), 4))
+  attend = lambda q, k, v: ops.attention(q, k, v, mask, tokens_per_frame=tokens_per_frame,
+                                         impl=impl)
+  backward = jax.jit(lambda q, k, v, ct: jax.vjp(attend, q, k, v)[1](ct))
+  return lambda: backward(q, k, v, ct)
+
+
+def main(argv):
+  del argv
+  config = bouncing_tiny.get_config()
+  config.model.patch = FLAGS.patch
+  runners, xla_flops = {}, {}
+  for impl in FLAGS.impls:
+    exp, runners[f"step {impl}"], xla_flops[impl] = step_runner(config, impl)
+    runners[f"attention {impl}"] = attention_runner(config, exp, impl)
+  mask = masks.TeacherForcing(config.data.num_frames, config.forcing.chunk)
+  counted = model_flops(config, exp.frame_shape, mask)
+  on_gpu = jax.default_backend() == "gpu"
+  device = jax.devices()[0].device_kind
+  start = time.perf_counter()
+  matmul_dtype = jnp.bfloat16 if on_gpu else jnp.float32
+  runners["matmul"], matmul_flops = benchmarks.matmul_runner(FLAGS.matmul_size, matmul_dtype)
+  seconds = benchmarks.time_interleaved(runners, FLAGS.steps)
+  reference = matmul_flops / seconds["matmul"]
+  reference_name = f"{jnp.dtype(matmul_dtype).name} matmul {FLAGS.matmul_size}"
+  if on_gpu and device in PEAK_BF16:
+    reference, reference_name = PEAK_BF16[device], f"{device} bf16 peak"
+  rows = []
+  for impl in FLAGS.impls:
+    step_s, attention_s = seconds[f"step {impl}"], seconds[f"attention {impl}"]
+    rows.append(dict(impl=impl, step_ms=1e3 * step_s, model_flops=counted["step"],
+                     xla_flops=xla_flops[impl], model_flops_per_s=counted["step"] / step_s,
+                     fraction_of_reference=counted["step"] / step_s / reference,
+                     attention_ms=1e3 * config.model.depth * attention_s,
+                     attention_share_of_step=config.model.depth * attention_s / step_s))
+  benchmarks.print_table(
+      f"Train step, bouncing_tiny with {FLAGS.patch}x{FLAGS.patch} patches"
+      f" ({counted['tokens_per_frame']} tokens/frame, {counted['frames']} frames, batch"
+      f" {config.data.batch_size}); {reference_name}: {reference / 1e9:.1f} GFLOP/s;"
+      f" attention is {counted['attention_share']:.0%} of the model FLOPs",
+      ["impl", "step ms", "model GFLOP", "XLA GFLOP", "model GFLOP/s", "of reference",
+       "attention ms", "attention share"],
+      [[r["impl"], r["step_ms"], r["model_flops"] / 1e9, r["xla_flops"] / 1e9,
+        r["model_flops_per_s"] / 1e9, f"{r['fraction_of_reference']:.0%}", r["attention_ms"],
+        f"{r['attention_share_of_step']:.0%}"] for r in rows])
+  benchmarks.write_json(FLAGS.json, patch=FLAGS.patch, reference=reference_name,
+                        reference_flops_per_s=reference, rows=rows, model=counted,
+                        seconds_total=time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+  app.run(main)
