@@ -26,8 +26,8 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_bftd, cond_bfd, **attention_kwargs):
-    mod = nn.Dense(6 * self.width, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                   name="adaln")(nn.silu(cond_bfd))
+    mod = layers.dense(6 * self.width, ("embed", "modulation"), kernel_init=nn.initializers.zeros,
+                       dtype=self.dtype, name="adaln")(nn.silu(cond_bfd))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     norm = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name=name)
     h = layers.modulate(norm("attn_norm")(x_bftd), shift_a, scale_a)
@@ -36,8 +36,9 @@ class Block(nn.Module):
         h, **attention_kwargs)
     x_bftd = x_bftd + gate_a[:, :, None] * h
     h = layers.modulate(norm("mlp_norm")(x_bftd), shift_m, scale_m)
-    h = nn.Dense(int(self.width * self.mlp_ratio), dtype=self.dtype, name="mlp_in")(h)
-    h = nn.Dense(self.width, dtype=self.dtype, name="mlp_out")(nn.gelu(h))
+    h = layers.dense(int(self.width * self.mlp_ratio), ("embed", "mlp"), dtype=self.dtype,
+                     name="mlp_in")(h)
+    h = layers.dense(self.width, ("mlp", "embed"), dtype=self.dtype, name="mlp_out")(nn.gelu(h))
     return x_bftd + gate_m[:, :, None] * h, new_kv
 
 
@@ -106,19 +107,25 @@ class CausalDiT(nn.Module):
         raise ValueError("CausalDiT(previous_frame_input=True) needs previous_bfhwc")
       tokens = jnp.concatenate([tokens, patches(previous_bfhwc)], axis=-1)
     tokens = tokens.astype(self.dtype)
-    x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(tokens)
+    x = layers.dense(self.width, ("patch", "embed"), dtype=self.dtype, name="patch_embed")(tokens)
 
     cond = layers.timestep_embedding(t_bf, 256)
-    cond = nn.Dense(self.width, dtype=self.dtype, name="time_in")(cond)
-    cond = nn.Dense(self.width, dtype=self.dtype, name="time_out")(nn.silu(cond))
+    cond = layers.dense(self.width, ("time_features", "cond"), dtype=self.dtype,
+                        name="time_in")(cond)
+    cond = layers.dense(self.width, ("cond", "embed"), dtype=self.dtype,
+                        name="time_out")(nn.silu(cond))
     if self.num_classes:
       if labels_b is None:
         raise ValueError("CausalDiT(num_classes>0) needs labels_b")
-      cond = cond + nn.Embed(self.num_classes + 1, self.width, name="label_embed")(labels_b)[:, None]
+      cond = cond + layers.embed(self.num_classes + 1, self.width, name="label_embed")(
+          labels_b)[:, None]
     if self.num_actions:
       if actions_bf is None:
         raise ValueError("CausalDiT(num_actions>0) needs actions_bf")
-      cond = cond + nn.Embed(self.num_actions + 1, self.width, name="action_embed")(actions_bf)
+      cond = cond + layers.embed(self.num_actions + 1, self.width, name="action_embed")(
+          actions_bf)
+
+    x, cond = layers.constrain_tokens(x), layers.constrain_cond(cond)
 
     positions = layers.token_positions(frame_pos_f, gh, gw)
     attention_kwargs = dict(positions_t3=positions, mask=mask)
@@ -134,16 +141,17 @@ class CausalDiT(nn.Module):
       x, (k, v) = Block(self.width, self.num_heads, self.mlp_ratio, self.attention_impl,
                         self.routing_top_k, self.dtype, name=f"block_{i}")(
                             x, cond, **attention_kwargs)
+      x = layers.constrain_tokens(x)
       new_k.append(k.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
       new_v.append(v.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
 
     shift, scale = jnp.split(
-        nn.Dense(2 * self.width, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 name="final_adaln")(nn.silu(cond)), 2, axis=-1)
+        layers.dense(2 * self.width, ("embed", "modulation"), kernel_init=nn.initializers.zeros,
+                     dtype=self.dtype, name="final_adaln")(nn.silu(cond)), 2, axis=-1)
     x = layers.modulate(nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x),
                         shift, scale)
-    x = nn.Dense(p * p * c, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 name="unpatch")(x)
+    x = layers.dense(p * p * c, ("embed", "patch"), kernel_init=nn.initializers.zeros,
+                     dtype=self.dtype, name="unpatch")(x)
     x = x.reshape(b, f, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, h, w, c)
     velocity = flow.velocity_from_prediction(self.prediction, x.astype(jnp.float32), x_bfhwc,
                                              t_bf)

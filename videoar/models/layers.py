@@ -1,4 +1,12 @@
-"""Building blocks of the DiT: embeddings, 3D rotary positions, the attention layer."""
+"""Building blocks of the DiT: embeddings, 3D rotary positions, the attention layer.
+
+Every parameter carries logical axis names (nn.with_logical_partitioning), and so do the
+activations between blocks (nn.with_logical_constraint); config.mesh.rules maps the names to mesh
+axes (videoar/train/sharding.py). Parameters: embed (model width), mlp (MLP hidden units),
+modulation (AdaLN outputs), heads, head_dim, qkv (the fused q/k/v index), patch (a patch's
+values), time_features, cond (the timestep MLP's hidden units), vocab (embedding tables).
+Activations: batch, frame, token, activation_embed.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +60,41 @@ def apply_rope(x_bthd: jax.Array, positions_t3: jax.Array, theta: float = 10_000
   return rotated.reshape(x.shape).astype(x_bthd.dtype)
 
 
+def dense(features: int, axes: tuple[str, str], *, kernel_init=nn.linear.default_kernel_init,
+          **kwargs) -> nn.Dense:
+  """nn.Dense whose kernel [in, out] and bias [out] are named by the logical `axes` (in, out)."""
+  return nn.Dense(features, kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+                  **kwargs)
+
+
+class _ReshapedPartitioned(nn.LogicallyPartitioned):
+  """Logical axis names of a DenseGeneral parameter. DenseGeneral initialises it flat and unboxes
+  it to reshape it; the names fit only the reshaped value, so the flat one is not constrained."""
+
+  def unbox(self, apply_constraint=True):
+    return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+
+
+def dense_general_init(init, axes: tuple[str, ...]):
+  """`init` for a DenseGeneral kernel or bias whose axes are named `axes`."""
+  return lambda *args, **kwargs: _ReshapedPartitioned(init(*args, **kwargs), axes)
+
+
+def embed(num_embeddings: int, features: int, **kwargs) -> nn.Embed:
+  return nn.Embed(num_embeddings, features, embedding_init=nn.with_logical_partitioning(
+      nn.linear.default_embed_init, ("vocab", "embed")), **kwargs)
+
+
+def constrain_tokens(x_bftd):
+  """Pins the tokens passed between blocks to the mesh (a no-op outside a logical-axis context)."""
+  return nn.with_logical_constraint(x_bftd, ("batch", "frame", "token", "activation_embed"))
+
+
+def constrain_cond(cond_bfd):
+  return nn.with_logical_constraint(cond_bfd, ("batch", "frame", "activation_embed"))
+
+
 def modulate(x_bftd, shift_bfd, scale_bfd):
   return x_bftd * (1.0 + scale_bfd[:, :, None]) + shift_bfd[:, :, None]
 
@@ -72,11 +115,16 @@ class Attention(nn.Module):
                cache_positions_t3=None, cache_frame_valid=None):
     b, f, t, d = x_bftd.shape
     head_dim = d // self.num_heads
-    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv")(
-        x_bftd.reshape(b, f * t, d))
+    qkv_axes = ("qkv", "heads", "head_dim")
+    qkv = nn.DenseGeneral(
+        (3, self.num_heads, head_dim), dtype=self.dtype, name="qkv",
+        kernel_init=dense_general_init(nn.linear.default_kernel_init, ("embed",) + qkv_axes),
+        bias_init=dense_general_init(nn.initializers.zeros_init(), qkv_axes))(
+            x_bftd.reshape(b, f * t, d))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    q = nn.RMSNorm(dtype=self.dtype, name="q_norm")(q)
-    k = nn.RMSNorm(dtype=self.dtype, name="k_norm")(k)
+    norm_scale = nn.with_logical_partitioning(nn.initializers.ones, ("head_dim",))
+    q = nn.RMSNorm(dtype=self.dtype, scale_init=norm_scale, name="q_norm")(q)
+    k = nn.RMSNorm(dtype=self.dtype, scale_init=norm_scale, name="k_norm")(k)
     new_kv = (k, v)
     q = apply_rope(q, positions_t3)
     k = apply_rope(k, positions_t3)
@@ -96,5 +144,9 @@ class Attention(nn.Module):
                routing_lib.frequency_by_query_and_key(selection, t))
     out = ops.attention(q, k, v, mask, tokens_per_frame=t, kv_frame_valid=kv_frame_valid,
                         routing=routing, impl=self.attention_impl)
-    out = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+    out = nn.DenseGeneral(
+        d, axis=(-2, -1), dtype=self.dtype, name="out",
+        kernel_init=dense_general_init(nn.linear.default_kernel_init,
+                                       ("heads", "head_dim", "embed")),
+        bias_init=dense_general_init(nn.initializers.zeros_init(), ("embed",)))(out)
     return out.reshape(b, f, t, d), new_kv

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
 import time
 
-import grain
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from videoar import validate
@@ -24,6 +26,7 @@ from videoar.eval import routing_figure
 from videoar.forcing import PARADIGMS
 from videoar.models import dit
 from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import sharding as sharding_lib
 from videoar.train import state as state_lib
 from videoar.train import step as step_lib
 
@@ -44,7 +47,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   validate.validate(config)
   source = pipeline.make_source(config.data.source, **config.data.options.to_dict())
   frame_shape = source.clip(config.seed, 0, 1)["video"].shape[1:]
-  model = dit.CausalDiT(
+  return Experiment(config, source, make_model(config), tuple(frame_shape))
+
+
+def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
+  return dit.CausalDiT(
       patch=config.model.patch, width=config.model.width, depth=config.model.depth,
       num_heads=config.model.num_heads, mlp_ratio=config.model.mlp_ratio,
       num_classes=config.model.num_classes, num_actions=config.model.num_actions,
@@ -52,10 +59,14 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       routing_top_k=config.model.get("routing_top_k", 0),
       prediction=config.model.get("prediction", "velocity"),
       previous_frame_input=config.model.get("previous_frame_input", False), dtype=jnp.dtype(config.model.dtype))
-  return Experiment(config, source, model, tuple(frame_shape))
 
 
 def init_params(exp: Experiment, rng: jax.Array):
+  return nn.meta.unbox(logical_params(exp, rng))
+
+
+def logical_params(exp: Experiment, rng: jax.Array):
+  """The parameters, each in an nn.LogicallyPartitioned box that names its axes."""
   n = exp.config.data.num_frames
   x = jnp.zeros((1, n) + exp.frame_shape)
   labels = jnp.zeros((1,), jnp.int32) if exp.model.num_classes else None
@@ -81,18 +92,32 @@ def model_inputs(batch: dict) -> dict:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps, so it can save and exit 0."""
+  """SIGTERM asks the run to save a checkpoint and exit 0.
+
+  A single process turns the signal into a flag that the loop checks between steps. Several
+  processes must stop after the same step: there JAX's preemption service, started by
+  jax.distributed.initialize, catches SIGTERM on any of them and agrees that step with the
+  others, and every process asks it after every step.
+  """
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._distributed = jax.process_count() > 1
+    self._requested = False
+    if not self._distributed:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._distributed:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._distributed:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_finite(metrics: dict, step: int) -> None:
@@ -101,17 +126,20 @@ def _check_finite(metrics: dict, step: int) -> None:
         f"non-finite loss {metrics['loss']} at step {step}; the last good checkpoint is kept")
 
 
-def _routing_logger(exp: Experiment):
+def _routing_logger(exp: Experiment, layout: sharding_lib.Layout):
   """Logs how often each history frame is routed to, as a tensorboard histogram over the
   history frame index (mass = mean routing frequency over layers and the query frames that
-  may see it)."""
+  may see it). Every process computes it (the arrays span them all); the main one writes."""
   c = exp.config
   frequencies = jax.jit(lambda params, video: routing_figure.routing_frequencies(
       exp.model, params, video, chunk=c.forcing.chunk,
-      history_window=c.forcing.get("history_window", 0)).mean(axis=0))
+      history_window=c.forcing.get("history_window", 0)).mean(axis=0),
+                        out_shardings=layout.replicated)
 
   def log(writer, params, video, step):
     mean = np.asarray(frequencies(params, video))
+    if writer is None:
+      return
     n = mean.shape[0]
     visible = np.tril(np.ones((n, n)), -1)
     per_frame = (mean * visible).sum(0) / np.maximum(visible.sum(0), 1)
@@ -123,45 +151,81 @@ def _routing_logger(exp: Experiment):
   return log
 
 
+def _drop_metrics_after(path: str, step: int) -> None:
+  """A resumed run logs the steps after its checkpoint again: drops what a killed run logged past
+  it, and a last line cut short by the kill."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
+  if len(kept) < len(lines):
+    with open(path, "w") as f:
+      f.writelines(kept)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+  """Trains on every device of every process; the main process (index 0) writes the logs."""
   exp = build(config)
+  layout = sharding_lib.Layout.from_config(config.mesh)
+  layout.check_batch_size(config.data.batch_size)
+  is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   optimizer = state_lib.make_optimizer(config)
   schedule = state_lib.learning_rate_schedule(config)
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.jit(lambda rng: state_lib.create(init_params(exp, rng), optimizer))(init_rng)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  print(f"CausalDiT with {num_params / 1e6:.2f}M parameters, {config.forcing.paradigm}")
+  # Made by every process alike, on the whole mesh: device_put cannot place one process's value
+  # on the devices of others.
+  init_rng, train_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(config.seed))),
+                                out_shardings=layout.replicated)()
+  init, state_sharding = state_lib.make_init(
+      functools.partial(logical_params, exp), optimizer, layout)
+  like = jax.eval_shape(init, init_rng)
+  if is_main:
+    num_params = sum(x.size for x in jax.tree.leaves(like.params))
+    print(f"CausalDiT with {num_params / 1e6:.2f}M parameters, {config.forcing.paradigm},"
+          f" mesh {dict(layout.mesh.shape)}")
 
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
-  restored = checkpointer.restore_latest(state)
-  if restored is not None:
-    state = restored
-    print(f"resumed from step {int(state.step)}")
+  resumed = checkpointer.restore_latest_run(like, train_rng)
+  if resumed is None:
+    state, data_start = init(init_rng), 0
+  else:
+    state, train_rng, data_start = resumed.state, resumed.rng, resumed.data["step"]
+    if is_main:
+      print(f"resumed from step {data_start}")
   start = int(state.step)
 
   train_step = step_lib.make_train_step(
       loss_fn=make_loss_fn(exp), optimizer=optimizer, schedule=schedule,
-      ema_decay=config.optim.ema_decay)
-  batches = pipeline.train_batches(exp.source, batch_size=config.data.batch_size,
-                                   num_frames=config.data.num_frames, seed=config.seed)
-  batch_iter = iter(batches[start:config.train.num_steps].map(model_inputs).to_iter_dataset(
-      grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+      ema_decay=config.optim.ema_decay, layout=layout, state_sharding=state_sharding)
+  processes = jax.process_count()
+  batches = pipeline.train_batches(
+      exp.source, batch_size=config.data.batch_size // processes,
+      num_frames=config.data.num_frames, seed=config.seed, process_index=jax.process_index(),
+      process_count=processes)
+  batch_iter = pipeline.batch_iterator(
+      batches[data_start:config.train.num_steps].map(model_inputs),
+      prefetch=config.data.get("prefetch", "threads"),
+      num_workers=config.data.get("num_workers", 2))
 
-  log_routing = _routing_logger(exp) if exp.model.routing_top_k else None
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  log_routing = _routing_logger(exp, layout) if exp.model.routing_top_k else None
+  writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if is_main else None
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if is_main:
+    _drop_metrics_after(metrics_path, start)
   preemption = _Preemption()
   frames_per_step = config.data.batch_size * config.data.num_frames
   last_time, last_step = time.perf_counter(), start
   try:
     for step in tqdm.trange(start, config.train.num_steps, initial=start,
-                            total=config.train.num_steps, desc="train", mininterval=2.0):
-      batch = next(batch_iter)
+                            total=config.train.num_steps, desc="train", mininterval=2.0,
+                            disable=not is_main):
+      batch = layout.global_batch(next(batch_iter))
       state, metrics = train_step(state, batch, train_rng)
       done = step + 1
       is_last = done == config.train.num_steps
+      preempted = preemption.reached(done)
       if done % config.train.log_every == 0 or is_last:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         _check_finite(metrics, done)
@@ -169,23 +233,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
         metrics["steps_per_s"] = (done - last_step) / (now - last_time)
         metrics["frames_per_s"] = metrics["steps_per_s"] * frames_per_step
         last_time, last_step = now, done
-        for key, value in metrics.items():
-          writer.add_scalar(f"train/{key}", value, done)
         if log_routing:
           log_routing(writer, state.params, batch["video"], done)
-        with open(metrics_path, "a") as f:
-          f.write(json.dumps(dict(step=done, **metrics)) + "\n")
-      if done % config.train.checkpoint_every == 0 or is_last or preemption.requested:
+        if is_main:
+          for key, value in metrics.items():
+            writer.add_scalar(f"train/{key}", value, done)
+          with open(metrics_path, "a") as f:
+            f.write(json.dumps(dict(step=done, **metrics)) + "\n")
+      if done % config.train.checkpoint_every == 0 or is_last or preempted:
         if done % config.train.log_every and not is_last:
           _check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, done)
-        checkpointer.save(state)
-      if preemption.requested:
+        checkpointer.save(state, data={"step": done, "seed": config.seed}, rng=train_rng)
+      if preempted:
         logging.warning("SIGTERM: saved a checkpoint at step %d, exiting", done)
         break
   finally:
     preemption.restore()
+    batch_iter.close()
     checkpointer.close()
-    writer.close()
+    if writer:
+      writer.close()
   return state
 
 
@@ -193,8 +260,11 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool):
   """The trained (EMA) parameters of the newest checkpoint in `workdir`."""
   config = exp.config
   optimizer = state_lib.make_optimizer(config)
-  like = jax.eval_shape(
-      lambda: state_lib.create(init_params(exp, jax.random.key(0)), optimizer))
+  # Whatever mesh trained it, the checkpoint is read whole onto one device of this process.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  like = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(lambda: state_lib.create(init_params(exp, jax.random.key(0)), optimizer)))
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                              keep=config.train.keep_checkpoints)
   try:

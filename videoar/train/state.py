@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from videoar.train import sharding as sharding_lib
 
 
 @flax.struct.dataclass
@@ -36,3 +41,19 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def create(params, optimizer: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params))
+
+
+def make_init(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
+              layout: sharding_lib.Layout) -> tuple[Callable[[jax.Array], TrainState], TrainState]:
+  """A jitted `rng -> TrainState` that builds the state on the layout's mesh, each device computing
+  only its own shards, and the state's shardings.
+
+  `init_params(rng)` returns parameters that carry logical axis names (nn.LogicallyPartitioned, as
+  Module.init returns them); the EMA copy and the optimizer moments, built from them by the same
+  tree maps, carry them too. The shardings come from jax.eval_shape: nothing is computed.
+  """
+  boxed = jax.eval_shape(lambda: create(init_params(jax.random.key(0)), optimizer))
+  sharding = layout.shardings(boxed)
+  init = jax.jit(lambda rng: create(nn.meta.unbox(init_params(rng)), optimizer),
+                 out_shardings=sharding)
+  return init, sharding

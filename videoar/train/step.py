@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from videoar.train import sharding as sharding_lib
 from videoar.train import state as state_lib
 
 
@@ -32,6 +33,21 @@ def train_step(state: state_lib.TrainState, batch, rng, *, loss_fn: Callable,
   return new_state, metrics
 
 
-def make_train_step(**kwargs):
-  """Jitted once; the state is donated so parameters and optimizer moments update in place."""
-  return jax.jit(functools.partial(train_step, **kwargs), donate_argnums=0)
+def make_train_step(*, layout: sharding_lib.Layout | None = None,
+                    state_sharding: state_lib.TrainState | None = None, **kwargs):
+  """Jitted once; the state is donated so parameters and optimizer moments update in place.
+
+  With a `layout`, the step runs over its mesh: the state stays where `state_sharding` puts it,
+  batches come as layout.batch, the key and the metrics are replicated, and the model's logical
+  axis constraints bind to the mesh. Without one, it runs where its arguments are.
+  """
+  step = functools.partial(train_step, **kwargs)
+  if layout is None:
+    return jax.jit(step, donate_argnums=0)
+
+  def sharded_step(state, batch, rng):
+    with layout.logical_axes():
+      return step(state, batch, rng)
+
+  return jax.jit(sharded_step, in_shardings=(state_sharding, layout.batch, layout.replicated),
+                 out_shardings=(state_sharding, layout.replicated), donate_argnums=0)
