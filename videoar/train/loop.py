@@ -45,7 +45,8 @@ class Experiment:
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
   validate.validate(config)
-  source = pipeline.make_source(config.data.source, **config.data.options.to_dict())
+  source = pipeline.make_source(config.data.source, path=config.data.get("path"),
+                                **config.data.options.to_dict())
   frame_shape = source.clip(config.seed, 0, 1)["video"].shape[1:]
   return Experiment(config, source, make_model(config), tuple(frame_shape))
 
