@@ -11,9 +11,12 @@ model that ignored its attention context):
     context still flows through attention.
   - the same 8x8 patches (16 tokens a frame: 4x4 patches made attention dominate the step).
 
-Not yet measured: this session's CPU went to the Resampling Forcing experiment, so the time this
-recipe needs for recognisable digits is still to be measured (the bouncing world, with the same
-two changes, went from noise to objects that follow their context in 600 steps, 5 minutes).
+Measured with this recipe (`--config.train.num_steps=600`, 4 min 43 s for train, sample and
+evaluate on 2 cores): **not yet digits**. The first generated frame keeps a rough stroke shape
+around the context digits; within 2-4 frames they dissolve into blobs and then fade to black.
+PSNR per 8-frame segment 14.53 / 13.68 / 13.94 dB, against 13.61 / 12.14 / 12.40 for copying the
+last context frame and 14.09 / 14.06 / 13.98 for an all-black frame. How long the full 2000 steps
+take to give recognisable digits is still to be measured.
 """
 
 from configs import bouncing_tiny
