@@ -167,6 +167,18 @@ class Sampler:
     cache, frames = jax.lax.scan(body, cache, (self._chunks(x_start_bfhwc), actions))
     return self._unchunk(frames), cache
 
+  def _start(self, prefill, params, batch, num_steps, time_shift, context_bfhwc, labels_b,
+             actions_bf):
+    """An empty cache with the context prefilled, the context length, and the Euler grid."""
+    cache = self.init_cache(batch)
+    num_context = 0
+    if context_bfhwc is not None:
+      num_context = context_bfhwc.shape[1]
+      context_actions = None if actions_bf is None else actions_bf[:, :num_context]
+      cache = prefill(params, cache, context_bfhwc, labels_b, context_actions)
+    times = jnp.broadcast_to(flow.step_times(num_steps, time_shift), (batch, num_steps + 1))
+    return cache, num_context, times
+
   @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
   def generate(self, params, rng, num_frames: int, num_steps: int, time_shift: float,
                context_bfhwc=None, labels_b=None, actions_bf=None):
@@ -176,14 +188,9 @@ class Sampler:
     batch = 1 if context_bfhwc is None else context_bfhwc.shape[0]
     if labels_b is not None:
       batch = labels_b.shape[0]
-    cache = self.init_cache(batch)
-    num_context = 0
-    if context_bfhwc is not None:
-      num_context = context_bfhwc.shape[1]
-      context_actions = None if actions_bf is None else actions_bf[:, :num_context]
-      cache = self.prefill(params, cache, context_bfhwc, labels_b, context_actions)
+    cache, num_context, times = self._start(self.prefill, params, batch, num_steps, time_shift,
+                                            context_bfhwc, labels_b, actions_bf)
     noise = jax.random.normal(rng, (batch, num_frames) + self.frame_shape)
-    times = jnp.broadcast_to(flow.step_times(num_steps, time_shift), (batch, num_steps + 1))
     gen_actions = None if actions_bf is None else actions_bf[:, num_context:]
     frames, _ = self.rollout(params, cache, noise, times, labels_b, gen_actions)
     return frames
@@ -194,13 +201,8 @@ class Sampler:
     """Yields chunks [B, chunk, H, W, C] as they are generated; one compiled chunk step."""
     if context_bfhwc is not None:
       batch = context_bfhwc.shape[0]
-    cache = self.init_cache(batch)
-    num_context = 0
-    if context_bfhwc is not None:
-      num_context = context_bfhwc.shape[1]
-      context_actions = None if actions_bf is None else actions_bf[:, :num_context]
-      cache = self._jit_prefill(params, cache, context_bfhwc, labels_b, context_actions)
-    times = jnp.broadcast_to(flow.step_times(num_steps, time_shift), (batch, num_steps + 1))
+    cache, num_context, times = self._start(self._jit_prefill, params, batch, num_steps,
+                                            time_shift, context_bfhwc, labels_b, actions_bf)
     for i in range(num_frames // self.chunk):
       rng, noise_rng = jax.random.split(rng)
       noise = jax.random.normal(noise_rng, (batch, self.chunk) + self.frame_shape)
