@@ -37,6 +37,7 @@ def get_config(variant: str = ""):
   config.model.mlp_ratio = 4.0
   config.model.num_classes = 0
   config.model.num_actions = 0
+  config.model.text_dim = 0  # > 0: cross-attention to per-video text embeddings (array_record)
   config.model.prediction = "data"  # width 128 < patch dim 192: see CausalDiT
   config.model.previous_frame_input = True  # see CausalDiT: makes the history matter early
   config.model.attention_impl = "auto"

@@ -60,7 +60,7 @@ def main(argv):
   context = np.repeat(clip["video"], 2, axis=0)
   generated = np.asarray(run.make_sampler(exp).generate(
       params, jax.random.key(config.seed), 2 * half, config.sample.num_steps,
-      config.sample.time_shift, jnp.asarray(context), None, jnp.asarray(actions)))
+      config.sample.time_shift, jnp.asarray(context), {"actions_bf": jnp.asarray(actions)}))
   videos = np.concatenate([context, generated], axis=1)
   result = {"actions": [[names[a] for a in row] for row in sequences], "paddle_rows": [],
             "followed": []}

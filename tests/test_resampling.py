@@ -63,12 +63,12 @@ def test_no_gradient_reaches_the_degraded_history(mode):
   batch, params = _setup(1)
   rng = jax.random.key(4)
   options = dict(chunk=1, mode=mode, resample_shift=2.0, resample_steps=2)
-  history = resampling.degrade_history(MODEL, params, batch["video"], None, None,
+  history = resampling.degrade_history(MODEL, params, batch["video"], {},
                                        jax.random.fold_in(rng, 1), **options)
   assert float(jnp.abs(history - batch["video"]).max()) > 1e-3
 
   def grad_through(p):
-    h = resampling.degrade_history(MODEL, p, batch["video"], None, None,
+    h = resampling.degrade_history(MODEL, p, batch["video"], {},
                                    jax.random.fold_in(rng, 1), **options)
     return jnp.sum(h ** 2)
 
@@ -77,7 +77,7 @@ def test_no_gradient_reaches_the_degraded_history(mode):
   rf = lambda p: resampling.loss_fn(MODEL, p, batch, rng, step=jnp.asarray(1), resample_mode=mode,
                                     resample_shift=2.0, resample_steps=2, **OPTIONS)[0]
   frozen = lambda p: teacher.history_conditioned_loss(
-      MODEL, p, history, batch["video"], None, None, jax.random.split(rng)[1], chunk=1,
+      MODEL, p, history, batch["video"], {}, jax.random.split(rng)[1], chunk=1,
       time_shift=1.0)[0]
   for a, b in zip(jax.tree.leaves(jax.grad(rf)(params)), jax.tree.leaves(jax.grad(frozen)(params))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -88,7 +88,7 @@ def test_autoregressive_resampling_equals_the_sampler_from_x_ts():
   rng = jax.random.key(5)
   video = batch["video"]
   steps, shift = 3, 0.6
-  history = resampling.degrade_history(MODEL, params, video, None, None, rng, chunk=1,
+  history = resampling.degrade_history(MODEL, params, video, {}, rng, chunk=1,
                                        mode="autoregressive", resample_shift=shift,
                                        resample_steps=steps)
   # The same draws, then the streaming sampler frame by frame from x_ts.

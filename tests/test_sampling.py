@@ -13,17 +13,17 @@ from videoar.models import dit
 
 def _random_params(model, frames, chunk, key=0):
   x = jnp.zeros((2, frames, 8, 8, 3))
+  example = {"label": jnp.zeros((2,), jnp.int32), "text": jnp.zeros((2, 3, model.text_dim))}
   params = model.init(jax.random.key(key), x, jnp.zeros((2, frames)),
                       frame_pos_f=jnp.arange(frames), mask=masks.BlockCausal(frames, chunk),
-                      labels_b=jnp.zeros((2,), jnp.int32) if model.num_classes else None,
-                      previous_bfhwc=x)
+                      previous_bfhwc=x, **model.conditioning(example))
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(key + 1), len(leaves))
   return jax.tree.unflatten(tree, [p + 0.2 * jax.random.normal(k, p.shape)
                                    for p, k in zip(leaves, keys)])
 
 
-def recompute_sample(model, params, noise_bfhwc, times, chunk, labels=None):
+def recompute_sample(model, params, noise_bfhwc, times, chunk, cond=None):
   """No cache: every Euler step reruns the model on all clean frames so far plus the chunk."""
   b, n = noise_bfhwc.shape[:2]
   clean = noise_bfhwc[:, :0]
@@ -41,7 +41,7 @@ def recompute_sample(model, params, noise_bfhwc, times, chunk, labels=None):
       t = jnp.concatenate([jnp.zeros((b, start)), jnp.full((b, chunk), times[i])], axis=1)
       v, _ = model.apply(params, jnp.concatenate([clean, x], axis=1), t,
                          frame_pos_f=jnp.arange(f), mask=masks.BlockCausal(f, chunk),
-                         labels_b=labels, previous_bfhwc=previous)
+                         previous_bfhwc=previous, **(cond or {}))
       x = flow.euler_step(x, v[:, start:], t[:, start:], jnp.full((b, chunk), times[i + 1]))
     clean = jnp.concatenate([clean, x], axis=1)
   return clean
@@ -49,7 +49,8 @@ def recompute_sample(model, params, noise_bfhwc, times, chunk, labels=None):
 
 @pytest.mark.parametrize("chunk,prediction,previous_frame_input,routing_top_k",
                          [(1, "velocity", False, 0), (2, "velocity", False, 0), (2, "data", True, 0),
-                          (1, "data", True, 0), (1, "velocity", False, 2), (2, "data", True, 1)])
+                          (1, "data", True, 0), (1, "velocity", False, 2), (2, "data", True, 1),
+                          (2, "residual", True, 0)])
 def test_cached_sampling_equals_recomputation(chunk, prediction, previous_frame_input,
                                               routing_top_k):
   """Also with history routing: over the cache a chunk routes among the same frames, with the
@@ -68,28 +69,35 @@ def test_cached_sampling_equals_recomputation(chunk, prediction, previous_frame_
   assert float(jnp.abs(cached).max()) > 0.1
 
 
-def test_cached_sampling_with_guidance_equals_recomputation():
-  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, num_classes=3)
+@pytest.mark.parametrize("conditioning", ["label", "text"])
+def test_cached_sampling_with_guidance_equals_recomputation(conditioning):
+  """Classifier-free guidance on a class label, and on a text embedding through
+  cross-attention (text_dim > 0, the all-zero text as its null)."""
+  sizes = {"label": dict(num_classes=3), "text": dict(text_dim=5)}[conditioning]
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, **sizes)
   frames, steps, scale = 4, 2, 2.5
   params = _random_params(model, frames, 1)
-  labels = jnp.array([0, 2])
+  cond = model.conditioning({"label": jnp.array([0, 2]),
+                             "text": jax.random.normal(jax.random.key(7), (2, 3, 5))})
   sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=1, window=frames,
                              guidance_scale=scale)
   noise = jax.random.normal(jax.random.key(5), (2, frames, 8, 8, 3))
   times = flow.step_times(steps)
   cached, _ = jax.jit(sampler.rollout)(params, sampler.init_cache(2), noise,
-                                       jnp.broadcast_to(times, (2, steps + 1)), labels)
+                                       jnp.broadcast_to(times, (2, steps + 1)), cond)
 
   class Guided:
     """The model with CFG applied, for the no-cache reference."""
 
-    def apply(self, params, x, t, labels_b, **kw):
-      v_c, kv = model.apply(params, x, t, labels_b=labels_b, **kw)
-      v_u, _ = model.apply(params, x, t, labels_b=jnp.full_like(labels_b, 3), **kw)
+    def apply(self, params, x, t, **kw):
+      v_c, kv = model.apply(params, x, t, **kw)
+      v_u, _ = model.apply(params, x, t, **(kw | model.null_conditioning(cond)))
       return v_u + scale * (v_c - v_u), kv
 
-  reference = recompute_sample(Guided(), params, noise, times, 1, labels)
+  reference = recompute_sample(Guided(), params, noise, times, 1, cond)
   np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=1e-5, rtol=0)
+  unguided = recompute_sample(model, params, noise, times, 1, cond)
+  assert float(jnp.abs(cached - unguided).max()) > 1e-3, "guidance changed nothing"
 
 
 def test_rolling_cache_generates_past_the_window_with_flat_positions():

@@ -10,8 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ml_collections
+
 from videoar import validate
-from videoar.forcing import teacher
+from videoar.data import array_record, pipeline
+from videoar.eval import run
+from videoar.forcing import common, teacher
+from videoar.models import dit
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import loop
 from videoar.train import state as state_lib
@@ -37,7 +42,6 @@ def test_tiny_model_overfits_one_batch():
                           "optim.warmup_steps": 10, "optim.weight_decay": 0.0,
                           "train.num_steps": 300})
   exp = loop.build(config)
-  from videoar.data import pipeline
   batch = loop.model_inputs(pipeline.train_batches(
       exp.source, batch_size=2, num_frames=4, seed=0)[0])
   fixed = jax.random.key(7)
@@ -102,6 +106,7 @@ BAD_CONFIGS = [
     ({"sample.context_frames": 9}, "config.sample.context_frames=9"),
     ({"train.num_steps": 0}, "config.train.num_steps=0"),
     ({"model.attention_impl": "fast"}, "config.model.attention_impl='fast'"),
+    ({"model.text_dim": -1}, "config.model.text_dim=-1"),
 ]
 
 
@@ -138,3 +143,57 @@ def test_cli_main_job_writes_every_output(tmp_path):
     tables = json.load(f)["tables"]
   assert set(tables) >= {"model", "copy_last", "background"}
   assert [row["segment"] for row in tables["model"]] == ["0-7", "8-15", "16-23"]
+
+
+def test_build_rejects_conditioning_that_the_source_does_not_give():
+  with pytest.raises(validate.ConfigError) as error:
+    loop.build(tiny_config(**{"model.text_dim": 4}))
+  assert str(error.value).startswith("config.model.text_dim=4 is invalid: data.source='bouncing'"
+                                     " gives no 'text'")
+
+
+def test_conditioning_dropout_replaces_whole_entries_with_their_null():
+  """Per video for labels and text, per frame for actions; nothing else changes."""
+  model = dit.CausalDiT(num_classes=3, num_actions=4, text_dim=5)
+  rng = np.random.default_rng(0)
+  batch = {"label": jnp.asarray(rng.integers(0, 3, 64)),
+           "actions": jnp.asarray(rng.integers(0, 4, (64, 6))),
+           "text": jnp.asarray(rng.normal(size=(64, 3, 5)) + 10.0)}
+  kept = common.conditioning(model, batch, jax.random.key(0), 0.0)
+  for key, value in model.conditioning(batch).items():
+    np.testing.assert_array_equal(kept[key], value)
+  dropped = common.conditioning(model, batch, jax.random.key(0), 0.5)
+  labels_null = np.asarray(dropped["labels_b"]) == 3
+  actions_null = np.asarray(dropped["actions_bf"]) == 4
+  text_null = np.all(np.asarray(dropped["text_bld"]) == 0.0, axis=(1, 2))
+  text_kept = np.all(np.asarray(dropped["text_bld"]) == np.asarray(batch["text"]), axis=(1, 2))
+  assert np.all(text_null | text_kept), "text is dropped for a whole video or not at all"
+  for null in (labels_null, text_null, actions_null.ravel()):
+    assert 0.3 < null.mean() < 0.7
+  assert 0 < actions_null.all(axis=1).sum() < actions_null.any(axis=1).sum(), "per frame"
+  np.testing.assert_array_equal(np.asarray(dropped["labels_b"])[~labels_null],
+                                np.asarray(batch["label"])[~labels_null])
+
+
+def test_trains_and_samples_with_text_embeddings_from_array_record(tmp_path):
+  """Text embeddings written with the frames reach the model's cross-attention in training,
+  and sampling conditions on them."""
+  rng = np.random.default_rng(0)
+  bouncing = pipeline.make_source("bouncing", size=32, num_objects=2)
+  sequences = [{"video": bouncing.clip(0, i, 40)["video"],
+                "text": rng.normal(size=(3, 6)).astype(np.float32)} for i in range(3)]
+  array_record.write_sequences(str(tmp_path / "data"), sequences)
+  config = tiny_config(**{
+      "data.source": "array_record", "data.path": str(tmp_path / "data"),
+      "data.options": ml_collections.ConfigDict(dict(eval_fraction=0.5)),
+      "model.text_dim": 6, "sample.length_multiple": 1, "train.num_steps": 4,
+      "optim.warmup_steps": 1})
+  # Zero-initialised output layers pass no gradient to the blocks until they have moved: four
+  # steps with a one-step warmup reach the cross-attention.
+  state = loop.train(config, str(tmp_path / "run"))
+  cross_out = state.params["params"]["block_0"]["cross_attn"]["out"]["kernel"]
+  assert float(jnp.abs(cross_out).max()) > 0, "no gradient reached the text cross-attention"
+  exp = loop.build(config)
+  clips, generated = run.continue_clips(exp, state.params, 2, jax.random.key(0))
+  assert clips["text"].shape == (2, 3, 6)
+  assert generated.shape == (2, 8, 32, 32, 3) and np.isfinite(generated).all()

@@ -43,7 +43,8 @@ class Sampler:
     frame_shape: (H, W, C).
     chunk: frames generated together (1 = frame-wise).
     window: frames the model saw in training; the cache holds `window - chunk` of them.
-    guidance_scale: classifier-free guidance on the class label and actions (1 = off).
+    guidance_scale: classifier-free guidance on the model's conditioning: class label, actions,
+      text (1 = off).
   """
 
   def __init__(self, model: dit.CausalDiT, *, frame_shape: tuple[int, int, int], chunk: int,
@@ -55,7 +56,7 @@ class Sampler:
     self.chunk = chunk
     self.slots = window - chunk
     self.guidance_scale = guidance_scale
-    self.guided = guidance_scale != 1.0 and bool(model.num_classes or model.num_actions)
+    self.guided = guidance_scale != 1.0 and bool(model.conditioning_keys())
     self._jit_chunk_step = jax.jit(self.chunk_step)
     self._jit_prefill = jax.jit(self.prefill)
 
@@ -69,67 +70,63 @@ class Sampler:
         tokens_per_frame=m.tokens_per_frame(h, w), num_heads=m.num_heads, head_dim=m.head_dim,
         frame_shape=self.frame_shape, dtype=m.dtype)
 
-  def _model_inputs(self, labels_b, actions_bc):
-    """Conditioning for one model call; doubled (conditional, then null) under guidance."""
-    if not self.guided:
-      return labels_b, actions_bc
-    m = self.model
-    if labels_b is not None:
-      labels_b = jnp.concatenate([labels_b, jnp.full_like(labels_b, m.num_classes)])
-    if actions_bc is not None:
-      actions_bc = jnp.concatenate([actions_bc, jnp.full_like(actions_bc, m.num_actions)])
-    return labels_b, actions_bc
-
-  def _apply(self, params, cache, x_bchwc, t_bc, previous_bchwc, labels_b, actions_bc):
-    """One model call on a chunk over the cache; inputs are per video (doubled here for CFG)."""
+  def _apply(self, params, cache, x_bchwc, t_bc, previous_bchwc, cond):
+    """One model call on a chunk over the cache; inputs are per video, and under guidance they
+    are doubled here: conditional, then null conditioning."""
+    cond = cond or {}
     if self.guided:
       x_bchwc, t_bc, previous_bchwc = (jnp.concatenate([a, a])
                                        for a in (x_bchwc, t_bc, previous_bchwc))
-    labels_b, actions_bc = self._model_inputs(labels_b, actions_bc)
+      null = self.model.null_conditioning(cond)
+      cond = {key: jnp.concatenate([value, null[key]]) for key, value in cond.items()}
     c = x_bchwc.shape[1]
     return self.model.apply(
         params, x_bchwc, t_bc, frame_pos_f=kv_cache_lib.query_positions(cache, c),
-        mask=masks.Full(c, self.slots + c), labels_b=labels_b, actions_bf=actions_bc,
-        previous_bfhwc=previous_bchwc if self.model.previous_frame_input else None, cache=cache)
+        mask=masks.Full(c, self.slots + c),
+        previous_bfhwc=previous_bchwc if self.model.previous_frame_input else None, cache=cache,
+        **cond)
 
   def _cache_rows(self, cache_array):
     """The rows of a (possibly CFG-doubled) cache array that belong to the conditional pass."""
     return jnp.split(cache_array, 2)[0] if self.guided else cache_array
 
-  def velocity(self, params, cache, x_bchwc, t_bc, labels_b=None, actions_bc=None):
+  def velocity(self, params, cache, x_bchwc, t_bc, cond=None):
     last = self._cache_rows(cache.last_frame)[:, None]
     previous = jnp.broadcast_to(last, x_bchwc.shape)
-    v, _ = self._apply(params, cache, x_bchwc, t_bc, previous, labels_b, actions_bc)
+    v, _ = self._apply(params, cache, x_bchwc, t_bc, previous, cond)
     if not self.guided:
       return v
     v_cond, v_null = jnp.split(v, 2)
     return v_null + self.guidance_scale * (v_cond - v_null)
 
-  def denoise_chunk(self, params, cache, x_start_bchwc, times_bs, labels_b=None, actions_bc=None):
-    """Euler integration of one chunk over per-video time grids times_bs [B, steps + 1]."""
+  def denoise_chunk(self, params, cache, x_start_bchwc, times_bs, cond=None):
+    """Euler integration of one chunk over per-video time grids times_bs [B, steps + 1].
+
+    `cond` holds the model's conditioning arguments (CausalDiT.conditioning), per-frame ones
+    for this chunk's frames."""
     c = x_start_bchwc.shape[1]
 
     def step(i, x):
       t_now = jnp.broadcast_to(times_bs[:, i, None], (x.shape[0], c))
       t_next = jnp.broadcast_to(times_bs[:, i + 1, None], (x.shape[0], c))
-      v = self.velocity(params, cache, x, t_now, labels_b, actions_bc)
+      v = self.velocity(params, cache, x, t_now, cond)
       return flow.euler_step(x, v, t_now, t_next)
 
     return jax.lax.fori_loop(0, times_bs.shape[1] - 1, step, x_start_bchwc)
 
-  def write_chunk(self, params, cache, x0_bchwc, labels_b=None, actions_bc=None):
+  def write_chunk(self, params, cache, x0_bchwc, cond=None):
     """Runs the clean chunk at t = 0 and appends its keys and values to the cache."""
     t0 = jnp.zeros(x0_bchwc.shape[:2], jnp.float32)
     last = self._cache_rows(cache.last_frame)[:, None]
     previous = jnp.concatenate([last, x0_bchwc[:, :-1]], axis=1)
-    _, (k, v) = self._apply(params, cache, x0_bchwc, t0, previous, labels_b, actions_bc)
+    _, (k, v) = self._apply(params, cache, x0_bchwc, t0, previous, cond)
     if self.guided:
       x0_bchwc = jnp.concatenate([x0_bchwc, x0_bchwc])
     return kv_cache_lib.write(cache, k, v, x0_bchwc)
 
-  def chunk_step(self, params, cache, x_start_bchwc, times_bs, labels_b=None, actions_bc=None):
-    x0 = self.denoise_chunk(params, cache, x_start_bchwc, times_bs, labels_b, actions_bc)
-    return x0, self.write_chunk(params, cache, x0, labels_b, actions_bc)
+  def chunk_step(self, params, cache, x_start_bchwc, times_bs, cond=None):
+    x0 = self.denoise_chunk(params, cache, x_start_bchwc, times_bs, cond)
+    return x0, self.write_chunk(params, cache, x0, cond)
 
   # --- whole videos ----------------------------------------------------------------------------
 
@@ -144,69 +141,84 @@ class Sampler:
     x = jnp.moveaxis(x_nbc, 0, 1)
     return x.reshape((x.shape[0], -1) + x.shape[3:])
 
-  def prefill(self, params, cache, context_bfhwc, labels_b=None, actions_bf=None):
+  def _per_frame(self, cond):
+    """`cond` split into (per-video entries, per-frame entries chunked for scanning)."""
+    per_video = {k: v for k, v in cond.items() if k not in dit.PER_FRAME_CONDITIONING}
+    per_frame = {k: self._chunks(v) for k, v in cond.items() if k in dit.PER_FRAME_CONDITIONING}
+    return per_video, per_frame
+
+  def prefill(self, params, cache, context_bfhwc, cond=None):
     """Writes given clean frames (a prompt) into the cache, chunk by chunk."""
-    actions = None if actions_bf is None else self._chunks(actions_bf)
+    per_video, per_frame = self._per_frame(cond or {})
 
     def body(cache, xs):
-      x0, a = xs
-      return self.write_chunk(params, cache, x0, labels_b, a), None
+      x0, chunk_cond = xs
+      return self.write_chunk(params, cache, x0, per_video | chunk_cond), None
 
-    cache, _ = jax.lax.scan(body, cache, (self._chunks(context_bfhwc), actions))
+    cache, _ = jax.lax.scan(body, cache, (self._chunks(context_bfhwc), per_frame))
     return cache
 
-  def rollout(self, params, cache, x_start_bfhwc, times_bs, labels_b=None, actions_bf=None):
+  def rollout(self, params, cache, x_start_bfhwc, times_bs, cond=None):
     """Generates len(x_start) frames after what the cache holds; returns (frames, cache)."""
-    actions = None if actions_bf is None else self._chunks(actions_bf)
+    per_video, per_frame = self._per_frame(cond or {})
 
     def body(cache, xs):
-      x_start, a = xs
-      x0, cache = self.chunk_step(params, cache, x_start, times_bs, labels_b, a)
+      x_start, chunk_cond = xs
+      x0, cache = self.chunk_step(params, cache, x_start, times_bs, per_video | chunk_cond)
       return cache, x0
 
-    cache, frames = jax.lax.scan(body, cache, (self._chunks(x_start_bfhwc), actions))
+    cache, frames = jax.lax.scan(body, cache, (self._chunks(x_start_bfhwc), per_frame))
     return self._unchunk(frames), cache
 
-  def _start(self, prefill, params, batch, num_steps, time_shift, context_bfhwc, labels_b,
-             actions_bf):
+  def _start(self, prefill, params, batch, num_steps, time_shift, context_bfhwc, cond):
     """An empty cache with the context prefilled, the context length, and the Euler grid."""
     cache = self.init_cache(batch)
     num_context = 0
     if context_bfhwc is not None:
       num_context = context_bfhwc.shape[1]
-      context_actions = None if actions_bf is None else actions_bf[:, :num_context]
-      cache = prefill(params, cache, context_bfhwc, labels_b, context_actions)
+      cache = prefill(params, cache, context_bfhwc, _frames(cond, 0, num_context))
     times = jnp.broadcast_to(flow.step_times(num_steps, time_shift), (batch, num_steps + 1))
     return cache, num_context, times
 
   @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
   def generate(self, params, rng, num_frames: int, num_steps: int, time_shift: float,
-               context_bfhwc=None, labels_b=None, actions_bf=None):
+               context_bfhwc=None, cond=None):
     """Generates `num_frames` frames from noise after an optional clean context.
 
-    `actions_bf`, when the model takes actions, covers context and generated frames."""
-    batch = 1 if context_bfhwc is None else context_bfhwc.shape[0]
-    if labels_b is not None:
-      batch = labels_b.shape[0]
+    `cond`: the model's conditioning arguments (CausalDiT.conditioning); per-frame ones
+    (actions) cover context and generated frames."""
+    cond = cond or {}
+    batch = _batch_size(context_bfhwc, cond, 1)
     cache, num_context, times = self._start(self.prefill, params, batch, num_steps, time_shift,
-                                            context_bfhwc, labels_b, actions_bf)
+                                            context_bfhwc, cond)
     noise = jax.random.normal(rng, (batch, num_frames) + self.frame_shape)
-    gen_actions = None if actions_bf is None else actions_bf[:, num_context:]
-    frames, _ = self.rollout(params, cache, noise, times, labels_b, gen_actions)
+    frames, _ = self.rollout(params, cache, noise, times,
+                             _frames(cond, num_context, num_context + num_frames))
     return frames
 
   def stream(self, params, rng, num_frames: int, num_steps: int, time_shift: float,
-             context_bfhwc=None, labels_b=None, actions_bf=None,
-             batch: int = 1) -> Iterator[np.ndarray]:
+             context_bfhwc=None, cond=None, batch: int = 1) -> Iterator[np.ndarray]:
     """Yields chunks [B, chunk, H, W, C] as they are generated; one compiled chunk step."""
-    if context_bfhwc is not None:
-      batch = context_bfhwc.shape[0]
+    cond = cond or {}
+    batch = _batch_size(context_bfhwc, cond, batch)
     cache, num_context, times = self._start(self._jit_prefill, params, batch, num_steps,
-                                            time_shift, context_bfhwc, labels_b, actions_bf)
+                                            time_shift, context_bfhwc, cond)
     for i in range(num_frames // self.chunk):
       rng, noise_rng = jax.random.split(rng)
       noise = jax.random.normal(noise_rng, (batch, self.chunk) + self.frame_shape)
       start = num_context + i * self.chunk
-      actions = None if actions_bf is None else actions_bf[:, start:start + self.chunk]
-      x0, cache = self._jit_chunk_step(params, cache, noise, times, labels_b, actions)
+      x0, cache = self._jit_chunk_step(params, cache, noise, times,
+                                       _frames(cond, start, start + self.chunk))
       yield np.asarray(x0)
+
+
+def _frames(cond: dict, start: int, stop: int) -> dict:
+  """`cond` with its per-frame entries cut to frames [start, stop)."""
+  return {key: value[:, start:stop] if key in dit.PER_FRAME_CONDITIONING else value
+          for key, value in cond.items()}
+
+
+def _batch_size(context_bfhwc, cond: dict, default: int) -> int:
+  if context_bfhwc is not None:
+    return context_bfhwc.shape[0]
+  return next((value.shape[0] for value in cond.values()), default)

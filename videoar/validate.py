@@ -9,10 +9,15 @@ import ml_collections
 
 from videoar.attention import ops
 from videoar.data import pipeline
-from videoar.diffusion import flow
 from videoar.forcing import PARADIGMS, resampling
+from videoar.models import dit
 
 DTYPES = ("float32", "bfloat16")
+
+
+# Each batch entry a model can be conditioned on, and the config key that turns it on.
+CONDITIONING_SIZES = {"label": "model.num_classes", "actions": "model.num_actions",
+                      "text": "model.text_dim"}
 
 
 class ConfigError(ValueError):
@@ -58,8 +63,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _positive(config, "forcing.resample_steps")
   if config.model.attention_impl not in ops.IMPLS:
     _fail("model.attention_impl", config.model.attention_impl, f"allowed: {', '.join(ops.IMPLS)}")
-  if config.model.get("prediction", "velocity") not in flow.PREDICTIONS:
-    _fail("model.prediction", config.model.prediction, f"allowed: {', '.join(flow.PREDICTIONS)}")
+  if config.model.get("prediction", "velocity") not in dit.PREDICTIONS:
+    _fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
+  if config.model.get("prediction") == "residual" and not config.model.get(
+      "previous_frame_input", False):
+    _fail("model.prediction", "residual", "needs model.previous_frame_input=True")
   if config.model.dtype not in DTYPES:
     _fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
   if "num_workers" in config.data:
@@ -69,6 +77,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "train.checkpoint_every", "sample.num_steps", "sample.num_videos",
               "sample.length_multiple", "eval.num_clips", "eval.segment_len"):
     _positive(config, key)
+
+  for key in CONDITIONING_SIZES.values():
+    value = config.model.get(key.split(".")[1], 0)
+    if not isinstance(value, int) or value < 0:
+      _fail(key, value, "must be an integer >= 0 (0: not conditioned on it)")
 
   if config.model.get("previous_frame_input", False) and config.forcing.paradigm in (
       "diffusion_forcing", "bidirectional"):
@@ -105,3 +118,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.forcing.paradigm == "bidirectional" and chunk != config.data.num_frames:
     _fail("forcing.chunk", chunk,
           "a bidirectional model generates the whole clip at once: set it to data.num_frames")
+
+
+def validate_against_data(config: ml_collections.ConfigDict, clip: dict) -> None:
+  """Checks that a clip of data.source carries what the model is conditioned on."""
+  for entry, key in CONDITIONING_SIZES.items():
+    size = config.model.get(key.split(".")[1], 0)
+    if not size:
+      continue
+    if entry not in clip:
+      _fail(key, size, f"data.source={config.data.source!r} gives no {entry!r} to condition on"
+            f" (it gives {', '.join(sorted(clip))})")
+    if entry == "text" and clip["text"].shape[-1] != size:
+      _fail(key, size, f"data.source={config.data.source!r} gives text embeddings of shape"
+            f" {clip['text'].shape}")

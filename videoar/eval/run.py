@@ -36,11 +36,10 @@ def continue_clips(exp: loop.Experiment, params, num_clips: int, rng: jax.Array)
   clips = pipeline.eval_clips(exp.source, num_clips=num_clips,
                               num_frames=num_context + num_generated, seed=c.seed)
   sampler = make_sampler(exp)
-  labels = jnp.asarray(clips["label"]) if exp.model.num_classes else None
-  actions = jnp.asarray(clips["actions"]) if exp.model.num_actions else None
+  cond = {key: jnp.asarray(value) for key, value in exp.model.conditioning(clips).items()}
   context = jnp.asarray(clips["video"][:, :num_context]) if num_context else None
   generated = sampler.generate(params, rng, num_generated, c.sample.num_steps,
-                               c.sample.time_shift, context, labels, actions)
+                               c.sample.time_shift, context, cond)
   return clips, np.asarray(generated)
 
 

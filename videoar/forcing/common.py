@@ -9,21 +9,25 @@ from videoar.diffusion import flow
 from videoar.models import dit
 
 
-def conditioning(model: dit.CausalDiT, batch: dict, rng: jax.Array, drop_prob: float):
-  """Labels [B] and actions [B, F] the model takes, with each replaced by its null id with
-  probability `drop_prob` (per video for labels, per frame for actions), so that the same
-  model also learns the unconditional velocity that classifier-free guidance needs."""
-  label_rng, action_rng = jax.random.split(rng)
-  labels = actions = None
-  if model.num_classes:
-    labels = batch["label"]
-    drop = jax.random.bernoulli(label_rng, drop_prob, labels.shape)
-    labels = jnp.where(drop, model.num_classes, labels)
-  if model.num_actions:
-    actions = batch["actions"]
-    drop = jax.random.bernoulli(action_rng, drop_prob, actions.shape)
-    actions = jnp.where(drop, model.num_actions, actions)
-  return labels, actions
+def conditioning(model: dit.CausalDiT, batch: dict, rng: jax.Array, drop_prob: float) -> dict:
+  """The model's conditioning keyword arguments from a batch (labels_b [B], actions_bf [B, F],
+  text_bld [B, L, D]), each replaced by its null with probability `drop_prob` (per video for
+  labels and text, per frame for actions), so that the same model also learns the
+  unconditional velocity that classifier-free guidance needs."""
+  cond = model.conditioning(batch)
+  null = model.null_conditioning(cond)
+  for (key, value), key_rng in zip(sorted(cond.items()), jax.random.split(rng, 3)):
+    drop_shape = value.shape[:2] if key in dit.PER_FRAME_CONDITIONING else value.shape[:1]
+    drop = jax.random.bernoulli(key_rng, drop_prob, drop_shape)
+    drop = drop.reshape(drop_shape + (1,) * (value.ndim - len(drop_shape)))
+    cond[key] = jnp.where(drop, null[key], value)
+  return cond
+
+
+def repeat_frames(cond: dict, times: int) -> dict:
+  """`cond` for a sequence that holds the video's frames `times` times over (the 2N layout)."""
+  return {key: jnp.tile(value, (1, times)) if key in dit.PER_FRAME_CONDITIONING else value
+          for key, value in cond.items()}
 
 
 def per_chunk_time(rng: jax.Array, batch: int, num_frames: int, chunk: int, shift: float):

@@ -15,13 +15,13 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
             cond_drop_prob: float, step=None):
   del step
   cond_rng, time_rng, noise_rng = jax.random.split(rng, 3)
-  labels, actions = common.conditioning(model, batch, cond_rng, cond_drop_prob)
+  cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)
   video = batch["video"]
   b, n = video.shape[:2]
   t_bf = flow.sample_time(time_rng, (b, n), time_shift)
   eps = jax.random.normal(noise_rng, video.shape)
   v, _ = model.apply(params, flow.interpolate(video, eps, t_bf), t_bf,
                      frame_pos_f=jnp.arange(n, dtype=jnp.int32), mask=masks.BlockCausal(n, chunk),
-                     labels_b=labels, actions_bf=actions)
+                     **cond)
   loss = common.mse(v, flow.velocity_target(video, eps))
   return loss, {"loss": loss}

@@ -32,7 +32,7 @@ from videoar.models import dit
 MODES = ("autoregressive", "parallel", "noise_augmentation")
 
 
-def degrade_history(model: dit.CausalDiT, params, video_bfhwc, labels, actions, rng, *,
+def degrade_history(model: dit.CausalDiT, params, video_bfhwc, cond: dict, rng, *,
                     chunk: int, mode: str, resample_shift: float, resample_steps: int,
                     history_window: int = 0):
   """The model's own resampling of `video`, with no gradient to anything."""
@@ -48,22 +48,21 @@ def degrade_history(model: dit.CausalDiT, params, video_bfhwc, labels, actions, 
   elif mode == "autoregressive":
     sampler = sampling.Sampler(model, frame_shape=video_bfhwc.shape[2:], chunk=chunk,
                                window=sampling.window_frames(n, chunk, history_window))
-    history, _ = sampler.rollout(params, sampler.init_cache(b), x_ts, times_bs, labels, actions)
+    history, _ = sampler.rollout(params, sampler.init_cache(b), x_ts, times_bs, cond)
   elif mode == "parallel":
-    history = _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, labels, actions,
-                                 chunk=chunk, history_window=history_window)
+    history = _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, chunk=chunk,
+                                 history_window=history_window)
   else:
     raise ValueError(f"forcing.resample_mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
   return jax.lax.stop_gradient(history)
 
 
-def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, labels, actions, *, chunk,
+def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chunk,
                        history_window):
   """Every frame denoised at once on the 2N layout, conditioned on the clean history."""
   b, n = video_bfhwc.shape[:2]
   frame_pos = jnp.tile(jnp.arange(n, dtype=jnp.int32), 2)
-  if actions is not None:
-    actions = jnp.tile(actions, (1, 2))
+  cond = common.repeat_frames(cond, 2)
   previous = teacher.two_n_layout_previous(model, video_bfhwc, chunk)
 
   def step(i, x):
@@ -72,7 +71,7 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, labels, actio
     v, _ = model.apply(params, jnp.concatenate([video_bfhwc, x], axis=1),
                        jnp.concatenate([jnp.zeros_like(t_now), t_now], axis=1),
                        frame_pos_f=frame_pos, mask=masks.TeacherForcing(n, chunk, history_window),
-                       labels_b=labels, actions_bf=actions, previous_bfhwc=previous)
+                       previous_bfhwc=previous, **cond)
     return flow.euler_step(x, v[:, n:], t_now, t_next)
 
   return jax.lax.fori_loop(0, times_bs.shape[1] - 1, step, x_ts)
@@ -85,18 +84,17 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
   # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
   cond_rng, loss_rng = jax.random.split(rng)
   resample_rng = jax.random.fold_in(rng, 1)
-  labels, actions = common.conditioning(model, batch, cond_rng, cond_drop_prob)
+  cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)
   video = batch["video"]
-  true_labels, true_actions = common.conditioning(model, batch, cond_rng, 0.0)
 
   def degraded():
-    return degrade_history(model, params, video, true_labels, true_actions, resample_rng,
+    return degrade_history(model, params, video, model.conditioning(batch), resample_rng,
                            chunk=chunk, mode=resample_mode, resample_shift=resample_shift,
                            resample_steps=resample_steps, history_window=history_window)
 
   history = jax.lax.cond(step < warmup_steps, lambda: video, degraded)
   loss, metrics = teacher.history_conditioned_loss(
-      model, params, history, video, labels, actions, loss_rng, chunk=chunk,
+      model, params, history, video, cond, loss_rng, chunk=chunk,
       time_shift=time_shift, history_window=history_window)
   metrics["history_mse"] = common.mse(history, video)
   return loss, metrics

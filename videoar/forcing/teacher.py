@@ -24,8 +24,8 @@ def two_n_layout_previous(model: dit.CausalDiT, history_bfhwc, chunk: int):
                           dit.previous_frames(history_bfhwc, chunk, within_history=False)], 1)
 
 
-def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc, labels,
-                             actions, rng, *, chunk: int, time_shift: float,
+def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc,
+                             cond: dict, rng, *, chunk: int, time_shift: float,
                              history_window: int = 0):
   """Flow-matching loss of every frame of `video`, each conditioned on `history` before it."""
   b, n = video_bfhwc.shape[:2]
@@ -36,12 +36,10 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
   sequence = jnp.concatenate([history_bfhwc, x_t], axis=1)
   t_sequence = jnp.concatenate([jnp.zeros_like(t_bf), t_bf], axis=1)
   frame_pos = jnp.tile(jnp.arange(n, dtype=jnp.int32), 2)
-  if actions is not None:
-    actions = jnp.tile(actions, (1, 2))
   v, _ = model.apply(params, sequence, t_sequence, frame_pos_f=frame_pos,
-                     mask=masks.TeacherForcing(n, chunk, history_window), labels_b=labels,
-                     actions_bf=actions, previous_bfhwc=two_n_layout_previous(
-                         model, history_bfhwc, chunk))
+                     mask=masks.TeacherForcing(n, chunk, history_window),
+                     previous_bfhwc=two_n_layout_previous(model, history_bfhwc, chunk),
+                     **common.repeat_frames(cond, 2))
   loss = common.mse(v[:, n:], flow.velocity_target(video_bfhwc, eps))
   return loss, {"loss": loss}
 
@@ -50,8 +48,8 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
             cond_drop_prob: float, history_window: int = 0, step=None):
   del step
   cond_rng, loss_rng = jax.random.split(rng)
-  labels, actions = common.conditioning(model, batch, cond_rng, cond_drop_prob)
+  cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)
   video = batch["video"]
-  return history_conditioned_loss(model, params, video, video, labels, actions, loss_rng,
+  return history_conditioned_loss(model, params, video, video, cond, loss_rng,
                                   chunk=chunk, time_shift=time_shift,
                                   history_window=history_window)

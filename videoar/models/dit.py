@@ -15,6 +15,12 @@ from videoar.diffusion import flow
 from videoar.models import kv_cache as kv_cache_lib
 from videoar.models import layers
 
+PREDICTIONS = flow.PREDICTIONS + ("residual",)
+# The batch entries a model can be conditioned on, and the CausalDiT argument each becomes.
+CONDITIONING_INPUTS = {"label": "labels_b", "actions": "actions_bf", "text": "text_bld"}
+# Those given per frame: a sampler hands each chunk its own frames of them.
+PER_FRAME_CONDITIONING = ("actions_bf",)
+
 
 class Block(nn.Module):
   width: int
@@ -25,7 +31,7 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_bftd, cond_bfd, **attention_kwargs):
+  def __call__(self, x_bftd, cond_bfd, text_bld=None, **attention_kwargs):
     mod = layers.dense(6 * self.width, ("embed", "modulation"), kernel_init=nn.initializers.zeros,
                        dtype=self.dtype, name="adaln")(nn.silu(cond_bfd))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
@@ -35,6 +41,9 @@ class Block(nn.Module):
                                  self.dtype, name="attn")(
         h, **attention_kwargs)
     x_bftd = x_bftd + gate_a[:, :, None] * h
+    if text_bld is not None:
+      x_bftd = x_bftd + layers.CrossAttention(self.num_heads, self.dtype, name="cross_attn")(
+          norm("cross_norm")(x_bftd), text_bld)
     h = layers.modulate(norm("mlp_norm")(x_bftd), shift_m, scale_m)
     h = layers.dense(int(self.width * self.mlp_ratio), ("embed", "mlp"), dtype=self.dtype,
                      name="mlp_in")(h)
@@ -49,11 +58,16 @@ class CausalDiT(nn.Module):
     patch: side of the square patches; the frame side must be a multiple.
     num_classes: > 0 adds a class-label embedding (id num_classes is the null label for CFG).
     num_actions: > 0 adds a per-frame action embedding (id num_actions is the null action).
+    text_dim: > 0 conditions every block on a text embedding [L, text_dim] per video through
+      cross-attention (the all-zero embedding is the null text).
     routing_top_k: > 0 routes each query token to its top-k history frames (routing.py).
     prediction: what the last layer outputs. "velocity" is eps - x directly; "data" is the clean
       frame x, turned into the velocity (x_t - x) / t. The velocity of a patch has as many
       dimensions as the patch (8x8x3 = 192) and, near t = 1, is mostly noise, which a narrower
       network cannot carry through; the clean frame lies on a low-dimensional set that it can.
+      "residual" is the clean frame's change from the frame before its chunk (with
+      previous_frame_input): an untrained model copies the previous frame, so small objects
+      persist from the first steps and the network spends itself on what moves.
     previous_frame_input: every token also reads the co-located patch of the clean frame before
       its chunk (`previous_frames`), next to its own. Through attention alone a small model
       learns to use its context slowly; most motion is local, and this direct path makes the
@@ -68,6 +82,7 @@ class CausalDiT(nn.Module):
   mlp_ratio: float = 4.0
   num_classes: int = 0
   num_actions: int = 0
+  text_dim: int = 0
   attention_impl: str = "auto"
   routing_top_k: int = 0
   prediction: str = "velocity"
@@ -85,9 +100,25 @@ class CausalDiT(nn.Module):
   def head_dim(self) -> int:
     return self.width // self.num_heads
 
+  def conditioning_keys(self) -> tuple[str, ...]:
+    """The batch entries this model is conditioned on."""
+    sizes = {"label": self.num_classes, "actions": self.num_actions, "text": self.text_dim}
+    return tuple(key for key, size in sizes.items() if size)
+
+  def conditioning(self, batch: dict) -> dict:
+    """The conditioning keyword arguments of this model, from a batch's entries."""
+    return {CONDITIONING_INPUTS[key]: batch[key] for key in self.conditioning_keys()}
+
+  def null_conditioning(self, cond: dict) -> dict:
+    """The null of each entry of `cond`: what classifier-free guidance is unconditioned on."""
+    nulls = {"labels_b": lambda v: jnp.full_like(v, self.num_classes),
+             "actions_bf": lambda v: jnp.full_like(v, self.num_actions),
+             "text_bld": jnp.zeros_like}
+    return {key: nulls[key](value) for key, value in cond.items()}
+
   @nn.compact
   def __call__(self, x_bfhwc, t_bf, *, frame_pos_f, mask: masks.MaskSpec, labels_b=None,
-               actions_bf=None, previous_bfhwc=None,
+               actions_bf=None, text_bld=None, previous_bfhwc=None,
                cache: kv_cache_lib.KVCache | None = None):
     """Returns (velocity [B, F, H, W, C], new (k, v) of this call's tokens, each
     [depth, B, F, T, heads, head_dim]) so that a sampler can write them to its cache.
@@ -102,6 +133,8 @@ class CausalDiT(nn.Module):
     patches = lambda v: v.reshape(b, f, gh, p, gw, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
         b, f, gh * gw, p * p * c)
     tokens = patches(x_bfhwc)
+    if self.prediction == "residual" and not self.previous_frame_input:
+      raise ValueError("CausalDiT(prediction='residual') needs previous_frame_input=True")
     if self.previous_frame_input:
       if previous_bfhwc is None:
         raise ValueError("CausalDiT(previous_frame_input=True) needs previous_bfhwc")
@@ -124,6 +157,14 @@ class CausalDiT(nn.Module):
         raise ValueError("CausalDiT(num_actions>0) needs actions_bf")
       cond = cond + layers.embed(self.num_actions + 1, self.width, name="action_embed")(
           actions_bf)
+    text = None
+    if self.text_dim:
+      if text_bld is None or text_bld.shape[-1] != self.text_dim:
+        got = "none" if text_bld is None else f"shape {text_bld.shape}"
+        raise ValueError(f"CausalDiT(text_dim={self.text_dim}) needs text_bld [B, L,"
+                         f" {self.text_dim}], got {got}")
+      text = layers.dense(self.width, ("text_features", "embed"), dtype=self.dtype,
+                          name="text_in")(text_bld.astype(self.dtype))
 
     x, cond = layers.constrain_tokens(x), layers.constrain_cond(cond)
 
@@ -140,7 +181,7 @@ class CausalDiT(nn.Module):
             a[i].reshape(b, -1, self.num_heads, self.head_dim) for a in (cache.k, cache.v))
       x, (k, v) = Block(self.width, self.num_heads, self.mlp_ratio, self.attention_impl,
                         self.routing_top_k, self.dtype, name=f"block_{i}")(
-                            x, cond, **attention_kwargs)
+                            x, cond, text, **attention_kwargs)
       x = layers.constrain_tokens(x)
       new_k.append(k.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
       new_v.append(v.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
@@ -153,8 +194,11 @@ class CausalDiT(nn.Module):
     x = layers.dense(p * p * c, ("embed", "patch"), kernel_init=nn.initializers.zeros,
                      dtype=self.dtype, name="unpatch")(x)
     x = x.reshape(b, f, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, h, w, c)
-    velocity = flow.velocity_from_prediction(self.prediction, x.astype(jnp.float32), x_bfhwc,
-                                             t_bf)
+    x = x.astype(jnp.float32)
+    prediction = self.prediction
+    if prediction == "residual":
+      x, prediction = x + previous_bfhwc.astype(jnp.float32), "data"
+    velocity = flow.velocity_from_prediction(prediction, x, x_bfhwc, t_bf)
     return velocity, (jnp.stack(new_k), jnp.stack(new_v))
 
 

@@ -1,10 +1,11 @@
-"""Building blocks of the DiT: embeddings, 3D rotary positions, the attention layer.
+"""Building blocks of the DiT: embeddings, 3D rotary positions, the attention layers.
 
 Every parameter carries logical axis names (nn.with_logical_partitioning), and so do the
 activations between blocks (nn.with_logical_constraint); config.mesh.rules maps the names to mesh
 axes (videoar/train/sharding.py). Parameters: embed (model width), mlp (MLP hidden units),
-modulation (AdaLN outputs), heads, head_dim, qkv (the fused q/k/v index), patch (a patch's
-values), time_features, cond (the timestep MLP's hidden units), vocab (embedding tables).
+modulation (AdaLN outputs), heads, head_dim, qkv (the fused q/k/v index), kv (cross-attention's
+fused k/v index), patch (a patch's values), time_features, cond (the timestep MLP's hidden
+units), vocab (embedding tables), text_features (a text embedding's channels).
 Activations: batch, frame, token, activation_embed.
 """
 
@@ -150,3 +151,43 @@ class Attention(nn.Module):
                                        ("heads", "head_dim", "embed")),
         bias_init=dense_general_init(nn.initializers.zeros_init(), ("embed",)))(out)
     return out.reshape(b, f, t, d), new_kv
+
+
+class CrossAttention(nn.Module):
+  """Every video token attends to the tokens of a text embedding (dense; texts are short).
+
+  The text is the same for every frame and known before generation starts, so this keeps the
+  model causal over frames and the sampler's cache holds nothing of it. The output projection
+  starts at zero: a model begins as if it had no text, as AdaLN-zero begins every block at the
+  identity.
+  """
+
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bftd, text_bld):
+    b, f, t, d = x_bftd.shape
+    head_dim = d // self.num_heads
+    q_axes = ("heads", "head_dim")
+    q = nn.DenseGeneral(
+        (self.num_heads, head_dim), dtype=self.dtype, name="q",
+        kernel_init=dense_general_init(nn.linear.default_kernel_init, ("embed",) + q_axes),
+        bias_init=dense_general_init(nn.initializers.zeros_init(), q_axes))(
+            x_bftd.reshape(b, f * t, d))
+    kv_axes = ("kv", "heads", "head_dim")
+    kv = nn.DenseGeneral(
+        (2, self.num_heads, head_dim), dtype=self.dtype, name="kv",
+        kernel_init=dense_general_init(nn.linear.default_kernel_init, ("embed",) + kv_axes),
+        bias_init=dense_general_init(nn.initializers.zeros_init(), kv_axes))(text_bld)
+    norm_scale = nn.with_logical_partitioning(nn.initializers.ones, ("head_dim",))
+    q = nn.RMSNorm(dtype=self.dtype, scale_init=norm_scale, name="q_norm")(q)
+    k = nn.RMSNorm(dtype=self.dtype, scale_init=norm_scale, name="k_norm")(kv[:, :, 0])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits / math.sqrt(head_dim), axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), kv[:, :, 1])
+    out = nn.DenseGeneral(
+        d, axis=(-2, -1), dtype=self.dtype, name="out",
+        kernel_init=dense_general_init(nn.initializers.zeros, ("heads", "head_dim", "embed")),
+        bias_init=dense_general_init(nn.initializers.zeros_init(), ("embed",)))(out)
+    return out.reshape(b, f, t, d)

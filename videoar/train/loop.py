@@ -30,7 +30,7 @@ from videoar.train import sharding as sharding_lib
 from videoar.train import state as state_lib
 from videoar.train import step as step_lib
 
-MODEL_INPUTS = ("video", "label", "actions")
+MODEL_INPUTS = ("video",) + tuple(dit.CONDITIONING_INPUTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +47,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   validate.validate(config)
   source = pipeline.make_source(config.data.source, path=config.data.get("path"),
                                 **config.data.options.to_dict())
-  frame_shape = source.clip(config.seed, 0, 1)["video"].shape[1:]
-  return Experiment(config, source, make_model(config), tuple(frame_shape))
+  clip = source.clip(config.seed, 0, 1)
+  validate.validate_against_data(config, clip)
+  return Experiment(config, source, make_model(config), tuple(clip["video"].shape[1:]))
 
 
 def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
@@ -56,10 +57,12 @@ def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
       patch=config.model.patch, width=config.model.width, depth=config.model.depth,
       num_heads=config.model.num_heads, mlp_ratio=config.model.mlp_ratio,
       num_classes=config.model.num_classes, num_actions=config.model.num_actions,
+      text_dim=config.model.get("text_dim", 0),
       attention_impl=config.model.attention_impl,
       routing_top_k=config.model.get("routing_top_k", 0),
       prediction=config.model.get("prediction", "velocity"),
-      previous_frame_input=config.model.get("previous_frame_input", False), dtype=jnp.dtype(config.model.dtype))
+      previous_frame_input=config.model.get("previous_frame_input", False),
+      dtype=jnp.dtype(config.model.dtype))
 
 
 def init_params(exp: Experiment, rng: jax.Array):
@@ -70,11 +73,12 @@ def logical_params(exp: Experiment, rng: jax.Array):
   """The parameters, each in an nn.LogicallyPartitioned box that names its axes."""
   n = exp.config.data.num_frames
   x = jnp.zeros((1, n) + exp.frame_shape)
-  labels = jnp.zeros((1,), jnp.int32) if exp.model.num_classes else None
-  actions = jnp.zeros((1, n), jnp.int32) if exp.model.num_actions else None
+  # Parameter shapes do not depend on the text's length: one token stands in for it.
+  example = {"label": jnp.zeros((1,), jnp.int32), "actions": jnp.zeros((1, n), jnp.int32),
+             "text": jnp.zeros((1, 1, exp.model.text_dim))}
   return exp.model.init(rng, x, jnp.zeros((1, n)), frame_pos_f=jnp.arange(n),
-                        mask=masks.BlockCausal(n), labels_b=labels, actions_bf=actions,
-                        previous_bfhwc=x)
+                        mask=masks.BlockCausal(n), previous_bfhwc=x,
+                        **exp.model.conditioning(example))
 
 
 def make_loss_fn(exp: Experiment):
