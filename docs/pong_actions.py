@@ -7,7 +7,8 @@ recorded actions); then --num_frames frames are generated twice from the same no
 pressing UP (RIGHT) for the first half and DOWN (LEFT) for the second, once the reverse. The
 agent's paddle is located in every generated frame (atari.pong_paddle_rows), and the fraction
 of frames in which it moved the way the pressed action says is printed and written, with the
-paddle rows, to --out with .json for .png. Rows of the strip: context + UP then DOWN; context +
+paddle rows, to --out with .json for .png, next to the same count over the recorded held-out
+episodes (the game's own score: a paddle at a wall does not move). Rows of the strip: context + UP then DOWN; context +
 DOWN then UP.
 """
 
@@ -45,6 +46,20 @@ def followed(rows: np.ndarray, pressed: np.ndarray, up: int, down: int) -> float
   return float(ok[np.isin(pressed, (up, down))].mean())
 
 
+def recorded_followed(source, up: int, down: int) -> float:
+  """`followed` over the held-out recorded episodes: what the game itself scores, below 100 %
+  because a paddle pressed against the top or bottom wall cannot move further."""
+  recording = source.recording
+  shares, weights = [], []
+  for episode, length in enumerate(recording.lengths()):
+    frames = np.arange(int(length * (1.0 - source.eval_fraction)), length)
+    clip = recording.read(episode, frames)
+    pressed = clip["actions"]
+    shares.append(followed(atari.pong_paddle_rows(clip["video"]), pressed, up, down))
+    weights.append(np.isin(pressed[1:], (up, down)).sum())
+  return float(np.average(shares, weights=weights))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -68,11 +83,13 @@ def main(argv):
     rows = atari.pong_paddle_rows(video[num_context - 1:])
     result["paddle_rows"].append([None if np.isnan(r) else round(float(r), 2) for r in rows])
     result["followed"].append(followed(rows, row[num_context - 1:], up, down))
+  result["recorded_followed"] = recorded_followed(exp.source, up, down)
   media.write_png(FLAGS.out, media.frame_strip(videos))
   with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
     json.dump(result, f)
   for name, share in zip(("UP then DOWN", "DOWN then UP"), result["followed"]):
     print(f"{name}: the paddle moved the pressed way in {100 * share:.0f} % of frames")
+  print(f"recorded held-out episodes, the same count: {100 * result['recorded_followed']:.0f} %")
   print(f"wrote {FLAGS.out}")
 
 
