@@ -107,6 +107,8 @@ BAD_CONFIGS = [
     ({"train.num_steps": 0}, "config.train.num_steps=0"),
     ({"model.attention_impl": "fast"}, "config.model.attention_impl='fast'"),
     ({"model.text_dim": -1}, "config.model.text_dim=-1"),
+    ({"model.prediction": "residual", "model.previous_frame_input": False},
+     "config.model.prediction='residual'"),
 ]
 
 
