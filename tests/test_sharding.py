@@ -87,8 +87,10 @@ def test_rules_must_name_mesh_axes():
 
 def test_every_parameter_has_logical_axis_names():
   config = bouncing_tiny.get_config("test")
-  config.model.num_classes, config.model.num_actions = 3, 4
-  exp = loop.build(config)
+  config.model.num_classes, config.model.num_actions, config.model.text_dim = 3, 4, 8
+  # No source gives labels, actions and text at once; the parameters need only the model.
+  size = config.data.options.size
+  exp = loop.Experiment(config, None, loop.make_model(config), (size, size, 3))
   boxed = jax.eval_shape(lambda: loop.logical_params(exp, jax.random.key(0)))
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   unnamed = [leaf for leaf in leaves if not isinstance(leaf, nn.LogicallyPartitioned)]
