@@ -6,25 +6,21 @@ Arms: Teacher Forcing (configs/bouncing_tiny.py) and Resampling Forcing (configs
 with noise augmentation, parallel and autoregressive resampling, autoregressive with history
 routing (k = 25 %) and with a sliding window of the same k. The resampling arms run past their
 warm-up, so the self-resampling is in every timed step. All arms take turns in each round (one
-step each), so load from other processes slows them alike; the best round counts.
+step each), so load from other processes slows them alike; the best round counts. The batch is
+random: a step's cost depends on shapes only.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
 from absl import app, flags
-import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
 from configs import bouncing_rf, bouncing_tiny  # noqa: E402
-from videoar.data import pipeline  # noqa: E402
-from videoar.train import loop  # noqa: E402
-from videoar.train import state as state_lib  # noqa: E402
-from videoar.train import step as step_lib  # noqa: E402
+from benchmarks import runners  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds (one step of every arm each).")
@@ -41,20 +37,10 @@ ARMS = {
 
 
 def step_runner(config):
-  """A jitted train step of this config, past the resampling warm-up, and its inputs."""
+  """The train step of this config, past the resampling warm-up."""
   if "warmup_steps" in config.forcing:
     config.forcing.warmup_steps = 0
-  exp = loop.build(config)
-  optimizer = state_lib.make_optimizer(config)
-  state = state_lib.create(loop.init_params(exp, jax.random.key(0)), optimizer)
-  batch = loop.model_inputs(pipeline.train_batches(
-      exp.source, batch_size=config.data.batch_size, num_frames=config.data.num_frames,
-      seed=0)[0])
-  # Not donated: every round reruns the step on the same state.
-  train_step = jax.jit(functools.partial(
-      step_lib.train_step, loss_fn=loop.make_loss_fn(exp), optimizer=optimizer,
-      schedule=state_lib.learning_rate_schedule(config), ema_decay=config.optim.ema_decay))
-  return lambda: train_step(state, batch, jax.random.key(1))
+  return runners.TrainStepRunner(config)
 
 
 def main(argv):

@@ -22,16 +22,13 @@ import tempfile
 import time
 
 from absl import app, flags
-import jax
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import benchmarks  # noqa: E402
+from benchmarks import runners  # noqa: E402
 from configs import atari_pong, bouncing_tiny  # noqa: E402
 from videoar.data import array_record, pipeline  # noqa: E402
-from videoar.train import loop  # noqa: E402
-from videoar.train import state as state_lib  # noqa: E402
-from videoar.train import step as step_lib  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 flags.DEFINE_list("prefetch", ["threads", "processes"], "Prefetch kinds to measure.")
@@ -89,34 +86,12 @@ def pipeline_clips_per_second(source: pipeline.ClipSource, prefetch: str) -> flo
 
 
 def train_clips_per_second(config) -> dict:
-  """Clips/s the train step of `config` consumes, on a random batch of its shape."""
-  size = config.data.options.size
-  model_config = config.copy_and_resolve_references()
-  # The step's cost depends on shapes only: build the model on a procedural source of the
-  # config's frame size instead of reading the config's files.
-  model_config.data.source, model_config.data.path = "bouncing", None
-  model_config.data.options = ml_collections.ConfigDict(dict(size=size))
-  exp = loop.build(model_config)
-  optimizer = state_lib.make_optimizer(config)
-  state = jax.jit(lambda rng: state_lib.create(loop.init_params(exp, rng), optimizer))(
-      jax.random.key(0))
-  train_step = step_lib.make_train_step(
-      loss_fn=loop.make_loss_fn(exp), optimizer=optimizer,
-      schedule=state_lib.learning_rate_schedule(config), ema_decay=config.optim.ema_decay)
-  rng = np.random.default_rng(0)
-  b, f = config.data.batch_size, config.data.num_frames
-  batch = {"video": rng.uniform(-1, 1, (b, f) + exp.frame_shape).astype(np.float32)}
-  if config.model.num_actions:
-    batch["actions"] = rng.integers(0, config.model.num_actions, (b, f)).astype(np.int32)
-  state, metrics = train_step(state, batch, jax.random.key(1))  # compiles
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(FLAGS.train_steps):
-    state, metrics = train_step(state, batch, jax.random.key(1))
-  jax.block_until_ready(metrics)
-  step_seconds = (time.perf_counter() - start) / FLAGS.train_steps
-  return dict(batch_size=b, num_frames=f, size=size, step_seconds=step_seconds,
-              clips_per_s=b / step_seconds)
+  """Clips/s the train step of `config` consumes (its best of --train_steps steps)."""
+  step = runners.TrainStepRunner(config)
+  step_seconds = benchmarks.time_interleaved({"step": step}, FLAGS.train_steps)["step"]
+  b = config.data.batch_size
+  return dict(batch_size=b, num_frames=config.data.num_frames, size=config.data.options.size,
+              step_seconds=step_seconds, clips_per_s=b / step_seconds)
 
 
 def main(argv):

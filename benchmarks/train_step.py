@@ -27,15 +27,12 @@ import time
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
+from benchmarks import runners  # noqa: E402
 from configs import bouncing_tiny  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
-from videoar.train import loop  # noqa: E402
-from videoar.train import state as state_lib  # noqa: E402
-from videoar.train import step as step_lib  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 flags.DEFINE_integer("patch", 8, "Patch side: 8 is the default config, 4 gives 64 tokens a frame.")
@@ -68,28 +65,11 @@ def model_flops(config, frame_shape, mask: masks.MaskSpec) -> dict:
 
 
 def step_runner(config, impl: str):
-  """A jitted train step on a fixed random batch, with its state threaded through calls."""
+  """The train step with attention implementation `impl`, and XLA's FLOP count of it."""
   config = config.copy_and_resolve_references()
   config.model.attention_impl = impl
-  exp = loop.build(config)
-  optimizer = state_lib.make_optimizer(config)
-  state = jax.jit(lambda rng: state_lib.create(loop.init_params(exp, rng), optimizer))(
-      jax.random.key(0))
-  train_step = step_lib.make_train_step(
-      loss_fn=loop.make_loss_fn(exp), optimizer=optimizer,
-      schedule=state_lib.learning_rate_schedule(config), ema_decay=config.optim.ema_decay)
-  rng = np.random.default_rng(0)
-  b, f = config.data.batch_size, config.data.num_frames
-  batch = {"video": rng.uniform(-1, 1, (b, f) + exp.frame_shape).astype(np.float32)}
-  holder = [state]
-  xla_flops = train_step.lower(state, batch, jax.random.key(1)).compile().cost_analysis()
-  xla_flops = (xla_flops[0] if isinstance(xla_flops, list) else xla_flops).get("flops", 0.0)
-
-  def run():
-    holder[0], metrics = train_step(holder[0], batch, jax.random.key(1))
-    return metrics
-
-  return exp, run, xla_flops
+  runner = runners.TrainStepRunner(config)
+  return runner.exp, runner, runner.xla_flops()
 
 
 def attention_runner(config, exp, impl: str):

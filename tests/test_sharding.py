@@ -90,7 +90,7 @@ def test_every_parameter_has_logical_axis_names():
   config.model.num_classes, config.model.num_actions, config.model.text_dim = 3, 4, 8
   # No source gives labels, actions and text at once; the parameters need only the model.
   size = config.data.options.size
-  exp = loop.Experiment(config, None, loop.make_model(config), (size, size, 3))
+  exp = loop.build_for_shapes(config, (size, size, 3))
   boxed = jax.eval_shape(lambda: loop.logical_params(exp, jax.random.key(0)))
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   unnamed = [leaf for leaf in leaves if not isinstance(leaf, nn.LogicallyPartitioned)]

@@ -7,7 +7,6 @@ whom. Every frame has its own timestep, which modulates its tokens (AdaLN-zero).
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from videoar.attention import masks

@@ -38,7 +38,7 @@ class Experiment:
   """What train, sample and evaluate share, built from a validated config."""
 
   config: ml_collections.ConfigDict
-  source: pipeline.ClipSource
+  source: pipeline.ClipSource | None  # None: built for shapes only (build_for_shapes)
   model: dit.CausalDiT
   frame_shape: tuple[int, int, int]
 
@@ -50,6 +50,14 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   clip = source.clip(config.seed, 0, 1)
   validate.validate_against_data(config, clip)
   return Experiment(config, source, make_model(config), tuple(clip["video"].shape[1:]))
+
+
+def build_for_shapes(config: ml_collections.ConfigDict,
+                     frame_shape: tuple[int, int, int]) -> Experiment:
+  """An Experiment without a data source, for work that depends on shapes only (benchmarks,
+  the parameters' layout): the config is validated but not checked against any data."""
+  validate.validate(config)
+  return Experiment(config, None, make_model(config), tuple(frame_shape))
 
 
 def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
