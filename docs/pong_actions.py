@@ -2,14 +2,16 @@
 
   python docs/pong_actions.py --config=configs/atari_pong.py --workdir=runs/atari_pong
 
-The first sample.context_frames frames of a held-out clip go into the KV cache (with their
-recorded actions); then --num_frames frames are generated twice from the same noise: once
-pressing UP (RIGHT) for the first half and DOWN (LEFT) for the second, once the reverse. The
-agent's paddle is located in every generated frame (atari.pong_paddle_rows), and the fraction
-of frames in which it moved the way the pressed action says is printed and written, with the
-paddle rows, to --out with .json for .png, next to the same count over the recorded held-out
-episodes (the game's own score: a paddle at a wall does not move). Rows of the strip: context + UP then DOWN; context +
-DOWN then UP.
+The first sample.context_frames frames of a held-out clip (of the first --candidates, the one
+whose paddle is nearest mid-field) go into the KV cache with their recorded actions; then
+--num_frames frames are generated twice from the same noise: once pressing UP (RIGHT) for the
+first half and DOWN (LEFT) for the second, once the reverse. The agent's paddle is located in
+every generated frame (atari.pong_paddle_rows), and the fraction of frames in which it moved the
+way the pressed action says is printed and written, with the paddle rows, to --out with .json
+for .png, next to the same count over the recorded held-out episodes (the game's own score: a
+paddle at a wall does not move), and so is its net movement over each half. The figure: the
+agent's half of every frame, context + UP then DOWN and context + DOWN then UP, over the paddle's
+row in each generated frame.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from videoar.train import loop  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "The Pong model's config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "The trained run's directory.")
 flags.DEFINE_integer("num_frames", 16, "Frames generated under each action sequence.")
+flags.DEFINE_integer("candidates", 32, "Held-out clips searched for the context.")
 flags.DEFINE_string("out", "docs/pong_actions.png", "Where to write the strip.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -60,6 +63,24 @@ def recorded_followed(source, up: int, down: int) -> float:
   return float(np.average(shares, weights=weights))
 
 
+def rounded(value: float) -> float | None:
+  """For the JSON: None where the paddle was not found."""
+  return None if np.isnan(value) else round(float(value), 2)
+
+
+def mid_field_context(source, num_frames: int, seed: int) -> dict[str, np.ndarray]:
+  """Of the first --candidates held-out clips, the one whose paddle ends nearest the middle of
+  the playfield, so that both UP and DOWN have room to move it (a random policy leaves the
+  paddle at a wall about a third of the time)."""
+  clips = pipeline.eval_clips(source, num_clips=FLAGS.candidates, num_frames=num_frames,
+                              seed=seed)
+  height = clips["video"].shape[2]
+  middle = height * np.mean(atari.PONG_PLAYFIELD_ROWS) / atari.ATARI_SCREEN[0]
+  last_rows = np.array([atari.pong_paddle_rows(video[-1:])[0] for video in clips["video"]])
+  best = int(np.nanargmin(np.abs(last_rows - middle)))
+  return {key: value[best:best + 1] for key, value in clips.items()}
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -69,29 +90,62 @@ def main(argv):
   names = exp.source.recording.action_names()
   up, down = names.index("RIGHT"), names.index("LEFT")
   num_context, half = config.sample.context_frames, FLAGS.num_frames // 2
-  clip = pipeline.eval_clips(exp.source, num_clips=1, num_frames=num_context, seed=config.seed)
+  clip = mid_field_context(exp.source, num_context, config.seed)
   sequences = np.array([[up] * half + [down] * half, [down] * half + [up] * half], np.int32)
   actions = np.concatenate([np.repeat(clip["actions"], 2, axis=0), sequences], axis=1)
   context = np.repeat(clip["video"], 2, axis=0)
   generated = np.asarray(run.make_sampler(exp).generate(
       params, jax.random.key(config.seed), 2 * half, config.sample.num_steps,
       config.sample.time_shift, jnp.asarray(context), {"actions_bf": jnp.asarray(actions)}))
-  videos = np.concatenate([context, generated], axis=1)
+  videos = np.concatenate([context, np.clip(generated, -1.0, 1.0)], axis=1)
   result = {"actions": [[names[a] for a in row] for row in sequences], "paddle_rows": [],
-            "followed": []}
+            "followed": [], "displacement_per_half": []}
   for video, row in zip(videos, actions):
     rows = atari.pong_paddle_rows(video[num_context - 1:])
-    result["paddle_rows"].append([None if np.isnan(r) else round(float(r), 2) for r in rows])
+    result["paddle_rows"].append([rounded(r) for r in rows])
     result["followed"].append(followed(rows, row[num_context - 1:], up, down))
+    result["displacement_per_half"].append(
+        [rounded(rows[half] - rows[0]), rounded(rows[-1] - rows[half])])
   result["recorded_followed"] = recorded_followed(exp.source, up, down)
-  media.write_png(FLAGS.out, media.frame_strip(videos))
+  write_figure(FLAGS.out, videos, result, num_context)
   with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
     json.dump(result, f)
-  for name, share in zip(("UP then DOWN", "DOWN then UP"), result["followed"]):
-    print(f"{name}: the paddle moved the pressed way in {100 * share:.0f} % of frames")
+  for name, share, (first, second) in zip(("UP then DOWN", "DOWN then UP"), result["followed"],
+                                          result["displacement_per_half"]):
+    print(f"{name}: the paddle moved the pressed way in {100 * share:.0f} % of frames;"
+          f" it moved {first} px over the first half, {second} px over the second (rows grow"
+          " downwards; None: no paddle found)")
   print(f"recorded held-out episodes, the same count: {100 * result['recorded_followed']:.0f} %")
   print(f"wrote {FLAGS.out}")
 
+
+def write_figure(path: str, videos: np.ndarray, result: dict, num_context: int) -> None:
+  """The agent's half of every frame, a row per action sequence, over the paddle's row in
+  each generated frame."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  width = videos.shape[3]
+  half_frames = videos[:, :, :, width // 2:]
+  titles = ("UP (RIGHT) then DOWN (LEFT)", "DOWN (LEFT) then UP (RIGHT)")
+  figure, axes = plt.subplots(3, 1, figsize=(12, 7.5), height_ratios=(1, 1, 1.4))
+  for ax, strip, title in zip(axes, half_frames, titles):
+    ax.imshow(media.to_uint8(media.frame_strip(strip[None])), interpolation="nearest")
+    ax.set_title(f"{num_context} context frames, then {title}", fontsize=10)
+    ax.set_axis_off()
+  plot = axes[2]
+  frames = np.arange(len(result["paddle_rows"][0]))
+  for rows, title in zip(result["paddle_rows"], titles):
+    plot.plot(frames, [np.nan if r is None else r for r in rows], marker="o", label=title)
+  plot.axvline(len(frames) // 2, color="grey", linestyle="--", linewidth=1)
+  plot.invert_yaxis()
+  plot.set_xlabel("frame after the last context frame")
+  plot.set_ylabel("agent's paddle row (px, top = 0)")
+  plot.legend(fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
 
 if __name__ == "__main__":
   app.run(main)
