@@ -1,17 +1,20 @@
-"""Drives a trained Pong model with two action sequences from one context; writes a PNG strip.
+"""Drives a trained Pong model with two action sequences from the same contexts.
 
   python docs/pong_actions.py --config=configs/atari_pong.py --workdir=runs/atari_pong
 
-The first sample.context_frames frames of a held-out clip (of the first --candidates, the one
-whose paddle is nearest mid-field) go into the KV cache with their recorded actions; then
---num_frames frames are generated twice from the same noise: once pressing UP (RIGHT) for the
-first half and DOWN (LEFT) for the second, once the reverse. The agent's paddle is located in
-every generated frame (atari.pong_paddle_rows), and the fraction of frames in which it moved the
-way the pressed action says is printed and written, with the paddle rows, to --out with .json
-for .png, next to the same count over the recorded held-out episodes (the game's own score: a
-paddle at a wall does not move), and so is its net movement over each half. The figure: the
-agent's half of every frame, context + UP then DOWN and context + DOWN then UP, over the paddle's
-row in each generated frame.
+Contexts: of the first --candidates held-out clips, the --num_contexts whose paddle ends nearest
+mid-field (so both UP and DOWN have room), their first sample.context_frames frames and recorded
+actions in the KV cache. From each, --num_frames frames are generated twice from the same noise:
+pressing UP (RIGHT) for the first half and DOWN (LEFT) for the second, and the reverse. The
+agent's paddle is located in every generated frame (atari.pong_paddle_rows). Printed and written
+to --out with .json for .png:
+  - the paddle's net movement over each half, by the action pressed in it (mean over contexts,
+    and the share of halves whose movement has the pressed sign);
+  - the share of frames in which it moved the way the pressed action says, next to the same
+    count over the recorded held-out episodes (the game's own score, below 100 % because a
+    paddle at a wall does not move).
+The figure: the agent's half of every frame of the first context's two videos, over the
+paddle's row in each generated frame.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from videoar.train import loop  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "The Pong model's config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "The trained run's directory.")
 flags.DEFINE_integer("num_frames", 16, "Frames generated under each action sequence.")
-flags.DEFINE_integer("candidates", 32, "Held-out clips searched for the context.")
-flags.DEFINE_string("out", "docs/pong_actions.png", "Where to write the strip.")
+flags.DEFINE_integer("num_contexts", 8, "Contexts driven with both action sequences.")
+flags.DEFINE_integer("candidates", 64, "Held-out clips searched for the contexts.")
+flags.DEFINE_string("out", "docs/pong_actions.png", "Where to write the figure.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -68,17 +72,17 @@ def rounded(value: float) -> float | None:
   return None if np.isnan(value) else round(float(value), 2)
 
 
-def mid_field_context(source, num_frames: int, seed: int) -> dict[str, np.ndarray]:
-  """Of the first --candidates held-out clips, the one whose paddle ends nearest the middle of
-  the playfield, so that both UP and DOWN have room to move it (a random policy leaves the
-  paddle at a wall about a third of the time)."""
+def mid_field_contexts(source, num_frames: int, seed: int) -> dict[str, np.ndarray]:
+  """The --num_contexts of the first --candidates held-out clips whose paddle ends nearest the
+  middle of the playfield (a random policy leaves it at a wall about a third of the time)."""
   clips = pipeline.eval_clips(source, num_clips=FLAGS.candidates, num_frames=num_frames,
                               seed=seed)
   height = clips["video"].shape[2]
   middle = height * np.mean(atari.PONG_PLAYFIELD_ROWS) / atari.ATARI_SCREEN[0]
   last_rows = np.array([atari.pong_paddle_rows(video[-1:])[0] for video in clips["video"]])
-  best = int(np.nanargmin(np.abs(last_rows - middle)))
-  return {key: value[best:best + 1] for key, value in clips.items()}
+  nearest = np.argsort(np.where(np.isnan(last_rows), np.inf, np.abs(last_rows - middle)))
+  chosen = np.sort(nearest[:FLAGS.num_contexts])
+  return {key: value[chosen] for key, value in clips.items()}
 
 
 def main(argv):
@@ -90,32 +94,48 @@ def main(argv):
   names = exp.source.recording.action_names()
   up, down = names.index("RIGHT"), names.index("LEFT")
   num_context, half = config.sample.context_frames, FLAGS.num_frames // 2
-  clip = mid_field_context(exp.source, num_context, config.seed)
-  sequences = np.array([[up] * half + [down] * half, [down] * half + [up] * half], np.int32)
-  actions = np.concatenate([np.repeat(clip["actions"], 2, axis=0), sequences], axis=1)
-  context = np.repeat(clip["video"], 2, axis=0)
+  clips = mid_field_contexts(exp.source, num_context, config.seed)
+  num_videos = 2 * len(clips["video"])
+  # Videos 2i and 2i + 1 continue context i: UP then DOWN, DOWN then UP.
+  sequences = np.tile(np.array([[up] * half + [down] * half, [down] * half + [up] * half],
+                               np.int32), (num_videos // 2, 1))
+  context = np.repeat(clips["video"], 2, axis=0)
+  actions = np.concatenate([np.repeat(clips["actions"], 2, axis=0), sequences], axis=1)
   generated = np.asarray(run.make_sampler(exp).generate(
       params, jax.random.key(config.seed), 2 * half, config.sample.num_steps,
       config.sample.time_shift, jnp.asarray(context), {"actions_bf": jnp.asarray(actions)}))
   videos = np.concatenate([context, np.clip(generated, -1.0, 1.0)], axis=1)
-  result = {"actions": [[names[a] for a in row] for row in sequences], "paddle_rows": [],
-            "followed": [], "displacement_per_half": []}
-  for video, row in zip(videos, actions):
-    rows = atari.pong_paddle_rows(video[num_context - 1:])
-    result["paddle_rows"].append([rounded(r) for r in rows])
-    result["followed"].append(followed(rows, row[num_context - 1:], up, down))
-    result["displacement_per_half"].append(
-        [rounded(rows[half] - rows[0]), rounded(rows[-1] - rows[half])])
-  result["recorded_followed"] = recorded_followed(exp.source, up, down)
-  write_figure(FLAGS.out, videos, result, num_context)
+
+  paddle_rows = [atari.pong_paddle_rows(video[num_context - 1:]) for video in videos]
+  movement = {up: [], down: []}  # net movement over each half, by the action pressed in it
+  for rows, row_actions in zip(paddle_rows, sequences):
+    movement[row_actions[0]].append(rows[half] - rows[0])
+    movement[row_actions[-1]].append(rows[-1] - rows[half])
+  summary = {}
+  for action, sign in ((up, -1.0), (down, 1.0)):
+    moved = np.asarray(movement[action])
+    found = moved[~np.isnan(moved)]
+    summary[names[action]] = dict(
+        mean_px=rounded(found.mean()) if len(found) else None,
+        share_with_pressed_sign=float(np.mean(sign * np.nan_to_num(moved) > 0.5)),
+        halves=len(moved), paddle_found=len(found))
+  shares = [followed(rows, row_actions, up, down)
+            for rows, row_actions in zip(paddle_rows, actions[:, num_context - 1:])]
+  result = {"actions": [[names[a] for a in row] for row in sequences[:2]],
+            "paddle_rows": [[rounded(r) for r in rows] for rows in paddle_rows],
+            "movement_per_half": summary, "followed": float(np.mean(shares)),
+            "recorded_followed": recorded_followed(exp.source, up, down)}
+  write_figure(FLAGS.out, videos[:2], result, num_context)
   with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
     json.dump(result, f)
-  for name, share, (first, second) in zip(("UP then DOWN", "DOWN then UP"), result["followed"],
-                                          result["displacement_per_half"]):
-    print(f"{name}: the paddle moved the pressed way in {100 * share:.0f} % of frames;"
-          f" it moved {first} px over the first half, {second} px over the second (rows grow"
-          " downwards; None: no paddle found)")
-  print(f"recorded held-out episodes, the same count: {100 * result['recorded_followed']:.0f} %")
+  print(f"{num_videos // 2} contexts, each driven UP then DOWN and DOWN then UP for"
+        f" {half} + {half} frames; paddle rows grow downwards")
+  for name, stats in summary.items():
+    print(f"  halves pressing {name}: net movement {stats['mean_px']} px on average"
+          f" (paddle found in {stats['paddle_found']} of {stats['halves']}); the pressed way in"
+          f" {100 * stats['share_with_pressed_sign']:.0f} % of halves")
+  print(f"  frames in which the paddle moved the pressed way: {100 * result['followed']:.0f} %"
+        f" (recorded held-out episodes, the same count: {100 * result['recorded_followed']:.0f} %)")
   print(f"wrote {FLAGS.out}")
 
 
