@@ -95,10 +95,10 @@ def main(argv):
   up, down = names.index("RIGHT"), names.index("LEFT")
   num_context, half = config.sample.context_frames, FLAGS.num_frames // 2
   clips = mid_field_contexts(exp.source, num_context, config.seed)
-  num_videos = 2 * len(clips["video"])
+  num_contexts = len(clips["video"])
   # Videos 2i and 2i + 1 continue context i: UP then DOWN, DOWN then UP.
   sequences = np.tile(np.array([[up] * half + [down] * half, [down] * half + [up] * half],
-                               np.int32), (num_videos // 2, 1))
+                               np.int32), (num_contexts, 1))
   context = np.repeat(clips["video"], 2, axis=0)
   actions = np.concatenate([np.repeat(clips["actions"], 2, axis=0), sequences], axis=1)
   generated = np.asarray(run.make_sampler(exp).generate(
@@ -128,7 +128,7 @@ def main(argv):
   write_figure(FLAGS.out, videos[:2], result, num_context)
   with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
     json.dump(result, f)
-  print(f"{num_videos // 2} contexts, each driven UP then DOWN and DOWN then UP for"
+  print(f"{num_contexts} contexts, each driven UP then DOWN and DOWN then UP for"
         f" {half} + {half} frames; paddle rows grow downwards")
   for name, stats in summary.items():
     print(f"  halves pressing {name}: net movement {stats['mean_px']} px on average"
