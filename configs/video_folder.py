@@ -2,13 +2,16 @@
 
   python -m videoar.main --config=configs/video_folder.py --config.data.path=DIR --workdir=DIR
 
-The first run decodes every file once (PyAV) into DIR/.videoar_cache/; files that cannot be
-decoded are skipped with a warning naming each and a count. Frames are centre-cropped to a
-square and resized (data.options.fit="resize" squashes the whole picture instead); stride 2
-keeps every second frame, about 12-15 fps from 25-30 fps footage. The last 10 % of every video
-is held out for sampling and evaluation, so videos need 10x the evaluation clip length of
-2 + 3 x 8 = 26 frames at the stride to take part in it (raise data.options.eval_fraction for
-short clips).
+The first run decodes every file once (PyAV) into DIR/.videoar_cache/, as a player shows it
+(turned and mirrored as its display matrix says, anamorphic pixels stretched, frames an edit
+list hides left out); files that cannot be decoded (corrupt, empty, ending early) are skipped
+with a warning naming each and why, and a count. Frames are centre-cropped to a square and
+resized (data.options.fit="resize" squashes the whole picture instead), at the footage's own
+frame rate (data.options.stride=2 keeps every second frame). 10 % of the videos, at least one,
+are held out whole for sampling and evaluation (the same ones on every run), and the others
+train on all their frames. A held-out video gives one evaluation clip per 2 + 3 x 8 = 26 frames
+at the stride; a folder whose held-out videos give fewer than eval.num_clips and
+sample.num_videos clips is an error before training, naming what to change.
 
 Class labels: put each class's videos in its own subfolder, set data.options.labels=True and
 model.num_classes to the number of subfolders; labels are the subfolder names in sorted order.
@@ -21,23 +24,17 @@ Variants (`--config=configs/video_folder.py:VARIANT`):
 
 import ml_collections
 
-from configs import bouncing_tiny
+from videoar import base_config
 
 
 def get_config(variant: str = ""):
-  if variant not in ("", "test"):
-    raise ValueError(f"config variant {variant!r} is unknown; allowed: '', 'test'")
-  config = bouncing_tiny.get_config(variant)
+  config = base_config.get_config()
   config.data.source = "video_folder"
-  config.data.path = ml_collections.config_dict.placeholder(str)
   config.data.options = ml_collections.ConfigDict(dict(
-      size=64, fit="crop", labels=False, stride=2, eval_fraction=0.1))
-  config.data.num_frames = 8
+      size=64, fit="crop", labels=False, stride=1, eval_fraction=0.1))
   config.data.batch_size = 8
-  config.data.prefetch = "threads"
-  config.data.num_workers = 2
-  if variant == "test":
-    config.data.options.stride = 1
+  if base_config.variants(variant, ("test",)):
+    base_config.tiny(config)
     config.data.options.eval_fraction = 0.5
     config.data.batch_size = 2
   return config

@@ -24,7 +24,7 @@ def main(argv):
   config = FLAGS.config
   if config.data.source != "atari":
     raise app.UsageError(f"config.data.source={config.data.source!r}: this generates 'atari'")
-  episodes = pipeline.make_source("atari", path=config.data.get("path"),
+  episodes = pipeline.make_source("atari", path=config.data.path,
                                   **config.data.options.to_dict()).recording
   episodes.generate(progress=True)
   lengths = episodes.lengths()

@@ -12,8 +12,10 @@ batches an uninterrupted run would have seen; batch_iterator reads them in order
 process prefetch, and its get_state() / set_state() checkpoint the position.
 
 Held-out clips come from clip indices starting at EVAL_INDEX_OFFSET: for a procedural source,
-the same seed's stream past anything train_batches reaches; for a recorded source, the last
-eval_fraction of every sequence's frames, which no training clip touches.
+the same seed's stream past anything train_batches reaches; for a recorded source, frames no
+training clip touches: whole videos for video_folder (a seeded eval_fraction of the files, at
+least one), the last eval_fraction of every sequence's frames for atari and array_record.
+check_eval_clips says before training whether there are enough of them.
 """
 
 import dataclasses
@@ -55,13 +57,22 @@ PROCEDURAL_SOURCES = {"bouncing": BouncingWorld, "moving_mnist": MovingMnist}
 RECORDINGS = {"atari": AtariEpisodes, "video_folder": VideoFolder,
               "array_record": ArrayRecordLatents}
 SOURCES: dict[str, type] = PROCEDURAL_SOURCES | RECORDINGS
+HOLD_OUTS = ("tail", "sequences")
+# Videos in a folder are often short clips whose tails could not hold an evaluation clip; the
+# atari and array_record results in docs/ were measured on the tails.
+HOLD_OUT = {"atari": "tail", "video_folder": "sequences", "array_record": "tail"}
 
 
 @dataclasses.dataclass(frozen=True)
 class RecordedClips:
   """The clips of a Recording: num_frames frames, `stride` frames apart.
 
-  The first 1 - eval_fraction of every sequence is for training and the rest is held out.
+  What is held out for evaluation depends on `hold_out` (make_source sets it from HOLD_OUT):
+    "tail": the last eval_fraction of every sequence's frames; the rest is for training.
+    "sequences": round(eval_fraction x the number of sequences), at least one unless
+      eval_fraction is 0, drawn with a fixed seed (every run holds out the same ones for a given
+      number of sequences); no frame of them is for training and all frames of the others are.
+      ValueError if that leaves no sequence to train on.
   Training clip i is the i-th window in sequence order, one starting at every frame (the
   training stream shuffles them). Held-out clip EVAL_INDEX_OFFSET + i comes from windows that
   do not overlap, in a fixed shuffled order, so a few of them already span many sequences.
@@ -70,15 +81,23 @@ class RecordedClips:
   recording: Recording
   stride: int = 1
   eval_fraction: float = 0.1
+  hold_out: str = "tail"
 
   def __post_init__(self):
     if not isinstance(self.stride, int) or self.stride < 1:
       raise ValueError(f"data.options.stride={self.stride!r} must be an integer >= 1")
     if not 0.0 <= self.eval_fraction < 1.0:
       raise ValueError(f"data.options.eval_fraction={self.eval_fraction!r} must be in [0, 1)")
+    if self.hold_out not in HOLD_OUTS:
+      raise ValueError(
+          f"RecordedClips.hold_out={self.hold_out!r} is unknown; allowed: {', '.join(HOLD_OUTS)}")
 
   def num_clips(self, num_frames: int, held_out: bool = False) -> int:
     return int(_window_table(self, num_frames, held_out)[1][-1])
+
+  def held_out_sequences(self) -> np.ndarray:
+    """The sequences with held-out frames, sorted, int64 [K]."""
+    return np.flatnonzero(_split(self)[2])
 
   def clip(self, seed: int, index: int, num_frames: int) -> dict[str, np.ndarray]:
     del seed  # a recorded clip is what is on disk; the seed orders the training stream
@@ -104,17 +123,35 @@ class RecordedClips:
 
 
 @functools.lru_cache(maxsize=16)
+def _split(clips: RecordedClips) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(training frames from the start of each sequence, first held-out frame, held-out frames),
+  each int64 [N]."""
+  lengths = clips.recording.lengths()
+  if clips.hold_out == "tail":
+    train_lengths = np.floor(lengths * (1.0 - clips.eval_fraction)).astype(np.int64)
+    return train_lengths, train_lengths, lengths - train_lengths
+  count = max(1, round(clips.eval_fraction * len(lengths))) if clips.eval_fraction else 0
+  if count >= len(lengths):
+    raise ValueError(
+        f"data.options.eval_fraction={clips.eval_fraction} holds out {count} of the"
+        f" {len(lengths)} sequences of {clips.recording} whole, leaving none to train on: add"
+        " sequences, or set eval_fraction=0 to hold out none")
+  # A fixed seed, not the run's: every run is evaluated on the same sequences.
+  held = np.zeros(len(lengths), bool)
+  held[np.random.default_rng(0).permutation(len(lengths))[:count]] = True
+  return np.where(held, 0, lengths), np.zeros_like(lengths), np.where(held, lengths, 0)
+
+
+@functools.lru_cache(maxsize=16)
 def _window_table(clips: RecordedClips, num_frames: int, held_out: bool):
   """(first frame of each sequence's part, cumulative window counts [N + 1], visiting order)."""
-  lengths = clips.recording.lengths()
-  train_lengths = np.floor(lengths * (1.0 - clips.eval_fraction)).astype(np.int64)
+  train_lengths, held_first_frames, held_lengths = _split(clips)
   span = (num_frames - 1) * clips.stride + 1
   if held_out:
-    first_frames, part_lengths = train_lengths, lengths - train_lengths
-    windows = part_lengths // span
+    first_frames, windows = held_first_frames, held_lengths // span
   else:
-    first_frames, part_lengths = np.zeros_like(lengths), train_lengths
-    windows = np.maximum(part_lengths - span + 1, 0)
+    first_frames = np.zeros_like(train_lengths)
+    windows = np.maximum(train_lengths - span + 1, 0)
   cumulative = np.concatenate([[0], np.cumsum(windows)])
   # A fixed order, not the run's seed: every run is evaluated on the same held-out clips.
   order = np.random.default_rng(0).permutation(cumulative[-1]) if held_out else None
@@ -132,7 +169,19 @@ def make_source(name: str, *, path: str | None = None, **options) -> ClipSource:
   if not path:
     raise ValueError(f"data.source={name!r} reads files: set data.path")
   clip_options = {key: options.pop(key) for key in ("stride", "eval_fraction") if key in options}
-  return RecordedClips(RECORDINGS[name](path=path, **options), **clip_options)
+  return RecordedClips(RECORDINGS[name](path=path, **options), hold_out=HOLD_OUT[name],
+                       **clip_options)
+
+
+def frame_shape(source: ClipSource) -> tuple[int, int, int]:
+  """(H, W, C) of the source's frames (pixels, or latent positions x channels), read from the
+  first frame of sequence 0 (recorded) or of clip 0 (procedural)."""
+  if isinstance(source, RecordedClips):
+    video = source.recording.read(0, np.arange(1))["video"]
+  else:
+    video = source.clip(0, 0, 1)["video"]
+  height, width, channels = video.shape[1:]
+  return int(height), int(width), int(channels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,18 +260,39 @@ def batch_iterator(batches: grain.MapDataset, *, prefetch: str = "threads",
       grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)))
 
 
+def check_eval_clips(source: ClipSource, *, num_clips: int, num_frames: int) -> None:
+  """Raises ValueError (one line: how many held-out clips of num_frames frames there are, and
+  the config keys that change it) unless `source` holds out num_clips of them, as eval_clips
+  will ask. Procedural sources always do."""
+  if num_clips < 1:
+    raise ValueError(f"num_clips={num_clips} must be at least 1")
+  if not isinstance(source, RecordedClips):
+    return
+  available = source.num_clips(num_frames, held_out=True)
+  if available >= num_clips:
+    return
+  lengths = source.recording.lengths()
+  span = (num_frames - 1) * source.stride + 1
+  if source.hold_out == "sequences":
+    held = lengths[source.held_out_sequences()]
+    where = f"{len(held)} whole sequences of its {len(lengths)}"
+    if len(held):
+      sizes = f"{held.min()}-{held.max()}" if held.min() < held.max() else f"{held.min()}"
+      where += f" ({sizes} frames)"
+  else:
+    where = f"the last {source.eval_fraction:g} of each of its {len(lengths)} sequences"
+  raise ValueError(
+      f"{source.recording} holds out only {available} clips of {num_frames} frames at stride"
+      f" {source.stride} ({span} frames each) in {where}, fewer than the {num_clips} asked for:"
+      " raise data.options.eval_fraction, or lower eval.num_clips, sample.num_videos,"
+      " sample.length_multiple, sample.context_frames or data.options.stride")
+
+
 def eval_clips(
     source: ClipSource, *, num_clips: int, num_frames: int, seed: int
 ) -> dict[str, np.ndarray]:
-  """The first num_clips held-out clips (indices from EVAL_INDEX_OFFSET), stacked."""
-  if num_clips < 1:
-    raise ValueError(f"num_clips={num_clips} must be at least 1")
-  if isinstance(source, RecordedClips):
-    available = source.num_clips(num_frames, held_out=True)
-    if available < num_clips:
-      raise ValueError(
-          f"{source.recording} holds out only {available} clips of {num_frames} frames at"
-          f" stride {source.stride}, fewer than the {num_clips} asked for: raise"
-          " data.options.eval_fraction or lower eval.num_clips")
+  """The first num_clips held-out clips (indices from EVAL_INDEX_OFFSET), stacked; raises
+  check_eval_clips' ValueError if the source holds out fewer."""
+  check_eval_clips(source, num_clips=num_clips, num_frames=num_frames)
   clips = [source.clip(seed, EVAL_INDEX_OFFSET + i, num_frames) for i in range(num_clips)]
   return {key: np.stack([clip[key] for clip in clips]) for key in clips[0]}

@@ -1,16 +1,20 @@
 """Every video file under a folder, recursively, as frame sequences for training.
 
-The first use decodes every file once with PyAV, fits each frame to size x size RGB ("crop":
-scale the short side to `size` and keep the centre; "resize": scale both sides to `size`, which
-distorts the aspect ratio), and caches the frames as uint8 .npy files under
-PATH/.videoar_cache/SIZE_FIT/, with an index.json of every file's size, modification time and
-frame count. Later uses decode only files that are new or changed, and a clip is a memory-mapped
-slice, so reading costs no decoding: the cache takes size * size * 3 bytes a frame (12 KiB at
-64x64).
+The first use decodes every file once with PyAV, as a player shows it (`decode`: turned by its
+display matrix, anamorphic pixels stretched, frames hidden by an edit list left out), fits each
+frame to size x size RGB ("crop": scale the short side to `size` and keep the centre; "resize":
+scale both sides to `size`, which distorts the aspect ratio), and caches the frames as uint8 .npy
+files under PATH/.videoar_cache/SIZE_FIT/, with an index.json of every file's size, modification
+time, frame count and DECODER version. Later uses decode only files that are new or changed, or
+were decoded by another DECODER, and a clip is a memory-mapped slice, so reading costs no
+decoding: the cache takes size * size * 3 bytes a frame (12 KiB at 64x64).
 
-A file that cannot be decoded (corrupt, empty, truncated) is skipped with a warning naming it,
-on every run, and the total skipped is logged; a folder with no decodable video is an error.
-With labels=True, a video's class is its top-level subfolder (classes sorted by name).
+A file that cannot be decoded (corrupt, empty, truncated: decoding fails or reports errors
+part-way, or the frames end early of the duration the file declares; a frame count that differs
+from the container's is no sign of it) is skipped with a warning naming it and why, on every run,
+and the total skipped is logged; a folder with no decodable video is an error. With labels=True,
+a video's class is its top-level subfolder (classes sorted by name). The pipeline holds out whole
+videos for evaluation (pipeline.RecordedClips, hold_out="sequences").
 """
 
 import dataclasses
@@ -19,6 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import tempfile
 import threading
 
@@ -30,6 +35,13 @@ VIDEO_EXTENSIONS = frozenset({
     ".wmv"})
 FITS = ("crop", "resize")
 CACHE_DIR = ".videoar_cache"
+# Raised whenever decode() shows files differently, so that a cache of an older decode is redone
+# (2: display matrix, aspect ratio, edit lists, truncation by time).
+DECODER = 2
+# Frame intervals that the last frame may end short of the declared duration in a whole file:
+# containers round timestamps and durations.
+MAX_SHORTFALL_FRAMES = 2
+_MATROSKA_DURATION = re.compile(r"(\d+):(\d+):(\d+(?:\.\d*)?)")
 
 
 class UndecodableVideo(ValueError):
@@ -92,8 +104,17 @@ def video_files(path: str) -> list[str]:
 
 
 def decode(path: str, size: int, fit: str) -> np.ndarray:
-  """All frames of the first video stream, fitted: uint8 [T, size, size, 3]; raises
-  UndecodableVideo saying why if the file cannot be decoded completely."""
+  """All frames of the first video stream as a player shows them, fitted: uint8 [T, size, size, 3].
+
+  Frames are turned as the display matrix says (rotations by multiples of 90 degrees, mirrors),
+  and pixels are stretched by the sample aspect ratio before fitting. Frames that an edit list
+  hides (the pre-roll of an mp4 cut without re-encoding) are not shown: FFmpeg's demuxer drops
+  them, so T can be fewer than the frames the container counts. Raises UndecodableVideo saying
+  why if the file cannot be opened, has no video stream or no frame, fails to decode part-way or
+  decodes a frame with errors, ends early (its last frame ends over MAX_SHORTFALL_FRAMES frame
+  intervals before the duration the file declares for the stream), or is turned by an angle
+  that is not a multiple of 90 degrees.
+  """
   import av  # only building the cache decodes
 
   try:
@@ -102,29 +123,100 @@ def decode(path: str, size: int, fit: str) -> np.ndarray:
         raise UndecodableVideo("no video stream")
       stream = container.streams.video[0]
       stream.thread_type = "AUTO"
-      frames = [_fit(frame, size, fit) for frame in container.decode(stream)]
-      declared = stream.frames
+      aspect = stream.sample_aspect_ratio or 1
+      frames, last = [], None
+      try:
+        for frame in container.decode(stream):
+          if frame.is_corrupt:  # concealed damage, such as a last packet cut in half
+            raise UndecodableVideo(
+                f"truncated or corrupt: frame {len(frames)} decoded with errors")
+          frames.append(_fit(frame, aspect, size, fit))
+          last = frame
+      except av.FFmpegError as e:
+        raise UndecodableVideo(
+            f"truncated or corrupt: decoding failed after {len(frames)} frames ({e.strerror})"
+        ) from e
+      if last is None:
+        raise UndecodableVideo("no frame")
+      shortfall = _shortfall(container, stream, last)
   except av.FFmpegError as e:
     raise UndecodableVideo(e.strerror) from e
   except OSError as e:
     raise UndecodableVideo(str(e)) from e
-  if not frames:
-    raise UndecodableVideo("no frame")
-  # A file cut short after its header decodes without error but ends early.
-  if declared and len(frames) < declared:
-    raise UndecodableVideo(f"truncated: {len(frames)} of {declared} frames")
+  if shortfall:
+    raise UndecodableVideo(shortfall)
   return np.stack(frames)
 
 
-def _fit(frame, size: int, fit: str) -> np.ndarray:
+def _shortfall(container, stream, last) -> str | None:
+  """Why the stream ended early (the last frame `last` ends well before the duration the file
+  declares), or None; None too when the file declares no duration or `last` has no time."""
+  declared = _declared_end(container, stream)
+  rate = stream.guessed_rate
+  if declared is None or last.time is None or not rate:
+    return None
+  interval = 1.0 / float(rate)
+  shown = last.time + (float(last.duration * last.time_base) if last.duration else interval)
+  if declared - shown <= MAX_SHORTFALL_FRAMES * interval:
+    return None
+  return f"truncated: frames end at {shown:.2f} s of the {declared:.2f} s the file declares"
+
+
+def _declared_end(container, stream) -> float | None:
+  """When the file says the video stream ends, in seconds: from the stream's duration, a
+  Matroska/WebM per-stream DURATION tag, or the file's duration when it holds no other stream."""
+  start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+  if stream.duration:
+    return start + float(stream.duration * stream.time_base)
+  match = _MATROSKA_DURATION.fullmatch(stream.metadata.get("DURATION", ""))
+  if match:
+    hours, minutes, seconds = match.groups()
+    return start + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+  if container.duration and len(container.streams) == 1:
+    return (container.start_time or 0) / 1e6 + container.duration / 1e6
+  return None
+
+
+def _fit(frame, aspect, size: int, fit: str) -> np.ndarray:
+  """The frame as shown (pixels `aspect` times as wide as high, turned by its display matrix),
+  fitted to uint8 [size, size, 3]."""
+  transpose, flip_rows, flip_columns = _orientation(frame)
   if fit == "resize":
-    return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="AREA")
-  scale = size / min(frame.width, frame.height)
-  width = max(size, round(frame.width * scale))
-  height = max(size, round(frame.height * scale))
+    width = height = size
+  else:
+    # Scale in the decoded orientation, where the aspect ratio applies; turning keeps the scale.
+    shown_width, shown_height = frame.width * aspect, frame.height
+    scale = size / min(shown_width, shown_height)
+    width = max(size, round(shown_width * scale))
+    height = max(size, round(shown_height * scale))
   rgb = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
-  top, left = (height - size) // 2, (width - size) // 2
+  if transpose:
+    rgb = rgb.transpose(1, 0, 2)
+  if flip_rows:
+    rgb = rgb[::-1]
+  if flip_columns:
+    rgb = rgb[:, ::-1]
+  top, left = (rgb.shape[0] - size) // 2, (rgb.shape[1] - size) // 2
   return rgb[top:top + size, left:left + size]
+
+
+def _orientation(frame) -> tuple[bool, bool, bool]:
+  """(transpose, then flip rows, then flip columns) that turn the decoded picture into the one
+  the frame's display matrix shows; raises UndecodableVideo for an angle that is not a multiple
+  of 90 degrees."""
+  matrix = frame.side_data.get("DISPLAYMATRIX")
+  if matrix is None:
+    return False, False, False
+  # FFmpeg's display matrix maps a decoded pixel (x, y) to (a x + c y, b x + d y) on the display
+  # (16.16 fixed point, y down), up to a translation.
+  a, b, _, c, d = np.frombuffer(bytes(matrix), np.int32)[:5].astype(np.float64)
+  tolerance = 1e-3 * max(abs(a), abs(b), abs(c), abs(d))
+  if abs(b) <= tolerance and abs(c) <= tolerance and min(abs(a), abs(d)) > tolerance:
+    return False, d < 0, a < 0
+  if abs(a) <= tolerance and abs(d) <= tolerance and min(abs(b), abs(c)) > tolerance:
+    return True, b < 0, c < 0
+  raise UndecodableVideo(
+      f"display matrix turns frames by {frame.rotation} degrees; only multiples of 90 are shown")
 
 
 def _class_name(folder: VideoFolder, file: str) -> str:
@@ -142,9 +234,9 @@ def _class_names(folder: VideoFolder) -> list[str]:
 
 @functools.cache
 def _index(folder: VideoFolder) -> dict[str, dict]:
-  """{file: {bytes, mtime_ns, frames, cache} or {bytes, mtime_ns, error}} for every video file,
-  decoding the files the cached index lacks or holds at another size or time; logs the
-  skipped files every time."""
+  """{file: {bytes, mtime_ns, decoder, frames, cache} or {bytes, mtime_ns, decoder, error}} for
+  every video file, decoding the files the cached index lacks or holds at another size or time
+  or from another DECODER; logs the skipped files every time."""
   index_path = os.path.join(folder.cache_directory, "index.json")
   cached = {}
   if os.path.exists(index_path):
@@ -155,7 +247,9 @@ def _index(folder: VideoFolder) -> dict[str, dict]:
   for file in files:
     stat = os.stat(os.path.join(folder.path, file))
     entry = cached.get(file)
-    if entry is None or (entry["bytes"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+    # Indexes written before DECODER existed have no "decoder".
+    if entry is None or (entry["bytes"], entry["mtime_ns"], entry.get("decoder")) != (
+        stat.st_size, stat.st_mtime_ns, DECODER):
       entry = _decode_to_cache(folder, file, stat)
       changed = True
     index[file] = entry
@@ -177,7 +271,7 @@ def _index(folder: VideoFolder) -> dict[str, dict]:
 
 
 def _decode_to_cache(folder: VideoFolder, file: str, stat: os.stat_result) -> dict:
-  entry = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+  entry = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "decoder": DECODER}
   try:
     frames = decode(os.path.join(folder.path, file), folder.size, folder.fit)
   except UndecodableVideo as e:

@@ -53,7 +53,7 @@ def sequences(source: pipeline.ClipSource, seed: int, num_sequences: int | None,
 def main(argv):
   del argv
   config = FLAGS.config
-  source = pipeline.make_source(config.data.source, path=config.data.get("path"),
+  source = pipeline.make_source(config.data.source, path=config.data.path,
                                 **config.data.options.to_dict())
   count, items = sequences(source, config.seed, FLAGS.num_sequences, FLAGS.sequence_frames)
   written = array_record.write_sequences(
