@@ -122,3 +122,17 @@ def test_context_prefill_equals_generating_into_the_same_frames():
   cache_b = sampler.prefill(params, sampler.init_cache(1), frames)
   np.testing.assert_allclose(np.asarray(cache_a.k), np.asarray(cache_b.k), atol=1e-6)
   np.testing.assert_array_equal(np.asarray(cache_a.frame_index), np.asarray(cache_b.frame_index))
+
+
+def test_stream_rejects_a_partial_chunk_on_the_call_like_generate():
+  model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2)
+  params = _random_params(model, 4, 2)
+  sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=2, window=4)
+  message = "5 frames are not a multiple of chunk=2"
+  with pytest.raises(ValueError) as error:
+    sampler.stream(params, jax.random.key(0), num_frames=5, num_steps=2, time_shift=1.0)
+  assert str(error.value) == message
+  assert sampler._jit_chunk_step._cache_size() == sampler._jit_prefill._cache_size() == 0
+  # Raised while tracing: JAX appends a note on its traceback filtering to the message.
+  with pytest.raises(ValueError, match=f"^{message}"):
+    sampler.generate(params, jax.random.key(0), 5, 2, 1.0)

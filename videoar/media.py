@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import av
 import imageio.v2 as imageio
 import numpy as np
+
+# H.264 where this PyAV build has libx264 (the PyPI wheels do), else MPEG-4 part 2, which every
+# build has.
+_CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
 def to_uint8(frames: np.ndarray, upscale: int = 1) -> np.ndarray:
@@ -17,7 +22,24 @@ def to_uint8(frames: np.ndarray, upscale: int = 1) -> np.ndarray:
 
 
 def write_mp4(path: str, frames_fhwc: np.ndarray, fps: int = 8, upscale: int = 4) -> None:
-  imageio.mimwrite(path, to_uint8(frames_fhwc, upscale), fps=fps, macro_block_size=1)
+  """Writes frames [F, H, W, C] in [-1, 1] (C = 1 or 3) to an mp4 of yuv420p video at `fps` frames
+  per second, each upscaled `upscale` times.
+
+  PyAV encodes in this process: an ffmpeg subprocess would be forked from a process that runs
+  JAX's threads. yuv420p stores colour at half resolution, so the upscaled height and width must
+  be even; raises ValueError otherwise.
+  """
+  video = to_uint8(frames_fhwc, upscale)
+  _, height, width, _ = video.shape
+  if height % 2 or width % 2:
+    raise ValueError(f"{path}: frames of {height}x{width} pixels after upscale={upscale} cannot be"
+                     " written as yuv420p video: height and width must be even")
+  with av.open(path, mode="w") as container:
+    stream = container.add_stream(_CODEC, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    for frame in video:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    container.mux(stream.encode())  # flushes the frames the encoder still holds
 
 
 def frame_strip(rows_bfhwc: np.ndarray, every: int = 1, gap: int = 1) -> np.ndarray:

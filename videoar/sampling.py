@@ -130,11 +130,15 @@ class Sampler:
 
   # --- whole videos ----------------------------------------------------------------------------
 
+  def _check_whole_chunks(self, num_frames: int) -> None:
+    """Raises ValueError unless `num_frames` frames make whole chunks."""
+    if num_frames % self.chunk:
+      raise ValueError(f"{num_frames} frames are not a multiple of chunk={self.chunk}")
+
   def _chunks(self, x_bf):
     """[B, F, ...] -> [F / chunk, B, chunk, ...] for scanning."""
     b, f = x_bf.shape[:2]
-    if f % self.chunk:
-      raise ValueError(f"{f} frames are not a multiple of chunk={self.chunk}")
+    self._check_whole_chunks(f)
     return jnp.moveaxis(x_bf.reshape((b, f // self.chunk, self.chunk) + x_bf.shape[2:]), 1, 0)
 
   def _unchunk(self, x_nbc):
@@ -198,7 +202,17 @@ class Sampler:
 
   def stream(self, params, rng, num_frames: int, num_steps: int, time_shift: float,
              context_bfhwc=None, cond=None, batch: int = 1) -> Iterator[np.ndarray]:
-    """Yields chunks [B, chunk, H, W, C] as they are generated; one compiled chunk step."""
+    """An iterator over the chunks [B, chunk, H, W, C], each as soon as it is generated; one
+    compiled chunk step.
+
+    Raises ValueError, on the call and before compiling, unless `num_frames` is a multiple of
+    the chunk (as generate does)."""
+    self._check_whole_chunks(num_frames)
+    return self._stream(params, rng, num_frames, num_steps, time_shift, context_bfhwc, cond, batch)
+
+  def _stream(self, params, rng, num_frames, num_steps, time_shift, context_bfhwc, cond, batch):
+    """The generator behind stream(), which checks its arguments first: a generator's body runs
+    only when the first chunk is asked for."""
     cond = cond or {}
     batch = _batch_size(context_bfhwc, cond, batch)
     cache, num_context, times = self._start(self._jit_prefill, params, batch, num_steps,

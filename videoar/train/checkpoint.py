@@ -2,21 +2,68 @@
 state), the data iterator's state and the training key, the newest restored on start.
 
 Saves are asynchronous: save() returns once the arrays are copied off the devices, and a thread
-writes them. Orbax writes each step to a temporary directory and renames it when complete, so a
-crash in the middle of a save leaves the previous checkpoint intact; a checkpoint that is
-complete in name but damaged (a lost file) is skipped on restore for the one before it.
+writes them. Orbax writes each step to a temporary directory and renames it to
+WORKDIR/checkpoints/STEP when complete, so a crash in the middle of a save leaves the previous
+checkpoint intact.
+
+Restoring tries the steps newest first. Nothing is ever deleted; what happens to a step that does
+not restore depends on why:
+
+- Its arrays' paths, shapes or dtypes (read from its metadata before any array) differ from those
+  of the state asked for: the config changed, not the checkpoint. CheckpointMismatch, and nothing
+  is moved.
+- It is damaged: the error says that a file is missing or holds too few or wrong bytes
+  (FileNotFoundError, a missing item, JSON that does not parse, or a TensorStore status NOT_FOUND,
+  OUT_OF_RANGE, DATA_LOSS or FAILED_PRECONDITION), and every file left in the step still reads to
+  its end, so no retry would mend it. The step is moved to WORKDIR/checkpoints.damaged/STEP-TIME,
+  where orbax does not look, with one logged line, and the next older step is tried. If none is
+  left, CheckpointsDamaged.
+- Anything else, above all an OSError other than FileNotFoundError (EIO, ESTALE, EACCES,
+  ETIMEDOUT, ...), a TensorStore status such as UNAVAILABLE, DEADLINE_EXCEEDED or
+  PERMISSION_DENIED, or a file that fails when read again: the fault may be the filesystem's and
+  pass. CheckpointUnreadable, and nothing is moved.
+
+Every error raised here is a CheckpointError whose message is one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import os
+import sys
+import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from videoar.train import state as state_lib
+
+# TensorStore statuses (the first word of its errors) that mean a file lost or cut short, or bytes
+# that do not decode; FAILED_PRECONDITION also comes from a few errnos (ENOTCONN, EBUSY), which
+# reading the files again tells apart.
+_DAMAGE_STATUSES = ("NOT_FOUND:", "OUT_OF_RANGE:", "DATA_LOSS:", "FAILED_PRECONDITION:")
+_ORBAX_DIR = os.path.dirname(ocp.__file__)
+
+
+class CheckpointError(Exception):
+  """A checkpoint directory that a run cannot go on from; the message is one line."""
+
+
+class CheckpointMismatch(CheckpointError):
+  """A checkpoint whose arrays differ from those of the model and optimizer now configured."""
+
+
+class CheckpointUnreadable(CheckpointError):
+  """A checkpoint that failed to read for a reason that may pass; nothing was moved."""
+
+
+class CheckpointsDamaged(CheckpointError):
+  """Every checkpoint was damaged; all were moved aside."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,13 +76,18 @@ class Resumable:
 
 
 class Checkpointer:
+  """Saves to and restores from `directory` (WORKDIR/checkpoints), keeping the `keep` newest."""
 
   def __init__(self, directory: str, *, keep: int):
+    self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=True,
             cleanup_tmp_directories=True))
+    # Reads an item's tree metadata itself: the manager's metadata() turns a lost metadata file
+    # into None and a warning that asks for a handler registry.
+    self._metadata_reader = ocp.StandardCheckpointHandler()
 
   def save(self, state: state_lib.TrainState, *, data: dict | None = None,
            rng: jax.Array | None = None) -> None:
@@ -49,48 +101,192 @@ class Checkpointer:
 
   def restore_latest(self, like: state_lib.TrainState) -> state_lib.TrainState | None:
     """The train state of the newest readable checkpoint, shaped and placed like `like` (arrays
-    or ShapeDtypeStructs), or None when there is none."""
-    restored = self._restore_newest(state=ocp.args.StandardRestore(_abstract(like)))
+    or ShapeDtypeStructs), or None when there is none.
+
+    Raises the CheckpointErrors of the module docstring."""
+    restored = self._restore_newest(dict(state=_abstract(like)))
     return None if restored is None else restored.state
 
   def restore_latest_run(self, like: state_lib.TrainState, like_rng: jax.Array) -> Resumable | None:
-    """Everything the newest readable checkpoint holds, placed like `like` and `like_rng`."""
+    """Everything the newest readable checkpoint holds, placed like `like` and `like_rng`, or
+    None when there is none.
+
+    Raises the CheckpointErrors of the module docstring."""
     key_data = jax.eval_shape(jax.random.key_data, like_rng)
     restored = self._restore_newest(
-        state=ocp.args.StandardRestore(_abstract(like)), data=ocp.args.JsonRestore(),
-        rng=ocp.args.StandardRestore({"key_data": jax.ShapeDtypeStruct(
-            key_data.shape, key_data.dtype, sharding=like_rng.sharding)}))
+        dict(state=_abstract(like), rng={"key_data": jax.ShapeDtypeStruct(
+            key_data.shape, key_data.dtype, sharding=like_rng.sharding)}),
+        data=True)
     if restored is None:
       return None
     return Resumable(restored.state, restored.data,
                      jax.random.wrap_key_data(restored.rng["key_data"]))
 
-  def _restore_newest(self, **items):
-    """The newest checkpoint that restores; damaged newer ones are deleted, so the resumed run
-    can save those steps again."""
-    damaged = []
+  def _restore_newest(self, likes: dict, data: bool = False):
+    """The items of the newest checkpoint that restores: `likes` maps item names to abstract
+    trees, and `data` adds the JSON item "data"."""
+    args = {name: ocp.args.StandardRestore(like) for name, like in likes.items()}
+    if data:
+      args["data"] = ocp.args.JsonRestore()
+    _quiet_abandoned_reads()
+    moved = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-      # Orbax and TensorStore report a missing or truncated file with a range of error types.
-      except (OSError, ValueError, KeyError) as error:
-        logging.warning("checkpoint %d in %s is damaged, trying an older one: %s", step,
-                        self.manager.directory, error)
-        damaged.append(step)
-        continue
-      for bad in damaged:
-        self.manager.delete(bad)
-      return restored
-    if damaged:
-      raise ValueError(f"every checkpoint in {self.manager.directory} is damaged: steps {damaged}")
+        for name, like in likes.items():
+          stored = self._metadata_reader.metadata(
+              epath.Path(self.directory) / str(step) / name)
+          self._check_fits(step, stored.tree, like)
+        return self.manager.restore(step, args=ocp.args.Composite(**args))
+      except CheckpointMismatch:
+        raise
+      # Orbax and TensorStore report damage with many types, even a bare Exception.
+      except Exception as error:  # pylint: disable=broad-exception-caught
+        moved.append(self._move_aside_if_damaged(step, error))
+    if moved:
+      raise CheckpointsDamaged(
+          f"every checkpoint in {self.directory} is damaged; moved, not deleted: "
+          + ", ".join(moved))
     return None
+
+  def _check_fits(self, step: int, stored_tree, like) -> None:
+    """Raises CheckpointMismatch unless the arrays stored (orbax metadata) have the paths, shapes
+    and dtypes of those in `like`."""
+    expected = {ocp.tree.str_keypath(path): leaf
+                for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]}
+    stored = ocp.tree.to_flat_dict(stored_tree)
+    differ = [path for path in {**expected, **stored}
+              if _spec(expected.get(path)) != _spec(stored.get(path))]
+    if not differ:
+      return
+    path = differ[0]
+    if path not in stored:
+      first = f"{'/'.join(path)} is not in the checkpoint"
+    elif path not in expected:
+      first = f"{'/'.join(path)} is in the checkpoint but not in this config"
+    else:
+      first = (f"{'/'.join(path)} is {_spec_str(stored[path])} in the checkpoint,"
+               f" {_spec_str(expected[path])} in this config")
+    raise CheckpointMismatch(
+        f"checkpoint {step} in {self.directory} was written for another model or optimizer:"
+        f" {first} ({len(differ)} of {len(set(expected) | set(stored))} arrays differ);"
+        " use a new --workdir, or restore the config the run was started with")
+
+  def _move_aside_if_damaged(self, step: int, error: Exception) -> str:
+    """Moves a step that failed with `error` to checkpoints.damaged if it is damaged (module
+    docstring) and returns its new path; raises CheckpointUnreadable otherwise."""
+    path = os.path.join(self.directory, str(step))
+    reason = _describe(error)
+    if _says_damaged(error):
+      try:
+        _read_through(path)
+      except OSError as read_error:
+        reason = _describe(read_error)
+      else:
+        return self._move_aside(step, path, reason)
+    raise CheckpointUnreadable(
+        f"checkpoint {step} in {self.directory} could not be read ({reason}); nothing was moved"
+        f" or deleted: rerun once the filesystem reads again, or move {path} aside to go on from"
+        " the step before") from error
+
+  def _move_aside(self, step: int, path: str, reason: str) -> str:
+    """Renames the damaged step at `path` to checkpoints.damaged/STEP-TIME and returns the new
+    path; raises CheckpointError when the rename fails."""
+    aside = os.path.join(self.directory + ".damaged",
+                         f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+      try:
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.rename(path, aside)
+      except OSError as error:
+        raise CheckpointError(
+            f"checkpoint {step} in {self.directory} is damaged ({reason}) and could not be moved"
+            f" to {aside}: {_describe(error)}") from error
+    ocp.multihost.sync_global_processes(f"videoar_checkpoint_moved_aside_{step}")
+    self.manager.reload()
+    logging.warning("checkpoint %d in %s is damaged (%s): moved to %s", step, self.directory,
+                    reason, aside)
+    return aside
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+    self._metadata_reader.close()
 
 
 def _abstract(tree):
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       tree)
+
+
+def _spec(leaf) -> tuple | None:
+  """(shape, dtype) of an array, ShapeDtypeStruct or orbax ArrayMetadata; None for None."""
+  return None if leaf is None else (tuple(leaf.shape), np.dtype(leaf.dtype))
+
+
+def _spec_str(leaf) -> str:
+  return f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+  """`error` and the errors it was raised from, outermost first."""
+  chain = [error]
+  while chain[-1].__cause__ is not None:
+    chain.append(chain[-1].__cause__)
+  return chain
+
+
+def _says_damaged(error: BaseException) -> bool:
+  """Whether a restore's error names a missing, short or undecodable file (module docstring)."""
+  chain = _causes(error)
+  if any(isinstance(e, OSError) and not isinstance(e, FileNotFoundError) for e in chain):
+    return False
+  root = chain[-1]
+  return (isinstance(root, (FileNotFoundError, KeyError, json.JSONDecodeError))
+          or isinstance(root, ValueError) and str(root).startswith(_DAMAGE_STATUSES))
+
+
+def _describe(error: BaseException) -> str:
+  """The innermost cause of `error` in one line, without the spec TensorStore appends."""
+  root = _causes(error)[-1]
+  text = str(root).split(" [tensorstore_spec=")[0]
+  return f"{type(root).__name__}: {' '.join(text.split())}"
+
+
+def _read_through(directory: str) -> None:
+  """Reads every file under `directory` to its end; raises the OSError of the first that fails."""
+
+  def fail(error: OSError):
+    raise error
+
+  for root, _, files in os.walk(directory, onerror=fail):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        while f.read(1 << 24):
+          pass
+
+
+def _quiet_abandoned_reads() -> None:
+  """Keeps a failed restore's leftovers from printing tracebacks, for the rest of the process.
+
+  Orbax runs a restore's reads on an event loop of its own and closes it as soon as one read
+  fails; the other reads go on in TensorStore, and each, when done, calls back into the closed
+  loop ("RuntimeError: Event loop is closed"), and orbax's unfinished read coroutines raise again
+  when collected. Python prints both as unraisable exceptions: hundreds of tracebacks after the
+  one line that says what happened. Every other unraisable exception goes to the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    tb, obj = unraisable.exc_traceback, unraisable.object
+    late_callback = (obj is None and isinstance(unraisable.exc_value, RuntimeError)
+                     and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
+    orbax_coroutine = (inspect.iscoroutine(obj)
+                       and obj.cr_code.co_filename.startswith(_ORBAX_DIR))
+    if not (late_callback or orbax_coroutine):
+      previous(unraisable)
+
+  hook.quiets_abandoned_reads = True
+  sys.unraisablehook = hook
