@@ -1,0 +1,363 @@
+"""One run per workdir, and a record of what that run is, so that a run that is started twice,
+interrupted or resumed either continues the same run or refuses in one line saying why.
+
+The lock (`WorkdirLock`) is an flock on WORKDIR/.lock, held from the start of a run to its end.
+The kernel drops it when its holder exits, however it exits (return, exception, SIGTERM,
+SIGKILL, a crash), so a dead run never blocks the next one. The file itself stays: while a run
+holds the lock it names the holder ({"host", "pid", "started"}), which goes into the message of
+a run that finds the workdir busy, and which `cat WORKDIR/.lock` shows. A clean release empties
+it; a file that still names a holder when no run holds the lock is what a killed run left, and
+the next run takes it over. In a multi-host run only process 0 takes the lock: the others would
+find it busy where the filesystem is shared.
+
+Caveat: flock is only as good as the filesystem's locking. Local disks lock across processes;
+NFSv4 on Linux locks across hosts, but NFS mounted with `nolock` and some FUSE or bucket-backed
+filesystems lock only within one host (or not at all). There two hosts can both take the lock,
+and the host and process id in WORKDIR/.lock are how to see who holds it.
+
+The record (`RunRecord`, WORKDIR/run.json) is the run's config and the identity of its data.
+On resume, `compare` sorts each difference between the recorded run and the current command into
+harmless (how often to log and checkpoint, how samples and evaluations are made, how the input
+pipeline and the device mesh are laid out, a longer run) and blocking (anything else, which
+would make the resumed run a different one). `check_same_run` and `check_steps_left` raise
+`RunRefused` with the one line to show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import errno
+import fcntl
+import json
+import math
+import os
+import socket
+import tempfile
+from typing import Any, Mapping
+
+LOCK_NAME = ".lock"
+RECORD_NAME = "run.json"
+# The flag that starts a new run from a workdir's weights; the entry point defines it.
+RESTART_FLAG = "--restart_from_weights"
+
+# Differences that leave the resumed run the same run: they change when the trainer logs and
+# saves, and what happens after training, not what it trains.
+_HARMLESS_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                            "data.prefetch", "data.num_workers"})
+# The mesh is harmless too: checkpoints are restored onto any mesh, and the batches a step
+# sees do not depend on it.
+_HARMLESS_SECTIONS = ("sample.", "eval.", "mesh.")
+# How many differences a one-line message shows before "(and N more)".
+_SHOWN = 3
+# How many characters of a value a message shows (a 40-digit SHA-1 fits).
+_VALUE_CHARS = 48
+
+
+class WorkdirBusy(RuntimeError):
+  """Another live process holds the workdir's lock."""
+
+
+class RunRefused(RuntimeError):
+  """The command cannot resume the run in its workdir; the message says why and how to go on."""
+
+
+class WorkdirLock:
+  """The lock that makes a workdir hold one run at a time.
+
+  Use as a context manager, or call acquire() and release(); the lock is held by this process
+  until released or until the process exits. A child made by a bare os.fork() shares it until
+  the child exits too; spawned and exec'd children do not (Python opens files close-on-exec).
+  """
+
+  def __init__(self, workdir: str):
+    """workdir: the run's directory, created on acquire() if missing."""
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self._fd: int | None = None
+
+  def acquire(self) -> None:
+    """Takes the lock and writes this process's host, pid and start time into the lock file.
+
+    Raises:
+      WorkdirBusy: another process holds it; the message names the holder.
+      RuntimeError: the filesystem does not support flock.
+    """
+    os.makedirs(self.workdir, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _holder(os.pread(fd, 4096, 0))
+      os.close(fd)
+      raise WorkdirBusy(f"{self.workdir} is in use by another run ({holder}): wait for it to end,"
+                        " or use another --workdir") from None
+    except OSError as e:
+      os.close(fd)
+      if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        raise RuntimeError(f"cannot lock {self.path} ({e.strerror}): the filesystem does not"
+                           " support flock; use a workdir on a local disk or NFSv4") from None
+      raise
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (holder + "\n").encode(), 0)
+    self._fd = fd
+
+  def release(self) -> None:
+    """Empties the lock file and drops the lock; does nothing when not held."""
+    if self._fd is None:
+      return
+    # Emptied before unlocking, so the file names a holder only while one lives (or was killed).
+    # It is not deleted: a process that opened it before the deletion would lock a file that
+    # the next run no longer sees.
+    os.ftruncate(self._fd, 0)
+    os.close(self._fd)  # closing the last descriptor drops the flock
+    self._fd = None
+
+  def __enter__(self) -> WorkdirLock:
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()
+
+
+def _holder(content: bytes) -> str:
+  """'host H, process P, started T' from a lock file's content."""
+  try:
+    holder = json.loads(content)
+    return f"host {holder['host']}, process {holder['pid']}, started {holder['started']}"
+  except (ValueError, TypeError, KeyError):
+    # The holder took the lock and has not written its name yet.
+    return "holder not yet recorded in the lock file"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+  """What a run is: its config and the identity of its data, as plain JSON values.
+
+  Attributes:
+    config: the config as a nested dict (config.to_dict()), tuples turned into lists.
+    dataset: the data source's identity, e.g. {"source": "video_folder", "path": "/abs/dir",
+      "files": 120, "fingerprint": "<sha1>"}.
+
+  Raises (on construction):
+    TypeError: a value or key JSON cannot hold (only str, int, float, bool, None, list, tuple
+      and dict with str keys can be recorded); the message names its key path.
+    ValueError: a float that is NaN or infinite, which strict JSON cannot hold.
+  """
+
+  config: dict
+  dataset: dict
+
+  def __post_init__(self):
+    # Normalised on construction, so a record compares equal to itself after a save and load.
+    object.__setattr__(self, "config", _plain(self.config, "config"))
+    object.__setattr__(self, "dataset", _plain(self.dataset, "dataset"))
+
+  def save(self, workdir: str) -> None:
+    """Writes WORKDIR/run.json atomically: a crash leaves the old record or the new, whole.
+
+    Save the current record after a resume passes check_same_run, so that run.json describes
+    the newest command (its allowed changes included).
+    """
+    fd, temp = tempfile.mkstemp(dir=workdir, prefix=f".{RECORD_NAME}.", suffix=".tmp")
+    try:
+      with os.fdopen(fd, "w") as f:
+        json.dump({"config": self.config, "dataset": self.dataset}, f, indent=2, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(temp, os.path.join(workdir, RECORD_NAME))
+    except BaseException:
+      os.unlink(temp)
+      raise
+
+  @classmethod
+  def load(cls, workdir: str) -> RunRecord | None:
+    """The record in WORKDIR/run.json, or None when there is none (a workdir no run started).
+
+    Raises:
+      RunRefused: run.json is not a run record.
+    """
+    path = os.path.join(workdir, RECORD_NAME)
+    try:
+      with open(path) as f:
+        content = json.load(f)
+    except FileNotFoundError:
+      return None
+    except ValueError as e:
+      raise RunRefused(f"{path} is not valid JSON ({e}): restore it from a copy, or use a new"
+                       " --workdir") from None
+    if (not isinstance(content, dict) or set(content) != {"config", "dataset"}
+        or not all(isinstance(v, dict) for v in content.values())):
+      raise RunRefused(f"{path} is not a run record (a JSON object of 'config' and 'dataset'"
+                       " objects): restore it from a copy, or use a new --workdir")
+    return cls(config=content["config"], dataset=content["dataset"])
+
+
+def _plain(value: Any, path: str) -> Any:
+  """`value` as strict JSON values: tuples become lists; errors name the key path."""
+  if isinstance(value, Mapping):
+    for key in value:
+      if not isinstance(key, str):
+        raise TypeError(f"run record: {path} has the key {key!r}; only str keys can be recorded")
+    return {key: _plain(v, f"{path}.{key}") for key, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
+  if isinstance(value, float) and not math.isfinite(value):
+    raise ValueError(f"run record: {path}={value} cannot be recorded in JSON; use a finite value")
+  if value is None or isinstance(value, (str, int, float)):  # bool is an int
+    return value
+  raise TypeError(f"run record: {path} is a {type(value).__name__}; only str, int, float, bool,"
+                  " None, list, tuple and dict can be recorded")
+
+
+class _Absent:
+  """A key that one of two records lacks."""
+
+  def __repr__(self) -> str:
+    return "(absent)"
+
+
+ABSENT = _Absent()
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+  """One differing key: `path` is dotted ("data.batch_size"; the data's identity under
+  "dataset."), `old` and `new` the recorded and current values, ABSENT where a record lacks it."""
+
+  path: str
+  old: Any
+  new: Any
+
+  def __str__(self) -> str:
+    return f"{self.path} {_show(self.old)} -> {_show(self.new)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Differences:
+  """The differences between a recorded run and the current one, sorted by path."""
+
+  harmless: tuple[Difference, ...]  # allowed on resume; list them
+  blocking: tuple[Difference, ...]  # each makes it a different run
+
+
+def compare(recorded: RunRecord, current: RunRecord) -> Differences:
+  """Every key path whose value differs between two records (int 1 and float 1.0 do not differ;
+  True and 1 do), sorted into harmless and blocking."""
+  old, new = _leaves(recorded), _leaves(current)
+  harmless, blocking = [], []
+  for path in sorted(old.keys() | new.keys()):
+    a, b = old.get(path, ABSENT), new.get(path, ABSENT)
+    if not _same(a, b):
+      (harmless if _is_harmless(path, a, b) else blocking).append(Difference(path, a, b))
+  return Differences(harmless=tuple(harmless), blocking=tuple(blocking))
+
+
+def check_same_run(workdir: str, recorded: RunRecord, current: RunRecord) -> Differences:
+  """The differences between the run in `workdir` and the current one, when it may resume.
+
+  Raises:
+    RunRefused: a blocking difference; the message is refusal_line's.
+  """
+  differences = compare(recorded, current)
+  if differences.blocking:
+    raise RunRefused(refusal_line(workdir, differences))
+  return differences
+
+
+def refusal_line(workdir: str, differences: Differences) -> str:
+  """The one line refusing to resume a run with blocking differences, e.g. "runs/a was started
+  with a different run: data.batch_size 16 -> 32, seed 0 -> 1 (and 2 more); to go on use a new
+  --workdir, or pass --restart_from_weights to start a new run from its weights"."""
+  return (f"{workdir} was started with a different run: {_listing(differences.blocking)}; to go"
+          f" on use a new --workdir, or pass {RESTART_FLAG} to start a new run from its weights")
+
+
+def allowed_line(workdir: str, differences: Differences) -> str:
+  """The one line to log on resuming, e.g. "resuming runs/a; allowed changes: train.log_every
+  50 -> 10", or "resuming runs/a; no changes" when there are no harmless differences."""
+  if not differences.harmless:
+    return f"resuming {workdir}; no changes"
+  return f"resuming {workdir}; allowed changes: {_listing(differences.harmless)}"
+
+
+def check_steps_left(workdir: str, checkpoint_step: int, num_steps: int) -> None:
+  """Checks that a resumed run has steps left to train.
+
+  Args:
+    workdir: the run's directory, for the message.
+    checkpoint_step: the step of the checkpoint it resumes from.
+    num_steps: the current config's train.num_steps.
+
+  Raises:
+    RunRefused: checkpoint_step >= num_steps, e.g. "runs/a already reached step 600 >=
+      train.num_steps=600: nothing to train; raise --config.train.num_steps or use
+      --mode=sample or --mode=evaluate".
+  """
+  if checkpoint_step >= num_steps:
+    raise RunRefused(
+        f"{workdir} already reached step {checkpoint_step} >= train.num_steps={num_steps}: nothing"
+        " to train; raise --config.train.num_steps or use --mode=sample or --mode=evaluate")
+
+
+def _leaves(record: RunRecord) -> dict[str, Any]:
+  """Dotted path -> value of every leaf: the config's at the top, the data's under "dataset."."""
+  leaves = {}
+
+  def walk(tree: dict, prefix: str) -> None:
+    for key, value in tree.items():
+      if isinstance(value, dict) and value:  # an empty dict is a value of its own
+        walk(value, f"{prefix}{key}.")
+      else:
+        leaves[prefix + key] = value
+
+  walk(record.config, "")
+  walk(record.dataset, "dataset.")
+  return leaves
+
+
+def _same(a: Any, b: Any) -> bool:
+  """Equality of JSON values that tells bools from numbers (Python has True == 1)."""
+  if isinstance(a, list) and isinstance(b, list):
+    return len(a) == len(b) and all(map(_same, a, b))
+  if isinstance(a, dict) and isinstance(b, dict):
+    return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+  if isinstance(a, bool) or isinstance(b, bool):
+    return type(a) is type(b) and a == b
+  if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+    return a == b
+  return type(a) is type(b) and a == b
+
+
+def _is_harmless(path: str, old: Any, new: Any) -> bool:
+  if path == "train.num_steps":
+    # A longer run extends this one. Beware that the learning rate's cosine decay spans
+    # train.num_steps (state.py), so from the resumed step on it is higher than the recorded
+    # run's would have been; a shorter run is refused, as its decay would jump the other way.
+    return all(_is_number(v) for v in (old, new)) and new > old
+  return path in _HARMLESS_KEYS or f"{path}.".startswith(_HARMLESS_SECTIONS)  # "eval" too
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _listing(differences: tuple[Difference, ...]) -> str:
+  """The first few differences, comma-separated, then "(and N more)"."""
+  shown = ", ".join(str(d) for d in differences[:_SHOWN])
+  hidden = len(differences) - _SHOWN
+  return f"{shown} (and {hidden} more)" if hidden > 0 else shown
+
+
+def _show(value: Any) -> str:
+  """A value as a message shows it: strings bare unless empty or spaced, others as Python
+  writes them, cut to _VALUE_CHARS characters."""
+  if isinstance(value, str) and value and not any(c.isspace() for c in value):
+    text = value
+  else:
+    text = repr(value)
+  return text if len(text) <= _VALUE_CHARS else text[:_VALUE_CHARS - 3] + "..."
