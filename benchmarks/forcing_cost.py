@@ -38,8 +38,7 @@ ARMS = {
 
 def step_runner(config):
   """The train step of this config, past the resampling warm-up."""
-  if "warmup_steps" in config.forcing:
-    config.forcing.warmup_steps = 0
+  config.forcing.warmup_steps = 0
   return runners.TrainStepRunner(config)
 
 

@@ -28,15 +28,12 @@ Variants (`--config=configs/atari_pong.py:VARIANT`, comma-separated):
 
 import ml_collections
 
-from configs import bouncing_tiny
+from videoar import base_config
 
 
 def get_config(variant: str = ""):
-  variants = [v for v in variant.split(",") if v]
-  for v in variants:
-    if v not in ("latents", "test"):
-      raise ValueError(f"config variant {v!r} is unknown; allowed: latents, test")
-  config = bouncing_tiny.get_config("test" if "test" in variants else "")
+  variants = base_config.variants(variant, ("latents", "test"))
+  config = base_config.get_config()
   config.data.source = "atari"
   config.data.path = "data/atari"
   config.data.options = ml_collections.ConfigDict(dict(
@@ -44,8 +41,6 @@ def get_config(variant: str = ""):
       stride=1, eval_fraction=0.1))
   config.data.num_frames = 8
   config.data.batch_size = 8
-  config.data.prefetch = "threads"
-  config.data.num_workers = 2
   config.model.num_actions = 6
   # Most of a Pong frame stays put: the model predicts each frame's change from the one before.
   config.model.prediction = "residual"
@@ -61,14 +56,14 @@ def get_config(variant: str = ""):
   # 4000-step model, the paddle's net movement over 8 pressed frames took the pressed sign in
   # 31 % of halves without guidance, 88 % with 3, 72 % with 5 (docs/results.md).
   config.sample.guidance_scale = 3.0
+  config.train.num_steps = 4000
   if "test" in variants:
+    base_config.tiny(config)
     config.data.options.num_episodes = 2
     config.data.options.max_frames = 120
     config.data.options.eval_fraction = 0.25
     config.data.batch_size = 2
     config.forcing.warmup_steps = 1
-  else:
-    config.train.num_steps = 4000
   if "latents" in variants:
     config.data.source = "array_record"
     config.data.path = "data/pong_shards"

@@ -27,17 +27,21 @@ Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
   test                            a tiny smoke run
 """
 
-from configs import bouncing_tiny
+from videoar import base_config
 
 
 def get_config(variant: str = ""):
-  variants = [v for v in variant.split(",") if v]
-  config = bouncing_tiny.get_config("test" if "test" in variants else "")
+  variants = base_config.variants(
+      variant, ("noise_augmentation", "parallel", "routed", "window", "test"))
+  config = base_config.get_config()
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "autoregressive"
   config.forcing.resample_shift = 0.6
   config.forcing.resample_steps = 3
   config.forcing.warmup_steps = 200
+  if "test" in variants:
+    base_config.tiny(config)
+    config.forcing.warmup_steps = 1
   k = max(1, config.data.num_frames // 4)
   for v in variants:
     if v in ("noise_augmentation", "parallel"):
@@ -46,9 +50,4 @@ def get_config(variant: str = ""):
       config.model.routing_top_k = k
     elif v == "window":
       config.forcing.history_window = k
-    elif v == "test":
-      config.forcing.warmup_steps = 1
-    else:
-      raise ValueError(f"config variant {v!r} is unknown; allowed: noise_augmentation, parallel,"
-                       " routed, window, test")
   return config

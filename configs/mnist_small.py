@@ -19,15 +19,16 @@ last context frame and 14.09 / 14.06 / 13.98 for an all-black frame. How long th
 take to give recognisable digits is still to be measured.
 """
 
-from configs import bouncing_tiny
+import ml_collections
+
+from videoar import base_config
 
 
 def get_config(variant: str = ""):
-  config = bouncing_tiny.get_config("test" if variant == "test" else "")
-  if variant not in ("", "test"):
-    raise ValueError(f"config variant {variant!r} is unknown; allowed: '', 'test'")
+  config = base_config.get_config()
   config.data.source = "moving_mnist"
-  config.data.options = dict(size=32, num_digits=2)
-  if variant != "test":
-    config.train.num_steps = 2000
+  config.data.options = ml_collections.ConfigDict(dict(size=32, num_digits=2))
+  config.train.num_steps = 2000
+  if base_config.variants(variant, ("test",)):
+    base_config.tiny(config)
   return config

@@ -30,10 +30,9 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from videoar import media  # noqa: E402
+from videoar import experiment, media  # noqa: E402
 from videoar.data import atari, pipeline  # noqa: E402
 from videoar.eval import run  # noqa: E402
-from videoar.train import loop  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "The Pong model's config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "The trained run's directory.")
@@ -89,8 +88,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
-  exp = loop.build(config)
-  params = loop.restore_params(exp, FLAGS.workdir, use_ema=config.sample.use_ema)
+  exp = experiment.build(config)
+  params = experiment.restore_params(exp, FLAGS.workdir, use_ema=config.sample.use_ema)
   names = exp.source.recording.action_names()
   up, down = names.index("RIGHT"), names.index("LEFT")
   num_context, half = config.sample.context_frames, FLAGS.num_frames // 2
@@ -101,7 +100,7 @@ def main(argv):
                                np.int32), (num_contexts, 1))
   context = np.repeat(clips["video"], 2, axis=0)
   actions = np.concatenate([np.repeat(clips["actions"], 2, axis=0), sequences], axis=1)
-  generated = np.asarray(run.make_sampler(exp).generate(
+  generated = np.asarray(experiment.make_sampler(exp).generate(
       params, jax.random.key(config.seed), 2 * half, config.sample.num_steps,
       config.sample.time_shift, jnp.asarray(context), {"actions_bf": jnp.asarray(actions)}))
   videos = np.concatenate([context, np.clip(generated, -1.0, 1.0)], axis=1)

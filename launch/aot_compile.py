@@ -7,7 +7,7 @@
 --topology is libtpu's topology name: the chip generation and its chip grid (v5p:2x4x4 is a
 v5p-64: 32 chips on 8 hosts; v5e:4x4 a v5e-16). The train state, the batch and the key are
 abstract (jax.eval_shape), the mesh is config.mesh over the topology's devices, and the step is
-jitted as in training (videoar/train/step.py), so a configuration that does not fit fails here as
+built as in training (videoar/experiment.py's make_train_step), so a configuration that does not fit fails here as
 it would on the pod. --frame_shape gives the model's frames (H,W,C: latents, for a latent source)
 without reading the data; by default they come from the config's source. docs/scaling.md has the
 command and the output for a Wan-1.3B-sized model.
@@ -15,7 +15,6 @@ command and the output for a Wan-1.3B-sized model.
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import jax
@@ -23,11 +22,9 @@ from absl import app, flags
 from jax.experimental import topologies
 from ml_collections import config_flags
 
-from videoar import validate
-from videoar.train import loop
+from videoar import experiment
+from videoar.errors import ConfigError
 from videoar.train import sharding as sharding_lib
-from videoar.train import state as state_lib
-from videoar.train import step as step_lib
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[:VARIANT]).",
                                 lock_config=True)
@@ -40,45 +37,25 @@ FLAGS = flags.FLAGS
 GIB = 2**30
 
 
-def abstract_batch(config, frame_shape, sharding) -> dict[str, jax.ShapeDtypeStruct]:
-  """A training batch (loop.model_inputs of pipeline.train_batches) as shapes."""
-  b, f = config.data.batch_size, config.data.num_frames
-  batch = dict(video=((b, f) + tuple(frame_shape), "float32"))
-  if config.model.num_classes:
-    batch["label"] = ((b,), "int32")
-  if config.model.num_actions:
-    batch["actions"] = ((b, f), "int32")
-  return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-          for key, (shape, dtype) in batch.items()}
-
-
 def main(argv):
   del argv
   config = FLAGS.config
   try:
-    validate.validate(config)
     devices = topologies.get_topology_desc(platform="tpu", topology_name=FLAGS.topology).devices
-    layout = sharding_lib.Layout.from_config(config.mesh, devices=devices)
-    layout.check_batch_size(config.data.batch_size)
-  except validate.ConfigError as e:
+    if FLAGS.frame_shape:
+      # No source: this compiles, it reads no data.
+      exp = experiment.build_for_shapes(config, tuple(int(n) for n in FLAGS.frame_shape))
+    else:
+      exp = experiment.build(config)
+    train_step = experiment.make_train_step(
+        exp, sharding_lib.Layout.from_config(config.mesh, devices=devices))
+  except ConfigError as e:
     raise app.UsageError(str(e)) from e
-  if FLAGS.frame_shape:
-    frame_shape = tuple(int(n) for n in FLAGS.frame_shape)
-    # No source: this compiles, it reads no data.
-    exp = loop.Experiment(config, None, loop.make_model(config), frame_shape)
-  else:
-    exp = loop.build(config)
-  optimizer = state_lib.make_optimizer(config)
-  init, state_sharding = state_lib.make_init(
-      functools.partial(loop.logical_params, exp), optimizer, layout)
-  state = jax.eval_shape(init, jax.random.key(0))
+  layout = train_step.layout
+  state = train_step.abstract_state()
   key = jax.eval_shape(lambda: jax.random.key(0))
   rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=layout.replicated)
-  batch = abstract_batch(config, exp.frame_shape, layout.batch)
-  train_step = step_lib.make_train_step(
-      loss_fn=loop.make_loss_fn(exp), optimizer=optimizer,
-      schedule=state_lib.learning_rate_schedule(config), ema_decay=config.optim.ema_decay,
-      layout=layout, state_sharding=state_sharding)
+  batch = experiment.example_batch(exp, sharding=layout.batch)
 
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
@@ -93,7 +70,7 @@ def main(argv):
         f" {config.data.num_frames} frames x {tokens} tokens; train state"
         f" {state_bytes / GIB:.1f} GiB in all")
   try:
-    compiled = train_step.trace(state, batch, rng).lower().compile()
+    compiled = train_step.step.trace(state, batch, rng).lower().compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise

@@ -11,10 +11,9 @@ import time
 import jax
 import pytest
 
+from videoar import experiment, trainer
 from videoar.train import checkpoint as checkpoint_lib
-from videoar.train import loop
-from videoar.train import sharding as sharding_lib
-from videoar.train import state as state_lib
+from videoar.train import preemption
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import bouncing_tiny  # noqa: E402
@@ -56,49 +55,79 @@ def straight_run(tmp_path_factory):
   return workdir
 
 
-def test_run_killed_at_a_random_step_resumes_bit_identically(straight_run, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
+def test_run_stopped_at_a_random_step_resumes_bit_identically(straight_run, tmp_path, signum):
+  """SIGKILL loses the steps since the last checkpoint; SIGINT (Ctrl-C) saves the step it was
+  on. Either way the same command resumes and logs exactly the losses of a straight run."""
   seed = random.randrange(2**32)
   kill_after = random.Random(seed).randint(1, NUM_STEPS - 2)
   process = subprocess.Popen(train_command(tmp_path), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
   wait_for_step(process, tmp_path, kill_after)
-  process.send_signal(signal.SIGKILL)
-  process.communicate()
+  process.send_signal(signum)
+  _, stderr = process.communicate(timeout=120)
   killed_at = max(r["step"] for r in logged(tmp_path))
-  assert killed_at < NUM_STEPS, f"the run finished before SIGKILL (seed {seed})"
+  assert killed_at < NUM_STEPS, f"the run finished before the signal (seed {seed})"
+  if signum == signal.SIGINT:
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    saved = max(int(step) for step in os.listdir(tmp_path / "checkpoints"))
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted by SIGINT: saved step {saved}; the same command resumes from it")
+    assert saved >= kill_after
 
   resumed = subprocess.run(train_command(tmp_path), capture_output=True, text=True, timeout=300,
                            cwd=ROOT)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   losses = [(r["step"], r["loss"]) for r in logged(tmp_path)]
   expected = [(r["step"], r["loss"]) for r in logged(straight_run)]
-  assert losses == expected, f"killed after step {killed_at} (seed {seed})"
+  assert losses == expected, f"stopped after step {killed_at} (seed {seed})"
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_says_so_in_one_line(tmp_path, signum):
+  """SIGTERM is a planned stop (exit 0, every process alike); Ctrl-C exits 130."""
   process = subprocess.Popen(
       train_command(tmp_path, "--config.train.num_steps=100000",
                     "--config.train.checkpoint_every=100000"),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
   wait_for_step(process, tmp_path, 2)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   stdout, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr[-2000:]
   (saved,) = os.listdir(tmp_path / "checkpoints")
   assert 2 <= int(saved) < 100000
-  assert f"preempted: saved step {saved}" in stdout
+  if signum == signal.SIGTERM:
+    assert process.returncode == 0, stderr[-2000:]
+    assert stdout.strip().splitlines()[-1] == (
+        f"preempted: saved step {saved}; the same command resumes from it")
+  else:
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted by SIGINT: saved step {saved}; the same command resumes from it")
+  assert "Traceback" not in stderr
+
+
+def test_a_first_ctrl_c_asks_to_stop_and_a_second_stops_at_once():
+  """In the process (two signals sent at once to a child may arrive as one)."""
+  previous = signal.getsignal(signal.SIGINT)
+  stop = preemption.Preemption()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.reached(1) and stop.signal == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)
+  finally:
+    stop.restore()
+  assert signal.getsignal(signal.SIGINT) is previous
 
 
 def _resume_from(workdir):
   config = bouncing_tiny.get_config("test")
-  exp = loop.build(config)
-  layout = sharding_lib.Layout.from_config(config.mesh)
-  init, _ = state_lib.make_init(lambda rng: loop.logical_params(exp, rng),
-                                state_lib.make_optimizer(config), layout)
-  rng = jax.device_put(jax.random.key(0), layout.replicated)
+  train_step = experiment.make_train_step(experiment.build(config))
+  rng = jax.device_put(jax.random.key(0), train_step.layout.replicated)
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=2)
   try:
-    return checkpointer.restore_latest_run(jax.eval_shape(init, rng), rng)
+    return checkpointer.restore_latest_run(train_step.abstract_state(), rng)
   finally:
     checkpointer.close()
 
@@ -121,15 +150,59 @@ def test_damaged_newest_checkpoint_is_skipped(straight_run, tmp_path, damage):
 
   resumed = _resume_from(workdir)
   assert int(resumed.state.step) == resumed.data["step"] == 9  # the checkpoint before
-  # Gone, so that the resumed run can save that step again.
+  # Moved aside, not deleted: the resumed run can save that step again.
   assert sorted(os.listdir(workdir / "checkpoints")) == ["9"]
+  (moved,) = os.listdir(workdir / "checkpoints.damaged")
+  assert moved.startswith(f"{NUM_STEPS}-")
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+def _restored_steps_and_finite(workdir):
+  """(the checkpoints in workdir, whether the newest restores to finite parameters)."""
+  steps = sorted(int(step) for step in os.listdir(workdir / "checkpoints"))
+  if not steps:
+    return steps, None
+  resumed = _resume_from(workdir)
+  finite = all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(resumed.state))
+  return steps, finite
+
+
+@jax.custom_jvp
+def _infinite_gradient(x):
+  return x
+
+
+@_infinite_gradient.defjvp
+def _infinite_gradient_jvp(primals, tangents):
+  return primals[0], tangents[0] * jax.numpy.inf
+
+
+@pytest.mark.parametrize("fault,bad_step,kept", [
+    # A huge step sends the parameters to ~1e30 after step 1: the loss of step 2 is not finite.
+    ("huge_learning_rate", 2, [1]),
+    # A finite loss whose gradient is not: only the update shows it.
+    ("infinite_gradient", 1, []),
+])
+def test_a_step_that_is_not_finite_stops_naming_it_and_saves_nothing_of_it(
+    tmp_path, monkeypatch, fault, bad_step, kept):
   config = bouncing_tiny.get_config("test")
-  # A huge step sends the parameters to ~1e30 after step 1: the loss of step 2 is not finite.
-  config.optim.learning_rate, config.optim.warmup_steps = 1e30, 0
+  config.optim.warmup_steps = 0
   config.train.log_every, config.train.checkpoint_every = 1, 1
-  with pytest.raises(FloatingPointError, match="at step 2; the last good checkpoint is kept"):
-    loop.train(config, str(tmp_path))
-  assert os.listdir(tmp_path / "checkpoints") == ["1"]
+  if fault == "huge_learning_rate":
+    config.optim.learning_rate = 1e30
+  else:
+    make_loss_fn = experiment.make_loss_fn
+
+    def poisoned(exp):
+      loss_fn = make_loss_fn(exp)
+      return lambda *args: (lambda loss, metrics: (_infinite_gradient(loss), metrics))(
+          *loss_fn(*args))
+
+    monkeypatch.setattr(experiment, "make_loss_fn", poisoned)
+  with pytest.raises(FloatingPointError) as error:
+    trainer.train(experiment.build(config), str(tmp_path))
+  newest = f"step {kept[-1]}" if kept else "none yet"
+  assert str(error.value).startswith(f"step {bad_step} is not finite")
+  assert str(error.value).endswith(f"the newest checkpoint, {newest}, is the last good one")
+  steps, finite = _restored_steps_and_finite(tmp_path)
+  assert steps == kept
+  assert finite in (None, True)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from videoar.attention import masks
-from videoar.eval import routing_figure
+from videoar.forcing import teacher
 from videoar.models import dit
 
 N = 5
@@ -39,7 +39,7 @@ def test_routing_frequencies_pick_exactly_top_k_history_frames():
   k = 2
   model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, previous_frame_input=True,
                         routing_top_k=k)
-  frequencies = np.asarray(routing_figure.routing_frequencies(model, _params(model, video), video,
+  frequencies = np.asarray(teacher.routing_frequencies(model, _params(model, video), video,
                                                               chunk=1))
   assert frequencies.shape == (2, N, N)
   for i in range(N):

@@ -5,7 +5,6 @@ count is fixed when JAX starts, and this process must stay single-device for the
 Run as a script, this file is that subprocess.
 """
 
-import functools
 import json
 import os
 import subprocess
@@ -16,12 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from videoar import validate
+from videoar import errors, experiment
 from videoar.data import pipeline
-from videoar.train import loop
 from videoar.train import sharding as sharding_lib
-from videoar.train import state as state_lib
-from videoar.train import step as step_lib
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -62,7 +58,7 @@ def test_mesh_shape_fills_the_minus_one_axis(sizes, devices, shape):
     (dict(tensor=0), 8, "config.mesh.tensor=0 is invalid"),
 ])
 def test_bad_mesh_raises_naming_the_key(sizes, devices, message):
-  with pytest.raises(validate.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     sharding_lib.mesh_shape(mesh_config(**sizes), devices)
   assert str(error.value).startswith(message), str(error.value)
 
@@ -81,7 +77,7 @@ def test_cli_rejects_a_mesh_that_does_not_fit_the_devices_in_one_line(tmp_path):
 def test_rules_must_name_mesh_axes():
   config = mesh_config()
   config.rules = (("embed", "model"),)
-  with pytest.raises(validate.ConfigError, match="names model; the mesh axes are"):
+  with pytest.raises(errors.ConfigError, match="names model; the mesh axes are"):
     sharding_lib.logical_rules(config)
 
 
@@ -90,8 +86,8 @@ def test_every_parameter_has_logical_axis_names():
   config.model.num_classes, config.model.num_actions, config.model.text_dim = 3, 4, 8
   # No source gives labels, actions and text at once; the parameters need only the model.
   size = config.data.options.size
-  exp = loop.build_for_shapes(config, (size, size, 3))
-  boxed = jax.eval_shape(lambda: loop.logical_params(exp, jax.random.key(0)))
+  exp = experiment.build_for_shapes(config, (size, size, 3))
+  boxed = jax.eval_shape(lambda: experiment.logical_params(exp, jax.random.key(0)))
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   unnamed = [leaf for leaf in leaves if not isinstance(leaf, nn.LogicallyPartitioned)]
   assert not unnamed
@@ -102,22 +98,16 @@ def test_every_parameter_has_logical_axis_names():
 def _one_step(layout, config):
   """The parameters before and after one train step on `layout` (on the host), the state after
   it (on the mesh) and the step's metrics."""
-  exp = loop.build(config)
-  optimizer = state_lib.make_optimizer(config)
+  exp = experiment.build(config)
+  train_step = experiment.make_train_step(exp, layout)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  init, state_sharding = state_lib.make_init(
-      functools.partial(loop.logical_params, exp), optimizer, layout)
-  state = init(init_rng)
+  state = train_step.init(init_rng)
   initial_params = jax.device_get(state.params)
-  train_step = step_lib.make_train_step(
-      loss_fn=loop.make_loss_fn(exp), optimizer=optimizer,
-      schedule=state_lib.learning_rate_schedule(config), ema_decay=config.optim.ema_decay,
-      layout=layout, state_sharding=state_sharding)
-  batch = loop.model_inputs(pipeline.train_batches(
+  batch = experiment.model_inputs(pipeline.train_batches(
       exp.source, batch_size=config.data.batch_size, num_frames=config.data.num_frames,
       seed=config.seed)[0])
-  state, metrics = train_step(state, layout.global_batch(batch),
-                              jax.device_put(train_rng, layout.replicated))
+  state, metrics = train_step.step(state, layout.global_batch(batch),
+                                   jax.device_put(train_rng, layout.replicated))
   return initial_params, jax.device_get(state.params), state, jax.device_get(metrics)
 
 

@@ -12,13 +12,12 @@ import pytest
 
 import ml_collections
 
-from videoar import validate
+from videoar import errors, experiment, trainer
 from videoar.data import array_record, pipeline
 from videoar.eval import run
 from videoar.forcing import common, teacher
 from videoar.models import dit
 from videoar.train import checkpoint as checkpoint_lib
-from videoar.train import loop
 from videoar.train import state as state_lib
 from videoar.train import step as step_lib
 
@@ -41,8 +40,8 @@ def test_tiny_model_overfits_one_batch():
   config = tiny_config(**{"model.width": 64, "model.depth": 2, "optim.learning_rate": 3e-3,
                           "optim.warmup_steps": 10, "optim.weight_decay": 0.0,
                           "train.num_steps": 300})
-  exp = loop.build(config)
-  batch = loop.model_inputs(pipeline.train_batches(
+  exp = experiment.build(config)
+  batch = experiment.model_inputs(pipeline.train_batches(
       exp.source, batch_size=2, num_frames=4, seed=0)[0])
   fixed = jax.random.key(7)
 
@@ -52,7 +51,7 @@ def test_tiny_model_overfits_one_batch():
                            cond_drop_prob=0.0)
 
   optimizer = state_lib.make_optimizer(config)
-  state = state_lib.create(loop.init_params(exp, jax.random.key(0)), optimizer)
+  state = state_lib.create(experiment.init_params(exp, jax.random.key(0)), optimizer)
   train_step = step_lib.make_train_step(
       loss_fn=loss_fn, optimizer=optimizer,
       schedule=state_lib.learning_rate_schedule(config), ema_decay=0.9)
@@ -65,15 +64,15 @@ def test_tiny_model_overfits_one_batch():
 
 def test_checkpoint_round_trips(tmp_path):
   config = tiny_config()
-  exp = loop.build(config)
+  exp = experiment.build(config)
   optimizer = state_lib.make_optimizer(config)
-  state = state_lib.create(loop.init_params(exp, jax.random.key(3)), optimizer)
+  state = state_lib.create(experiment.init_params(exp, jax.random.key(3)), optimizer)
   state = state.replace(step=jnp.asarray(5, jnp.int32),
                         ema_params=jax.tree.map(lambda p: p + 1.0, state.ema_params))
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), keep=2)
   ckpt.save(state)
   ckpt.close()
-  fresh = state_lib.create(loop.init_params(exp, jax.random.key(4)), optimizer)
+  fresh = state_lib.create(experiment.init_params(exp, jax.random.key(4)), optimizer)
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), keep=2)
   restored = ckpt.restore_latest(fresh)
   ckpt.close()
@@ -84,10 +83,10 @@ def test_checkpoint_round_trips(tmp_path):
 
 def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_run(tmp_path):
   config = tiny_config(**{"train.num_steps": 4, "train.log_every": 1, "train.checkpoint_every": 2})
-  loop.train(config, str(tmp_path / "straight"))
+  trainer.train(experiment.build(config), str(tmp_path / "straight"))
   half = tiny_config(**{"train.num_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2})
-  loop.train(half, str(tmp_path / "resumed"))
-  loop.train(config, str(tmp_path / "resumed"))
+  trainer.train(experiment.build(half), str(tmp_path / "resumed"))
+  trainer.train(experiment.build(config), str(tmp_path / "resumed"))
 
   def losses(run):
     with open(tmp_path / run / "metrics.jsonl") as f:
@@ -114,8 +113,8 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("overrides,message", BAD_CONFIGS, ids=[m for _, m in BAD_CONFIGS])
 def test_bad_config_raises_naming_the_key(overrides, message):
-  with pytest.raises(validate.ConfigError) as error:
-    validate.validate(tiny_config(**overrides))
+  with pytest.raises(errors.ConfigError) as error:
+    experiment.build(tiny_config(**overrides))
   assert str(error.value).startswith(message)
   assert "\n" not in str(error.value)
 
@@ -148,8 +147,8 @@ def test_cli_main_job_writes_every_output(tmp_path):
 
 
 def test_build_rejects_conditioning_that_the_source_does_not_give():
-  with pytest.raises(validate.ConfigError) as error:
-    loop.build(tiny_config(**{"model.text_dim": 4}))
+  with pytest.raises(errors.ConfigError) as error:
+    experiment.build(tiny_config(**{"model.text_dim": 4}))
   assert str(error.value).startswith("config.model.text_dim=4 is invalid: data.source='bouncing'"
                                      " gives no 'text'")
 
@@ -192,10 +191,10 @@ def test_trains_and_samples_with_text_embeddings_from_array_record(tmp_path):
       "optim.warmup_steps": 1})
   # Zero-initialised output layers pass no gradient to the blocks until they have moved: four
   # steps with a one-step warmup reach the cross-attention.
-  state = loop.train(config, str(tmp_path / "run"))
+  state = trainer.train(experiment.build(config), str(tmp_path / "run"))
   cross_out = state.params["params"]["block_0"]["cross_attn"]["out"]["kernel"]
   assert float(jnp.abs(cross_out).max()) > 0, "no gradient reached the text cross-attention"
-  exp = loop.build(config)
+  exp = experiment.build(config)
   clips, generated = run.continue_clips(exp, state.params, 2, jax.random.key(0))
   assert clips["text"].shape == (2, 3, 6)
   assert generated.shape == (2, 8, 32, 32, 3) and np.isfinite(generated).all()

@@ -7,6 +7,14 @@ PNG strip), `evaluate` (per-segment long-horizon table to stdout and WORKDIR/eva
 (train, then sample, then evaluate). Any config value can be overridden on the command line, e.g.
 `--config.train.num_steps=20 --config.seed=1`.
 
+Bad input (a config key or value, a data option, data that cannot give what the config asks
+for, a workdir whose checkpoints another model wrote, a workdir another run holds or that holds
+another run) stops before anything compiles with one line, `error: ...`, and exit status 2;
+nothing on disk is deleted. A step that is not finite stops the run naming it (status 2), the
+newest checkpoint being the last good one. A SIGTERM saves the step it was on and exits 0 (a
+planned stop: preemption, a time limit); a first Ctrl-C does the same but exits 130 after one
+line, `interrupted by SIGINT: ...`; a second Ctrl-C stops at once.
+
 With --distributed, the process joins a multi-process run (launch/*.sh) through
 jax.distributed.initialize, which reads the coordinator's address, the number of processes and
 this process's index from the environment: from Cloud TPU, Slurm, Open MPI or Kubernetes, or
@@ -17,6 +25,8 @@ sample and evaluate from its checkpoints in one process.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
 import time
 
@@ -24,21 +34,68 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videoar import validate
+from videoar import experiment, trainer
+from videoar.errors import ConfigError
 from videoar.eval import run
-from videoar.train import loop
+from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import workdir as workdir_lib
 
 MODES = ("all", "train", "sample", "evaluate")
+# What a user can act on, printed as one line; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, FileNotFoundError, FloatingPointError, checkpoint_lib.CheckpointError,
+               workdir_lib.WorkdirBusy, workdir_lib.RunRefused)
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/NAME.py[:VARIANT]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and eval.")
 flags.DEFINE_enum("mode", "all", MODES, "What to run.")
 flags.DEFINE_bool("verbose", False, "Show INFO logs (orbax logs every checkpoint step at INFO).")
+flags.DEFINE_bool("restart_from_weights", False,
+                  "Start a new run from the weights of WORKDIR's newest checkpoint (fresh step and"
+                  " optimizer; the old run's checkpoints and logs move to WORKDIR/previous/).")
 flags.DEFINE_bool("distributed", False,
                   "Join a multi-process run that the environment describes (see above).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+
+
+def _exit_with_error(message: str):
+  """Prints `error: MESSAGE` to stderr and exits with status 2 (a usage error)."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag or config override (an unknown key, a value of the wrong
+  type, a config file or variant that fails) reported in one line."""
+  try:
+    remaining = FLAGS(argv)
+    # A config file that cannot be loaded fails here, when the config is first read.
+    FLAGS.config.keys()
+    return remaining
+  except flags.Error as e:
+    # A config file that raised comes wrapped with its traceback: its last line says why.
+    first, *rest = str(e).strip().splitlines()
+    _exit_with_error(f"{first.split(': Error whilst')[0]}: {rest[-1]}" if rest else first)
+  except (AttributeError, KeyError) as e:
+    _exit_with_error(_unknown_key(argv, e))
+  except OSError as e:  # a config file that cannot be read: the last line names it
+    _exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+
+
+def _unknown_key(argv: list[str], error: Exception) -> str:
+  """One line for an override of a key the config does not have."""
+  names = re.findall(r"[\w]+", str(error).replace("\\n", " "))
+  key = names[0] if names else str(error)
+  for arg in argv[1:]:
+    name = arg.split("=", 1)[0].removeprefix("--")
+    if name.startswith("config.") and name.rsplit(".", 1)[-1] == key:
+      key = name
+      break
+  hint = re.search(r'Did you mean "(\w+)"', str(error))
+  suggestion = f"; did you mean {key.rsplit('.', 1)[0]}.{hint.group(1)}?" if hint else ""
+  return (f"--{key}: the config has no such key{suggestion} (every key is in"
+          " videoar/base_config.py; data.options holds the data source's options)")
 
 
 def _join_processes() -> None:
@@ -48,41 +105,49 @@ def _join_processes() -> None:
                              process_id=env("JAX_PROCESS_ID"))
 
 
+def _run(config, workdir: str, mode: str) -> None:
+  exp = experiment.build(config)
+  if mode in ("all", "train"):
+    trainer.train(exp, workdir, restart_from_weights=FLAGS.restart_from_weights)
+  if mode in ("all", "sample", "evaluate"):
+    params = experiment.restore_params(exp, workdir, use_ema=config.sample.use_ema)
+    if mode in ("all", "sample"):
+      print(f"samples: {run.sample(exp, params, workdir)}")
+    if mode in ("all", "evaluate"):
+      run.evaluate(exp, params, workdir)
+
+
 def main(argv):
   del argv
   if not FLAGS.verbose:
     logging.set_verbosity(logging.WARNING)
-  config, workdir = FLAGS.config, FLAGS.workdir
   start = time.perf_counter()
   if FLAGS.distributed:
     _join_processes()
     if jax.process_count() > 1 and FLAGS.mode != "train":
-      sys.exit(f"error: --mode={FLAGS.mode} samples and evaluates in one process; with"
-               f" {jax.process_count()} processes run --mode=train")
+      _exit_with_error(f"--mode={FLAGS.mode} samples and evaluates in one process; with"
+                       f" {jax.process_count()} processes run --mode=train")
   try:
-    exp = loop.build(config)
-  except validate.ConfigError as e:
-    sys.exit(f"error: {e}")
-  is_main = jax.process_index() == 0
-  if FLAGS.mode in ("all", "train"):
-    try:
-      state = loop.train(config, workdir)
-    except validate.ConfigError as e:  # a mesh that does not fit the devices, before compiling
-      sys.exit(f"error: {e}")
-    if int(state.step) < config.train.num_steps:
-      if is_main:
-        print(f"preempted: saved step {int(state.step)}; the same command resumes from it")
+    _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except USER_ERRORS as e:
+    _exit_with_error(str(e))
+  except trainer.Interrupted as e:
+    if e.signal == signal.SIGTERM:
+      # A planned stop (preemption, a time limit): every process exits 0 after saving, so a
+      # launcher that kills the others on a failed one (srun --kill-on-bad-exit) lets them save.
+      if jax.process_index() == 0:
+        print(f"preempted: saved step {e.step}; the same command resumes from it")
       return
-  if FLAGS.mode in ("all", "sample", "evaluate"):
-    params = loop.restore_params(exp, workdir, use_ema=config.sample.use_ema)
-    if FLAGS.mode in ("all", "sample"):
-      print(f"samples: {run.sample(exp, params, workdir)}")
-    if FLAGS.mode in ("all", "evaluate"):
-      run.evaluate(exp, params, workdir)
-  if is_main:
+    print(f"interrupted by {e}", file=sys.stderr)
+    sys.exit(128 + e.signal)  # the shell's status for "ended by this signal"
+  except KeyboardInterrupt:
+    print(f"stopped at once by SIGINT; the same command resumes from the newest checkpoint in"
+          f" {FLAGS.workdir}", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
+  if jax.process_index() == 0:
     print(f"videoar {FLAGS.mode} finished in {time.perf_counter() - start:.0f} s; outputs in"
-          f" {workdir}")
+          f" {FLAGS.workdir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

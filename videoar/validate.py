@@ -1,134 +1,215 @@
 """Config validation: every bad value fails here, before anything compiles, with one line
-naming the key and what is allowed."""
+naming the key and what is allowed (errors.ConfigError).
+
+`validate(config)` checks the config on its own: its keys against the base config
+(videoar/base_config.py), each value's range, and the values that must agree. `validate_source`
+checks it against the data source it names: the source's options, its frame size against the
+patch, the conditioning it gives, and the held-out clips that sampling and evaluation will ask
+for.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import ml_collections
 
+from videoar import base_config
 from videoar.attention import ops
 from videoar.data import pipeline
+from videoar.errors import ConfigError, fail
 from videoar.forcing import PARADIGMS, resampling
 from videoar.models import dit
 
 DTYPES = ("float32", "bfloat16")
 
-
 # Each batch entry a model can be conditioned on, and the config key that turns it on.
 CONDITIONING_SIZES = {"label": "model.num_classes", "actions": "model.num_actions",
                       "text": "model.text_dim"}
+# The keys every paradigm's loss_fn gets from the trainer rather than from config.forcing.
+_LOSS_ARGUMENTS = frozenset({"model", "params", "batch", "rng", "step"})
 
 
-class ConfigError(ValueError):
-  pass
+def _keys(tree: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+  """The dotted keys of a config, data.options' contents excepted (they belong to the source)."""
+  keys = set()
+  for key, value in tree.items():
+    path = prefix + key
+    if isinstance(value, ml_collections.ConfigDict) and path != "data.options":
+      keys |= _keys(value, path + ".")
+    else:
+      keys.add(path)
+  return keys
 
 
-def _fail(key: str, value, allowed: str):
-  raise ConfigError(f"config.{key}={value!r} is invalid: {allowed}")
-
-
-def _positive(config, key: str):
+def _get(config: ml_collections.ConfigDict, key: str):
   value = config
   for part in key.split("."):
     value = value[part]
-  if not isinstance(value, int) or value < 1:
-    _fail(key, value, "must be an integer >= 1")
   return value
 
 
+def _positive(config, key: str):
+  value = _get(config, key)
+  if not isinstance(value, int) or value < 1:
+    fail(key, value, "must be an integer >= 1")
+  return value
+
+
+def paradigm_options(config: ml_collections.ConfigDict) -> dict:
+  """The config.forcing values that the chosen paradigm's loss_fn takes."""
+  accepted = set(inspect.signature(PARADIGMS[config.forcing.paradigm]).parameters)
+  return {key: value for key, value in config.forcing.items()
+          if key in accepted - _LOSS_ARGUMENTS}
+
+
+def _check_keys(config: ml_collections.ConfigDict) -> None:
+  base = base_config.get_config()
+  expected, present = _keys(base), _keys(config)
+  for key in sorted(present - expected):
+    raise ConfigError(f"config.{key} is not a key of the base config (videoar/base_config.py);"
+                      f" check its spelling")
+  for key in sorted(expected - present):
+    raise ConfigError(f"config.{key} is missing: build configs on"
+                      " videoar.base_config.get_config(), which defines every key")
+  # Keys another paradigm reads would be silently ignored.
+  taken = set(paradigm_options(config)) | {"paradigm"}
+  for key in sorted(set(config.forcing) - taken):
+    if config.forcing[key] != base.forcing[key]:
+      fail(f"forcing.{key}", config.forcing[key],
+           f"paradigm {config.forcing.paradigm!r} does not read it (it reads"
+           f" {', '.join(sorted(taken - {'paradigm'}))})")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError, one line naming the first bad key, for a config that cannot run."""
   if config.data.source not in pipeline.SOURCES:
-    _fail("data.source", config.data.source, f"allowed: {', '.join(pipeline.SOURCES)}")
-  if config.data.source in pipeline.RECORDINGS and not config.data.get("path"):
-    _fail("data.path", config.data.get("path"),
-          f"data.source={config.data.source!r} reads files: set --config.data.path=DIR")
-  if config.data.get("prefetch", "threads") not in pipeline.PREFETCH:
-    _fail("data.prefetch", config.data.prefetch, f"allowed: {', '.join(pipeline.PREFETCH)}")
+    fail("data.source", config.data.source, f"allowed: {', '.join(pipeline.SOURCES)}")
   if config.forcing.paradigm not in PARADIGMS:
-    _fail("forcing.paradigm", config.forcing.paradigm, f"allowed: {', '.join(PARADIGMS)}")
-  options = set(config.forcing) - {"paradigm"}
-  accepted = set(inspect.signature(PARADIGMS[config.forcing.paradigm]).parameters) - {
-      "model", "params", "batch", "rng", "step"}
-  for key in sorted(options - accepted):
-    _fail(f"forcing.{key}", config.forcing[key],
-          f"paradigm {config.forcing.paradigm!r} takes only: {', '.join(sorted(accepted))}")
-  if config.forcing.paradigm == "resampling":
-    if config.forcing.get("resample_mode", "autoregressive") not in resampling.MODES:
-      _fail("forcing.resample_mode", config.forcing.resample_mode,
-            f"allowed: {', '.join(resampling.MODES)}")
-    if config.forcing.get("resample_shift", 0.6) <= 0:
-      _fail("forcing.resample_shift", config.forcing.resample_shift, "must be > 0")
-    if "resample_steps" in config.forcing:
-      _positive(config, "forcing.resample_steps")
+    fail("forcing.paradigm", config.forcing.paradigm, f"allowed: {', '.join(PARADIGMS)}")
+  _check_keys(config)
+  if config.data.source in pipeline.RECORDINGS and not config.data.path:
+    fail("data.path", config.data.path,
+         f"data.source={config.data.source!r} reads files: set --config.data.path=DIR")
+  if config.data.source in pipeline.PROCEDURAL_SOURCES and config.data.path:
+    fail("data.path", config.data.path,
+         f"data.source={config.data.source!r} reads no files: leave data.path unset")
+  if config.data.prefetch not in pipeline.PREFETCH:
+    fail("data.prefetch", config.data.prefetch, f"allowed: {', '.join(pipeline.PREFETCH)}")
+  if config.forcing.resample_mode not in resampling.MODES:
+    fail("forcing.resample_mode", config.forcing.resample_mode,
+         f"allowed: {', '.join(resampling.MODES)}")
+  if config.forcing.resample_shift <= 0:
+    fail("forcing.resample_shift", config.forcing.resample_shift, "must be > 0")
   if config.model.attention_impl not in ops.IMPLS:
-    _fail("model.attention_impl", config.model.attention_impl, f"allowed: {', '.join(ops.IMPLS)}")
-  if config.model.get("prediction", "velocity") not in dit.PREDICTIONS:
-    _fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
-  if config.model.get("prediction") == "residual" and not config.model.get(
-      "previous_frame_input", False):
-    _fail("model.prediction", "residual", "needs model.previous_frame_input=True")
+    fail("model.attention_impl", config.model.attention_impl, f"allowed: {', '.join(ops.IMPLS)}")
+  if config.model.prediction not in dit.PREDICTIONS:
+    fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
+  if config.model.prediction == "residual" and not config.model.previous_frame_input:
+    fail("model.prediction", "residual", "needs model.previous_frame_input=True")
   if config.model.dtype not in DTYPES:
-    _fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
-  if "num_workers" in config.data:
-    _positive(config, "data.num_workers")
-  for key in ("data.num_frames", "data.batch_size", "model.patch", "model.width", "model.depth",
-              "model.num_heads", "forcing.chunk", "train.num_steps", "train.log_every",
-              "train.checkpoint_every", "sample.num_steps", "sample.num_videos",
+    fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
+  for key in ("data.num_frames", "data.batch_size", "data.num_workers", "model.patch",
+              "model.width", "model.depth", "model.num_heads", "forcing.chunk",
+              "forcing.resample_steps", "train.num_steps", "train.log_every",
+              "train.checkpoint_every", "train.keep_checkpoints", "sample.num_steps", "sample.num_videos",
               "sample.length_multiple", "eval.num_clips", "eval.segment_len"):
     _positive(config, key)
-
-  for key in CONDITIONING_SIZES.values():
-    value = config.model.get(key.split(".")[1], 0)
+  for key in list(CONDITIONING_SIZES.values()) + ["model.routing_top_k",
+                                                  "forcing.history_window",
+                                                  "forcing.warmup_steps"]:
+    value = _get(config, key)
     if not isinstance(value, int) or value < 0:
-      _fail(key, value, "must be an integer >= 0 (0: not conditioned on it)")
+      fail(key, value, "must be an integer >= 0 (0 turns it off)")
 
-  if config.model.get("previous_frame_input", False) and config.forcing.paradigm in (
+  if config.model.previous_frame_input and config.forcing.paradigm in (
       "diffusion_forcing", "bidirectional"):
-    _fail("model.previous_frame_input", True,
-          f"needs a clean previous frame, which {config.forcing.paradigm} does not train with")
-  top_k = config.model.get("routing_top_k", 0)
-  if not isinstance(top_k, int) or top_k < 0:
-    _fail("model.routing_top_k", top_k, "must be an integer >= 1 (0 turns routing off)")
-  if top_k and config.forcing.paradigm == "bidirectional":
-    _fail("model.routing_top_k", top_k, "a bidirectional model has no history to route over")
-  size = config.data.options.get("size", 32)
-  if size % config.model.patch:
-    _fail("model.patch", config.model.patch,
-          f"must divide the frame size data.options.size={size}")
+    fail("model.previous_frame_input", True,
+         f"needs a clean previous frame, which {config.forcing.paradigm} does not train with")
+  if config.model.routing_top_k and config.forcing.paradigm == "bidirectional":
+    fail("model.routing_top_k", config.model.routing_top_k,
+         "a bidirectional model has no history to route over")
   if config.model.width % config.model.num_heads:
-    _fail("model.num_heads", config.model.num_heads,
-          f"must divide model.width={config.model.width}")
+    fail("model.num_heads", config.model.num_heads,
+         f"must divide model.width={config.model.width}")
   if config.model.width // config.model.num_heads < 8:
-    _fail("model.num_heads", config.model.num_heads,
-          "leaves fewer than 8 channels a head for the 3D rotary embedding")
+    fail("model.num_heads", config.model.num_heads,
+         "leaves fewer than 8 channels a head for the 3D rotary embedding")
   chunk = config.forcing.chunk
   if config.data.num_frames % chunk:
-    _fail("forcing.chunk", chunk, f"must divide data.num_frames={config.data.num_frames}")
+    fail("forcing.chunk", chunk, f"must divide data.num_frames={config.data.num_frames}")
   if config.sample.context_frames % chunk:
-    _fail("sample.context_frames", config.sample.context_frames,
-          f"must be a multiple of forcing.chunk={chunk}")
+    fail("sample.context_frames", config.sample.context_frames,
+         f"must be a multiple of forcing.chunk={chunk}")
   if not 0 <= config.sample.context_frames < config.data.num_frames:
-    _fail("sample.context_frames", config.sample.context_frames,
-          f"must be in [0, data.num_frames={config.data.num_frames})")
+    fail("sample.context_frames", config.sample.context_frames,
+         f"must be in [0, data.num_frames={config.data.num_frames})")
   if not 0.0 <= config.forcing.cond_drop_prob < 1.0:
-    _fail("forcing.cond_drop_prob", config.forcing.cond_drop_prob, "must be in [0, 1)")
+    fail("forcing.cond_drop_prob", config.forcing.cond_drop_prob, "must be in [0, 1)")
   if config.forcing.time_shift <= 0:
-    _fail("forcing.time_shift", config.forcing.time_shift, "must be > 0")
+    fail("forcing.time_shift", config.forcing.time_shift, "must be > 0")
+  _check_optimizer(config.optim)
   if config.forcing.paradigm == "bidirectional" and chunk != config.data.num_frames:
-    _fail("forcing.chunk", chunk,
-          "a bidirectional model generates the whole clip at once: set it to data.num_frames")
+    fail("forcing.chunk", chunk,
+         "a bidirectional model generates the whole clip at once: set it to data.num_frames")
 
 
-def validate_against_data(config: ml_collections.ConfigDict, clip: dict) -> None:
-  """Checks that a clip of data.source carries what the model is conditioned on."""
+def _check_optimizer(optim: ml_collections.ConfigDict) -> None:
+  """Ranges in which AdamW and the EMA are defined: b2 = 1 makes Adam's bias correction 0/0."""
+  if not optim.learning_rate > 0:
+    fail("optim.learning_rate", optim.learning_rate, "must be > 0")
+  if not isinstance(optim.warmup_steps, int) or optim.warmup_steps < 0:
+    fail("optim.warmup_steps", optim.warmup_steps, "must be an integer >= 0")
+  if not optim.weight_decay >= 0:
+    fail("optim.weight_decay", optim.weight_decay, "must be >= 0")
+  if not optim.grad_clip > 0:
+    fail("optim.grad_clip", optim.grad_clip, "must be > 0")
+  for key in ("b2", "ema_decay"):
+    if not 0.0 <= optim[key] < 1.0:
+      fail(f"optim.{key}", optim[key], "must be in [0, 1)")
+
+
+def source_options(config: ml_collections.ConfigDict) -> dict:
+  """data.options as keyword arguments of data.source; raises ConfigError naming an option the
+  source does not take."""
+  options = config.data.options.to_dict()
+  source = pipeline.SOURCES[config.data.source]
+  allowed = {f.name for f in dataclasses.fields(source)} - {"path"}
+  if config.data.source in pipeline.RECORDINGS:
+    allowed |= {f.name for f in dataclasses.fields(pipeline.RecordedClips)} - {"recording",
+                                                                              "hold_out"}
+  for key in sorted(set(options) - allowed):
+    fail(f"data.options.{key}", options[key],
+         f"data.source={config.data.source!r} takes only: {', '.join(sorted(allowed))}")
+  return options
+
+
+def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSource,
+                    clip: dict) -> None:
+  """Checks the config against its data source, given one training `clip` of it: the frame size
+  against the patch, the conditioning the model asks for, and the held-out clips that
+  `sample` and `evaluate` continue."""
+  height, width = clip["video"].shape[1:3]
+  patch = config.model.patch
+  if height % patch or width % patch:
+    fail("model.patch", patch, f"must divide the frame size {height}x{width} of"
+         f" data.source={config.data.source!r}")
   for entry, key in CONDITIONING_SIZES.items():
-    size = config.model.get(key.split(".")[1], 0)
+    size = _get(config, key)
     if not size:
       continue
     if entry not in clip:
-      _fail(key, size, f"data.source={config.data.source!r} gives no {entry!r} to condition on"
-            f" (it gives {', '.join(sorted(clip))})")
+      fail(key, size, f"data.source={config.data.source!r} gives no {entry!r} to condition on"
+           f" (it gives {', '.join(sorted(clip))})")
     if entry == "text" and clip["text"].shape[-1] != size:
-      _fail(key, size, f"data.source={config.data.source!r} gives text embeddings of shape"
-            f" {clip['text'].shape}")
+      fail(key, size, f"data.source={config.data.source!r} gives text embeddings of shape"
+           f" {clip['text'].shape}")
+  held_out_frames = (config.sample.context_frames
+                     + config.sample.length_multiple * config.data.num_frames)
+  try:
+    pipeline.check_eval_clips(source, num_clips=max(config.sample.num_videos,
+                                                    config.eval.num_clips),
+                              num_frames=held_out_frames)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e

@@ -110,7 +110,7 @@ def _softmax_attention(q, k, v, allowed):
 def blocked_attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
                       kv_frame_valid: jax.Array | None = None,
                       selection: jax.Array | None = None) -> jax.Array:
-  """Attention over the frame blocks `mask` allows; equal to `ops.dense_attention`.
+  """Attention over the frame blocks `mask` allows; equal to `reference.dense_attention`.
 
   `selection` ([B, H, Tq, Fk] bool, from routing.select_frames) further narrows each query
   token's key frames.

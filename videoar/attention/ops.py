@@ -7,7 +7,8 @@ the empty slots of a KV cache. `routing` (routing.py) narrows each query token's
 its top-k key frames.
 
 Implementations (`impl`), all equal to the dense reference up to float rounding:
-  dense    every query-key pair, masked (the reference; nothing to skip under a Full mask).
+  dense    every query-key pair, masked (reference.py: the reference; nothing to skip under a
+           Full mask).
   blocked  XLA over only the frame blocks the mask allows (blocked.py); routed attention either
            masks those blocks by the selection or gathers each token's picked frames, whichever
            costs less at the shape (blocked.prefers_gather).
@@ -21,13 +22,10 @@ Implementations (`impl`), all equal to the dense reference up to float rounding:
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-# routing.py builds on `masked_attention` below and blocked.py on routing.py; the cycles are safe
-# because no module uses another at import time.
 from videoar.attention import blocked, masks
 from videoar.attention import routing as routing_lib
+from videoar.attention.reference import dense_attention
 
 IMPLS = ("auto", "dense", "blocked", "pallas")
 
@@ -40,29 +38,6 @@ def _check_shapes(q, k, v, mask: masks.MaskSpec, tokens_per_frame: int) -> None:
     raise ValueError(
         f"attention: mask {mask} covers {fq}x{fk} frames of {tokens_per_frame} tokens, but q has"
         f" {q.shape[1]} and k {k.shape[1]} tokens")
-
-
-def frame_valid_tokens(kv_frame_valid: jax.Array, tokens_per_frame: int) -> jax.Array:
-  """[B or 1, Tk] bool: the key tokens of valid frames."""
-  return jnp.repeat(jnp.atleast_2d(kv_frame_valid), tokens_per_frame, axis=-1)
-
-
-def masked_attention(q, k, v, allowed: jax.Array) -> jax.Array:
-  """Full logits, softmax in float32 over the keys `allowed` [B or 1, H or 1, Tq, Tk] keeps."""
-  scale = 1.0 / np.sqrt(q.shape[-1])
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(allowed, logits, -jnp.inf)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-
-
-def dense_attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
-                    kv_frame_valid: jax.Array | None = None) -> jax.Array:
-  """The reference: every key the mask and `kv_frame_valid` allow."""
-  allowed = jnp.asarray(mask.to_dense(tokens_per_frame))[None, None]
-  if kv_frame_valid is not None:
-    allowed = allowed & frame_valid_tokens(kv_frame_valid, tokens_per_frame)[:, None, None, :]
-  return masked_attention(q, k, v, allowed)
 
 
 def choose_impl(mask: masks.MaskSpec, routing: routing_lib.Routing | None) -> str:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videoar.attention import masks, ops
+from videoar.attention import masks, reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ def routed_attention_reference(q, k, v, mask: masks.MaskSpec, routing: Routing, 
   """Dense attention over the key tokens of the frames `select_frames` picks."""
   selection = select_frames(q, k, mask, routing, tokens_per_frame=tokens_per_frame,
                             kv_frame_valid=kv_frame_valid)
-  return ops.masked_attention(q, k, v, jnp.repeat(selection, tokens_per_frame, axis=-1))
+  return reference.masked_attention(q, k, v, jnp.repeat(selection, tokens_per_frame, axis=-1))
 
 
 def frequency_by_query_and_key(selection: jax.Array, tokens_per_frame: int) -> jax.Array:

@@ -4,38 +4,18 @@
       --out=docs/routing_frequency.png
 
 Runs the trained (EMA) model on held-out clips in the training layout and reads, from every
-layer, the fraction of query tokens x heads of each noisy frame i that routed to history frame j.
+layer, the fraction of query tokens x heads of each noisy frame i that routed to history frame j
+(forcing/teacher.py's routing_frequencies, which the trainer also logs).
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videoar.attention import masks
+from videoar import experiment
+from videoar.data import pipeline
 from videoar.forcing import teacher
-from videoar.models import dit
-
-
-def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, *, chunk: int,
-                        history_window: int = 0) -> jax.Array:
-  """[depth, N, N]: for noisy frame i (rows) the fraction of its query tokens x heads that
-  routed to history frame j (columns), at t = 0.5, each layer separately."""
-  if not model.routing_top_k:
-    raise ValueError("routing_frequencies needs a model with routing_top_k > 0")
-  b, n = video_bfhwc.shape[:2]
-  eps = jax.random.normal(jax.random.key(0), video_bfhwc.shape)
-  x_t = 0.5 * (video_bfhwc + eps)
-  t = jnp.concatenate([jnp.zeros((b, n)), jnp.full((b, n), 0.5)], axis=1)
-  _, state = model.apply(
-      params, jnp.concatenate([video_bfhwc, x_t], axis=1), t,
-      frame_pos_f=jnp.tile(jnp.arange(n), 2), mask=masks.TeacherForcing(n, chunk, history_window),
-      previous_bfhwc=teacher.two_n_layout_previous(model, video_bfhwc, chunk),
-      mutable=["intermediates"])
-  per_layer = [v["attn"]["routing_frequency"][0] for k, v in
-               sorted(state["intermediates"].items(), key=lambda kv: int(kv[0].split("_")[1]))]
-  return jnp.stack([f[n:, :n] for f in per_layer])
 
 
 def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
@@ -72,16 +52,14 @@ def main(argv):
   del argv
   from absl import flags
 
-  from videoar.data import pipeline
-  from videoar.train import loop
   config = flags.FLAGS.config
-  exp = loop.build(config)
-  params = loop.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
+  exp = experiment.build(config)
+  params = experiment.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
   clips = pipeline.eval_clips(exp.source, num_clips=16, num_frames=config.data.num_frames,
                               seed=config.seed)
-  frequencies = routing_frequencies(exp.model, params, jnp.asarray(clips["video"]),
-                                    chunk=config.forcing.chunk,
-                                    history_window=config.forcing.get("history_window", 0))
+  frequencies = teacher.routing_frequencies(exp.model, params, jnp.asarray(clips["video"]),
+                                            chunk=config.forcing.chunk,
+                                            history_window=config.forcing.history_window)
   frequencies = np.asarray(frequencies)
   plot(frequencies, exp.model.routing_top_k, flags.FLAGS.out)
   np.set_printoptions(precision=2, suppress=True)

@@ -14,28 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videoar import media, sampling
+from videoar import experiment, media
 from videoar.data import pipeline
 from videoar.eval import long_horizon
-from videoar.train import loop
+from videoar.train import metrics_log
 
 
-def make_sampler(exp: loop.Experiment) -> sampling.Sampler:
-  c = exp.config
-  window = sampling.window_frames(c.data.num_frames, c.forcing.chunk,
-                                  c.forcing.get("history_window", 0))
-  return sampling.Sampler(exp.model, frame_shape=exp.frame_shape, chunk=c.forcing.chunk,
-                          window=window, guidance_scale=c.sample.guidance_scale)
-
-
-def continue_clips(exp: loop.Experiment, params, num_clips: int, rng: jax.Array):
+def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.Array):
   """Held-out clips (context + true continuation) and the model's continuation."""
   c = exp.config
   num_context = c.sample.context_frames
   num_generated = c.sample.length_multiple * c.data.num_frames
   clips = pipeline.eval_clips(exp.source, num_clips=num_clips,
                               num_frames=num_context + num_generated, seed=c.seed)
-  sampler = make_sampler(exp)
+  sampler = experiment.make_sampler(exp)
   cond = {key: jnp.asarray(value) for key, value in exp.model.conditioning(clips).items()}
   context = jnp.asarray(clips["video"][:, :num_context]) if num_context else None
   generated = sampler.generate(params, rng, num_generated, c.sample.num_steps,
@@ -43,7 +35,7 @@ def continue_clips(exp: loop.Experiment, params, num_clips: int, rng: jax.Array)
   return clips, np.asarray(generated)
 
 
-def sample(exp: loop.Experiment, params, workdir: str) -> str:
+def sample(exp: experiment.Experiment, params, workdir: str) -> str:
   """Writes WORKDIR/samples/sample_*.mp4 (context, then generated) and a PNG strip whose rows
   alternate truth and model; returns the strip's path."""
   c = exp.config
@@ -60,9 +52,10 @@ def sample(exp: loop.Experiment, params, workdir: str) -> str:
   return strip_path
 
 
-def evaluate(exp: loop.Experiment, params, workdir: str) -> dict:
+def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   """The per-segment table of the model against copy-the-last-frame and all-background,
-  printed and written to WORKDIR/eval.json."""
+  printed and written to WORKDIR/eval.json (strict JSON: a figure that is not finite, such as
+  the PSNR of identical frames, is null)."""
   c = exp.config
   clips, generated = continue_clips(exp, params, c.eval.num_clips, jax.random.key(c.seed + 2))
   num_context = c.sample.context_frames
@@ -85,7 +78,7 @@ def evaluate(exp: loop.Experiment, params, workdir: str) -> dict:
   result = dict(context_frames=num_context, generated_frames=int(truth.shape[1]),
                 training_frames=c.data.num_frames, num_clips=c.eval.num_clips, tables=tables)
   with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=1, default=float)
+    json.dump(metrics_log.strict(result), f, indent=1, allow_nan=False)
   with open(os.path.join(workdir, "eval.txt"), "w") as f:
     f.write(text + "\n")
   return result

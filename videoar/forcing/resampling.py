@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from videoar import sampling
-from videoar.attention import masks
 from videoar.diffusion import flow
 from videoar.forcing import common, teacher
 from videoar.models import dit
@@ -61,17 +60,12 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chun
                        history_window):
   """Every frame denoised at once on the 2N layout, conditioned on the clean history."""
   b, n = video_bfhwc.shape[:2]
-  frame_pos = jnp.tile(jnp.arange(n, dtype=jnp.int32), 2)
-  cond = common.repeat_frames(cond, 2)
-  previous = teacher.two_n_layout_previous(model, video_bfhwc, chunk)
 
   def step(i, x):
     t_now = jnp.broadcast_to(times_bs[:, i, None], (b, n))
     t_next = jnp.broadcast_to(times_bs[:, i + 1, None], (b, n))
-    v, _ = model.apply(params, jnp.concatenate([video_bfhwc, x], axis=1),
-                       jnp.concatenate([jnp.zeros_like(t_now), t_now], axis=1),
-                       frame_pos_f=frame_pos, mask=masks.TeacherForcing(n, chunk, history_window),
-                       previous_bfhwc=previous, **cond)
+    v, _ = teacher.apply_two_n(model, params, video_bfhwc, x, t_now, cond, chunk=chunk,
+                               history_window=history_window)
     return flow.euler_step(x, v[:, n:], t_now, t_next)
 
   return jax.lax.fori_loop(0, times_bs.shape[1] - 1, step, x_ts)

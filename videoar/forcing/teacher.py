@@ -16,12 +16,26 @@ from videoar.forcing import common
 from videoar.models import dit
 
 
-def two_n_layout_previous(model: dit.CausalDiT, history_bfhwc, chunk: int):
-  """The previous-frame input of the 2N layout [history ; noisy], for models that read it."""
-  if not model.previous_frame_input:
-    return None
-  return jnp.concatenate([dit.previous_frames(history_bfhwc, chunk, within_history=True),
-                          dit.previous_frames(history_bfhwc, chunk, within_history=False)], 1)
+def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, cond: dict, *,
+                chunk: int, history_window: int = 0, mutable=False):
+  """The model on the 2N layout [history ; noisy frames]: the one place the sequence is built.
+
+  history_bfhwc, x_t_bfhwc: [B, N, H, W, C]; t_bf: [B, N], the noisy frames' times (the history is
+  at t = 0). Both halves take positions 0..N-1; noisy frame i sees the history before its chunk
+  and the noisy frames of its own chunk (masks.TeacherForcing, windowed by `history_window`).
+  Returns the model's output over all 2N frames and, with `mutable`, its collections.
+  """
+  n = x_t_bfhwc.shape[1]
+  previous = None
+  if model.previous_frame_input:
+    previous = jnp.concatenate(
+        [dit.previous_frames(history_bfhwc, chunk, within_history=True),
+         dit.previous_frames(history_bfhwc, chunk, within_history=False)], axis=1)
+  return model.apply(params, jnp.concatenate([history_bfhwc, x_t_bfhwc], axis=1),
+                     jnp.concatenate([jnp.zeros_like(t_bf), t_bf], axis=1),
+                     frame_pos_f=jnp.tile(jnp.arange(n, dtype=jnp.int32), 2),
+                     mask=masks.TeacherForcing(n, chunk, history_window),
+                     previous_bfhwc=previous, mutable=mutable, **common.repeat_frames(cond, 2))
 
 
 def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc,
@@ -33,13 +47,8 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
   t_bf = common.per_chunk_time(time_rng, b, n, chunk, time_shift)
   eps = jax.random.normal(noise_rng, video_bfhwc.shape)
   x_t = flow.interpolate(video_bfhwc, eps, t_bf)
-  sequence = jnp.concatenate([history_bfhwc, x_t], axis=1)
-  t_sequence = jnp.concatenate([jnp.zeros_like(t_bf), t_bf], axis=1)
-  frame_pos = jnp.tile(jnp.arange(n, dtype=jnp.int32), 2)
-  v, _ = model.apply(params, sequence, t_sequence, frame_pos_f=frame_pos,
-                     mask=masks.TeacherForcing(n, chunk, history_window),
-                     previous_bfhwc=two_n_layout_previous(model, history_bfhwc, chunk),
-                     **common.repeat_frames(cond, 2))
+  v, _ = apply_two_n(model, params, history_bfhwc, x_t, t_bf, cond, chunk=chunk,
+                     history_window=history_window)
   loss = common.mse(v[:, n:], flow.velocity_target(video_bfhwc, eps))
   return loss, {"loss": loss}
 
@@ -53,3 +62,20 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
   return history_conditioned_loss(model, params, video, video, cond, loss_rng,
                                   chunk=chunk, time_shift=time_shift,
                                   history_window=history_window)
+
+
+def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, *, chunk: int,
+                        history_window: int = 0) -> jax.Array:
+  """[depth, N, N]: for noisy frame i (rows) the fraction of its query tokens x heads that
+  routed to history frame j (columns), at t = 0.5, each layer separately, in the Teacher Forcing
+  layout over the clean video [B, N, H, W, C]. Raises ValueError for a model without routing."""
+  if not model.routing_top_k:
+    raise ValueError("routing_frequencies needs a model with routing_top_k > 0")
+  b, n = video_bfhwc.shape[:2]
+  eps = jax.random.normal(jax.random.key(0), video_bfhwc.shape)
+  _, state = apply_two_n(model, params, video_bfhwc, 0.5 * (video_bfhwc + eps),
+                         jnp.full((b, n), 0.5), {}, chunk=chunk, history_window=history_window,
+                         mutable=["intermediates"])
+  per_layer = [v["attn"]["routing_frequency"][0] for k, v in
+               sorted(state["intermediates"].items(), key=lambda kv: int(kv[0].split("_")[1]))]
+  return jnp.stack([f[n:, :n] for f in per_layer])

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from videoar.validate import ConfigError
+from videoar.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 

@@ -17,7 +17,13 @@ def train_step(state: state_lib.TrainState, batch, rng, *, loss_fn: Callable,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                ema_decay: float):
   """`loss_fn(params, batch, rng, step) -> (loss, metrics)`; the step's randomness is
-  `fold_in(rng, step)`, so a resumed run draws exactly what an uninterrupted one would."""
+  `fold_in(rng, step)`, so a resumed run draws exactly what an uninterrupted one would.
+
+  metrics["finite"] is whether the loss, the gradient norm and every updated parameter and EMA
+  parameter are finite (one elementwise pass, as cheap as the EMA update): a finite loss can still
+  come with an update that is not (gradients that overflow, a 0/0 in the optimizer), and the
+  trainer saves no state that is not finite.
+  """
   step_rng = jax.random.fold_in(rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, batch, step_rng, state.step)
@@ -26,11 +32,18 @@ def train_step(state: state_lib.TrainState, batch, rng, *, loss_fn: Callable,
   # Early in a run the average of few models is noise: ramp the decay up from 0.
   decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
   ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                 learning_rate=schedule(state.step))
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((params, ema_params))
+  metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                 finite=finite)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                             opt_state=opt_state)
   return new_state, metrics
+
+
+def _all_finite(tree) -> jax.Array:
+  """Whether every element of every leaf is finite (a norm would overflow on large values)."""
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
 def make_train_step(*, layout: sharding_lib.Layout | None = None,

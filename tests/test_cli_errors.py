@@ -1,0 +1,176 @@
+"""Every bad input at the CLI stops before training with one line naming what is wrong, and
+leaves the workdir as it was: the rows of docs/reliability.md (the other rows are tests of the
+library entry points, named there)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+TINY = "--config=configs/bouncing_tiny.py:test"
+
+
+def run_cli(workdir, *args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "videoar.main", f"--workdir={workdir}", *args],
+                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def last_line(result) -> str:
+  return result.stderr.strip().splitlines()[-1]
+
+
+# (what the user did, the arguments, the line the CLI prints)
+BAD_INPUTS = [
+    ("override of a key the config lacks", [TINY, "--config.data.pth=/tmp/videos"],
+     "error: --config.data.pth: the config has no such key; did you mean config.data.path?"
+     " (every key is in videoar/base_config.py; data.options holds the data source's options)"),
+    ("a data option the source lacks", [TINY, "--config.data.options.sizee=3"],
+     "error: --config.data.options.sizee: the config has no such key; did you mean"
+     " config.data.options.size? (every key is in videoar/base_config.py; data.options holds the"
+     " data source's options)"),
+    ("a file path on a procedural source", [TINY, "--config.data.path=/tmp/videos"],
+     "error: config.data.path='/tmp/videos' is invalid: data.source='bouncing' reads no files:"
+     " leave data.path unset"),
+    ("options of another source", [TINY, "--config.data.source=moving_mnist"],
+     "error: config.data.options.num_objects=2 is invalid: data.source='moving_mnist' takes only:"
+     " digit_size, max_speed, min_speed, num_digits, size"),
+    ("a value of the wrong type", [TINY, "--config.model.width=wide"],
+     "error: flag --config.model.width=wide: invalid literal for int() with base 10: 'wide'"),
+    ("an unknown config variant", ["--config=configs/bouncing_tiny.py:huge"],
+     "error: flag --config=configs/bouncing_tiny.py:huge: ValueError: config variant 'huge' is"
+     " unknown; allowed: test"),
+    ("a config file that does not exist", ["--config=configs/bouncing_tinny.py"],
+     "error: --config: [Errno 2] No such file or directory: 'configs/bouncing_tinny.py'"),
+    ("a patch that does not divide the source's frames", [TINY, "--config.data.options.size=36"],
+     "error: config.model.patch=8 is invalid: must divide the frame size 36x36 of"
+     " data.source='bouncing'"),
+    ("a source option out of range", [TINY, "--config.data.options.num_objects=0"],
+     "error: config.data: BouncingWorld.num_objects=0 must be in [1, len(palette)=6] so every"
+     " object gets its own colour"),
+    ("a chunk that does not divide the clip", [TINY, "--config.forcing.chunk=3"],
+     "error: config.forcing.chunk=3 is invalid: must divide data.num_frames=8"),
+    ("a key the paradigm does not read", [TINY, "--config.forcing.resample_shift=0.3"],
+     "error: config.forcing.resample_shift=0.3 is invalid: paradigm 'teacher_forcing' does not"
+     " read it (it reads chunk, cond_drop_prob, history_window, time_shift)"),
+    ("Adam's b2 = 1 (bias correction 0/0 at step 1)", [TINY, "--config.optim.b2=1.0"],
+     "error: config.optim.b2=1.0 is invalid: must be in [0, 1)"),
+    ("a retention that would delete every checkpoint", [TINY, "--config.train.keep_checkpoints=0"],
+     "error: config.train.keep_checkpoints=0 is invalid: must be an integer >= 1"),
+    ("a negative retention", [TINY, "--config.train.keep_checkpoints=-1"],
+     "error: config.train.keep_checkpoints=-1 is invalid: must be an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("args,line", [row[1:] for row in BAD_INPUTS],
+                         ids=[row[0] for row in BAD_INPUTS])
+def test_bad_input_is_one_line_and_touches_nothing(tmp_path, args, line):
+  workdir = tmp_path / "run"
+  result = run_cli(workdir, "--mode=train", *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result) == line
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
+
+
+# --- a workdir that already holds a run ------------------------------------------------------
+
+SHORT = [TINY, "--mode=train", "--config.train.num_steps=2", "--config.train.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A workdir holding a finished 2-step run of the tiny config."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  result = run_cli(workdir, *SHORT)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir
+
+
+def listing(workdir) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(d, f), workdir)
+                for d, _, files in os.walk(workdir) for f in files)
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--config.data.batch_size=2", "--config.train.num_steps=4"],
+     "{w} was started with a different run: data.batch_size 4 -> 2; to go on use a new --workdir,"
+     " or pass --restart_from_weights to start a new run from its weights"),
+    (["--config.seed=1", "--config.train.num_steps=4"],
+     "{w} was started with a different run: seed 0 -> 1; to go on use a new --workdir, or pass"
+     " --restart_from_weights to start a new run from its weights"),
+    (["--config.data.source=moving_mnist", "--config.data.options={'size': 32, 'num_digits': 2}",
+      "--config.train.num_steps=4"],
+     "{w} was started with a different run: data.options.num_digits (absent) -> 2,"
+     " data.options.num_objects 2 -> (absent), data.source bouncing -> moving_mnist (and 1 more);"
+     " to go on use a new --workdir, or pass --restart_from_weights to start a new run from its"
+     " weights"),
+    ([], "{w} already reached step 2 >= train.num_steps=2: nothing to train; raise"
+         " --config.train.num_steps or use --mode=sample or --mode=evaluate"),
+    (["--config.train.num_steps=1"],
+     "{w} already reached step 2 >= train.num_steps=1: nothing to train; raise"
+     " --config.train.num_steps or use --mode=sample or --mode=evaluate"),
+    (["--config.model.width=64", "--config.train.num_steps=4"],
+     "{w} was started with a different run: model.width 32 -> 64; to go on use a new --workdir,"
+     " or pass --restart_from_weights to start a new run from its weights"),
+], ids=["batch_size", "seed", "source", "num_steps equal", "num_steps below", "model"])
+def test_a_different_run_on_a_workdir_refuses_in_one_line(finished_run, args, line):
+  before = listing(finished_run)
+  result = run_cli(finished_run, *SHORT, *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result) == "error: " + line.format(w=finished_run)
+  assert "Traceback" not in result.stderr
+  assert listing(finished_run) == before
+
+
+def test_harmless_changes_resume_and_are_listed(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  subprocess.run(["cp", "-r", str(finished_run), str(workdir)], check=True)
+  result = run_cli(workdir, *SHORT, "--config.train.num_steps=3", "--config.train.log_every=1",
+                   "--config.sample.num_steps=5")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (f"resuming {workdir}; allowed changes: sample.num_steps 2 -> 5, train.log_every 2 -> 1,"
+          " train.num_steps 2 -> 3") in result.stdout
+
+
+def test_restart_from_weights_starts_a_new_run_and_keeps_the_old_one(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  subprocess.run(["cp", "-r", str(finished_run), str(workdir)], check=True)
+  result = run_cli(workdir, *SHORT, "--config.data.batch_size=2", "--restart_from_weights")
+  assert result.returncode == 0, result.stderr[-2000:]
+  (aside,) = os.listdir(workdir / "previous")
+  assert os.listdir(workdir / "previous" / aside / "checkpoints") == ["2"]
+  assert os.listdir(workdir / "checkpoints") == ["2"]
+  assert "a new run from the weights of step 2" in result.stdout
+
+
+def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tmp_path):
+  workdir = tmp_path / "run"
+  first = subprocess.Popen(
+      [sys.executable, "-m", "videoar.main", f"--workdir={workdir}", TINY, "--mode=train",
+       "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
+       "--config.train.log_every=1"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  try:
+    deadline = time.monotonic() + 240
+    while not (workdir / "metrics.jsonl").exists():
+      assert first.poll() is None, first.communicate()[1][-2000:]
+      assert time.monotonic() < deadline
+      time.sleep(0.05)
+    second = run_cli(workdir, TINY, "--mode=train", "--config.train.num_steps=100000",
+                     "--config.train.checkpoint_every=100000")
+    assert second.returncode == 2, second.stderr[-2000:]
+    line = last_line(second)
+    assert line.startswith(f"error: {workdir} is in use by another run (host ")
+    assert f", process {first.pid}, started " in line
+    assert line.endswith("): wait for it to end, or use another --workdir")
+  finally:
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+  assert first.returncode == 0
+  steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
+  assert steps == sorted(set(steps)), "one run wrote the log, each step once"

@@ -1,0 +1,248 @@
+"""The experiment factory: everything a run is made of, built from a validated config in one place.
+
+The trainer (videoar/trainer.py), sampling and evaluation (videoar/eval/), the AOT compile tool,
+the benchmarks and the tests all build through here:
+
+  exp = experiment.build(config)                  the data source, the model, one clip's shapes
+  exp = experiment.build_for_shapes(config, hwc)  the same without a data source (benchmarks, AOT)
+  example_batch(exp, b)     the shapes and dtypes of a training batch (what the step is traced on)
+  make_train_step(exp)      the optimizer, the sharded state initialiser and the jitted step
+  restore_params(exp, dir)  the trained (EMA) parameters of a run's newest checkpoint
+  make_sampler(exp)         the streaming sampler, with the window the model was trained with
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from videoar import sampling, validate
+from videoar.attention import masks
+from videoar.data import pipeline
+from videoar.errors import ConfigError, fail
+from videoar.forcing import PARADIGMS
+from videoar.models import dit
+from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import sharding as sharding_lib
+from videoar.train import state as state_lib
+from videoar.train import step as step_lib
+
+MODEL_INPUTS = ("video",) + tuple(dit.CONDITIONING_INPUTS)
+# Text length of a shapes-only experiment: parameter shapes do not depend on it.
+TEXT_TOKENS_FOR_SHAPES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What train, sample and evaluate share, built from a validated config.
+
+  Attributes:
+    config: the validated config.
+    source: the data source, or None for an experiment built for shapes only.
+    model: the CausalDiT.
+    clip_spec: {name: ShapeDtypeStruct} of one training clip's model inputs (video [F, H, W, C]
+      and the conditioning the model reads), without the batch axis.
+  """
+
+  config: ml_collections.ConfigDict
+  source: pipeline.ClipSource | None
+  model: dit.CausalDiT
+  clip_spec: dict
+
+  @property
+  def frame_shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of a frame as the model sees it (pixels or latents)."""
+    return tuple(self.clip_spec["video"].shape[1:])
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """The experiment of `config`, its data source opened and checked against it.
+
+  Raises ConfigError (one line) for a config that cannot run, or data that cannot give what it
+  asks for: the source's options, its frame size against the patch, the conditioning, the
+  held-out clips of sampling and evaluation.
+  """
+  validate.validate(config)
+  options = validate.source_options(config)
+  try:
+    source = pipeline.make_source(config.data.source, path=config.data.path, **options)
+    clip = source.clip(config.seed, 0, config.data.num_frames)
+  except IndexError as e:  # no training clip of num_frames frames
+    raise ConfigError(f"config.data.num_frames={config.data.num_frames} is invalid: {e}") from e
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(f"config.data: {e}") from e
+  validate.validate_source(config, source, clip)
+  model = make_model(config)
+  spec = {key: jax.ShapeDtypeStruct(np.shape(value), np.asarray(value).dtype)
+          for key, value in clip.items()
+          if key == "video" or key in model.conditioning_keys()}
+  return Experiment(config, source, model, spec)
+
+
+def build_for_shapes(config: ml_collections.ConfigDict,
+                     frame_shape: tuple[int, int, int]) -> Experiment:
+  """An Experiment without a data source, for work that depends on shapes only (benchmarks, the
+  AOT tool, the parameters' layout): the config is validated but not checked against any data.
+  Conditioning inputs get the shapes the model asks for (text: TEXT_TOKENS_FOR_SHAPES tokens)."""
+  validate.validate(config)
+  h, w, _ = frame_shape
+  if h % config.model.patch or w % config.model.patch:
+    fail("model.patch", config.model.patch, f"must divide the frame size {h}x{w}")
+  model = make_model(config)
+  n = config.data.num_frames
+  shapes = {"video": ((n,) + tuple(frame_shape), jnp.float32), "label": ((), jnp.int32),
+            "actions": ((n,), jnp.int32),
+            "text": ((TEXT_TOKENS_FOR_SHAPES, config.model.text_dim), jnp.float32)}
+  spec = {key: jax.ShapeDtypeStruct(*shapes[key])
+          for key in ("video",) + model.conditioning_keys()}
+  return Experiment(config, None, model, spec)
+
+
+def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
+  m = config.model
+  return dit.CausalDiT(
+      patch=m.patch, width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+      num_classes=m.num_classes, num_actions=m.num_actions, text_dim=m.text_dim,
+      attention_impl=m.attention_impl, routing_top_k=m.routing_top_k, prediction=m.prediction,
+      previous_frame_input=m.previous_frame_input, dtype=jnp.dtype(m.dtype))
+
+
+def example_batch(exp: Experiment, batch_size: int | None = None,
+                  sharding: jax.sharding.Sharding | None = None) -> dict:
+  """{name: ShapeDtypeStruct} of a training batch of `batch_size` (default data.batch_size)
+  clips: what pipeline.train_batches gives, after model_inputs."""
+  b = exp.config.data.batch_size if batch_size is None else batch_size
+  return {key: jax.ShapeDtypeStruct((b,) + spec.shape, spec.dtype, sharding=sharding)
+          for key, spec in exp.clip_spec.items()}
+
+
+def random_batch(exp: Experiment, seed: int = 0) -> dict[str, np.ndarray]:
+  """A training batch of random values of example_batch's shapes (for timing: no data read)."""
+  rng = np.random.default_rng(seed)
+  m = exp.config.model
+  high = {"label": m.num_classes, "actions": m.num_actions}
+  batch = {}
+  for key, spec in example_batch(exp).items():
+    if key in high:
+      batch[key] = rng.integers(0, high[key], spec.shape).astype(spec.dtype)
+    else:
+      batch[key] = rng.uniform(-1, 1, spec.shape).astype(spec.dtype)
+  return batch
+
+
+def model_inputs(batch: dict) -> dict:
+  """The entries of a data batch that the train step reads."""
+  return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def logical_params(exp: Experiment, rng: jax.Array):
+  """The parameters, each in an nn.LogicallyPartitioned box that names its axes."""
+  n = exp.config.data.num_frames
+  example = {key: jnp.zeros(spec.shape, spec.dtype)
+             for key, spec in example_batch(exp, batch_size=1).items()}
+  x = example.pop("video")
+  return exp.model.init(rng, x, jnp.zeros((1, n)), frame_pos_f=jnp.arange(n),
+                        mask=masks.BlockCausal(n), previous_bfhwc=x,
+                        **exp.model.conditioning(example))
+
+
+def init_params(exp: Experiment, rng: jax.Array):
+  """The parameters, unboxed."""
+  return nn.meta.unbox(logical_params(exp, rng))
+
+
+def make_loss_fn(exp: Experiment) -> Callable:
+  """`loss_fn(params, batch, rng, step) -> (loss, metrics)` of config.forcing.paradigm."""
+  paradigm_loss = PARADIGMS[exp.config.forcing.paradigm]
+  options = validate.paradigm_options(exp.config)
+
+  def loss_fn(params, batch, rng, step):
+    return paradigm_loss(exp.model, params, batch, rng, step=step, **options)
+
+  return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """The sharded train step of an experiment and what it is built from.
+
+  Attributes:
+    layout: the mesh and the shardings of batches and replicated values.
+    optimizer: the optax optimizer (learning-rate schedule inside).
+    schedule: the learning-rate schedule, step -> rate.
+    init: jitted `rng -> TrainState`, built on the mesh, each device computing its own shards.
+    state_sharding: the TrainState's shardings.
+    step: jitted `(state, batch, rng) -> (state, metrics)`, the state donated.
+  """
+
+  layout: sharding_lib.Layout
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  init: Callable
+  state_sharding: state_lib.TrainState
+  step: Callable
+
+  def abstract_state(self) -> state_lib.TrainState:
+    """The TrainState as ShapeDtypeStructs with their shardings (nothing computed)."""
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return jax.eval_shape(self.init, jax.ShapeDtypeStruct(key.shape, key.dtype,
+                                                          sharding=self.layout.replicated))
+
+
+def make_train_step(exp: Experiment, layout: sharding_lib.Layout | None = None) -> TrainStep:
+  """The train step of `exp` over `layout` (default: config.mesh over this process's devices).
+
+  Raises ConfigError when the mesh does not fit the devices or the batch the mesh.
+  """
+  config = exp.config
+  layout = layout or sharding_lib.Layout.from_config(config.mesh)
+  layout.check_batch_size(config.data.batch_size)
+  optimizer = state_lib.make_optimizer(config)
+  schedule = state_lib.learning_rate_schedule(config)
+  init, state_sharding = state_lib.make_init(lambda rng: logical_params(exp, rng), optimizer,
+                                             layout)
+  step = step_lib.make_train_step(
+      loss_fn=make_loss_fn(exp), optimizer=optimizer, schedule=schedule,
+      ema_decay=config.optim.ema_decay, layout=layout, state_sharding=state_sharding)
+  return TrainStep(layout, optimizer, schedule, init, state_sharding, step)
+
+
+def restore_params(exp: Experiment, workdir: str, use_ema: bool):
+  """The trained (EMA) parameters of the newest checkpoint in WORKDIR/checkpoints, on one device.
+
+  Raises FileNotFoundError when there is none, and the Checkpointer's errors for checkpoints of
+  another model or damaged ones.
+  """
+  config = exp.config
+  optimizer = state_lib.make_optimizer(config)
+  # Whatever mesh trained it, the checkpoint is read whole onto one device of this process.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  like = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(lambda: state_lib.create(init_params(exp, jax.random.key(0)), optimizer)))
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                             keep=config.train.keep_checkpoints)
+  try:
+    state = checkpointer.restore_latest(like)
+  finally:
+    checkpointer.close()
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first"
+                            " (--mode=train or --mode=all)")
+  return state.ema_params if use_ema else state.params
+
+
+def make_sampler(exp: Experiment) -> sampling.Sampler:
+  """The streaming sampler of `exp`: its chunk, the frames it saw in training, its guidance."""
+  c = exp.config
+  window = sampling.window_frames(c.data.num_frames, c.forcing.chunk, c.forcing.history_window)
+  return sampling.Sampler(exp.model, frame_shape=exp.frame_shape, chunk=c.forcing.chunk,
+                          window=window, guidance_scale=c.sample.guidance_scale)

@@ -1,0 +1,238 @@
+"""The training loop, top to bottom: lock, build, restore, step, log, checkpoint.
+
+  state = trainer.train(experiment.build(config), workdir)
+
+Trains on every device of every process; the main process (index 0) holds the workdir's lock
+and writes the logs. The train step, its state and its shardings come from
+experiment.make_train_step; the loop only feeds batches, logs, saves and stops:
+  - after train.num_steps;
+  - on a SIGTERM or a first Ctrl-C, after saving the step it was on (Interrupted);
+  - on a step whose loss, gradient or update is not finite, naming it, before anything of it is
+    saved (FloatingPointError): the newest checkpoint on disk stays the last good one.
+A workdir holds one run (train/workdir.py): its run.json records the config and the data, and a
+command that would continue it as a different run refuses in one line (RunRefused), unless
+`restart_from_weights` starts a new run from its weights.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from videoar import experiment
+from videoar.data import pipeline
+from videoar.forcing import teacher
+from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import metrics_log
+from videoar.train import preemption as preemption_lib
+from videoar.train import state as state_lib
+from videoar.train import workdir as workdir_lib
+
+
+class Interrupted(Exception):
+  """A signal stopped the run after saving its step; the same command resumes it.
+
+  Attributes:
+    signal: the signal (SIGTERM or SIGINT); step: the step saved.
+  """
+
+  def __init__(self, signum: signal.Signals, step: int):
+    self.signal, self.step = signum, step
+    super().__init__(f"{signum.name}: saved step {step}; the same command resumes from it")
+
+
+def data_identity(exp: experiment.Experiment) -> dict:
+  """What the run's data is, beyond its config: a recorded source's sequences and frames, so a
+  folder whose files changed under a run is not resumed as the same run."""
+  config = exp.config
+  identity = {"source": config.data.source,
+              "path": os.path.abspath(config.data.path) if config.data.path else None}
+  if isinstance(exp.source, pipeline.RecordedClips):
+    lengths = exp.source.recording.lengths()
+    identity.update(sequences=len(lengths), frames=int(lengths.sum()))
+  return identity
+
+
+def _check_finite(metrics: dict, step: int, saved: int | None) -> None:
+  """Raises FloatingPointError when metrics["finite"] (train/step.py) is false."""
+  if not bool(metrics["finite"]):
+    kept = f"step {saved}" if saved is not None else "none yet"
+    raise FloatingPointError(
+        f"step {step} is not finite (loss {float(metrics['loss']):.4g}, gradient norm"
+        f" {float(metrics['grad_norm']):.4g}): nothing of it was saved; the newest checkpoint,"
+        f" {kept}, is the last good one")
+
+
+def _routing_frequencies(exp: experiment.Experiment, layout):
+  """Jitted `(params, video) -> [N, N]`: the mean routing frequency over layers (every process
+  computes it, since the arrays span them all)."""
+  c = exp.config
+  return jax.jit(lambda params, video: teacher.routing_frequencies(
+      exp.model, params, video, chunk=c.forcing.chunk,
+      history_window=c.forcing.history_window).mean(axis=0), out_shardings=layout.replicated)
+
+
+def _move_run_aside(workdir: str) -> str:
+  """Moves the finished or abandoned run's checkpoints and logs to WORKDIR/previous/TIME/."""
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  aside = os.path.join(workdir, "previous", stamp)
+  os.makedirs(aside)
+  for name in ("checkpoints", "metrics.jsonl", "tensorboard", workdir_lib.RECORD_NAME):
+    if os.path.exists(os.path.join(workdir, name)):
+      os.rename(os.path.join(workdir, name), os.path.join(aside, name))
+  return aside
+
+
+def train(exp: experiment.Experiment, workdir: str, *,
+          restart_from_weights: bool = False) -> state_lib.TrainState:
+  """Trains `exp` in `workdir` from its newest checkpoint (or from scratch) to train.num_steps.
+
+  With `restart_from_weights`, a workdir's checkpoints start a new run: its parameters and EMA
+  parameters are loaded, the step and the optimizer start afresh, and the old run's checkpoints
+  and logs are moved to WORKDIR/previous/TIME/.
+
+  Returns the final state. Raises Interrupted (after saving) on a SIGTERM or a first SIGINT;
+  FloatingPointError naming a step that is not finite; workdir.WorkdirBusy when another run
+  holds the workdir; workdir.RunRefused when the workdir's run is another one, or has no steps
+  left; checkpoint errors for checkpoints of another model or damaged ones.
+  """
+  config = exp.config
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lib.WorkdirLock(workdir)
+  if is_main:
+    lock.acquire()
+  try:
+    return _train(exp, workdir, is_main, restart_from_weights)
+  finally:
+    lock.release()
+
+
+def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
+           restart_from_weights: bool) -> state_lib.TrainState:
+  config = exp.config
+  train_step = experiment.make_train_step(exp)
+  layout = train_step.layout
+  # Made by every process alike, on the whole mesh: device_put cannot place one process's value
+  # on the devices of others.
+  init_rng, train_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(config.seed))),
+                                out_shardings=layout.replicated)()
+  like = jax.eval_shape(train_step.init, init_rng)
+  if is_main:
+    num_params = sum(x.size for x in jax.tree.leaves(like.params))
+    print(f"CausalDiT with {num_params / 1e6:.2f}M parameters, {config.forcing.paradigm},"
+          f" mesh {dict(layout.mesh.shape)}")
+
+  # --- the run in the workdir: resume it, refuse, or start a new one ---------------------------
+  record = workdir_lib.RunRecord(config.to_dict(), data_identity(exp))
+  recorded = workdir_lib.RunRecord.load(workdir)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.train.keep_checkpoints)
+  newest = max(checkpointer.manager.all_steps(), default=None)
+  try:
+    # Checked before any checkpoint is read: the record says what changed better than the
+    # arrays of a checkpoint that no longer fit.
+    if newest is not None and not restart_from_weights:
+      workdir_lib.check_steps_left(workdir, newest, config.train.num_steps)
+      if recorded is not None:
+        differences = workdir_lib.check_same_run(workdir, recorded, record)
+    resumed = checkpointer.restore_latest_run(like, train_rng)
+  except BaseException:
+    checkpointer.close()
+    raise
+  if resumed is not None and restart_from_weights:
+    checkpointer.close()
+    state = train_step.init(init_rng).replace(params=resumed.state.params,
+                                               ema_params=resumed.state.ema_params)
+    if is_main:
+      aside = _move_run_aside(workdir)
+      print(f"a new run from the weights of step {resumed.data['step']}; the old run is in"
+            f" {aside}")
+    checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.train.keep_checkpoints)
+    resumed, data_start = None, 0
+  elif resumed is None:
+    state, data_start = train_step.init(init_rng), 0
+  else:
+    state, train_rng, data_start = resumed.state, resumed.rng, resumed.data["step"]
+    if is_main:
+      print(workdir_lib.allowed_line(workdir, differences) if recorded is not None else
+            f"resuming {workdir} (it has no run record yet: this run's is written now)")
+      print(f"resumed from step {data_start}")
+  if is_main:
+    record.save(workdir)
+  start = int(state.step)
+  saved = data_start if resumed is not None else None
+
+  # --- the data, the logs, the signals ---------------------------------------------------------
+  processes = jax.process_count()
+  batches = pipeline.train_batches(
+      exp.source, batch_size=config.data.batch_size // processes,
+      num_frames=config.data.num_frames, seed=config.seed, process_index=jax.process_index(),
+      process_count=processes)
+  batch_iter = pipeline.batch_iterator(
+      batches[data_start:data_start + config.train.num_steps - start].map(
+          experiment.model_inputs),
+      prefetch=config.data.prefetch, num_workers=config.data.num_workers)
+  routing_frequencies = _routing_frequencies(exp, layout) if exp.model.routing_top_k else None
+  log = metrics_log.MetricsLog(workdir, is_main=is_main, resume_step=start)
+  preemption = preemption_lib.Preemption()
+  frames_per_step = config.data.batch_size * config.data.num_frames
+  last_time, last_step = time.perf_counter(), start
+  # The bar counts completed steps: after dispatching step s + 1, the loop waits for step s (and
+  # checks that it is finite), so the device always has the next step queued and the bar never
+  # runs ahead of it.
+  progress = tqdm.tqdm(initial=start, total=config.train.num_steps, desc="train", unit="step",
+                       mininterval=2.0, disable=not is_main)
+  pending = None
+
+  def complete(step_metrics, step):
+    jax.block_until_ready(step_metrics)
+    _check_finite(step_metrics, step, saved)
+    progress.update(1)
+
+  # --- the loop --------------------------------------------------------------------------------
+  try:
+    for step in range(start, config.train.num_steps):
+      batch = layout.global_batch(next(batch_iter))
+      state, metrics = train_step.step(state, batch, train_rng)
+      done = step + 1
+      if pending is not None:
+        complete(pending, step)
+      pending = metrics
+      is_last = done == config.train.num_steps
+      preempted = preemption.reached(done)
+      if done % config.train.log_every == 0 or is_last:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(metrics, done, saved)
+        del metrics["finite"]
+        now = time.perf_counter()
+        metrics["steps_per_s"] = (done - last_step) / (now - last_time)
+        metrics["frames_per_s"] = metrics["steps_per_s"] * frames_per_step
+        last_time, last_step = now, done
+        if routing_frequencies:
+          log.routing_histogram(done, np.asarray(routing_frequencies(state.params,
+                                                                     batch["video"])))
+        log.write(done, metrics)
+      if done % config.train.checkpoint_every == 0 or is_last or preempted:
+        _check_finite(jax.device_get(pending), done, saved)
+        checkpointer.save(state, data={"step": done, "seed": config.seed}, rng=train_rng)
+        saved = done
+      if preempted:
+        complete(pending, done)
+        pending = None
+        raise Interrupted(preemption.signal, done)
+    if pending is not None:
+      complete(pending, config.train.num_steps)
+  finally:
+    progress.close()
+    preemption.restore()
+    batch_iter.close()
+    checkpointer.close()
+    log.close()
+  return state
