@@ -1,4 +1,4 @@
-"""The layer order of setup.cfg's import-linter contracts holds, and no module imports in a cycle."""
+"""The layer order of setup.cfg's import-linter contracts holds; no module imports in a cycle."""
 
 import os
 import shutil

@@ -1,5 +1,7 @@
 """Surviving preemption: SIGKILL and resume, SIGTERM, damaged checkpoints, non-finite losses."""
 
+import dataclasses
+import errno
 import json
 import os
 import random
@@ -206,3 +208,44 @@ def test_a_step_that_is_not_finite_stops_naming_it_and_saves_nothing_of_it(
   steps, finite = _restored_steps_and_finite(tmp_path)
   assert steps == kept
   assert finite in (None, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FailingSource:
+  """The bouncing world until clip `fail_from`, then an unreadable file."""
+
+  source: object
+  fail_from: int
+
+  def clip(self, seed, index, num_frames):
+    if index >= self.fail_from:
+      raise OSError(errno.EIO, "Input/output error", "/data/clip.npy")
+    return self.source.clip(seed, index, num_frames)
+
+
+def test_a_data_pipeline_that_fails_keeps_the_last_step_and_says_why(tmp_path):
+  config = bouncing_tiny.get_config("test")
+  config.train.num_steps, config.train.checkpoint_every, config.train.log_every = 6, 100, 1
+  exp = experiment.build(config)
+  # Batches of 4 clips: step 4 reads clips 12..15.
+  exp = dataclasses.replace(exp, source=_FailingSource(exp.source, 12))
+  with pytest.raises(trainer.RunFailed) as error:
+    trainer.train(exp, str(tmp_path))
+  message = str(error.value)
+  assert message.startswith("the data pipeline failed before step 4 (") and "\n" not in message
+  assert message.endswith("); saved step 3; the same command resumes from it")
+  assert _restored_steps_and_finite(tmp_path) == ([3], True)
+
+
+def test_a_save_that_fails_says_so_in_one_line(tmp_path, monkeypatch):
+  config = bouncing_tiny.get_config("test")
+
+  def no_space(self, state, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", no_space)
+  with pytest.raises(trainer.RunFailed) as error:
+    trainer.train(experiment.build(config), str(tmp_path))
+  assert str(error.value) == (
+      f"saving step 2 to {tmp_path}/checkpoints failed (OSError: [Errno 28] No space left on"
+      " device); the newest checkpoint is none")

@@ -141,9 +141,26 @@ def test_cli_main_job_writes_every_output(tmp_path):
   assert os.listdir(tmp_path / "checkpoints")
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
   with open(tmp_path / "eval.json") as f:
-    tables = json.load(f)["tables"]
+    tables = json.load(f, parse_constant=pytest.fail)["tables"]  # strict JSON: no NaN, Infinity
   assert set(tables) >= {"model", "copy_last", "background"}
   assert [row["segment"] for row in tables["model"]] == ["0-7", "8-15", "16-23"]
+  assert tables["truth"][0]["psnr"] is None  # identical frames: infinite PSNR, no figure
+  # Nothing a user would worry about: no traceback, no warning (the progress bar is all).
+  for worry in ("Traceback", "Warning", "warning", "Exception", "Event loop is closed"):
+    assert worry not in result.stderr, result.stderr[-3000:]
+
+
+def test_build_rejects_latents_the_patch_does_not_divide(tmp_path):
+  """12x12 latents with 8x8 patches: one line before building the model, not a reshape error."""
+  rng = np.random.default_rng(0)
+  sequences = [{"video": rng.normal(size=(40, 12, 12, 4)).astype(np.float32)} for _ in range(2)]
+  array_record.write_sequences(str(tmp_path / "data"), sequences)
+  config = tiny_config(**{"data.source": "array_record", "data.path": str(tmp_path / "data"),
+                          "data.options": ml_collections.ConfigDict(dict(eval_fraction=0.5))})
+  with pytest.raises(errors.ConfigError) as error:
+    experiment.build(config)
+  assert str(error.value) == ("config.model.patch=8 is invalid: must divide the frame size 12x12"
+                              " of data.source='array_record'")
 
 
 def test_build_rejects_conditioning_that_the_source_does_not_give():

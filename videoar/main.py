@@ -45,8 +45,8 @@ MODES = ("all", "train", "sample", "evaluate")
 USER_ERRORS = (ConfigError, FileNotFoundError, FloatingPointError, checkpoint_lib.CheckpointError,
                workdir_lib.WorkdirBusy, workdir_lib.RunRefused)
 
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/NAME.py[:VARIANT]).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/NAME.py[:VARIANT]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and eval.")
 flags.DEFINE_enum("mode", "all", MODES, "What to run.")
 flags.DEFINE_bool("verbose", False, "Show INFO logs (orbax logs every checkpoint step at INFO).")
@@ -131,6 +131,9 @@ def main(argv):
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except USER_ERRORS as e:
     _exit_with_error(str(e))
+  except trainer.RunFailed as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   except trainer.Interrupted as e:
     if e.signal == signal.SIGTERM:
       # A planned stop (preemption, a time limit): every process exits 0 after saving, so a

@@ -8,7 +8,9 @@ experiment.make_train_step; the loop only feeds batches, logs, saves and stops:
   - after train.num_steps;
   - on a SIGTERM or a first Ctrl-C, after saving the step it was on (Interrupted);
   - on a step whose loss, gradient or update is not finite, naming it, before anything of it is
-    saved (FloatingPointError): the newest checkpoint on disk stays the last good one.
+    saved (FloatingPointError): the newest checkpoint on disk stays the last good one;
+  - when the data pipeline fails (after saving the last finished step) or a save fails
+    (RunFailed, one line naming the cause).
 A workdir holds one run (train/workdir.py): its run.json records the config and the data, and a
 command that would continue it as a different run refuses in one line (RunRefused), unless
 `restart_from_weights` starts a new run from its weights.
@@ -45,6 +47,16 @@ class Interrupted(Exception):
   def __init__(self, signum: signal.Signals, step: int):
     self.signal, self.step = signum, step
     super().__init__(f"{signum.name}: saved step {step}; the same command resumes from it")
+
+
+class RunFailed(RuntimeError):
+  """A fault outside the step (the data pipeline, writing a checkpoint) stopped the run, after
+  keeping what could be kept; the message is one line naming the cause."""
+
+
+def _cause(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def data_identity(exp: experiment.Experiment) -> dict:
@@ -98,11 +110,11 @@ def train(exp: experiment.Experiment, workdir: str, *,
   and logs are moved to WORKDIR/previous/TIME/.
 
   Returns the final state. Raises Interrupted (after saving) on a SIGTERM or a first SIGINT;
-  FloatingPointError naming a step that is not finite; workdir.WorkdirBusy when another run
-  holds the workdir; workdir.RunRefused when the workdir's run is another one, or has no steps
-  left; checkpoint errors for checkpoints of another model or damaged ones.
+  FloatingPointError naming a step that is not finite; RunFailed when the data pipeline or a
+  save fails (after saving the last finished step where it can); workdir.WorkdirBusy when
+  another run holds the workdir; workdir.RunRefused when the workdir's run is another one, or
+  has no steps left; checkpoint errors for checkpoints of another model or damaged ones.
   """
-  config = exp.config
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir)
@@ -133,15 +145,15 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
   record = workdir_lib.RunRecord(config.to_dict(), data_identity(exp))
   recorded = workdir_lib.RunRecord.load(workdir)
   checkpoints = os.path.join(workdir, "checkpoints")
+  # Checked before any checkpoint is opened: the record says what changed better than the arrays
+  # of a checkpoint that no longer fit.
+  newest = max(checkpoint_lib.finished_steps(checkpoints), default=None)
+  if newest is not None and not restart_from_weights:
+    workdir_lib.check_steps_left(workdir, newest, config.train.num_steps)
+    if recorded is not None:
+      differences = workdir_lib.check_same_run(workdir, recorded, record)
   checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.train.keep_checkpoints)
-  newest = max(checkpointer.manager.all_steps(), default=None)
   try:
-    # Checked before any checkpoint is read: the record says what changed better than the
-    # arrays of a checkpoint that no longer fit.
-    if newest is not None and not restart_from_weights:
-      workdir_lib.check_steps_left(workdir, newest, config.train.num_steps)
-      if recorded is not None:
-        differences = workdir_lib.check_same_run(workdir, recorded, record)
     resumed = checkpointer.restore_latest_run(like, train_rng)
   except BaseException:
     checkpointer.close()
@@ -196,10 +208,27 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
     _check_finite(step_metrics, step, saved)
     progress.update(1)
 
+  def keep(step):
+    """Saves the state after `step` (finished, finite) unless saved; says what is on disk."""
+    nonlocal pending, saved
+    if pending is not None:
+      complete(pending, step)
+      pending = None
+    if step > (saved or 0):
+      checkpointer.save(state, data={"step": step, "seed": config.seed}, rng=train_rng)
+      saved = step
+    return (f"saved step {saved}; the same command resumes from it" if saved
+            else "no step was saved")
+
   # --- the loop --------------------------------------------------------------------------------
   try:
     for step in range(start, config.train.num_steps):
-      batch = layout.global_batch(next(batch_iter))
+      try:
+        local_batch = next(batch_iter)
+      except Exception as e:  # a data worker died, a file became unreadable, ...
+        raise RunFailed(f"the data pipeline failed before step {step + 1} ({_cause(e)});"
+                        f" {keep(step)}") from e
+      batch = layout.global_batch(local_batch)
       state, metrics = train_step.step(state, batch, train_rng)
       done = step + 1
       if pending is not None:
@@ -221,7 +250,11 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
         log.write(done, metrics)
       if done % config.train.checkpoint_every == 0 or is_last or preempted:
         _check_finite(jax.device_get(pending), done, saved)
-        checkpointer.save(state, data={"step": done, "seed": config.seed}, rng=train_rng)
+        try:
+          checkpointer.save(state, data={"step": done, "seed": config.seed}, rng=train_rng)
+        except Exception as e:
+          raise RunFailed(f"saving step {done} to {checkpoints} failed ({_cause(e)}); the newest"
+                          f" checkpoint is {f'step {saved}' if saved else 'none'}") from e
         saved = done
       if preempted:
         complete(pending, done)
@@ -233,6 +266,10 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
     progress.close()
     preemption.restore()
     batch_iter.close()
-    checkpointer.close()
     log.close()
+    try:
+      checkpointer.close()  # waits for the last asynchronous save to be written
+    except Exception as e:
+      raise RunFailed(f"writing a checkpoint to {checkpoints} failed ({_cause(e)}); the same"
+                      " command resumes from the newest complete one") from e
   return state

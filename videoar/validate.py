@@ -113,8 +113,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("data.num_frames", "data.batch_size", "data.num_workers", "model.patch",
               "model.width", "model.depth", "model.num_heads", "forcing.chunk",
               "forcing.resample_steps", "train.num_steps", "train.log_every",
-              "train.checkpoint_every", "train.keep_checkpoints", "sample.num_steps", "sample.num_videos",
-              "sample.length_multiple", "eval.num_clips", "eval.segment_len"):
+              "train.checkpoint_every", "train.keep_checkpoints", "sample.num_steps",
+              "sample.num_videos", "sample.length_multiple", "eval.num_clips",
+              "eval.segment_len"):
     _positive(config, key)
   for key in list(CONDITIONING_SIZES.values()) + ["model.routing_top_k",
                                                   "forcing.history_window",

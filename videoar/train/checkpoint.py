@@ -213,6 +213,15 @@ class Checkpointer:
     self._metadata_reader.close()
 
 
+def finished_steps(directory: str) -> list[int]:
+  """The steps of the finished checkpoints in `directory`, without opening orbax: a finished
+  step is a directory named by its number (orbax writes into a temporary name, then renames)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
 def _abstract(tree):
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
