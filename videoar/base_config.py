@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 100
   config.optim.weight_decay = 0.01
   config.optim.grad_clip = 1.0
+  config.optim.b1 = 0.9
   config.optim.b2 = 0.99
   config.optim.ema_decay = 0.995
 

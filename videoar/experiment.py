@@ -207,7 +207,8 @@ def make_train_step(exp: Experiment, layout: sharding_lib.Layout | None = None) 
   layout.check_batch_size(config.data.batch_size)
   optimizer = state_lib.make_optimizer(config)
   schedule = state_lib.learning_rate_schedule(config)
-  init, state_sharding = state_lib.make_init(lambda rng: logical_params(exp, rng), optimizer,
+  init, state_sharding = state_lib.make_init(lambda rng: logical_params(exp, rng),
+                                             lambda params: state_lib.create(params, optimizer),
                                              layout)
   step = step_lib.make_train_step(
       loss_fn=make_loss_fn(exp), optimizer=optimizer, schedule=schedule,

@@ -166,7 +166,7 @@ def _check_optimizer(optim: ml_collections.ConfigDict) -> None:
     fail("optim.weight_decay", optim.weight_decay, "must be >= 0")
   if not optim.grad_clip > 0:
     fail("optim.grad_clip", optim.grad_clip, "must be > 0")
-  for key in ("b2", "ema_decay"):
+  for key in ("b1", "b2", "ema_decay"):
     if not 0.0 <= optim[key] < 1.0:
       fail(f"optim.{key}", optim[key], "must be in [0, 1)")
 
