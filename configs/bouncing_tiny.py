@@ -10,7 +10,8 @@ Measured on 2 CPU cores (see docs/results.md for the table): the whole job (600 
 then evaluation) took 4 min 14 s wall on 2026-12-01 (4 min 49 s before); in the first segment after
 the context the model beats copying the last frame on object position error (4.68 against 6.34
 px) and loses to it later, as objects blur and fade (docs/results.md has the table; the objects
-keep their colour and move, but shapes soften and about 0.6 of 2 objects a frame are lost in the first segment, 1.6 by the third).
+keep their colour and move, but shapes soften and about 0.6 of 2 objects a frame are lost in the
+first segment, 1.6 by the third).
 
 Variants (`--config=configs/bouncing_tiny.py:VARIANT`):
   test   a few steps of a tiny model, for the test suite and smoke runs.
