@@ -59,6 +59,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.forcing.resample_shift = 0.6
   config.forcing.resample_steps = 3
   config.forcing.warmup_steps = 0
+  # Self Forcing (configs/bouncing_sf.py explains each): the few-step list, the score networks,
+  # the critic, and the stages it starts from.
+  config.forcing.num_steps = 4
+  config.forcing.warp_shift = 5.0
+  config.forcing.real_guidance = 3.0
+  config.forcing.score_shift = 5.0
+  config.forcing.score_clamp = (0.02, 0.98)
+  config.forcing.loss = "dmd"
+  config.forcing.critic_learning_rate = 2e-4
+  config.forcing.critic_updates = 5
+  config.forcing.teacher_workdir = ml_collections.config_dict.placeholder(str)
+  config.forcing.generator_workdir = ml_collections.config_dict.placeholder(str)
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-3
@@ -76,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 2
 
   config.sample = ml_collections.ConfigDict()
+  config.sample.solver = "euler"  # or "few_step": x0 re-noised between steps (Self Forcing)
   config.sample.num_steps = 20
   config.sample.time_shift = 3.0
   config.sample.guidance_scale = 1.0

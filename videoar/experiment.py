@@ -28,14 +28,16 @@ from videoar import sampling, validate
 from videoar.attention import masks
 from videoar.data import pipeline
 from videoar.errors import ConfigError, fail
-from videoar.forcing import PARADIGMS
+from videoar.forcing import PARADIGMS, self_forcing
 from videoar.models import dit
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import sharding as sharding_lib
 from videoar.train import state as state_lib
 from videoar.train import step as step_lib
 
-MODEL_INPUTS = ("video",) + tuple(dit.CONDITIONING_INPUTS)
+# What a train step reads of a batch: the clips, their conditioning, and ODE-regression's stored
+# teacher trajectories.
+MODEL_INPUTS = ("video",) + tuple(dit.CONDITIONING_INPUTS) + ("ode_states",)
 # Text length of a shapes-only experiment: parameter shapes do not depend on it.
 TEXT_TOKENS_FOR_SHAPES = 8
 
@@ -81,9 +83,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     raise ConfigError(f"config.data: {e}") from e
   validate.validate_source(config, source, clip)
   model = make_model(config)
+  read = {"video", "ode_states"} | set(model.conditioning_keys())
   spec = {key: jax.ShapeDtypeStruct(np.shape(value), np.asarray(value).dtype)
-          for key, value in clip.items()
-          if key == "video" or key in model.conditioning_keys()}
+          for key, value in clip.items() if key in read}
   return Experiment(config, source, model, spec)
 
 
@@ -176,11 +178,14 @@ class TrainStep:
 
   Attributes:
     layout: the mesh and the shardings of batches and replicated values.
-    optimizer: the optax optimizer (learning-rate schedule inside).
+    optimizer: the optax optimizer (learning-rate schedule inside); the generator's for a
+      generator/critic method.
     schedule: the learning-rate schedule, step -> rate.
     init: jitted `rng -> TrainState`, built on the mesh, each device computing its own shards.
     state_sharding: the TrainState's shardings.
     step: jitted `(state, batch, rng) -> (state, metrics)`, the state donated.
+    start: `rng -> TrainState` of a new run: init, and for Self Forcing the weights of the
+      stages before it (forcing.teacher_workdir, forcing.generator_workdir).
   """
 
   layout: sharding_lib.Layout
@@ -189,6 +194,7 @@ class TrainStep:
   init: Callable
   state_sharding: state_lib.TrainState
   step: Callable
+  start: Callable
 
   def abstract_state(self) -> state_lib.TrainState:
     """The TrainState as ShapeDtypeStructs with their shardings (nothing computed)."""
@@ -198,13 +204,17 @@ class TrainStep:
 
 
 def make_train_step(exp: Experiment, layout: sharding_lib.Layout | None = None) -> TrainStep:
-  """The train step of `exp` over `layout` (default: config.mesh over this process's devices).
+  """The train step of `exp` over `layout` (default: config.mesh over this process's devices):
+  one network and its loss (config.forcing.paradigm in PARADIGMS), or Self Forcing's generator
+  against its critic.
 
   Raises ConfigError when the mesh does not fit the devices or the batch the mesh.
   """
   config = exp.config
   layout = layout or sharding_lib.Layout.from_config(config.mesh)
   layout.check_batch_size(config.data.batch_size)
+  if config.forcing.paradigm == "self_forcing":
+    return _generator_critic_train_step(exp, layout)
   optimizer = state_lib.make_optimizer(config)
   schedule = state_lib.learning_rate_schedule(config)
   init, state_sharding = state_lib.make_init(lambda rng: logical_params(exp, rng),
@@ -213,22 +223,90 @@ def make_train_step(exp: Experiment, layout: sharding_lib.Layout | None = None) 
   step = step_lib.make_train_step(
       loss_fn=make_loss_fn(exp), optimizer=optimizer, schedule=schedule,
       ema_decay=config.optim.ema_decay, layout=layout, state_sharding=state_sharding)
-  return TrainStep(layout, optimizer, schedule, init, state_sharding, step)
+  return TrainStep(layout, optimizer, schedule, init, state_sharding, step, start=init)
 
 
-def restore_params(exp: Experiment, workdir: str, use_ema: bool):
-  """The trained (EMA) parameters of the newest checkpoint in WORKDIR/checkpoints, on one device.
+def self_forcing_options(exp: Experiment) -> self_forcing.Options:
+  """Self Forcing's settings from config.forcing, for the experiment's clip."""
+  f = exp.config.forcing
+  return self_forcing.Options(
+      num_frames=exp.config.data.num_frames, frame_shape=exp.frame_shape, chunk=f.chunk,
+      num_steps=f.num_steps, warp_shift=f.warp_shift, real_guidance=f.real_guidance,
+      score_shift=f.score_shift, score_clamp=tuple(f.score_clamp), loss=f.loss)
+
+
+def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -> TrainStep:
+  """Self Forcing: the causal few-step generator, its critic and the frozen teacher share the
+  model's architecture (config.model); one step is one generator update and
+  forcing.critic_updates critic updates (step_lib.generator_critic_step)."""
+  config, f = exp.config, exp.config.forcing
+  model, options = exp.model, self_forcing_options(exp)
+  generator_optimizer = state_lib.make_optimizer(config)
+  critic_optimizer = state_lib.make_optimizer(config, peak=f.critic_learning_rate)
+  schedule = state_lib.learning_rate_schedule(config)
+
+  def logical_networks(rng):
+    generator, critic, teacher = (logical_params(exp, key) for key in jax.random.split(rng, 3))
+    return {"generator": generator, "critic": critic, "teacher": teacher}
+
+  init, state_sharding = state_lib.make_init(
+      logical_networks, lambda params: state_lib.create_generator_critic(
+          params, generator_optimizer, critic_optimizer), layout)
+
+  def generator_loss(generator, critic, teacher, batch, rng):
+    return self_forcing.generator_loss(model, generator, model, teacher, model, critic, batch,
+                                       rng, options)
+
+  def critic_loss(critic, generator, batch, rng):
+    return self_forcing.critic_loss(model, generator, model, critic, batch, rng, options)
+
+  step = step_lib.make_train_step(
+      step_fn=step_lib.generator_critic_step, generator_loss=generator_loss,
+      critic_loss=critic_loss, generator_optimizer=generator_optimizer,
+      critic_optimizer=critic_optimizer, critic_updates=f.critic_updates, schedule=schedule,
+      ema_decay=config.optim.ema_decay, layout=layout, state_sharding=state_sharding)
+
+  def start(rng):
+    """The teacher's weights for the teacher and the critic (spec 2.1), the ODE-initialised
+    student's for the generator and its EMA; optimizers from scratch."""
+    state = init(rng)
+    teacher = restore_params(exp, f.teacher_workdir, use_ema=True, single_network=True)
+    generator = restore_params(exp, f.generator_workdir, use_ema=True, single_network=True)
+    # Each network gets buffers of its own: the step donates them all.
+    place = lambda tree, sharding: jax.tree.map(jnp.copy, jax.device_put(tree, sharding))
+    shardings = state_sharding.params
+    params = {"generator": place(generator, shardings["generator"]),
+              "critic": place(teacher, shardings["critic"]),
+              "teacher": place(teacher, shardings["teacher"])}
+    return state.replace(params=params, ema_params={"generator": place(
+        generator, state_sharding.ema_params["generator"])})
+
+  return TrainStep(layout, generator_optimizer, schedule, init, state_sharding, step, start)
+
+
+def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network: bool = False):
+  """The trained (EMA) parameters of the newest checkpoint in WORKDIR/checkpoints, on one device:
+  the model's, or for a Self Forcing run the generator's. `single_network` reads a run of one
+  network of the same model (a Self Forcing stage before the last) whatever exp's paradigm.
 
   Raises FileNotFoundError when there is none, and the Checkpointer's errors for checkpoints of
   another model or damaged ones.
   """
   config = exp.config
+  generator_critic = config.forcing.paradigm == "self_forcing" and not single_network
   optimizer = state_lib.make_optimizer(config)
+
+  def create():
+    params = init_params(exp, jax.random.key(0))
+    if generator_critic:
+      return state_lib.create_generator_critic(
+          {"generator": params, "critic": params, "teacher": params}, optimizer, optimizer)
+    return state_lib.create(params, optimizer)
+
   # Whatever mesh trained it, the checkpoint is read whole onto one device of this process.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  like = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      jax.eval_shape(lambda: state_lib.create(init_params(exp, jax.random.key(0)), optimizer)))
+  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                      jax.eval_shape(create))
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                              keep=config.train.keep_checkpoints)
   try:
@@ -238,7 +316,8 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool):
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first"
                             " (--mode=train or --mode=all)")
-  return state.ema_params if use_ema else state.params
+  params = state.ema_params if use_ema else state.params
+  return params["generator"] if generator_critic else params
 
 
 def make_sampler(exp: Experiment) -> sampling.Sampler:
@@ -246,4 +325,5 @@ def make_sampler(exp: Experiment) -> sampling.Sampler:
   c = exp.config
   window = sampling.window_frames(c.data.num_frames, c.forcing.chunk, c.forcing.history_window)
   return sampling.Sampler(exp.model, frame_shape=exp.frame_shape, chunk=c.forcing.chunk,
-                          window=window, guidance_scale=c.sample.guidance_scale)
+                          window=window, guidance_scale=c.sample.guidance_scale,
+                          solver=c.sample.solver)

@@ -145,8 +145,12 @@ def main(argv):
     sys.exit(128 + e.signal)  # the shell's status for "ended by this signal"
   except KeyboardInterrupt:
     print(f"stopped at once by SIGINT; the same command resumes from the newest checkpoint in"
-          f" {FLAGS.workdir}", file=sys.stderr)
-    sys.exit(128 + signal.SIGINT)
+          f" {FLAGS.workdir}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # At once: a save the first Ctrl-C started may still be writing on orbax's threads, which an
+    # orderly exit would wait for and then fill with tracebacks. Its unfinished temporary
+    # directory is not a checkpoint; the next run removes it.
+    os._exit(128 + signal.SIGINT)
   if jax.process_index() == 0:
     print(f"videoar {FLAGS.mode} finished in {time.perf_counter() - start:.0f} s; outputs in"
           f" {FLAGS.workdir}")

@@ -7,9 +7,17 @@ keys and values into the cache. The cache is a ring buffer of `window - chunk` f
 model never sees more history, nor larger positions, than in training; generation can go on past
 the training length.
 
-`rollout` scans this chunk step over a whole video (used by evaluation and by Resampling
-Forcing's self-resampling); `stream` calls the same jitted chunk step from the host and yields
-each chunk as soon as it is done.
+Two solvers integrate a chunk over a time grid t_0 = 1 > ... > t_K = 0:
+- "euler": Euler steps along the model's velocity;
+- "few_step" (Self Forcing, spec 1.4-1.7): for k < K, predict x0 at t_k, then re-noise it to
+  t_{k+1} with fresh noise, x = (1 - t_{k+1}) x0 + t_{k+1} xi_k; the chunk is the last x0
+  prediction. The same loop is Self Forcing's training rollout: it can stop at an exit step
+  s < K (the prediction at t_s is then the chunk), and only that prediction carries gradient;
+  the earlier steps, the cache and the t = 0 rewrite are constants.
+
+`rollout` scans this chunk step over a whole video (used by evaluation, by Resampling Forcing's
+self-resampling and by Self Forcing's training rollout); `stream` calls the same jitted chunk step
+from the host and yields each chunk as soon as it is done.
 """
 
 from __future__ import annotations
@@ -25,6 +33,16 @@ from videoar.attention import masks
 from videoar.diffusion import flow
 from videoar.models import dit
 from videoar.models import kv_cache as kv_cache_lib
+
+
+SOLVERS = ("euler", "few_step")
+
+
+def data_prediction(model: dit.CausalDiT, velocity, x_t, t_bf):
+  """The clean frames x0 [B, F, H, W, C] that `model`'s velocity at (x_t, t_bf [B, F]) stands
+  for (a "residual" model outputs data, relative to the previous frame)."""
+  prediction = "data" if model.prediction == "residual" else model.prediction
+  return flow.data_from_velocity(prediction, velocity, x_t, t_bf)
 
 
 def window_frames(num_frames: int, chunk: int, history_window: int = 0) -> int:
@@ -45,12 +63,19 @@ class Sampler:
     window: frames the model saw in training; the cache holds `window - chunk` of them.
     guidance_scale: classifier-free guidance on the model's conditioning: class label, actions,
       text (1 = off).
+    solver: "euler" or "few_step" (module docstring). The few-step solver draws its re-noising
+      from an explicit key: xi_k of chunk i of a rollout is normal(fold_in(fold_in(rng, i), k)).
+
+  Raises ValueError for a window that is not whole chunks or an unknown solver.
   """
 
   def __init__(self, model: dit.CausalDiT, *, frame_shape: tuple[int, int, int], chunk: int,
-               window: int, guidance_scale: float = 1.0):
+               window: int, guidance_scale: float = 1.0, solver: str = "euler"):
     if window % chunk:
       raise ValueError(f"sampler window={window} must be a multiple of chunk={chunk}")
+    if solver not in SOLVERS:
+      raise ValueError(f"sampler solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
+    self.solver = solver
     self.model = model
     self.frame_shape = tuple(frame_shape)
     self.chunk = chunk
@@ -99,6 +124,11 @@ class Sampler:
     v_cond, v_null = jnp.split(v, 2)
     return v_null + self.guidance_scale * (v_cond - v_null)
 
+  def data_prediction(self, params, cache, x_bchwc, t_bc, cond=None):
+    """The model's (guided) x0 prediction of a chunk over the cache."""
+    v = self.velocity(params, cache, x_bchwc, t_bc, cond)
+    return data_prediction(self.model, v, x_bchwc, t_bc)
+
   def denoise_chunk(self, params, cache, x_start_bchwc, times_bs, cond=None):
     """Euler integration of one chunk over per-video time grids times_bs [B, steps + 1].
 
@@ -124,9 +154,47 @@ class Sampler:
       x0_bchwc = jnp.concatenate([x0_bchwc, x0_bchwc])
     return kv_cache_lib.write(cache, k, v, x0_bchwc)
 
-  def chunk_step(self, params, cache, x_start_bchwc, times_bs, cond=None):
-    x0 = self.denoise_chunk(params, cache, x_start_bchwc, times_bs, cond)
-    return x0, self.write_chunk(params, cache, x0, cond)
+  def few_step_chunk(self, params, cache, x_start_bchwc, times_bs, rng, exit_step, cond=None):
+    """The few-step solver on one chunk up to `exit_step` s (spec 1.4-1.6): returns the x0
+    prediction at t_s [B, c, H, W, C], the only model call that carries gradient.
+
+    times_bs [B, K + 1]; rng: this chunk's key, xi_k = normal(fold_in(rng, k)); exit_step: an int
+    (a traced one runs the steps before it in a while loop) in [0, K - 1]. The steps before the
+    exit run on frozen parameters, and the cache and the start are taken as constants: the exit
+    input x_{t_s} is then a constant too (spec 1.5), and the loop has nothing to differentiate.
+    """
+    b, c = x_start_bchwc.shape[:2]
+    frozen, cache = jax.lax.stop_gradient((params, cache))
+    times = lambda k: jnp.broadcast_to(times_bs[:, k, None], (b, c))
+
+    def step(k, x):
+      x0 = self.data_prediction(frozen, cache, x, times(k), cond)
+      xi = jax.random.normal(jax.random.fold_in(rng, k), x.shape, x.dtype)
+      return flow.interpolate(x0, xi, times(k + 1))
+
+    x = jax.lax.fori_loop(0, exit_step, step, jax.lax.stop_gradient(x_start_bchwc))
+    return self.data_prediction(params, cache, x, times(exit_step), cond)
+
+  def chunk_step(self, params, cache, x_start_bchwc, times_bs, cond=None, rng=None,
+                 exit_step=None):
+    """One chunk from its start over times_bs [B, steps + 1]; returns (x0, cache with it).
+
+    The few-step solver needs `rng` (this chunk's key) and stops at `exit_step` (default: the
+    last step, times_bs.shape[1] - 2); its cache is rewritten from the detached x0 with frozen
+    parameters, so no gradient crosses chunks (spec 1.7). Raises ValueError for `rng` or
+    `exit_step` given to the Euler solver, or the few-step one without `rng`."""
+    if self.solver == "euler":
+      if rng is not None or exit_step is not None:
+        raise ValueError("the euler solver takes no rng or exit_step; they are few_step's")
+      x0 = self.denoise_chunk(params, cache, x_start_bchwc, times_bs, cond)
+      return x0, self.write_chunk(params, cache, x0, cond)
+    if rng is None:
+      raise ValueError("the few_step solver needs an rng for its re-noising")
+    if exit_step is None:
+      exit_step = times_bs.shape[1] - 2
+    x0 = self.few_step_chunk(params, cache, x_start_bchwc, times_bs, rng, exit_step, cond)
+    frozen, x0_detached = jax.lax.stop_gradient((params, x0))
+    return x0, self.write_chunk(frozen, jax.lax.stop_gradient(cache), x0_detached, cond)
 
   # --- whole videos ----------------------------------------------------------------------------
 
@@ -162,16 +230,26 @@ class Sampler:
     cache, _ = jax.lax.scan(body, cache, (self._chunks(context_bfhwc), per_frame))
     return cache
 
-  def rollout(self, params, cache, x_start_bfhwc, times_bs, cond=None):
-    """Generates len(x_start) frames after what the cache holds; returns (frames, cache)."""
+  def rollout(self, params, cache, x_start_bfhwc, times_bs, cond=None, rng=None,
+              exit_step=None):
+    """Generates len(x_start) frames after what the cache holds; returns (frames, cache).
+
+    Few-step solver: chunk i (counted from this call's first) re-noises with key
+    fold_in(rng, i), and every chunk stops at the same `exit_step` (chunk_step)."""
     per_video, per_frame = self._per_frame(cond or {})
+    starts = self._chunks(x_start_bfhwc)
+    chunk_rngs = None
+    if rng is not None:
+      chunk_rngs = jax.vmap(functools.partial(jax.random.fold_in, rng))(
+          jnp.arange(starts.shape[0]))
 
     def body(cache, xs):
-      x_start, chunk_cond = xs
-      x0, cache = self.chunk_step(params, cache, x_start, times_bs, per_video | chunk_cond)
+      x_start, chunk_cond, chunk_rng = xs
+      x0, cache = self.chunk_step(params, cache, x_start, times_bs, per_video | chunk_cond,
+                                  chunk_rng, exit_step)
       return cache, x0
 
-    cache, frames = jax.lax.scan(body, cache, (self._chunks(x_start_bfhwc), per_frame))
+    cache, frames = jax.lax.scan(body, cache, (starts, per_frame, chunk_rngs))
     return self._unchunk(frames), cache
 
   def _start(self, prefill, params, batch, num_steps, time_shift, context_bfhwc, cond):
@@ -190,20 +268,27 @@ class Sampler:
     """Generates `num_frames` frames from noise after an optional clean context.
 
     `cond`: the model's conditioning arguments (CausalDiT.conditioning); per-frame ones
-    (actions) cover context and generated frames."""
+    (actions) cover context and generated frames. The start noise is normal(rng); the few-step
+    solver runs all `num_steps` steps and re-noises with fold_in(rng, 1) as rollout's key."""
     cond = cond or {}
     batch = _batch_size(context_bfhwc, cond, 1)
     cache, num_context, times = self._start(self.prefill, params, batch, num_steps, time_shift,
                                             context_bfhwc, cond)
     noise = jax.random.normal(rng, (batch, num_frames) + self.frame_shape)
     frames, _ = self.rollout(params, cache, noise, times,
-                             _frames(cond, num_context, num_context + num_frames))
+                             _frames(cond, num_context, num_context + num_frames),
+                             self._renoise_rng(rng))
     return frames
+
+  def _renoise_rng(self, rng):
+    """The few-step solver's re-noising key next to start noise drawn from `rng`."""
+    return jax.random.fold_in(rng, 1) if self.solver == "few_step" else None
 
   def stream(self, params, rng, num_frames: int, num_steps: int, time_shift: float,
              context_bfhwc=None, cond=None, batch: int = 1) -> Iterator[np.ndarray]:
     """An iterator over the chunks [B, chunk, H, W, C], each as soon as it is generated; one
-    compiled chunk step.
+    compiled chunk step. Chunk i starts from normal(key_i) (key_i split from `rng` in turn) and
+    the few-step solver re-noises it with fold_in(key_i, 1).
 
     Raises ValueError, on the call and before compiling, unless `num_frames` is a multiple of
     the chunk (as generate does)."""
@@ -222,7 +307,8 @@ class Sampler:
       noise = jax.random.normal(noise_rng, (batch, self.chunk) + self.frame_shape)
       start = num_context + i * self.chunk
       x0, cache = self._jit_chunk_step(params, cache, noise, times,
-                                       _frames(cond, start, start + self.chunk))
+                                       _frames(cond, start, start + self.chunk),
+                                       self._renoise_rng(noise_rng))
       yield np.asarray(x0)
 
 

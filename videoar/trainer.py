@@ -169,7 +169,7 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
     checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.train.keep_checkpoints)
     resumed, data_start = None, 0
   elif resumed is None:
-    state, data_start = train_step.init(init_rng), 0
+    state, data_start = train_step.start(init_rng), 0
   else:
     state, train_rng, data_start = resumed.state, resumed.rng, resumed.data["step"]
     if is_main:

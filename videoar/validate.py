@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 
 import ml_collections
 
-from videoar import base_config
+from videoar import base_config, sampling
 from videoar.attention import ops
 from videoar.data import pipeline
 from videoar.errors import ConfigError, fail
-from videoar.forcing import PARADIGMS, resampling
+from videoar.forcing import PARADIGMS, resampling, self_forcing
 from videoar.models import dit
 
 DTYPES = ("float32", "bfloat16")
@@ -29,6 +30,13 @@ CONDITIONING_SIZES = {"label": "model.num_classes", "actions": "model.num_action
                       "text": "model.text_dim"}
 # The keys every paradigm's loss_fn gets from the trainer rather than from config.forcing.
 _LOSS_ARGUMENTS = frozenset({"model", "params", "batch", "rng", "step"})
+# Self Forcing trains a generator against a critic (experiment.py): its config.forcing keys are
+# self_forcing.Options' and those of its critic and of the stages it starts from.
+SELF_FORCING = "self_forcing"
+_SELF_FORCING_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(self_forcing.Options)} - {"num_frames", "frame_shape"}
+    | {"critic_learning_rate", "critic_updates", "teacher_workdir", "generator_workdir"})
+METHODS = tuple(PARADIGMS) + (SELF_FORCING,)
 
 
 def _keys(tree: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
@@ -58,8 +66,12 @@ def _positive(config, key: str):
 
 
 def paradigm_options(config: ml_collections.ConfigDict) -> dict:
-  """The config.forcing values that the chosen paradigm's loss_fn takes."""
-  accepted = set(inspect.signature(PARADIGMS[config.forcing.paradigm]).parameters)
+  """The config.forcing values that the chosen paradigm reads (its loss_fn's keyword arguments;
+  Self Forcing's keys)."""
+  if config.forcing.paradigm == SELF_FORCING:
+    accepted = _SELF_FORCING_KEYS
+  else:
+    accepted = set(inspect.signature(PARADIGMS[config.forcing.paradigm]).parameters)
   return {key: value for key, value in config.forcing.items()
           if key in accepted - _LOSS_ARGUMENTS}
 
@@ -86,8 +98,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError, one line naming the first bad key, for a config that cannot run."""
   if config.data.source not in pipeline.SOURCES:
     fail("data.source", config.data.source, f"allowed: {', '.join(pipeline.SOURCES)}")
-  if config.forcing.paradigm not in PARADIGMS:
-    fail("forcing.paradigm", config.forcing.paradigm, f"allowed: {', '.join(PARADIGMS)}")
+  if config.forcing.paradigm not in METHODS:
+    fail("forcing.paradigm", config.forcing.paradigm, f"allowed: {', '.join(METHODS)}")
   _check_keys(config)
   if config.data.source in pipeline.RECORDINGS and not config.data.path:
     fail("data.path", config.data.path,
@@ -125,7 +137,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(key, value, "must be an integer >= 0 (0 turns it off)")
 
   if config.model.previous_frame_input and config.forcing.paradigm in (
-      "diffusion_forcing", "bidirectional"):
+      "diffusion_forcing", "bidirectional", "ode_regression"):
     fail("model.previous_frame_input", True,
          f"needs a clean previous frame, which {config.forcing.paradigm} does not train with")
   if config.model.routing_top_k and config.forcing.paradigm == "bidirectional":
@@ -151,6 +163,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.forcing.time_shift <= 0:
     fail("forcing.time_shift", config.forcing.time_shift, "must be > 0")
   _check_optimizer(config.optim)
+  if config.sample.solver not in sampling.SOLVERS:
+    fail("sample.solver", config.sample.solver, f"allowed: {', '.join(sampling.SOLVERS)}")
+  if config.forcing.paradigm == SELF_FORCING:
+    _check_self_forcing(config)
   if config.forcing.paradigm == "bidirectional" and chunk != config.data.num_frames:
     fail("forcing.chunk", chunk,
          "a bidirectional model generates the whole clip at once: set it to data.num_frames")
@@ -169,6 +185,28 @@ def _check_optimizer(optim: ml_collections.ConfigDict) -> None:
   for key in ("b1", "b2", "ema_decay"):
     if not 0.0 <= optim[key] < 1.0:
       fail(f"optim.{key}", optim[key], "must be in [0, 1)")
+
+
+def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
+  """The stages Self Forcing starts from exist, and its models can be one architecture."""
+  f = config.forcing
+  for key in ("teacher_workdir", "generator_workdir"):
+    workdir = f[key]
+    if not workdir or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+      fail(f"forcing.{key}", workdir, "must be the workdir of a trained stage (it has no"
+           " checkpoints/): run the stages of configs/bouncing_sf.py in order")
+  if config.model.previous_frame_input:
+    fail("model.previous_frame_input", True, "the bidirectional teacher and critic share the"
+         " generator's architecture and read no previous frame: set it to False")
+  if f.loss not in self_forcing.LOSSES:
+    fail("forcing.loss", f.loss, f"allowed: {', '.join(self_forcing.LOSSES)}")
+  if not f.critic_learning_rate > 0:
+    fail("forcing.critic_learning_rate", f.critic_learning_rate, "must be > 0")
+  _positive(config, "forcing.critic_updates")
+  _positive(config, "forcing.num_steps")
+  low, high = f.score_clamp
+  if not 0.0 <= low < high <= 1.0:
+    fail("forcing.score_clamp", f.score_clamp, "must be (low, high) with 0 <= low < high <= 1")
 
 
 def source_options(config: ml_collections.ConfigDict) -> dict:
@@ -206,6 +244,10 @@ def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSour
     if entry == "text" and clip["text"].shape[-1] != size:
       fail(key, size, f"data.source={config.data.source!r} gives text embeddings of shape"
            f" {clip['text'].shape}")
+  if config.forcing.paradigm == "ode_regression":
+    # Its data are the teacher's ODE pairs, whole clips with nothing held out; its student is
+    # sampled and evaluated on the world (configs/bouncing_sf.py's "ode,world").
+    return
   held_out_frames = (config.sample.context_frames
                      + config.sample.length_multiple * config.data.num_frames)
   try:

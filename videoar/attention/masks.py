@@ -17,6 +17,15 @@ Layouts:
                          noisy frames of its own chunk, never another chunk's noisy frames.
   Full(n)                every frame sees every frame (bidirectional teacher, cached sampling).
   SlidingWindow(n, w, s) block-causal restricted to the last w chunks, plus the first s sink frames.
+
+History window and sink (spec §6): BlockCausal and TeacherForcing take `window` (> 0: a frame's
+history is limited to the `window` chunks before its own) and `sink` (with a window: the first
+`sink` frames stay in every later frame's history). That is what the sampler's rolling KV cache
+of `sink + window * chunk` frames shows each chunk (models/kv_cache.py), so a model trained under
+it has seen every view sampling gives it, past the training length too. The extrapolation trick
+(spec §6.2-6.3) on N-frame clips is window = (N - sink) / chunk - 2: a chunk sees at most
+N - chunk frames, its own included, so only the last chunk loses anything, the chunk right after
+the sink (chunk 0 without a sink); every chunk sampled past N sees what that last chunk sees.
 """
 
 from __future__ import annotations
@@ -60,18 +69,49 @@ def _same_chunk(num_frames: int, chunk: int) -> np.ndarray:
   return c[:, None] == c[None, :]
 
 
+def _check_history(window: int, sink: int, chunk: int) -> None:
+  if window < 0:
+    raise ValueError(f"window={window} must be >= 0 (0: unlimited)")
+  if sink < 0 or sink % chunk:
+    raise ValueError(f"sink={sink} must be >= 0 and a multiple of chunk={chunk}: the cache keeps"
+                     " or evicts whole chunks")
+  if sink and not window:
+    raise ValueError(f"sink={sink} needs a window > 0: unlimited history already sees the first"
+                     " frames")
+
+
+def _within_reach(num_frames: int, chunk: int, window: int, sink: int) -> np.ndarray:
+  """[F, F] bool, causality aside: key frame j lies in the `window` chunks before query frame i's
+  own (any chunk when window = 0), in i's own chunk or later, or among the first `sink` frames."""
+  if not window:
+    return np.ones((num_frames, num_frames), bool)
+  c = _chunk_ids(num_frames, chunk)
+  return (c[:, None] - c[None, :] <= window) | (np.arange(num_frames)[None, :] < sink)
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockCausal(MaskSpec):
+  """`window` > 0 limits every frame's history to the `window` chunks before its own, plus the
+  first `sink` frames (module docstring); BlockCausal(n, c, w, s) equals
+  SlidingWindow(n, w + 1, s, c).
+
+  Raises ValueError for a negative window, a sink that is not a multiple of the chunk, or a sink
+  without a window."""
+
   num_frames: int
   chunk: int = 1
+  window: int = 0
+  sink: int = 0
 
   def __post_init__(self):
     _check_positive("num_frames", self.num_frames)
     _check_positive("chunk", self.chunk)
+    _check_history(self.window, self.sink, self.chunk)
 
   def frame_mask(self) -> np.ndarray:
     c = _chunk_ids(self.num_frames, self.chunk)
-    return c[:, None] >= c[None, :]
+    reach = _within_reach(self.num_frames, self.chunk, self.window, self.sink)
+    return (c[:, None] >= c[None, :]) & reach
 
   def own_frame_mask(self) -> np.ndarray:
     return _same_chunk(self.num_frames, self.chunk)
@@ -82,22 +122,26 @@ class TeacherForcing(MaskSpec):
   """The 2N layout; `num_frames` is N (the video length), the sequence holds 2N frames.
 
   `window` > 0 limits every frame's history to the last `window` chunks before its own, as a
-  KV cache of that many chunks does in sampling (the sliding-window baseline of routing)."""
+  KV cache of that many chunks does in sampling (the sliding-window baseline of routing), plus
+  the first `sink` history frames, which the cache never evicts (module docstring).
+
+  Raises ValueError for a negative window, a sink that is not a multiple of the chunk, or a sink
+  without a window."""
 
   num_frames: int
   chunk: int = 1
   window: int = 0
+  sink: int = 0
 
   def __post_init__(self):
     _check_positive("num_frames", self.num_frames)
     _check_positive("chunk", self.chunk)
-    if self.window < 0:
-      raise ValueError(f"window={self.window} must be >= 0 (0: unlimited)")
+    _check_history(self.window, self.sink, self.chunk)
 
   def frame_mask(self) -> np.ndarray:
     c = _chunk_ids(self.num_frames, self.chunk)
     distance = c[:, None] - c[None, :]
-    in_window = distance <= (self.window or self.num_frames)
+    in_window = _within_reach(self.num_frames, self.chunk, self.window, self.sink)
     history_sees_history = (distance >= 0) & in_window
     noisy_sees_history = (distance > 0) & in_window
     noisy_sees_noisy = c[:, None] == c[None, :]

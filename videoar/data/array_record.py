@@ -2,7 +2,9 @@
 
 A dataset directory holds
   frames-SSSSS-of-NNNNN.array_record  one record per frame: `video` [h, w, c] (uint8 pixels or
-                                      float latents) and, when present, its `actions` id;
+                                      float latents) and, when present, its `actions` id and
+                                      its ODE-pair `ode_states` [K + 1, h, w, c]
+                                      (videoar/ode_pairs.py);
   sequences.array_record              one record per sequence: its `label` and `text` embedding
                                       [tokens, dim], when present;
   index.json                          each sequence's frame count and first frame record.
@@ -20,7 +22,7 @@ from typing import Iterable
 import grain
 import numpy as np
 
-FRAME_KEYS = ("video", "actions")
+FRAME_KEYS = ("video", "actions", "ode_states")
 SEQUENCE_KEYS = ("label", "text")
 # One record a group: a frame is read without decompressing its neighbours.
 WRITER_OPTIONS = "group_size:1"
@@ -47,9 +49,9 @@ def from_bytes(record: bytes) -> dict[str, np.ndarray]:
 
 def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
                     num_shards: int = 1) -> int:
-  """Writes sequences ({video [T, h, w, c], optionally actions [T], label [], text [L, D]}) to
-  the dataset directory `path`, dealing them to `num_shards` frame shards in turn; returns how
-  many were written."""
+  """Writes sequences ({video [T, h, w, c], optionally actions [T], ode_states
+  [T, K + 1, h, w, c], label [], text [L, D]}) to the dataset directory `path`, dealing them to
+  `num_shards` frame shards in turn; returns how many were written."""
   from array_record.python import array_record_module  # only writing needs the writer
 
   os.makedirs(path, exist_ok=True)

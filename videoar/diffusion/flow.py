@@ -33,7 +33,11 @@ def sample_time(rng: jax.Array, shape: tuple[int, ...], shift: float = 1.0) -> j
 
 def step_times(num_steps: int, shift: float = 1.0, t_start: float | jax.Array = 1.0) -> jax.Array:
   """Euler grid from t_start down to 0 ([..., num_steps + 1]); the shift spends more steps
-  at high noise when > 1. An array t_start (e.g. one per video) gives one grid per entry."""
+  at high noise when > 1. An array t_start (e.g. one per video) gives one grid per entry.
+
+  Its first num_steps points are also Self Forcing's warped few-step list (spec 1.2): the raw
+  uniform list 1 - k/K warped to shift_time(1 - k/K, shift), e.g. K = 4, shift 5:
+  [1, 0.9375, 0.8333, 0.625]; the few-step sampler's last prediction lands on the final 0."""
   u = jnp.linspace(1.0, 0.0, num_steps + 1)
   grid = shift_time(u, shift)
   t_start = jnp.asarray(t_start, jnp.float32)
@@ -59,3 +63,24 @@ def velocity_from_prediction(prediction: str, output, x_t, t_bf):
     t = _broadcast_time(jnp.maximum(t_bf, MIN_DATA_PREDICTION_TIME), x_t)
     return (x_t.astype(jnp.float32) - output) / t
   raise ValueError(f"prediction={prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+
+
+def data_from_velocity(prediction: str, velocity, x_t, t_bf):
+  """The clean frame x0 = x_t - t v that a network's velocity stands for (Self Forcing works on
+  x0 predictions, spec 1.4). It undoes `velocity_from_prediction`: for a "data" output the time
+  is floored the same way, so this gives back that output (up to rounding). Raises ValueError for
+  an unknown prediction."""
+  if prediction not in PREDICTIONS:
+    raise ValueError(f"prediction={prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+  if prediction == "data":
+    t_bf = jnp.maximum(t_bf, MIN_DATA_PREDICTION_TIME)
+  return x_t.astype(jnp.float32) - _broadcast_time(t_bf, x_t) * velocity
+
+
+def sample_score_time(rng: jax.Array, shape: tuple[int, ...], shift: float,
+                      clamp: tuple[float, float]) -> jax.Array:
+  """Self Forcing's score timesteps (spec 2.2, in t = sigma units): u uniform on
+  {0, 1/1000, ..., 999/1000}, t = shift_time(u, shift), clipped to `clamp`. With shift 5 and
+  clamp (0.02, 0.98): median 0.833, 9.2 % of draws on 0.98 (u >= 0.908), 0.5 % on 0.02."""
+  u = jax.random.randint(rng, shape, 0, 1000).astype(jnp.float32) / 1000.0
+  return jnp.clip(shift_time(u, shift), *clamp)

@@ -1,0 +1,88 @@
+"""Self Forcing on the bouncing world: a bidirectional teacher, an ODE-initialised causal few-step
+student, then Self Forcing (DMD against the teacher, an online critic). One config, a variant per
+stage, each stage reading the one before from a workdir named here (launch/self_forcing.sh runs
+them in order):
+
+  teacher  the bidirectional teacher: full attention over the 8-frame clip, one t per video
+           (forcing/bidirectional.py); it is the real score and the critic's initialisation.
+  ode      the causal few-step student regressed onto the teacher's ODE trajectories
+           (forcing/ode_regression.py), read from ArrayRecord shards that
+             python -m videoar.data.ode_pairs --config=configs/bouncing_sf.py:ode ...
+           writes from the teacher's 16-step Euler solutions, stored at the student's 4 warped
+           times [1, 0.9375, 0.8333, 0.625] and the clean end.
+  (none)   Self Forcing (spec: ../shared/self_forcing_spec.md): the student rolls out whole
+           videos with its own 4-step sampler over the KV cache, chunk by chunk; one exit step
+           per iteration carries gradient; DMD (forcing.loss="sid": SiD) against the teacher;
+           the critic starts from the teacher and takes forcing.critic_updates flow-matching
+           updates per generator update; the EMA of the generator is sampled with the same
+           4-step sampler (sample.solver="few_step").
+  world    with "ode": the ODE student sampled and evaluated on the bouncing world (its training
+           data are the pairs, which hold nothing out).
+  test     tiny shapes and a few steps of whichever stage is named with it (e.g. "teacher,test").
+
+The world, model and clip are configs/bouncing_tiny.py's (32x32, 2 objects, width 128, depth 4,
+8x8 patches, 8 frames), except that no model reads the previous frame (the teacher cannot) and
+the student generates chunks of 2 frames. Learning rates keep the reference's shape (the critic's
+5x lower than the generator's, beta1 = 0, clip 10, EMA 0.99), re-tuned for this scale.
+"""
+
+import ml_collections
+
+from videoar import base_config
+
+RUNS = "runs/bouncing_sf"
+
+
+def get_config(variant: str = ""):
+  variants = base_config.variants(variant, ("teacher", "ode", "world", "test"))
+  config = base_config.get_config()
+  config.model.previous_frame_input = False
+  config.model.prediction = "data"
+  stage = next((v for v in variants if v in ("teacher", "ode")), "self_forcing")
+  runs = RUNS + ("_test" if "test" in variants else "")
+  if stage == "teacher":
+    config.forcing.paradigm = "bidirectional"
+    config.forcing.chunk = config.data.num_frames
+    config.sample.context_frames = 0
+    config.train.num_steps = 600
+  elif stage == "ode":
+    config.forcing.paradigm = "ode_regression"
+    config.forcing.chunk = 2
+    config.data.source = "array_record"
+    config.data.path = f"{runs}/ode_pairs"
+    config.data.options = ml_collections.ConfigDict(dict(stride=1, eval_fraction=0.0))
+    config.sample.solver = "few_step"
+    config.sample.num_steps = config.forcing.num_steps
+    config.sample.time_shift = config.forcing.warp_shift
+    config.train.num_steps = 600
+  else:
+    config.forcing.paradigm = "self_forcing"
+    config.forcing.chunk = 2
+    config.forcing.teacher_workdir = f"{runs}/teacher"
+    config.forcing.generator_workdir = f"{runs}/ode"
+    config.optim.learning_rate = 1e-4
+    config.forcing.critic_learning_rate = 2e-5
+    config.optim.b1 = 0.0
+    config.optim.b2 = 0.999
+    config.optim.grad_clip = 10.0
+    config.optim.ema_decay = 0.99
+    config.optim.warmup_steps = 10
+    config.sample.solver = "few_step"
+    config.sample.num_steps = config.forcing.num_steps
+    config.sample.time_shift = config.forcing.warp_shift
+    config.train.num_steps = 200
+    config.train.log_every = 10
+    config.train.checkpoint_every = 50
+  if "world" in variants:  # the ODE student sampled and evaluated on the world, not its pairs
+    config.data.source = "bouncing"
+    config.data.path = None
+    config.data.options = base_config.get_config().data.options
+  if "test" in variants:
+    base_config.tiny(config)
+    config.data.num_frames = 4
+    config.forcing.chunk = 4 if stage == "teacher" else 2
+    config.sample.context_frames = 0 if stage == "teacher" else 2
+    config.sample.length_multiple = 1
+    if stage == "self_forcing":
+      config.forcing.critic_updates = 2
+  return config

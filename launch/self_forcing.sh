@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Self Forcing on the bouncing world, every stage of configs/bouncing_sf.py in order, each reading
+# the one before from its workdir under runs/bouncing_sf/ (VARIANT=test: tiny shapes, a smoke
+# run, under runs/bouncing_sf_test/):
+#   1. the bidirectional teacher;
+#   2. ODE pairs from the teacher's 16-step Euler solutions at the student's 4 warped times;
+#   3. ODE regression of the causal few-step student onto them, then its 4-step samples and
+#      evaluation on the world;
+#   4. Self Forcing (DMD against the teacher, an online critic), then its 4-step samples and
+#      evaluation.
+# A stage whose workdir holds a finished run is not trained again.
+#
+#   bash launch/self_forcing.sh            # VARIANT=test for the smoke run
+set -euo pipefail
+VARIANT=${VARIANT:-}
+PYTHON=${PYTHON:-python}
+SUFFIX=${VARIANT:+,$VARIANT}
+RUNS=runs/bouncing_sf${VARIANT:+_$VARIANT}
+PAIRS=${PAIRS:-512}
+config() { echo "configs/bouncing_sf.py:$1$SUFFIX"; }
+config_main() { if [ -n "$VARIANT" ]; then echo "configs/bouncing_sf.py:$VARIANT"; else echo "configs/bouncing_sf.py"; fi; }
+finished() { [ -f "$1/eval.json" ] || [ -f "$1/.trained" ]; }
+
+if ! finished "$RUNS/teacher"; then
+  $PYTHON -m videoar.main --config="$(config teacher)" --workdir="$RUNS/teacher" --mode=train
+  touch "$RUNS/teacher/.trained"
+fi
+if [ ! -f "$RUNS/ode_pairs/ode_pairs.json" ]; then
+  $PYTHON -m videoar.ode_pairs --config="$(config teacher)" --teacher_workdir="$RUNS/teacher" \
+    --output="$RUNS/ode_pairs" --num_sequences="$PAIRS" --solver_steps=16
+fi
+if ! finished "$RUNS/ode"; then
+  $PYTHON -m videoar.main --config="$(config ode)" --workdir="$RUNS/ode" --mode=train
+  $PYTHON -m videoar.main --config="$(config ode,world)" --workdir="$RUNS/ode" --mode=evaluate
+fi
+if ! finished "$RUNS/self_forcing"; then
+  $PYTHON -m videoar.main --config="$(config_main)" --workdir="$RUNS/self_forcing"
+fi

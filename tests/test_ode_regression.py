@@ -1,0 +1,201 @@
+"""ODE pairs (videoar/ode_pairs.py) and the ODE-regression paradigm
+(videoar/forcing/ode_regression.py): spec 5.1, 5.2 and 9.2, on a tiny model."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from videoar import ode_pairs
+from videoar.attention import masks
+from videoar.data import pipeline
+from videoar.diffusion import flow
+from videoar.forcing import PARADIGMS, ode_regression
+from videoar.models import dit
+
+K, M, SHIFT = 4, 8, 5.0
+FRAMES, CHUNK, SHAPE = 6, 2, (8, 8, 3)
+CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  """A tiny class-conditioned CausalDiT with every parameter perturbed, so that the zero-initialised
+  output layers do not hide what the inputs do."""
+  model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2, num_classes=CLASSES)
+  x = jnp.zeros((1, FRAMES) + SHAPE)
+  params = jax.jit(lambda rng: model.init(rng, x, jnp.zeros((1, FRAMES)),
+                                         frame_pos_f=jnp.arange(FRAMES), mask=masks.Full(FRAMES),
+                                         labels_b=jnp.zeros((1,), jnp.int32)))(jax.random.key(0))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [leaf + 0.2 * jax.random.normal(key, leaf.shape)
+                                     for leaf, key in zip(leaves, keys)])
+  return model, params
+
+
+def test_state_times_are_the_warped_list_plus_zero_and_on_the_solver_grid():
+  np.testing.assert_allclose(ode_regression.state_times(4, 5.0),
+                             [1.0, 0.9375, 0.8333333, 0.625, 0.0], rtol=1e-6)
+  for solver_steps in (16, 24, 48):  # spec 9.2: any such M with the student's shift
+    grid = np.asarray(flow.step_times(solver_steps, SHIFT))
+    np.testing.assert_allclose(grid[::solver_steps // K], ode_regression.state_times(K, SHIFT),
+                               atol=1e-6)
+
+
+def test_guidance_is_uncond_plus_w_times_cond_minus_uncond(model_and_params):
+  model, params = model_and_params
+  x = jax.random.normal(jax.random.key(2), (2, FRAMES) + SHAPE)
+  t = jnp.full((2, FRAMES), 0.7)
+  cond = {"labels_b": jnp.array([0, 2])}
+  apply = jax.jit(lambda labels: model.apply(params, x, t, frame_pos_f=jnp.arange(FRAMES),
+                                              mask=masks.Full(FRAMES), labels_b=labels)[0])
+  v_cond, v_null = apply(cond["labels_b"]), apply(jnp.full((2,), CLASSES))
+  assert not np.allclose(v_cond, v_null, atol=1e-3)
+  guided = jax.jit(ode_pairs.guided_velocity, static_argnums=(0, 5))
+  np.testing.assert_allclose(guided(model, params, x, t, cond, 3.0),
+                             v_null + 3.0 * (v_cond - v_null), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(guided(model, params, x, t, cond, 1.0), v_cond, rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_stored_states_are_the_euler_inputs_at_the_warped_levels_and_its_output(
+    model_and_params):
+  model, params = model_and_params
+  noise = jax.random.normal(jax.random.key(3), (2, FRAMES) + SHAPE)
+  cond = {"labels_b": jnp.array([1, 2])}
+  states = ode_pairs.solve(model, params, noise, cond, num_steps=K, solver_steps=M, shift=SHIFT,
+                           guidance_scale=2.0)
+  assert states.shape == (2, FRAMES, K + 1) + SHAPE
+  grid = flow.step_times(M, SHIFT)
+  velocity = jax.jit(lambda x, t: ode_pairs.guided_velocity(model, params, x, t, cond, 2.0))
+  x, inputs = noise, []
+  for j in range(M):  # the solver written out step by step
+    inputs.append(x)
+    t_now, t_next = jnp.full((2, FRAMES), grid[j]), jnp.full((2, FRAMES), grid[j + 1])
+    x = flow.euler_step(x, velocity(x, t_now), t_now, t_next)
+  for k in range(K):
+    np.testing.assert_allclose(states[:, :, k], inputs[k * M // K], atol=1e-5, err_msg=f"k={k}")
+  np.testing.assert_allclose(states[:, :, K], x, atol=1e-5)
+  np.testing.assert_array_equal(states[:, :, 0], noise)
+  with pytest.raises(ValueError, match="solver_steps=6 must be a multiple of num_steps=4"):
+    ode_pairs.solve(model, params, noise, cond, num_steps=K, solver_steps=6, shift=SHIFT,
+                    guidance_scale=2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StubStudent:
+  """Stands in for the CausalDiT: on frames with t > 0 its x0 prediction is
+  params["clean"] + params["offset"]; it checks that the clip is seen block-causally."""
+
+  prediction: str = "velocity"
+
+  def conditioning(self, batch):
+    return {}
+
+  def apply(self, params, x_bfhwc, t_bf, *, frame_pos_f, mask):
+    n = x_bfhwc.shape[1]
+    assert mask == masks.BlockCausal(n, CHUNK)
+    np.testing.assert_array_equal(frame_pos_f, np.arange(n))
+    t = t_bf[..., None, None, None]
+    x0 = params["clean"] + params["offset"]
+    return jnp.where(t > 0, (x_bfhwc - x0) / jnp.where(t > 0, t, 1.0), 0.0), None
+
+
+def test_loss_is_zero_for_the_clean_clip_and_ignores_clean_frames():
+  rng = jax.random.key(4)
+  b = 3
+  k_bf = ode_regression.draw_state_indices(rng, b, FRAMES, CHUNK, K)
+  assert (k_bf == K).any() and (k_bf < K).any()  # both kinds of frames are in the draw
+  video = jax.random.normal(jax.random.key(5), (b, FRAMES) + SHAPE)
+  states = jax.random.normal(jax.random.key(6), (b, FRAMES, K + 1) + SHAPE)
+  states = states.at[:, :, K].set(video)
+  loss_fn = lambda states, offset: PARADIGMS["ode_regression"](
+      StubStudent(), {"clean": video, "offset": offset}, {"video": video, "ode_states": states},
+      rng, step=0, chunk=CHUNK, num_steps=K, warp_shift=SHIFT)[0]
+  assert float(loss_fn(states, 0.0)) < 1e-10
+  # An x0 error of 1 on every noisy frame is a loss of 1: clean frames, whose x0 is their input
+  # (here far from the target), neither add to the sum nor to the count.
+  np.testing.assert_allclose(loss_fn(states.at[:, :, K].add(100.0), 1.0), 1.0, rtol=1e-5)
+  with pytest.raises(ValueError, match="holds 5 states per frame; num_steps=3 reads 4"):
+    PARADIGMS["ode_regression"](StubStudent(), {}, {"video": video, "ode_states": states}, rng,
+                                step=0, chunk=CHUNK, num_steps=3, warp_shift=SHIFT)
+
+
+def test_state_index_is_shared_within_a_chunk_and_uniform_and_independent_across_chunks():
+  b = 4000
+  k_bf = np.asarray(ode_regression.draw_state_indices(jax.random.key(7), b, FRAMES, CHUNK, K))
+  chunks = k_bf.reshape(b, FRAMES // CHUNK, CHUNK)
+  assert (chunks == chunks[..., :1]).all()
+  k = chunks[..., 0]
+  # Each value 1/(K + 1) of all chunks, each pair of consecutive chunks' values 1/(K + 1)^2,
+  # within 3 binomial standard deviations.
+  for values, p in ((k.ravel(), 1 / (K + 1)),
+                    ((k[:, :-1] * (K + 1) + k[:, 1:]).ravel(), 1 / (K + 1) ** 2)):
+    n = values.size
+    counts = np.bincount(values, minlength=round(1 / p))
+    assert len(counts) == round(1 / p)
+    np.testing.assert_array_less(np.abs(counts - n * p), 3 * np.sqrt(n * p * (1 - p)))
+
+
+def test_student_is_causal_over_chunks_and_trains(model_and_params):
+  model, params = model_and_params
+  times = ode_regression.state_times(K, SHIFT)
+  states = jax.random.normal(jax.random.key(8), (2, FRAMES, K + 1) + SHAPE)
+  k_bf = jnp.repeat(jnp.array([[0, 2, 1], [3, 4, 0]]), CHUNK, axis=1)
+  cond = {"labels_b": jnp.array([0, 1])}
+  predict = jax.jit(lambda states: ode_regression.predict_data(
+      model, params, *ode_regression.student_inputs(states, k_bf, times), cond, chunk=CHUNK))
+  x0 = predict(states)
+  for j in range(1, FRAMES // CHUNK):
+    frames = slice(j * CHUNK, (j + 1) * CHUNK)
+    perturbed = predict(states.at[:, frames].add(1.0))
+    np.testing.assert_allclose(perturbed[:, :j * CHUNK], x0[:, :j * CHUNK], atol=1e-6)
+    assert not np.allclose(perturbed[:, frames], x0[:, frames], atol=1e-3)
+  batch = {"video": states[:, :, K], "ode_states": states, "label": cond["labels_b"]}
+  loss, grads = jax.jit(jax.value_and_grad(lambda p: PARADIGMS["ode_regression"](
+      model, p, batch, jax.random.key(9), step=0, chunk=CHUNK, num_steps=K,
+      warp_shift=SHIFT)[0]))(params)
+  assert np.isfinite(loss) and loss > 0
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_pairs_round_trip_through_array_record_with_states_aligned(model_and_params, tmp_path):
+  model, params = model_and_params
+  batches = [{"video": np.zeros((2, FRAMES) + SHAPE, np.float32), "label": np.array(labels)}
+             for labels in ([0, 2], [1, 1], [2, 0])]
+  options = dict(num_sequences=3, num_steps=K, solver_steps=M, shift=SHIFT, guidance_scale=2.0)
+  rng = jax.random.key(10)
+  expected = list(ode_pairs.pair_sequences(model, params, iter(batches), rng, **options))
+  path = str(tmp_path)
+  assert ode_pairs.write_pairs(path, model, params, iter(batches), rng, num_shards=2,
+                               **options) == 3
+  with open(os.path.join(path, ode_pairs.METADATA)) as f:
+    metadata = json.load(f)
+  np.testing.assert_allclose(metadata["times"], ode_regression.state_times(K, SHIFT))
+  assert [s["label"] for s in expected] == [0, 2, 1]
+  source = pipeline.make_source("array_record", path=path, eval_fraction=0.0)
+  # Whole clips, as the student trains on them: every clip is one of the sequences written.
+  batch = pipeline.train_batches(source, batch_size=3, num_frames=FRAMES, seed=0)[0]
+  assert set(batch) == {"video", "ode_states", "label"}
+  assert batch["ode_states"].shape == (3, FRAMES, K + 1) + SHAPE
+  np.testing.assert_array_equal(batch["ode_states"][:, :, K], batch["video"])
+  found = set()
+  for video, states, label in zip(batch["video"], batch["ode_states"], batch["label"]):
+    (s,) = [i for i, seq in enumerate(expected) if np.array_equal(seq["video"], video)]
+    np.testing.assert_array_equal(states, expected[s]["ode_states"])
+    assert label == expected[s]["label"]
+    found.add(s)
+  assert found == {0, 1, 2}
+  # Shorter windows keep each frame's states with it.
+  windows = FRAMES - 4 + 1
+  for index in range(source.num_clips(4)):
+    s, start = divmod(index, windows)
+    clip = source.clip(0, index, 4)
+    np.testing.assert_array_equal(clip["ode_states"],
+                                  expected[s]["ode_states"][start:start + 4])
+    np.testing.assert_array_equal(clip["video"], expected[s]["video"][start:start + 4])

@@ -1,0 +1,197 @@
+"""ODE pairs for ODE regression (spec 5.1, 9.2): a frozen bidirectional teacher's Euler
+trajectories, kept at the student's few-step levels.
+
+  python -m videoar.ode_pairs --config=TEACHER_CONFIG --teacher_workdir=DIR --output=DIR \\
+      --num_sequences=N [--num_steps=4 --warp_shift=5 --solver_steps=48 --batch_size=16]
+
+TEACHER_CONFIG is the config the teacher was trained with (forcing.paradigm=bidirectional: full
+attention, one t per video); its newest checkpoint in --teacher_workdir is sampled with its EMA
+parameters when sample.use_ema, under classifier-free guidance of scale sample.guidance_scale
+(override with --config.sample.guidance_scale=W) on its conditioning, drawn with the videos of
+its training stream (seed config.seed). Whole clips of data.num_frames frames are integrated from
+noise with `solver_steps` (M) Euler steps on flow.step_times(M, warp_shift). Its point
+j = k M / K is shift_time(1 - k / K, warp_shift), the student's warped level t_k
+(forcing/ode_regression.state_times), so the solver's inputs at j = k M / K for k = 0..K-1 and its
+output are the K + 1 states the student regresses from, noisy to clean. M must be a multiple of
+K; the shift is the student's warp shift, the one shift for which the grid holds its levels.
+
+Layout (videoar/data/array_record.py; train on it with data.source=array_record,
+data.path=DIR, data.num_frames = the teacher's, data.options.eval_fraction=0.0): one sequence per
+clip, each frame record holding `video` (the clean endpoint, float32 [H, W, C]) and `ode_states`
+(float32 [K + 1, H, W, C], that frame's states at the times above, the last equal to `video`).
+Stored per frame, the states stay aligned with whatever frames a clip reads. The conditioning the
+teacher was guided with is stored as array_record stores it (label and text per sequence,
+actions per frame), so the student is conditioned on the same. ode_pairs.json records num_steps
+(K), solver_steps (M), warp_shift, guidance_scale and the K + 1 state `times`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import sys
+from typing import Iterable, Iterator
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import tqdm
+
+from videoar import experiment
+from videoar.attention import masks
+from videoar.data import array_record, pipeline
+from videoar.diffusion import flow
+from videoar.errors import ConfigError
+from videoar.forcing import ode_regression
+from videoar.models import dit
+
+METADATA = "ode_pairs.json"
+
+
+def guided_velocity(model: dit.CausalDiT, params, x_bfhwc, t_bf, cond: dict,
+                    guidance_scale: float) -> jax.Array:
+  """The teacher's velocity [B, F, H, W, C] on whole clips (full attention over all F frames).
+
+  With conditioning and guidance_scale w != 1 it is guided: uncond + w (cond - uncond), both
+  branches in one call of batch 2B. A data-predicting teacher is guided on its velocity, which at a
+  given x_t and t is affine in its x0 prediction, so this is the same guidance on x0."""
+  n = x_bfhwc.shape[1]
+  guided = guidance_scale != 1.0 and bool(cond)
+  if guided:
+    null = model.null_conditioning(cond)
+    x_bfhwc, t_bf = jnp.concatenate([x_bfhwc, x_bfhwc]), jnp.concatenate([t_bf, t_bf])
+    cond = {key: jnp.concatenate([value, null[key]]) for key, value in cond.items()}
+  v, _ = model.apply(params, x_bfhwc, t_bf, frame_pos_f=jnp.arange(n, dtype=jnp.int32),
+                     mask=masks.Full(n), **cond)
+  if not guided:
+    return v
+  v_cond, v_null = jnp.split(v, 2)
+  return v_null + guidance_scale * (v_cond - v_null)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "solver_steps", "shift",
+                                             "guidance_scale"))
+def solve(model: dit.CausalDiT, params, noise_bfhwc, cond: dict, *, num_steps: int,
+          solver_steps: int, shift: float, guidance_scale: float) -> jax.Array:
+  """The ODE states float32 [B, F, K + 1, H, W, C] of clips started at `noise_bfhwc`: the Euler
+  solver's inputs at steps j = k M / K (k = 0..K-1) of the grid flow.step_times(M, shift), then
+  its output, at times ode_regression.state_times(K, shift). `cond`: the model's conditioning
+  arguments (CausalDiT.conditioning) for the B clips.
+
+  Raises ValueError unless solver_steps (M) is a multiple of num_steps (K).
+  """
+  if solver_steps % num_steps:
+    raise ValueError(f"solver_steps={solver_steps} must be a multiple of num_steps={num_steps}:"
+                     " only then does the solver grid hold the student's levels")
+  per_level = solver_steps // num_steps
+  grid = flow.step_times(solver_steps, shift)
+  frames_shape = noise_bfhwc.shape[:2]
+
+  def euler(j, x):
+    t_now, t_next = (jnp.full(frames_shape, grid[i]) for i in (j, j + 1))
+    v = guided_velocity(model, params, x, t_now, cond, guidance_scale)
+    return flow.euler_step(x, v, t_now, t_next)
+
+  def level(x, k):
+    # The state the solver starts level k from is the student's input at t_k.
+    return jax.lax.fori_loop(0, per_level, lambda i, x: euler(k * per_level + i, x), x), x
+
+  clean, noisy = jax.lax.scan(level, noise_bfhwc.astype(jnp.float32), jnp.arange(num_steps))
+  return jnp.moveaxis(jnp.concatenate([noisy, clean[None]]), 0, 2)
+
+
+def pair_sequences(model: dit.CausalDiT, params, batches: Iterable[dict], rng: jax.Array, *,
+                   num_sequences: int, num_steps: int, solver_steps: int, shift: float,
+                   guidance_scale: float) -> Iterator[dict[str, np.ndarray]]:
+  """The first `num_sequences` ODE pairs as array_record sequences {video [F, H, W, C],
+  ode_states [F, K + 1, H, W, C], and the model's conditioning entries (label [], actions [F],
+  text [L, D])}.
+
+  Batch i of `batches` (data batches, as pipeline.train_batches gives) sets the shape
+  [B, F, H, W, C] of its clips and their conditioning; fold_in(rng, i) draws their noise. Every
+  batch is solved whole (one compiled shape); the last one's surplus clips are dropped.
+  """
+  written = 0
+  for i, batch in enumerate(batches):
+    noise = jax.random.normal(jax.random.fold_in(rng, i), np.shape(batch["video"]), jnp.float32)
+    states = np.asarray(solve(model, params, noise, model.conditioning(batch),
+                              num_steps=num_steps, solver_steps=solver_steps, shift=shift,
+                              guidance_scale=guidance_scale))
+    for b in range(min(len(states), num_sequences - written)):
+      yield ({"video": states[b, :, -1], "ode_states": states[b]}
+             | {key: np.asarray(batch[key][b]) for key in model.conditioning_keys()})
+      written += 1
+    if written == num_sequences:
+      return
+
+
+def write_pairs(path: str, model: dit.CausalDiT, params, batches: Iterable[dict],
+                rng: jax.Array, *, num_sequences: int, num_steps: int, solver_steps: int,
+                shift: float, guidance_scale: float, num_shards: int) -> int:
+  """Writes pair_sequences() to the array_record directory `path` over `num_shards` frame shards,
+  with METADATA beside them; returns how many sequences were written."""
+  sequences = pair_sequences(model, params, batches, rng, num_sequences=num_sequences,
+                             num_steps=num_steps, solver_steps=solver_steps, shift=shift,
+                             guidance_scale=guidance_scale)
+  written = array_record.write_sequences(
+      path, tqdm.tqdm(sequences, total=num_sequences, desc="ODE pairs", unit="sequence"),
+      num_shards=min(num_shards, num_sequences))
+  metadata = dict(num_steps=num_steps, solver_steps=solver_steps, warp_shift=shift,
+                  guidance_scale=guidance_scale,
+                  times=ode_regression.state_times(num_steps, shift).tolist())
+  with open(os.path.join(path, METADATA), "w") as f:
+    json.dump(metadata, f)
+  return written
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  config = args.config
+  if config.forcing.paradigm != "bidirectional":
+    raise app.UsageError(f"--config has forcing.paradigm={config.forcing.paradigm!r}: the ODE"
+                         " teacher is a bidirectional model; pass the config it was trained with")
+  if args.num_sequences < 1:
+    raise app.UsageError(f"--num_sequences={args.num_sequences} must be >= 1")
+  if args.num_steps < 1 or args.solver_steps % args.num_steps:
+    raise app.UsageError(f"--solver_steps={args.solver_steps} must be a multiple of"
+                         f" --num_steps={args.num_steps} >= 1")
+  try:
+    exp = experiment.build(config)
+    params = experiment.restore_params(exp, args.teacher_workdir, config.sample.use_ema)
+  except (ConfigError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  batches = pipeline.train_batches(exp.source, batch_size=args.batch_size,
+                                   num_frames=config.data.num_frames, seed=config.seed)
+  written = write_pairs(
+      args.output, exp.model, params, (batches[i] for i in itertools.count()),
+      jax.random.key(config.seed), num_sequences=args.num_sequences, num_steps=args.num_steps,
+      solver_steps=args.solver_steps, shift=args.warp_shift,
+      guidance_scale=config.sample.guidance_scale, num_shards=args.num_shards)
+  print(f"wrote {written} ODE pairs of {config.data.num_frames} frames to {args.output}")
+
+
+def _define_flags() -> None:
+  """The command's flags, defined only when run as one: other tools define `config` too."""
+  config_flags.DEFINE_config_file("config", None, "The config the teacher was trained with.",
+                                  lock_config=True)
+  flags.DEFINE_string("teacher_workdir", None, "The teacher's workdir (its checkpoints/).")
+  flags.DEFINE_string("output", None, "Directory to write the shards, index.json and "
+                      f"{METADATA} to.")
+  flags.DEFINE_integer("num_sequences", None, "ODE pairs (clips) to write.")
+  flags.DEFINE_integer("num_steps", 4, "K: the student's few steps (forcing.num_steps).")
+  flags.DEFINE_float("warp_shift", 5.0, "The student's warp shift (forcing.warp_shift), also the "
+                     "solver grid's.")
+  flags.DEFINE_integer("solver_steps", 48, "M: Euler steps of the teacher, a multiple of K.")
+  flags.DEFINE_integer("batch_size", 16, "Clips solved together.")
+  flags.DEFINE_integer("num_shards", 4, "Frame shards to deal the sequences to.")
+  flags.mark_flags_as_required(["config", "teacher_workdir", "output", "num_sequences"])
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
