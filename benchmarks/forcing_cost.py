@@ -4,8 +4,9 @@
 
 Arms: Teacher Forcing (configs/bouncing_tiny.py) and Resampling Forcing (configs/bouncing_rf.py)
 with noise augmentation, parallel and autoregressive resampling, autoregressive with history
-routing (k = 25 %) and with a sliding window of the same k. The resampling arms run past their
-warm-up, so the self-resampling is in every timed step. All arms take turns in each round (one
+routing (k = 25 %) and with a sliding window of the same k; and a Self Forcing iteration
+(configs/bouncing_sf.py: one generator update with its 5 critic updates). The resampling arms
+run past their warm-up, so the self-resampling is in every timed step. All arms take turns in each round (one
 step each), so load from other processes slows them alike; the best round counts. The batch is
 random: a step's cost depends on shapes only.
 """
@@ -19,7 +20,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
-from configs import bouncing_rf, bouncing_tiny  # noqa: E402
+from configs import bouncing_rf, bouncing_sf, bouncing_tiny  # noqa: E402
 from benchmarks import runners  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
@@ -33,6 +34,9 @@ ARMS = {
     "autoregressive": lambda: bouncing_rf.get_config(),
     "autoregressive_routed": lambda: bouncing_rf.get_config("routed"),
     "autoregressive_window": lambda: bouncing_rf.get_config("window"),
+    # One iteration: a generator update and forcing.critic_updates (5) critic updates, each on
+    # its own 4-step rollout (random weights: the cost depends on shapes only).
+    "self_forcing": lambda: bouncing_sf.get_config(),
 }
 
 

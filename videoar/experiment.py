@@ -73,6 +73,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   held-out clips of sampling and evaluation.
   """
   validate.validate(config)
+  validate.validate_stages(config)
   options = validate.source_options(config)
   try:
     source = pipeline.make_source(config.data.source, path=config.data.path, **options)

@@ -187,14 +187,21 @@ def _check_optimizer(optim: ml_collections.ConfigDict) -> None:
       fail(f"optim.{key}", optim[key], "must be in [0, 1)")
 
 
-def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
-  """The stages Self Forcing starts from exist, and its models can be one architecture."""
-  f = config.forcing
+def validate_stages(config: ml_collections.ConfigDict) -> None:
+  """Checks that the stages a run starts from (Self Forcing's teacher and ODE-initialised
+  generator) have been trained: their workdirs hold checkpoints."""
+  if config.forcing.paradigm != SELF_FORCING:
+    return
   for key in ("teacher_workdir", "generator_workdir"):
-    workdir = f[key]
+    workdir = config.forcing[key]
     if not workdir or not os.path.isdir(os.path.join(workdir, "checkpoints")):
       fail(f"forcing.{key}", workdir, "must be the workdir of a trained stage (it has no"
            " checkpoints/): run the stages of configs/bouncing_sf.py in order")
+
+
+def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
+  """Self Forcing's own values, and that its models can share one architecture."""
+  f = config.forcing
   if config.model.previous_frame_input:
     fail("model.previous_frame_input", True, "the bidirectional teacher and critic share the"
          " generator's architecture and read no previous frame: set it to False")
