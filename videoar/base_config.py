@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.forcing.time_shift = 3.0
   config.forcing.cond_drop_prob = 0.1
   config.forcing.history_window = 0  # > 0: a sliding window of that many history frames
+  # With a window: the first frames every chunk keeps seeing, in training and in the sampler's
+  # rolling KV cache (never evicted), so generation past the training length keeps the view
+  # training had (spec section 6). A multiple of the chunk.
+  config.forcing.sink_frames = 0
   # Resampling Forcing (configs/bouncing_rf.py explains each).
   config.forcing.resample_mode = "autoregressive"
   config.forcing.resample_shift = 0.6

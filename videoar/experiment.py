@@ -324,7 +324,9 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
 def make_sampler(exp: Experiment) -> sampling.Sampler:
   """The streaming sampler of `exp`: its chunk, the frames it saw in training, its guidance."""
   c = exp.config
-  window = sampling.window_frames(c.data.num_frames, c.forcing.chunk, c.forcing.history_window)
+  window = sampling.window_frames(c.data.num_frames, c.forcing.chunk, c.forcing.history_window,
+                                  c.forcing.sink_frames)
   return sampling.Sampler(exp.model, frame_shape=exp.frame_shape, chunk=c.forcing.chunk,
                           window=window, guidance_scale=c.sample.guidance_scale,
-                          solver=c.sample.solver)
+                          solver=c.sample.solver, sink_frames=c.forcing.sink_frames,
+                          train_frames=c.data.num_frames)

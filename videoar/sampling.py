@@ -45,11 +45,13 @@ def data_prediction(model: dit.CausalDiT, velocity, x_t, t_bf):
   return flow.data_from_velocity(prediction, velocity, x_t, t_bf)
 
 
-def window_frames(num_frames: int, chunk: int, history_window: int = 0) -> int:
+def window_frames(num_frames: int, chunk: int, history_window: int = 0,
+                  sink_frames: int = 0) -> int:
   """Frames a chunk sees in sampling (cache + itself): as many as in training, where a
-  `history_window` > 0 limits the history to that many chunks."""
+  `history_window` > 0 limits the history to that many chunks after `sink_frames` sink frames
+  (masks.TeacherForcing / BlockCausal with a sink)."""
   if history_window:
-    return min(num_frames, (history_window + 1) * chunk)
+    return min(num_frames, sink_frames + (history_window + 1) * chunk)
   return num_frames
 
 
@@ -65,16 +67,27 @@ class Sampler:
       text (1 = off).
     solver: "euler" or "few_step" (module docstring). The few-step solver draws its re-noising
       from an explicit key: xi_k of chunk i of a rollout is normal(fold_in(fold_in(rng, i), k)).
+    sink_frames: the first frames written (context or generated), kept in the cache for good
+      (kv_cache.init); the model must have been trained with the same sink (masks).
+    train_frames: the training clip's length N (default `window`): past it, a chunk takes the
+      positions of a training clip's last chunk (kv_cache.init's span, N - chunk).
 
-  Raises ValueError for a window that is not whole chunks or an unknown solver.
+  Raises ValueError for a window that is not whole chunks, a sink that is not, or an unknown
+  solver.
   """
 
   def __init__(self, model: dit.CausalDiT, *, frame_shape: tuple[int, int, int], chunk: int,
-               window: int, guidance_scale: float = 1.0, solver: str = "euler"):
+               window: int, guidance_scale: float = 1.0, solver: str = "euler",
+               sink_frames: int = 0, train_frames: int | None = None):
     if window % chunk:
       raise ValueError(f"sampler window={window} must be a multiple of chunk={chunk}")
     if solver not in SOLVERS:
       raise ValueError(f"sampler solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
+    if sink_frames % chunk:
+      raise ValueError(f"sampler sink_frames={sink_frames} must be a multiple of chunk={chunk}")
+    self.sink_frames = sink_frames
+    # Past the training length a chunk takes the positions of a training clip's last chunk.
+    self.span = (window if train_frames is None else train_frames) - chunk
     self.solver = solver
     self.model = model
     self.frame_shape = tuple(frame_shape)
@@ -93,7 +106,7 @@ class Sampler:
     return kv_cache_lib.init(
         num_layers=m.depth, batch=batch * (2 if self.guided else 1), slots=self.slots,
         tokens_per_frame=m.tokens_per_frame(h, w), num_heads=m.num_heads, head_dim=m.head_dim,
-        frame_shape=self.frame_shape, dtype=m.dtype)
+        frame_shape=self.frame_shape, sink=self.sink_frames, span=self.span, dtype=m.dtype)
 
   def _apply(self, params, cache, x_bchwc, t_bc, previous_bchwc, cond):
     """One model call on a chunk over the cache; inputs are per video, and under guidance they

@@ -167,6 +167,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("sample.solver", config.sample.solver, f"allowed: {', '.join(sampling.SOLVERS)}")
   if config.forcing.paradigm == SELF_FORCING:
     _check_self_forcing(config)
+  sink = config.forcing.sink_frames
+  if not isinstance(sink, int) or sink < 0 or sink % chunk:
+    fail("forcing.sink_frames", sink, f"must be a multiple of forcing.chunk={chunk}, >= 0")
+  if sink and not config.forcing.history_window:
+    fail("forcing.sink_frames", sink, "needs forcing.history_window > 0 (a sink is what a"
+         " sliding window keeps besides the recent frames)")
+  if sink and sink >= config.data.num_frames - chunk:
+    fail("forcing.sink_frames", sink, f"must leave room for a chunk's history below"
+         f" data.num_frames={config.data.num_frames}")
   if config.forcing.paradigm == "bidirectional" and chunk != config.data.num_frames:
     fail("forcing.chunk", chunk,
          "a bidirectional model generates the whole clip at once: set it to data.num_frames")

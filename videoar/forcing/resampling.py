@@ -33,7 +33,7 @@ MODES = ("autoregressive", "parallel", "noise_augmentation")
 
 def degrade_history(model: dit.CausalDiT, params, video_bfhwc, cond: dict, rng, *,
                     chunk: int, mode: str, resample_shift: float, resample_steps: int,
-                    history_window: int = 0):
+                    history_window: int = 0, sink_frames: int = 0):
   """The model's own resampling of `video`, with no gradient to anything."""
   params = jax.lax.stop_gradient(params)
   b, n = video_bfhwc.shape[:2]
@@ -45,19 +45,21 @@ def degrade_history(model: dit.CausalDiT, params, video_bfhwc, cond: dict, rng, 
   if mode == "noise_augmentation":
     history = x_ts
   elif mode == "autoregressive":
-    sampler = sampling.Sampler(model, frame_shape=video_bfhwc.shape[2:], chunk=chunk,
-                               window=sampling.window_frames(n, chunk, history_window))
+    sampler = sampling.Sampler(
+        model, frame_shape=video_bfhwc.shape[2:], chunk=chunk,
+        window=sampling.window_frames(n, chunk, history_window, sink_frames),
+        sink_frames=sink_frames, train_frames=n)
     history, _ = sampler.rollout(params, sampler.init_cache(b), x_ts, times_bs, cond)
   elif mode == "parallel":
     history = _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, chunk=chunk,
-                                 history_window=history_window)
+                                 history_window=history_window, sink_frames=sink_frames)
   else:
     raise ValueError(f"forcing.resample_mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
   return jax.lax.stop_gradient(history)
 
 
 def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chunk,
-                       history_window):
+                       history_window, sink_frames):
   """Every frame denoised at once on the 2N layout, conditioned on the clean history."""
   b, n = video_bfhwc.shape[:2]
 
@@ -65,7 +67,7 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chun
     t_now = jnp.broadcast_to(times_bs[:, i, None], (b, n))
     t_next = jnp.broadcast_to(times_bs[:, i + 1, None], (b, n))
     v, _ = teacher.apply_two_n(model, params, video_bfhwc, x, t_now, cond, chunk=chunk,
-                               history_window=history_window)
+                               history_window=history_window, sink_frames=sink_frames)
     return flow.euler_step(x, v[:, n:], t_now, t_next)
 
   return jax.lax.fori_loop(0, times_bs.shape[1] - 1, step, x_ts)
@@ -74,7 +76,7 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chun
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
             cond_drop_prob: float, step, resample_mode: str = "autoregressive",
             resample_shift: float = 0.6, resample_steps: int = 4, warmup_steps: int = 0,
-            history_window: int = 0):
+            history_window: int = 0, sink_frames: int = 0):
   # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
   cond_rng, loss_rng = jax.random.split(rng)
   resample_rng = jax.random.fold_in(rng, 1)
@@ -84,11 +86,12 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
   def degraded():
     return degrade_history(model, params, video, model.conditioning(batch), resample_rng,
                            chunk=chunk, mode=resample_mode, resample_shift=resample_shift,
-                           resample_steps=resample_steps, history_window=history_window)
+                           resample_steps=resample_steps, history_window=history_window,
+                           sink_frames=sink_frames)
 
   history = jax.lax.cond(step < warmup_steps, lambda: video, degraded)
   loss, metrics = teacher.history_conditioned_loss(
       model, params, history, video, cond, loss_rng, chunk=chunk,
-      time_shift=time_shift, history_window=history_window)
+      time_shift=time_shift, history_window=history_window, sink_frames=sink_frames)
   metrics["history_mse"] = common.mse(history, video)
   return loss, metrics

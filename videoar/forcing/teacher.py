@@ -17,12 +17,13 @@ from videoar.models import dit
 
 
 def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, cond: dict, *,
-                chunk: int, history_window: int = 0, mutable=False):
+                chunk: int, history_window: int = 0, sink_frames: int = 0, mutable=False):
   """The model on the 2N layout [history ; noisy frames]: the one place the sequence is built.
 
   history_bfhwc, x_t_bfhwc: [B, N, H, W, C]; t_bf: [B, N], the noisy frames' times (the history is
   at t = 0). Both halves take positions 0..N-1; noisy frame i sees the history before its chunk
-  and the noisy frames of its own chunk (masks.TeacherForcing, windowed by `history_window`).
+  and the noisy frames of its own chunk (masks.TeacherForcing, windowed by `history_window`
+  after `sink_frames`).
   Returns the model's output over all 2N frames and, with `mutable`, its collections.
   """
   n = x_t_bfhwc.shape[1]
@@ -34,13 +35,13 @@ def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, co
   return model.apply(params, jnp.concatenate([history_bfhwc, x_t_bfhwc], axis=1),
                      jnp.concatenate([jnp.zeros_like(t_bf), t_bf], axis=1),
                      frame_pos_f=jnp.tile(jnp.arange(n, dtype=jnp.int32), 2),
-                     mask=masks.TeacherForcing(n, chunk, history_window),
+                     mask=masks.TeacherForcing(n, chunk, history_window, sink_frames),
                      previous_bfhwc=previous, mutable=mutable, **common.repeat_frames(cond, 2))
 
 
 def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc,
                              cond: dict, rng, *, chunk: int, time_shift: float,
-                             history_window: int = 0):
+                             history_window: int = 0, sink_frames: int = 0):
   """Flow-matching loss of every frame of `video`, each conditioned on `history` before it."""
   b, n = video_bfhwc.shape[:2]
   time_rng, noise_rng = jax.random.split(rng)
@@ -48,20 +49,20 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
   eps = jax.random.normal(noise_rng, video_bfhwc.shape)
   x_t = flow.interpolate(video_bfhwc, eps, t_bf)
   v, _ = apply_two_n(model, params, history_bfhwc, x_t, t_bf, cond, chunk=chunk,
-                     history_window=history_window)
+                     history_window=history_window, sink_frames=sink_frames)
   loss = common.mse(v[:, n:], flow.velocity_target(video_bfhwc, eps))
   return loss, {"loss": loss}
 
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
-            cond_drop_prob: float, history_window: int = 0, step=None):
+            cond_drop_prob: float, history_window: int = 0, sink_frames: int = 0, step=None):
   del step
   cond_rng, loss_rng = jax.random.split(rng)
   cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)
   video = batch["video"]
   return history_conditioned_loss(model, params, video, video, cond, loss_rng,
                                   chunk=chunk, time_shift=time_shift,
-                                  history_window=history_window)
+                                  history_window=history_window, sink_frames=sink_frames)
 
 
 def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, *, chunk: int,
