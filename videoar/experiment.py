@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from videoar import sampling, validate
 from videoar.attention import masks
@@ -179,9 +178,6 @@ class TrainStep:
 
   Attributes:
     layout: the mesh and the shardings of batches and replicated values.
-    optimizer: the optax optimizer (learning-rate schedule inside); the generator's for a
-      generator/critic method.
-    schedule: the learning-rate schedule, step -> rate.
     init: jitted `rng -> TrainState`, built on the mesh, each device computing its own shards.
     state_sharding: the TrainState's shardings.
     step: jitted `(state, batch, rng) -> (state, metrics)`, the state donated.
@@ -190,8 +186,6 @@ class TrainStep:
   """
 
   layout: sharding_lib.Layout
-  optimizer: optax.GradientTransformation
-  schedule: optax.Schedule
   init: Callable
   state_sharding: state_lib.TrainState
   step: Callable
@@ -224,7 +218,7 @@ def make_train_step(exp: Experiment, layout: sharding_lib.Layout | None = None) 
   step = step_lib.make_train_step(
       loss_fn=make_loss_fn(exp), optimizer=optimizer, schedule=schedule,
       ema_decay=config.optim.ema_decay, layout=layout, state_sharding=state_sharding)
-  return TrainStep(layout, optimizer, schedule, init, state_sharding, step, start=init)
+  return TrainStep(layout, init, state_sharding, step, start=init)
 
 
 def self_forcing_options(exp: Experiment) -> self_forcing.Options:
@@ -282,7 +276,7 @@ def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -
     return state.replace(params=params, ema_params={"generator": place(
         generator, state_sharding.ema_params["generator"])})
 
-  return TrainStep(layout, generator_optimizer, schedule, init, state_sharding, step, start)
+  return TrainStep(layout, init, state_sharding, step, start)
 
 
 def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network: bool = False):
