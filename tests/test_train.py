@@ -15,6 +15,7 @@ import ml_collections
 from videoar import errors, experiment, trainer
 from videoar.data import array_record, pipeline
 from videoar.eval import run
+from videoar.diffusion import flow
 from videoar.forcing import common, teacher
 from videoar.models import dit
 from videoar.train import checkpoint as checkpoint_lib
@@ -96,6 +97,26 @@ def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_run(tmp_path):
   assert sorted(losses("resumed")) == [1, 2, 3, 4]
 
 
+def test_evaluation_while_training_logs_the_ema_weights_segment_metrics(tmp_path):
+  """eval.every: metrics.jsonl gets the segment metrics at those steps and the last, computed on
+  the weights the checkpoint's EMA holds (the same figures as evaluating it afterwards), and
+  tensorboard gets the strip."""
+  config = tiny_config(**{"train.num_steps": 4, "eval.every": 3, "eval.during_training_clips": 2})
+  exp = experiment.build(config)
+  trainer.train(exp, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    logged = {r["step"]: r for r in map(json.loads, f) if "eval/lost/0-7" in r}
+  assert sorted(logged) == [3, 4]
+  scalars, strip = run.DuringTraining(exp)(experiment.restore_params(exp, str(tmp_path), True))
+  assert set(scalars) == {key[len("eval/"):] for key in logged[4] if key != "step"}
+  for key, value in scalars.items():
+    expected = None if np.isnan(value) else pytest.approx(value, rel=1e-5)  # strict JSON: null
+    assert logged[4][f"eval/{key}"] == expected, key
+  assert strip.ndim == 3 and strip.shape[-1] == 3
+  events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").iterdir())
+  assert b"eval/strip" in events and b"eval/lost/16-23" in events
+
+
 BAD_CONFIGS = [
     ({"model.patch": 5}, "config.model.patch=5"),
     ({"forcing.chunk": 3}, "config.forcing.chunk=3"),
@@ -108,6 +129,8 @@ BAD_CONFIGS = [
     ({"model.text_dim": -1}, "config.model.text_dim=-1"),
     ({"model.prediction": "residual", "model.previous_frame_input": False},
      "config.model.prediction='residual'"),
+    ({"forcing.loss_weighting": "snr"}, "config.forcing.loss_weighting='snr'"),
+    ({"eval.every": -1}, "config.eval.every=-1"),
 ]
 
 
@@ -168,6 +191,24 @@ def test_build_rejects_conditioning_that_the_source_does_not_give():
     experiment.build(tiny_config(**{"model.text_dim": 4}))
   assert str(error.value).startswith("config.model.text_dim=4 is invalid: data.source='bouncing'"
                                      " gives no 'text'")
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "data"])
+def test_data_loss_weighting_is_the_clean_frame_error(prediction):
+  """flow_loss(..., "data") is the squared error of the clean frame x_t - t v that the network's
+  velocity implies, for either output, and "velocity" the plain velocity error."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  video, eps = (jax.random.normal(k, (2, 3, 4, 4, 3)) for k in keys[:2])
+  t_bf = jnp.array([[0.05, 0.3, 0.9], [0.5, 0.7, 1.0]])  # at or above the data floor
+  x_t = flow.interpolate(video, eps, t_bf)
+  clean_guess = video + 0.1 * jax.random.normal(keys[2], video.shape)
+  velocity = flow.velocity_from_prediction(prediction, clean_guess, x_t, t_bf) if (
+      prediction == "data") else eps - clean_guess
+  implied = flow.data_from_velocity(prediction, velocity, x_t, t_bf)
+  np.testing.assert_allclose(common.flow_loss(velocity, video, eps, t_bf, "data"),
+                             jnp.mean(jnp.square(implied - video)), rtol=1e-5)
+  np.testing.assert_allclose(common.flow_loss(velocity, video, eps, t_bf, "velocity"),
+                             jnp.mean(jnp.square(velocity - (eps - video))), rtol=1e-5)
 
 
 def test_conditioning_dropout_replaces_whole_entries_with_their_null():

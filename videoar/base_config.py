@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text_dim = 0  # > 0: cross-attention to per-video text embeddings (array_record)
   config.model.prediction = "data"  # width 128 < patch dim 192: see CausalDiT
   config.model.previous_frame_input = True  # see CausalDiT: makes the history matter early
+  config.model.pixel_head = 0  # > 0: layers.PixelHead's channels, which removes patch seams
   config.model.attention_impl = "auto"
   config.model.routing_top_k = 0  # 0: dense attention over the history
   config.model.dtype = "float32"
@@ -52,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   # High-noise times decide where objects go; with data prediction the velocity loss weighs them
   # by only 1/t^2, so draw them more often (measured: 600 steps, position error 6.8 -> 4.7 px).
   config.forcing.time_shift = 3.0
+  # How the loss weighs the noise levels (flow.loss_weight): "velocity" (all alike) or "data"
+  # (the clean frame's squared error).
+  config.forcing.loss_weighting = "velocity"
   config.forcing.cond_drop_prob = 0.1
   config.forcing.history_window = 0  # > 0: a sliding window of that many history frames
   # With a window: the first frames every chunk keeps seeing, in training and in the sampler's
@@ -104,6 +108,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.num_clips = 32
   config.eval.segment_len = 8  # one training length per segment
+  # Every this many steps (0: never) the trainer continues the first few held-out clips and logs
+  # their segment metrics and strip (metrics.jsonl, tensorboard): the run's own learning curve.
+  config.eval.every = 0
+  config.eval.during_training_clips = 8
 
   # The device mesh of training (docs/scaling.md): axis sizes, where -1 takes the devices the
   # other axes leave, and the rules that map the model's logical axis names to mesh axes (a name

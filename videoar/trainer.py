@@ -29,6 +29,7 @@ import tqdm
 
 from videoar import experiment
 from videoar.data import pipeline
+from videoar.eval import run as eval_run
 from videoar.forcing import teacher
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import metrics_log
@@ -88,6 +89,13 @@ def _routing_frequencies(exp: experiment.Experiment, layout):
   return jax.jit(lambda params, video: teacher.routing_frequencies(
       exp.model, params, video, chunk=c.forcing.chunk,
       history_window=c.forcing.history_window).mean(axis=0), out_shardings=layout.replicated)
+
+
+def _sampled_params(config, state: state_lib.TrainState):
+  """The weights that sampling uses, as experiment.restore_params picks them from a checkpoint:
+  the (EMA) model's, or a Self Forcing run's generator's."""
+  params = state.ema_params if config.sample.use_ema else state.params
+  return params["generator"] if config.forcing.paradigm == "self_forcing" else params
 
 
 def _move_run_aside(workdir: str) -> str:
@@ -192,6 +200,7 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
           experiment.model_inputs),
       prefetch=config.data.prefetch, num_workers=config.data.num_workers)
   routing_frequencies = _routing_frequencies(exp, layout) if exp.model.routing_top_k else None
+  evaluate = eval_run.DuringTraining(exp) if config.eval.every and is_main else None
   log = metrics_log.MetricsLog(workdir, is_main=is_main, resume_step=start)
   preemption = preemption_lib.Preemption()
   frames_per_step = config.data.batch_size * config.data.num_frames
@@ -248,6 +257,8 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
           log.routing_histogram(done, np.asarray(routing_frequencies(state.params,
                                                                      batch["video"])))
         log.write(done, metrics)
+      if evaluate and (done % config.eval.every == 0 or is_last):
+        log.write_eval(done, *evaluate(_sampled_params(config, state)))
       if done % config.train.checkpoint_every == 0 or is_last or preempted:
         _check_finite(jax.device_get(pending), done, saved)
         try:

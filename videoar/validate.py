@@ -19,6 +19,7 @@ import ml_collections
 from videoar import base_config, sampling
 from videoar.attention import ops
 from videoar.data import pipeline
+from videoar.diffusion import flow
 from videoar.errors import ConfigError, fail
 from videoar.forcing import PARADIGMS, resampling, self_forcing
 from videoar.models import dit
@@ -112,6 +113,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.forcing.resample_mode not in resampling.MODES:
     fail("forcing.resample_mode", config.forcing.resample_mode,
          f"allowed: {', '.join(resampling.MODES)}")
+  if config.forcing.loss_weighting not in flow.LOSS_WEIGHTINGS:
+    fail("forcing.loss_weighting", config.forcing.loss_weighting,
+         f"allowed: {', '.join(flow.LOSS_WEIGHTINGS)}")
   if config.forcing.resample_shift <= 0:
     fail("forcing.resample_shift", config.forcing.resample_shift, "must be > 0")
   if config.model.attention_impl not in ops.IMPLS:
@@ -127,9 +131,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "forcing.resample_steps", "train.num_steps", "train.log_every",
               "train.checkpoint_every", "train.keep_checkpoints", "sample.num_steps",
               "sample.num_videos", "sample.length_multiple", "eval.num_clips",
-              "eval.segment_len"):
+              "eval.segment_len", "eval.during_training_clips"):
     _positive(config, key)
-  for key in list(CONDITIONING_SIZES.values()) + ["model.routing_top_k",
+  for key in list(CONDITIONING_SIZES.values()) + ["model.routing_top_k", "model.pixel_head",
+                                                  "eval.every",
                                                   "forcing.history_window",
                                                   "forcing.warmup_steps"]:
     value = _get(config, key)
@@ -268,7 +273,8 @@ def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSour
                      + config.sample.length_multiple * config.data.num_frames)
   try:
     pipeline.check_eval_clips(source, num_clips=max(config.sample.num_videos,
-                                                    config.eval.num_clips),
+                                                    config.eval.num_clips,
+                                                    config.eval.during_training_clips),
                               num_frames=held_out_frames)
   except ValueError as e:
     raise ConfigError(str(e)) from e

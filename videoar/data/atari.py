@@ -37,6 +37,11 @@ PONG_BACKGROUND_RGB = (144, 72, 17)
 PONG_PADDLE_COLUMNS = (140, 144)
 PONG_PLAYFIELD_ROWS = (34, 194)
 ATARI_SCREEN = (210, 160)
+# Pong's other colours: the opponent's (left) paddle and score, and the ball, which shares its
+# white with the walls above and below the playfield. The ball is 4 rows x 2 columns at 210x160.
+PONG_OPPONENT_RGB = (213, 130, 74)
+PONG_BALL_RGB = (236, 236, 236)
+PONG_BALL_SHAPE = (4, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +153,7 @@ def area_resize(screen: np.ndarray, size: int) -> np.ndarray:
 def pong_paddle_rows(video: np.ndarray) -> np.ndarray:
   """Row of the agent's (right, green) paddle centre in each frame of Pong video [F, H, W, 3]
   (uint8 or in [-1, 1]), in pixels of that video; NaN where no paddle is visible."""
-  video = np.asarray(video, np.float32)
-  if video.max() <= 1.0:
-    video = (video + 1.0) * 127.5
+  video = _rgb255(video)
   height, width = video.shape[1:3]
   top, bottom = (round(r * height / ATARI_SCREEN[0]) for r in PONG_PLAYFIELD_ROWS)
   left, right = (round(c * width / ATARI_SCREEN[1]) for c in PONG_PADDLE_COLUMNS)
@@ -167,6 +170,64 @@ def pong_paddle_rows(video: np.ndarray) -> np.ndarray:
   rows = top + np.arange(weight.shape[1])
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(mass > 0.5, (weight * rows).sum(axis=1) / mass, np.nan)
+
+
+def pong_ball_positions(video: np.ndarray) -> np.ndarray:
+  """Centre (row, col) of the ball in each frame of Pong video [..., H, W, 3] (uint8 or in
+  [-1, 1]), in pixels of that video (pixel [i, j] is centred at (i, j)): float64 [..., 2], NaN
+  where no ball is visible.
+
+  Every pixel is unmixed into its shares of the ball's white, the two paddles' colours and the
+  background (resizing blends them linearly), and only the white share counts, so the paddles
+  and their colours are excluded by colour wherever they are. Two things share the ball's colour
+  and are excluded by position: the score, above the playfield rows, is never looked at; the
+  walls are white stripes across the whole width above and below the playfield, and each row's
+  median white share over the columns is subtracted, which removes a stripe (or the part of one
+  that a resized row straddling the wall holds) but not a ball a pixel or two wide. The ball is
+  then the strongest white spot: the share-weighted centroid of a window the ball's size plus a
+  pixel each way around the strongest pixel, visible when that window holds at least half a
+  ball's area of white. A ball half hidden in a wall is located from its visible part.
+  """
+  video = _rgb255(video)
+  leading, (height, width) = video.shape[:-3], video.shape[-3:-1]
+  video = video.reshape((-1, height, width, 3))
+  # Every row that covers any of the playfield, including the two that straddle a wall.
+  top = int(np.floor(PONG_PLAYFIELD_ROWS[0] * height / ATARI_SCREEN[0]))
+  bottom = int(np.ceil(PONG_PLAYFIELD_ROWS[1] * height / ATARI_SCREEN[0]))
+  background = np.asarray(PONG_BACKGROUND_RGB, np.float64)
+  colours = np.asarray([PONG_BALL_RGB, PONG_PADDLE_RGB, PONG_OPPONENT_RGB], np.float64)
+  unmix = np.linalg.inv((colours - background).T)  # RGB offset from the background -> shares
+  white = (video[:, top:bottom] - background) @ unmix[0]  # [N, rows, W]
+  white = np.clip(white - np.median(white, axis=2, keepdims=True), 0.0, None)
+
+  ball_rows = PONG_BALL_SHAPE[0] * height / ATARI_SCREEN[0]
+  ball_cols = PONG_BALL_SHAPE[1] * width / ATARI_SCREEN[1]
+  half_rows, half_cols = int(np.ceil(ball_rows / 2)), int(np.ceil(ball_cols / 2))
+  num_frames, num_rows = white.shape[:2]
+  peak_row, peak_col = np.unravel_index(white.reshape(num_frames, -1).argmax(axis=1),
+                                        (num_rows, width))
+  window_rows = peak_row[:, None] + np.arange(-half_rows, half_rows + 1)  # [N, r]
+  window_cols = peak_col[:, None] + np.arange(-half_cols, half_cols + 1)  # [N, c]
+  # Window pixels off the region read zero share.
+  padded = np.pad(white, ((0, 0), (half_rows, half_rows), (half_cols, half_cols)))
+  window = padded[np.arange(num_frames)[:, None, None], window_rows[:, :, None] + half_rows,
+                  window_cols[:, None, :] + half_cols]  # [N, r, c]
+  mass = window.sum(axis=(1, 2))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    row = top + np.einsum("nrc,nr->n", window, window_rows) / mass
+    col = np.einsum("nrc,nc->n", window, window_cols) / mass
+  centre = np.stack([row, col], axis=-1)
+  centre[mass < 0.5 * ball_rows * ball_cols] = np.nan
+  return centre.reshape(leading + (2,))
+
+
+def _rgb255(video: np.ndarray) -> np.ndarray:
+  """Pixels uint8, or of any other dtype in [-1, 1], -> float32 in [0, 255]. Told apart by dtype,
+  not by value: a generated frame overshoots 1 here and there, and an all-dark one stays below."""
+  video = np.asarray(video)
+  if video.dtype == np.uint8:
+    return video.astype(np.float32)
+  return (np.clip(video.astype(np.float32), -1.0, 1.0) + 1.0) * 127.5
 
 
 @functools.cache

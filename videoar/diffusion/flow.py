@@ -77,6 +77,26 @@ def data_from_velocity(prediction: str, velocity, x_t, t_bf):
   return x_t.astype(jnp.float32) - _broadcast_time(t_bf, x_t) * velocity
 
 
+LOSS_WEIGHTINGS = ("velocity", "data")
+
+
+def loss_weight(weighting: str, t_bf: jax.Array) -> jax.Array:
+  """Per-frame weight [B, F] of the squared velocity error in the flow-matching loss.
+
+  "velocity" weighs every time alike. "data" weighs it by t^2, which makes the loss the squared
+  error of the clean frame the velocity stands for (x0 - x0_hat = -t (v - v_hat)), with t floored
+  as `velocity_from_prediction` floors it: a data-predicting network under the velocity loss is
+  weighed by 1/t^2 instead, so the rare low-noise draws dominate its gradient while the
+  high-noise ones, which decide where objects go, count least. Raises ValueError for an unknown
+  weighting.
+  """
+  if weighting == "velocity":
+    return jnp.ones_like(t_bf)
+  if weighting == "data":
+    return jnp.square(jnp.maximum(t_bf, MIN_DATA_PREDICTION_TIME))
+  raise ValueError(f"loss weighting {weighting!r} is unknown; allowed: {', '.join(LOSS_WEIGHTINGS)}")
+
+
 def sample_score_time(rng: jax.Array, shape: tuple[int, ...], shift: float,
                       clamp: tuple[float, float]) -> jax.Array:
   """Self Forcing's score timesteps (spec 2.2, in t = sigma units): u uniform on

@@ -6,6 +6,9 @@ segment (the Resampling Forcing paper's Table 1). Trivial baselines give the flo
 does no better than repeating the last context frame has learnt nothing about motion.
 """
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 
 from videoar.eval.metrics import psnr, ssim
@@ -18,9 +21,24 @@ METRIC_TITLES = {
     "lost": "Objects lost per frame (lower is better)",
     "invented": "Objects invented per frame (lower is better)",
     "color_drift": "Object colour drift (RGB distance, lower is better)",
+    "digit_accuracy": "Digits read as their true label (fraction, higher is better; truth is the ceiling)",
+    "ball_position_error": "Ball position error (px, lower is better)",
+    "ball_missed": "Ball missed, per frame with a true ball (lower is better)",
+    "paddle_row_error": "Paddle row error (px, lower is better)",
 }
-METRIC_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "color_drift": "{:.3f}"}
+METRIC_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "color_drift": "{:.3f}", "digit_accuracy": "{:.3f}"}
 DEFAULT_FORMAT = "{:.2f}"
+
+
+class FrameScorer(Protocol):
+    """Per-frame figures of a continuation that need more than the pixels, e.g. what a classifier
+    reads in them (digits.DigitScorer) or where a game's objects are (pong.pong_frame_scores)."""
+
+    def __call__(self, generated: np.ndarray, truth: np.ndarray, frames: slice) -> dict[str, np.ndarray]:
+        """{metric: float [B, f]}, NaN where a frame does not count, for generated and truth
+        [B, f, H, W, C], which are frames `frames` of the continuation (to look up per-frame
+        truth the scorer holds)."""
+        ...
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -37,6 +55,7 @@ def segment_table(
     positions: np.ndarray | None = None,
     color_ids: np.ndarray | None = None,
     palette: np.ndarray | None = None,
+    scorers: Sequence[FrameScorer] = (),
 ) -> list[dict]:
     """Score a continuation segment by segment.
 
@@ -50,6 +69,8 @@ def segment_table(
       color_ids: [B, K] (or [K] for all clips) palette index of each object.
       palette: [P, 3]. The object metrics are computed when positions, color_ids and palette are
         all given.
+      scorers: more per-frame metrics; each segment reports their means over the clip-frames
+        that count.
 
     Returns one dict per segment, in time order, with keys:
       segment: "first-last" frame indices after the context, inclusive, e.g. "0-7".
@@ -58,6 +79,8 @@ def segment_table(
       With the object inputs also:
       position_error, color_drift: means over the clip-frames where any true object was found.
       lost, invented: mean counts per frame.
+      Each scorer's metrics, e.g. digit_accuracy; ball_position_error, ball_missed,
+      paddle_row_error.
     """
     generated = np.asarray(generated)
     truth = np.asarray(truth)
@@ -94,6 +117,9 @@ def segment_table(
             row["lost"] = float(objects["lost"].mean())
             row["invented"] = float(objects["invented"].mean())
             row["color_drift"] = _nanmean(objects["color_drift"])
+        for scorer in scorers:
+            for name, values in scorer(segment_generated, segment_truth, slice(start, stop)).items():
+                row[name] = _nanmean(np.asarray(values, np.float64))
         rows.append(row)
     return rows
 

@@ -14,25 +14,98 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videoar import experiment, media
+from videoar import experiment, media, sampling
 from videoar.data import pipeline
-from videoar.eval import long_horizon
+from videoar.data.atari import AtariEpisodes
+from videoar.data.moving_mnist import MovingMnist
+from videoar.eval import digits, long_horizon, pong
 from videoar.train import metrics_log
 
 
-def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.Array):
-  """Held-out clips (context + true continuation) and the model's continuation."""
+def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.Array,
+                   sampler: sampling.Sampler | None = None):
+  """Held-out clips (context + true continuation) and the model's continuation; `sampler`
+  defaults to a new experiment.make_sampler(exp) (pass one to reuse its compiled steps)."""
   c = exp.config
   num_context = c.sample.context_frames
   num_generated = c.sample.length_multiple * c.data.num_frames
   clips = pipeline.eval_clips(exp.source, num_clips=num_clips,
                               num_frames=num_context + num_generated, seed=c.seed)
-  sampler = experiment.make_sampler(exp)
+  sampler = sampler or experiment.make_sampler(exp)
   cond = {key: jnp.asarray(value) for key, value in exp.model.conditioning(clips).items()}
   context = jnp.asarray(clips["video"][:, :num_context]) if num_context else None
   generated = sampler.generate(params, rng, num_generated, c.sample.num_steps,
                                c.sample.time_shift, context, cond)
   return clips, np.asarray(generated)
+
+
+def frame_scorers(exp: experiment.Experiment, clips: dict) -> list[long_horizon.FrameScorer]:
+  """The metrics only some sources have, for the continuation of `clips` (continue_clips):
+  whether the digits keep their identities (Moving-MNIST), where the ball and the agent's paddle
+  are (Atari Pong played from the emulator; not its frames read back as array_record)."""
+  source = exp.source
+  if isinstance(source, MovingMnist):
+    return [digits.DigitScorer(positions=clips["positions"][:, exp.config.sample.context_frames:],
+                               labels=clips["labels"],
+                               classifier=digits.digit_classifier(source.digit_size))]
+  if (isinstance(source, pipeline.RecordedClips) and isinstance(source.recording, AtariEpisodes)
+      and source.recording.game == "pong"):
+    return [pong.pong_frame_scores]
+  return []
+
+
+def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray,
+          baselines: bool = True) -> dict[str, list[dict]]:
+  """The per-segment tables (long_horizon.segment_table) of the model's continuation
+  `generated` [B, F, H, W, C] of `clips` (continue_clips), and with `baselines` of
+  copy-the-last-frame, all-background and the truth: {method: rows}."""
+  c = exp.config
+  num_context = c.sample.context_frames
+  truth = clips["video"][:, num_context:]
+  object_truth = {}
+  if "color_ids" in clips:
+    object_truth = dict(positions=clips["positions"][:, num_context:],
+                        color_ids=clips["color_ids"], palette=exp.source.palette_array())
+  methods = {"model": generated}
+  if baselines:
+    if num_context:
+      methods.update(long_horizon.baselines(clips["video"][:, :num_context], truth.shape[1]))
+    else:
+      methods["background"] = np.full_like(truth, -1.0)
+    methods["truth"] = truth
+  scorers = frame_scorers(exp, clips)
+  return {name: long_horizon.segment_table(video, truth, segment_len=c.eval.segment_len,
+                                           scorers=scorers, **object_truth)
+          for name, video in methods.items()}
+
+
+def strip(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
+  """A strip image [H', W', C] whose rows alternate a clip's truth and the model's video
+  (context, then generated), every second frame."""
+  model_videos = np.concatenate([clips["video"][:, :num_context], generated], axis=1)
+  rows = np.stack([clips["video"], model_videos], axis=1).reshape((-1,) + model_videos.shape[1:])
+  return media.frame_strip(rows, every=2)
+
+
+class DuringTraining:
+  """Evaluation while training (eval.every): the same continuation of the first
+  eval.during_training_clips held-out clips, with the same noise, each time, so that the
+  figures move only with the weights. One sampler, compiled once, serves every call."""
+
+  def __init__(self, exp: experiment.Experiment):
+    self.exp = exp
+    self.sampler = experiment.make_sampler(exp)
+    self.rng = jax.random.key(exp.config.seed + 2)
+
+  def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
+    """Scalars {"METRIC/SEGMENT": value} of the model's segment table and its strip image."""
+    c = self.exp.config
+    clips, generated = continue_clips(self.exp, params, c.eval.during_training_clips, self.rng,
+                                      self.sampler)
+    rows = score(self.exp, clips, generated, baselines=False)["model"]
+    scalars = {f"{name}/{row['segment']}": value for row in rows
+               for name, value in row.items() if name not in ("segment", "frames")}
+    return scalars, strip(clips, generated, c.sample.context_frames)
 
 
 def sample(exp: experiment.Experiment, params, workdir: str) -> str:
@@ -46,9 +119,8 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
   model_videos = np.concatenate([clips["video"][:, :num_context], generated], axis=1)
   for i, video in enumerate(model_videos):
     media.write_mp4(os.path.join(out, f"sample_{i}.mp4"), video)
-  rows = np.stack([clips["video"], model_videos], axis=1).reshape((-1,) + model_videos.shape[1:])
   strip_path = os.path.join(out, "strip.png")
-  media.write_png(strip_path, media.frame_strip(rows, every=2))
+  media.write_png(strip_path, strip(clips, generated, num_context))
   return strip_path
 
 
@@ -60,19 +132,7 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   clips, generated = continue_clips(exp, params, c.eval.num_clips, jax.random.key(c.seed + 2))
   num_context = c.sample.context_frames
   truth = clips["video"][:, num_context:]
-  object_truth = {}
-  if "color_ids" in clips:
-    object_truth = dict(positions=clips["positions"][:, num_context:],
-                        color_ids=clips["color_ids"], palette=exp.source.palette_array())
-  methods = {"model": generated}
-  if num_context:
-    methods.update(long_horizon.baselines(clips["video"][:, :num_context], truth.shape[1]))
-  else:
-    methods["background"] = np.full_like(truth, -1.0)
-  methods["truth"] = truth
-  tables = {name: long_horizon.segment_table(video, truth, segment_len=c.eval.segment_len,
-                                             **object_truth)
-            for name, video in methods.items()}
+  tables = score(exp, clips, generated)
   text = long_horizon.format_table(tables)
   print(text)
   result = dict(context_frames=num_context, generated_frames=int(truth.shape[1]),

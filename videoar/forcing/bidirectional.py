@@ -12,7 +12,7 @@ from videoar.models import dit
 
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
-            cond_drop_prob: float, step=None):
+            cond_drop_prob: float, loss_weighting: str = "velocity", step=None):
   del chunk, step
   cond_rng, time_rng, noise_rng = jax.random.split(rng, 3)
   cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)
@@ -23,5 +23,5 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
   v, _ = model.apply(params, flow.interpolate(video, eps, t_bf), t_bf,
                      frame_pos_f=jnp.arange(n, dtype=jnp.int32), mask=masks.Full(n),
                      **cond)
-  loss = common.mse(v, flow.velocity_target(video, eps))
+  loss = common.flow_loss(v, video, eps, t_bf, loss_weighting)
   return loss, {"loss": loss}

@@ -38,3 +38,11 @@ def per_chunk_time(rng: jax.Array, batch: int, num_frames: int, chunk: int, shif
 
 def mse(prediction, target):
   return jnp.mean(jnp.square(prediction - target))
+
+
+def flow_loss(velocity_bfhwc, video_bfhwc, eps_bfhwc, t_bf, weighting: str):
+  """The flow-matching loss of a network's velocity for frames [B, F, H, W, C] noised with
+  `eps` at times t_bf [B, F], weighted per frame by `flow.loss_weight(weighting, t)`."""
+  error_bf = jnp.mean(jnp.square(velocity_bfhwc - flow.velocity_target(video_bfhwc, eps_bfhwc)),
+                      axis=(2, 3, 4))
+  return jnp.mean(flow.loss_weight(weighting, t_bf) * error_bf)

@@ -74,7 +74,7 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chun
 
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
-            cond_drop_prob: float, step, resample_mode: str = "autoregressive",
+            cond_drop_prob: float, step, loss_weighting: str = "velocity", resample_mode: str = "autoregressive",
             resample_shift: float = 0.6, resample_steps: int = 4, warmup_steps: int = 0,
             history_window: int = 0, sink_frames: int = 0):
   # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
@@ -92,6 +92,7 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
   history = jax.lax.cond(step < warmup_steps, lambda: video, degraded)
   loss, metrics = teacher.history_conditioned_loss(
       model, params, history, video, cond, loss_rng, chunk=chunk,
-      time_shift=time_shift, history_window=history_window, sink_frames=sink_frames)
+      time_shift=time_shift, loss_weighting=loss_weighting, history_window=history_window,
+      sink_frames=sink_frames)
   metrics["history_mse"] = common.mse(history, video)
   return loss, metrics

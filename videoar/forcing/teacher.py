@@ -41,7 +41,8 @@ def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, co
 
 def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc,
                              cond: dict, rng, *, chunk: int, time_shift: float,
-                             history_window: int = 0, sink_frames: int = 0):
+                             loss_weighting: str = "velocity", history_window: int = 0,
+                             sink_frames: int = 0):
   """Flow-matching loss of every frame of `video`, each conditioned on `history` before it."""
   b, n = video_bfhwc.shape[:2]
   time_rng, noise_rng = jax.random.split(rng)
@@ -50,19 +51,21 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
   x_t = flow.interpolate(video_bfhwc, eps, t_bf)
   v, _ = apply_two_n(model, params, history_bfhwc, x_t, t_bf, cond, chunk=chunk,
                      history_window=history_window, sink_frames=sink_frames)
-  loss = common.mse(v[:, n:], flow.velocity_target(video_bfhwc, eps))
+  loss = common.flow_loss(v[:, n:], video_bfhwc, eps, t_bf, loss_weighting)
   return loss, {"loss": loss}
 
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
-            cond_drop_prob: float, history_window: int = 0, sink_frames: int = 0, step=None):
+            cond_drop_prob: float, loss_weighting: str = "velocity", history_window: int = 0,
+            sink_frames: int = 0, step=None):
   del step
   cond_rng, loss_rng = jax.random.split(rng)
   cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)
   video = batch["video"]
   return history_conditioned_loss(model, params, video, video, cond, loss_rng,
                                   chunk=chunk, time_shift=time_shift,
-                                  history_window=history_window, sink_frames=sink_frames)
+                                  loss_weighting=loss_weighting, history_window=history_window,
+                                  sink_frames=sink_frames)
 
 
 def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, *, chunk: int,

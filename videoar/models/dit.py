@@ -67,6 +67,8 @@ class CausalDiT(nn.Module):
       "residual" is the clean frame's change from the frame before its chunk (with
       previous_frame_input): an untrained model copies the previous frame, so small objects
       persist from the first steps and the network spends itself on what moves.
+    pixel_head: > 0 refines the unpatchified output with layers.PixelHead of that many hidden
+      channels, which sees across patch borders (0: the linear unpatchify alone).
     previous_frame_input: every token also reads the co-located patch of the clean frame before
       its chunk (`previous_frames`), next to its own. Through attention alone a small model
       learns to use its context slowly; most motion is local, and this direct path makes the
@@ -86,6 +88,7 @@ class CausalDiT(nn.Module):
   routing_top_k: int = 0
   prediction: str = "velocity"
   previous_frame_input: bool = False
+  pixel_head: int = 0
   dtype: jnp.dtype = jnp.float32
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -193,6 +196,10 @@ class CausalDiT(nn.Module):
     x = layers.dense(p * p * c, ("embed", "patch"), kernel_init=nn.initializers.zeros,
                      dtype=self.dtype, name="unpatch")(x)
     x = x.reshape(b, f, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, h, w, c)
+    if self.pixel_head:
+      inputs = [x_bfhwc] + ([previous_bfhwc] if self.previous_frame_input else [])
+      x = layers.PixelHead(self.pixel_head, self.dtype, name="pixel_head")(
+          x, jnp.concatenate(inputs, axis=-1), cond)
     x = x.astype(jnp.float32)
     prediction = self.prediction
     if prediction == "residual":

@@ -45,6 +45,21 @@ class MetricsLog:
     with open(self.path, "a") as f:
       f.write(json.dumps(strict(dict(step=step, **metrics)), allow_nan=False) + "\n")
 
+  def write_eval(self, step: int, scalars: dict[str, float], strip_hwc: np.ndarray) -> None:
+    """Evaluation while training: scalars {"METRIC/SEGMENT": value} to tensorboard (eval/...)
+    and to metrics.jsonl (as "eval/METRIC/SEGMENT"), the strip [H, W, 3] in [-1, 1] as an
+    image."""
+    if self.writer is None:
+      return
+    scalars = {f"eval/{key}": value for key, value in scalars.items()}
+    for key, value in scalars.items():
+      if math.isfinite(value):  # no objects found: no position error to plot
+        self.writer.add_scalar(key, value, step)
+    self.writer.add_image("eval/strip", np.clip((strip_hwc + 1.0) / 2.0, 0.0, 1.0), step,
+                          dataformats="HWC")
+    with open(self.path, "a") as f:
+      f.write(json.dumps(strict(dict(step=step, **scalars)), allow_nan=False) + "\n")
+
   def routing_histogram(self, step: int, frequencies_nn: np.ndarray) -> None:
     """Logs how often each history frame is routed to, as a histogram over the history frame
     index: the mean routing frequency [N query frames, N history frames] averaged over the query
