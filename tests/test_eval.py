@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -246,3 +248,23 @@ def test_format_table_names_every_method_segment_and_metric():
     assert len(psnr_block) == 3 + len(tables)  # title, header, rule, one line per method
     model_line = next(line for line in psnr_block if line.startswith("model"))
     assert f"{tables['model'][0]['psnr']:.2f}" in model_line
+
+
+def test_learning_curve_reads_the_evaluations_and_the_training_minutes(tmp_path):
+    from videoar.eval import learning_curve
+
+    lines = [
+        {"step": 50, "loss": 0.3, "steps_per_s": 1.0},
+        {"step": 100, "loss": 0.2, "steps_per_s": 0.5},
+        {"step": 100, "eval/lost/0-7": 1.5, "eval/lost/8-15": 2.0, "eval/invented/0-7": 0.1},
+        {"step": 150, "loss": 0.1, "steps_per_s": 2.0},
+        {"step": 150, "eval/lost/0-7": 0.5, "eval/lost/8-15": None},
+    ]
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+    evals, minutes = learning_curve.read(str(tmp_path))
+    assert evals[100] == {"lost/0-7": 1.5, "lost/8-15": 2.0, "invented/0-7": 0.1}
+    # 50 steps at 1/s, then 50 at 0.5/s, then 50 at 2/s: 50 + 100 = 150 s, then 175 s.
+    assert minutes == {100: pytest.approx(2.5), 150: pytest.approx(175 / 60)}
+    text = learning_curve.tables(evals, minutes, ["lost"])
+    assert "| 100 | 2.5 | 1.5 | 2 |" in text and "| 150 | 2.9 | 0.5 | - |" in text

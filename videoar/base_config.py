@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text_dim = 0  # > 0: cross-attention to per-video text embeddings (array_record)
   config.model.prediction = "data"  # width 128 < patch dim 192: see CausalDiT
   config.model.previous_frame_input = True  # see CausalDiT: makes the history matter early
-  config.model.pixel_head = 0  # > 0: layers.PixelHead's channels, which removes patch seams
+  config.model.previous_frame_margin = 0  # > 0: see CausalDiT
   config.model.attention_impl = "auto"
   config.model.routing_top_k = 0  # 0: dense attention over the history
   config.model.dtype = "float32"
@@ -108,6 +108,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.num_clips = 32
   config.eval.segment_len = 8  # one training length per segment
+  # FVD in the final evaluation (eval/perceptual.py): I3D on 224x224 costs about 1.5 s a clip
+  # segment on one CPU core, over 5 minutes for the default's 32 clips x 3 segments, so it is
+  # asked for (studies, sweeps), not paid by every run.
+  config.eval.fvd = False
   # Every this many steps (0: never) the trainer continues the first few held-out clips and logs
   # their segment metrics and strip (metrics.jsonl, tensorboard): the run's own learning curve.
   config.eval.every = 0

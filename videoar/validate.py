@@ -124,6 +124,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
   if config.model.prediction == "residual" and not config.model.previous_frame_input:
     fail("model.prediction", "residual", "needs model.previous_frame_input=True")
+  if config.model.previous_frame_margin and not config.model.previous_frame_input:
+    fail("model.previous_frame_margin", config.model.previous_frame_margin,
+         "needs model.previous_frame_input=True")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
   for key in ("data.num_frames", "data.batch_size", "data.num_workers", "model.patch",
@@ -133,7 +136,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "sample.num_videos", "sample.length_multiple", "eval.num_clips",
               "eval.segment_len", "eval.during_training_clips"):
     _positive(config, key)
-  for key in list(CONDITIONING_SIZES.values()) + ["model.routing_top_k", "model.pixel_head",
+  for key in list(CONDITIONING_SIZES.values()) + ["model.routing_top_k",
+                                                  "model.previous_frame_margin",
                                                   "eval.every",
                                                   "forcing.history_window",
                                                   "forcing.warmup_steps"]:

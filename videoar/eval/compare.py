@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 
@@ -17,12 +18,22 @@ from videoar.eval import long_horizon
 
 
 def _mean_tables(tables: list[list[dict]]) -> list[dict]:
+  """One table from the seeds' tables (each a list of segment rows, as in eval.json): each
+  figure is the mean over the seeds that have a number for it. A seed's null (strict JSON's
+  figure that is not finite, e.g. the PSNR of an exact frame), NaN, or missing figure (e.g. one
+  run without FVD) is left out of the mean; None where no seed has a number. `seeds` counts the
+  tables."""
   rows = []
   for segment_rows in zip(*tables):
-    row = dict(segment_rows[0])
-    for key, value in row.items():
-      if isinstance(value, float):
-        row[key] = float(np.nanmean([r[key] for r in segment_rows]))
+    row = {}
+    for seed_row in segment_rows:
+      row.update({key: value for key, value in seed_row.items() if key not in row})
+    for key in row:
+      values = [seed_row.get(key) for seed_row in segment_rows]
+      if not all(value is None or isinstance(value, float) for value in values):
+        continue  # the segment's name and frame count, the same in every seed
+      numbers = [value for value in values if value is not None and not math.isnan(value)]
+      row[key] = float(np.mean(numbers)) if numbers else None
     row["seeds"] = len(segment_rows)
     rows.append(row)
   return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,13 @@ from videoar import experiment, media, sampling
 from videoar.data import pipeline
 from videoar.data.atari import AtariEpisodes
 from videoar.data.moving_mnist import MovingMnist
-from videoar.eval import digits, long_horizon, pong
+from videoar.eval import digits, long_horizon, perceptual, pong
 from videoar.train import metrics_log
+
+# FVD fits a 400-d Gaussian to each set of clips: from fewer clips than this the fit is mostly
+# sampling noise, not worth I3D's passes (about 1.5 s a clip on one CPU core); tiny smoke runs
+# (2 clips) skip it.
+FVD_MIN_CLIPS = 16
 
 
 def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.Array,
@@ -54,11 +60,19 @@ def frame_scorers(exp: experiment.Experiment, clips: dict) -> list[long_horizon.
   return []
 
 
-def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray,
-          baselines: bool = True) -> dict[str, list[dict]]:
+def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baselines: bool = True,
+          fvd: bool = False, per_frame: bool = False):
   """The per-segment tables (long_horizon.segment_table) of the model's continuation
   `generated` [B, F, H, W, C] of `clips` (continue_clips), and with `baselines` of
-  copy-the-last-frame, all-background and the truth: {method: rows}."""
+  copy-the-last-frame, all-background and the truth: {method: rows}. Pixel frames (1 or 3
+  channels, not latents) get LPIPS per frame, and every source its frame_scorers.
+
+  With `fvd` (pixel frames only; B >= 2), each segment also gets its FVD against the true
+  segment over all B clips (perceptual.FvdScorer): I3D costs about 1.5 s of one CPU core per
+  distinct clip-segment, 5.5 min for the default 32 clips x 3 segments (measured 2026-12-01),
+  so only the final evaluation asks.
+  With `per_frame`, returns ({method: rows}, {method: {metric: float64 [F]}}), the second each
+  per-frame metric's mean over the clips at every frame."""
   c = exp.config
   num_context = c.sample.context_frames
   truth = clips["video"][:, num_context:]
@@ -74,9 +88,18 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray,
       methods["background"] = np.full_like(truth, -1.0)
     methods["truth"] = truth
   scorers = frame_scorers(exp, clips)
-  return {name: long_horizon.segment_table(video, truth, segment_len=c.eval.segment_len,
-                                           scorers=scorers, **object_truth)
-          for name, video in methods.items()}
+  if perceptual.is_pixels(truth):
+    scorers = [perceptual.lpips_frame_scores, *scorers]
+  # One scorer for every method, so that I3D sees each true segment once.
+  segment_scorers = [perceptual.FvdScorer()] if fvd else []
+  results = {name: long_horizon.segment_table(video, truth, segment_len=c.eval.segment_len,
+                                              scorers=scorers, segment_scorers=segment_scorers,
+                                              per_frame=per_frame, **object_truth)
+             for name, video in methods.items()}
+  if not per_frame:
+    return results
+  return ({name: rows for name, (rows, _) in results.items()},
+          {name: curves for name, (_, curves) in results.items()})
 
 
 def strip(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
@@ -125,20 +148,41 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
 
 
 def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
-  """The per-segment table of the model against copy-the-last-frame and all-background,
-  printed and written to WORKDIR/eval.json (strict JSON: a figure that is not finite, such as
-  the PSNR of identical frames, is null)."""
+  """The per-segment table of the model against copy-the-last-frame, all-background and the
+  truth, printed and written to WORKDIR/eval.json (strict JSON: a figure that is not finite, such
+  as the PSNR of identical frames, is null) and eval.txt; each per-frame metric against the frame
+  index, a line per method, to WORKDIR/eval_per_frame.png. With eval.fvd, FVD is computed here,
+  not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
+  (eval.json's fvd_clips says how many; null without FVD)."""
   c = exp.config
   clips, generated = continue_clips(exp, params, c.eval.num_clips, jax.random.key(c.seed + 2))
   num_context = c.sample.context_frames
   truth = clips["video"][:, num_context:]
-  tables = score(exp, clips, generated)
+  with_fvd = (c.eval.fvd and perceptual.is_pixels(truth)
+              and c.eval.num_clips >= FVD_MIN_CLIPS)
+  started = time.perf_counter()
+  tables, curves = score(exp, clips, generated, fvd=with_fvd, per_frame=True)
+  seconds = time.perf_counter() - started
   text = long_horizon.format_table(tables)
+  if with_fvd:
+    text += (f"\nFVD: over all {c.eval.num_clips} clips of a segment, each resized to"
+             f" {perceptual.I3D_SIZE}x{perceptual.I3D_SIZE} and stretched to at least"
+             f" {perceptual.I3D_FRAMES} frames; it depends on the clip count.\n")
+  elif not c.eval.fvd:
+    text += "\nFVD: not computed (--config.eval.fvd=True computes it).\n"
+  elif perceptual.is_pixels(truth):
+    text += f"\nFVD: not computed for {c.eval.num_clips} clips (it needs {FVD_MIN_CLIPS}).\n"
   print(text)
+  print(f"scored in {seconds:.1f} s")
   result = dict(context_frames=num_context, generated_frames=int(truth.shape[1]),
-                training_frames=c.data.num_frames, num_clips=c.eval.num_clips, tables=tables)
+                training_frames=c.data.num_frames, num_clips=c.eval.num_clips,
+                fvd_clips=c.eval.num_clips if with_fvd else None, tables=tables,
+                per_frame={method: {name: values.tolist() for name, values in metrics.items()}
+                           for method, metrics in curves.items()})
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(metrics_log.strict(result), f, indent=1, allow_nan=False)
   with open(os.path.join(workdir, "eval.txt"), "w") as f:
     f.write(text + "\n")
+  long_horizon.plot_per_frame(curves, os.path.join(workdir, "eval_per_frame.png"),
+                              c.eval.segment_len)
   return result

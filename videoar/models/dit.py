@@ -7,6 +7,7 @@ whom. Every frame has its own timestep, which modulates its tokens (AdaLN-zero).
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from videoar.attention import masks
@@ -67,13 +68,15 @@ class CausalDiT(nn.Module):
       "residual" is the clean frame's change from the frame before its chunk (with
       previous_frame_input): an untrained model copies the previous frame, so small objects
       persist from the first steps and the network spends itself on what moves.
-    pixel_head: > 0 refines the unpatchified output with layers.PixelHead of that many hidden
-      channels, which sees across patch borders (0: the linear unpatchify alone).
     previous_frame_input: every token also reads the co-located patch of the clean frame before
       its chunk (`previous_frames`), next to its own. Through attention alone a small model
       learns to use its context slowly; most motion is local, and this direct path makes the
       history matter from the first steps. History still reaches further back only through
       attention, so this is a Markov-order-1 shortcut, not a replacement.
+    previous_frame_margin: with previous_frame_input, the token reads the previous frame's patch
+      widened by this many pixels on every side (zero-padded at the frame's edge): an object
+      about to move into a patch is in its view, colour and shape, before it arrives, where
+      the co-located patch alone leaves that to attention.
   """
 
   patch: int = 4
@@ -88,7 +91,7 @@ class CausalDiT(nn.Module):
   routing_top_k: int = 0
   prediction: str = "velocity"
   previous_frame_input: bool = False
-  pixel_head: int = 0
+  previous_frame_margin: int = 0
   dtype: jnp.dtype = jnp.float32
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -118,6 +121,17 @@ class CausalDiT(nn.Module):
              "text_bld": jnp.zeros_like}
     return {key: nulls[key](value) for key, value in cond.items()}
 
+  def _widened_patches(self, frames_bfhwc):
+    """[B, F, tokens, (patch + 2 margin)^2 C]: each patch with `previous_frame_margin` pixels
+    around it, in the tokens' row-major order."""
+    b, f, h, w, c = frames_bfhwc.shape
+    p, m = self.patch, self.previous_frame_margin
+    padded = jnp.pad(frames_bfhwc.reshape(b * f, h, w, c), ((0, 0), (m, m), (m, m), (0, 0)))
+    windows = jax.lax.conv_general_dilated_patches(
+        padded, (p + 2 * m, p + 2 * m), (p, p), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return windows.reshape(b, f, -1, windows.shape[-1])
+
   @nn.compact
   def __call__(self, x_bfhwc, t_bf, *, frame_pos_f, mask: masks.MaskSpec, labels_b=None,
                actions_bf=None, text_bld=None, previous_bfhwc=None,
@@ -140,7 +154,9 @@ class CausalDiT(nn.Module):
     if self.previous_frame_input:
       if previous_bfhwc is None:
         raise ValueError("CausalDiT(previous_frame_input=True) needs previous_bfhwc")
-      tokens = jnp.concatenate([tokens, patches(previous_bfhwc)], axis=-1)
+      previous = (self._widened_patches(previous_bfhwc) if self.previous_frame_margin
+                  else patches(previous_bfhwc))
+      tokens = jnp.concatenate([tokens, previous], axis=-1)
     tokens = tokens.astype(self.dtype)
     x = layers.dense(self.width, ("patch", "embed"), dtype=self.dtype, name="patch_embed")(tokens)
 
@@ -196,10 +212,6 @@ class CausalDiT(nn.Module):
     x = layers.dense(p * p * c, ("embed", "patch"), kernel_init=nn.initializers.zeros,
                      dtype=self.dtype, name="unpatch")(x)
     x = x.reshape(b, f, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, h, w, c)
-    if self.pixel_head:
-      inputs = [x_bfhwc] + ([previous_bfhwc] if self.previous_frame_input else [])
-      x = layers.PixelHead(self.pixel_head, self.dtype, name="pixel_head")(
-          x, jnp.concatenate(inputs, axis=-1), cond)
     x = x.astype(jnp.float32)
     prediction = self.prediction
     if prediction == "residual":

@@ -5,8 +5,7 @@ activations between blocks (nn.with_logical_constraint); config.mesh.rules maps 
 axes (videoar/train/sharding.py). Parameters: embed (model width), mlp (MLP hidden units),
 modulation (AdaLN outputs), heads, head_dim, qkv (the fused q/k/v index), kv (cross-attention's
 fused k/v index), patch (a patch's values), time_features, cond (the timestep MLP's hidden
-units), vocab (embedding tables), text_features (a text embedding's channels), conv_height,
-conv_width, pixel_in, pixel_out (the pixel head's convolutions).
+units), vocab (embedding tables), text_features (a text embedding's channels).
 Activations: batch, frame, token, activation_embed.
 """
 
@@ -99,38 +98,6 @@ def constrain_cond(cond_bfd):
 
 def modulate(x_bftd, shift_bfd, scale_bfd):
   return x_bftd * (1.0 + scale_bfd[:, :, None]) + shift_bfd[:, :, None]
-
-
-class PixelHead(nn.Module):
-  """A small convolutional refinement of the unpatchified output, at full resolution.
-
-  A token's output is a linear map to its own patch, so neighbouring patches disagree at their
-  borders (the seams of an 8x8 grid) and an object cut by a border is drawn as two halves. Two
-  3x3 convolutions over [output ; x_t ; previous frame] see across the borders and add a
-  correction, modulated per frame by the timestep features (a clean-frame correction depends on
-  the noise level). The last convolution starts at zero: the head begins as the identity.
-  """
-
-  hidden: int
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, out_bfhwc, inputs_bfhwc, cond_bfd):
-    b, f, h, w, c = out_bfhwc.shape
-    conv_axes = ("conv_height", "conv_width", "pixel_in", "pixel_out")
-    conv = lambda features, init, name: nn.Conv(
-        features, (3, 3), padding="SAME", dtype=self.dtype, name=name,
-        kernel_init=nn.with_logical_partitioning(init, conv_axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), conv_axes[-1:]))
-    x = jnp.concatenate([out_bfhwc, inputs_bfhwc], axis=-1).astype(self.dtype)
-    hidden = conv(self.hidden, nn.linear.default_kernel_init, "conv_in")(
-        x.reshape((b * f, h, w, -1))).reshape(b, f, h, w, self.hidden)
-    shift, scale = jnp.split(dense(2 * self.hidden, ("embed", "pixel_out"),
-                                   kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                                   name="adaln")(nn.silu(cond_bfd)), 2, axis=-1)
-    hidden = nn.gelu(hidden * (1.0 + scale[:, :, None, None]) + shift[:, :, None, None])
-    correction = conv(c, nn.initializers.zeros, "conv_out")(hidden.reshape((b * f, h, w, -1)))
-    return out_bfhwc + correction.reshape(b, f, h, w, c).astype(out_bfhwc.dtype)
 
 
 class Attention(nn.Module):

@@ -1,0 +1,88 @@
+"""Sanity checks of LPIPS and FVD on a config's held-out clips; no model or checkpoint is read.
+
+  python -m videoar.eval.fvd_check --config=configs/bouncing_tiny.py [--num_clips=16]
+
+Takes 2 x num_clips held-out clips of eval.segment_len frames (what FVD sees per segment) and
+prints FVD of the first num_clips true clips against themselves (0), against the next num_clips
+(the floor that sampling alone gives at this clip count) and of uniform noise in [-1, 1] against
+them (far above that floor); LPIPS of the true frames against themselves (0), against themselves
+with Gaussian noise added (growing with its standard deviation) and against other true clips'
+frames; and I3D's throughput in clips/s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ml_collections
+import numpy as np
+
+from videoar import validate
+from videoar.data import pipeline
+from videoar.eval import perceptual
+
+NOISE_STDS = (0.05, 0.1, 0.3)
+
+
+def sanity_figures(source: pipeline.ClipSource, *, num_clips: int, num_frames: int,
+                   seed: int) -> dict[str, float]:
+  """The figures the module docstring lists, from 2 x num_clips held-out clips of num_frames
+  frames of `source`: fvd_true_vs_itself, fvd_true_vs_true, fvd_noise_vs_true, lpips_true_vs_itself,
+  lpips_noise_STD (mean over frames, for each of NOISE_STDS), lpips_true_vs_other_true,
+  i3d_clips_per_s (3 x num_clips clips through I3D, including its compilation).
+
+  Raises ValueError for num_clips < 2 (a covariance needs 2 clips) or a source that holds out
+  fewer than 2 x num_clips clips.
+  """
+  if num_clips < 2:
+    raise ValueError(f"num_clips={num_clips} must be at least 2: FVD fits a covariance")
+  video = pipeline.eval_clips(source, num_clips=2 * num_clips, num_frames=num_frames,
+                              seed=seed)["video"]
+  true_a, true_b = video[:num_clips], video[num_clips:]
+  rng = np.random.default_rng(seed)
+  noise = rng.uniform(-1.0, 1.0, true_a.shape).astype(np.float32)
+  started = time.perf_counter()
+  features = perceptual.i3d_features(np.concatenate([true_a, true_b, noise]))
+  clips_per_s = len(features) / (time.perf_counter() - started)
+  features_a, features_b, features_noise = np.split(features, 3)
+  figures = dict(fvd_true_vs_itself=perceptual.fvd(features_a, features_a),
+                 fvd_true_vs_true=perceptual.fvd(features_a, features_b),
+                 fvd_noise_vs_true=perceptual.fvd(features_noise, features_a),
+                 lpips_true_vs_itself=float(perceptual.lpips(true_a, true_a).mean()))
+  for std in NOISE_STDS:
+    noisy = true_a + std * rng.standard_normal(true_a.shape).astype(np.float32)
+    figures[f"lpips_noise_{std:g}"] = float(perceptual.lpips(noisy, true_a).mean())
+  figures["lpips_true_vs_other_true"] = float(perceptual.lpips(true_b, true_a).mean())
+  figures["i3d_clips_per_s"] = clips_per_s
+  return figures
+
+
+def run(config: ml_collections.ConfigDict, num_clips: int) -> dict[str, float]:
+  """sanity_figures of the held-out clips of config's data source (eval.segment_len frames,
+  config.seed), printed one a line."""
+  source = pipeline.make_source(config.data.source, path=config.data.path,
+                                **validate.source_options(config))
+  figures = sanity_figures(source, num_clips=num_clips, num_frames=config.eval.segment_len,
+                           seed=config.seed)
+  print(f"{config.data.source}: {num_clips} clips a set, {config.eval.segment_len} frames")
+  for name, value in figures.items():
+    print(f"  {name:26} {value:.4g}")
+  return figures
+
+
+def main(argv):
+  del argv
+  from absl import flags, logging
+
+  logging.set_verbosity(logging.WARNING)  # JAX's INFO lines about absent backends are noise here
+  run(flags.FLAGS.config, flags.FLAGS.num_clips)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  flags.DEFINE_integer("num_clips", 16, "Clips in each set (2 x num_clips held-out clips).")
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

