@@ -57,6 +57,7 @@ def get_config(variant: str = ""):
   # 31 % of halves without guidance, 88 % with 3, 72 % with 5 (docs/results.md).
   config.sample.guidance_scale = 3.0
   config.train.num_steps = 4000
+  config.optim.learning_rate = 1e-3  # the rate its run in docs/results.md was measured at
   if "test" in variants:
     base_config.tiny(config)
     config.data.options.num_episodes = 2

@@ -2,6 +2,8 @@
 them, and the tables of several seeds average. I3D costs about 1.4 s a clip on one core: only
 the sanity check runs it, on 3 x 3 clips, once for the module."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -166,3 +168,19 @@ def test_mean_tables_averages_over_the_seeds_with_a_number():
   lines = long_horizon.format_table({"model": compare._mean_tables([seed_b])}).splitlines()
   title = lines.index(long_horizon.METRIC_TITLES["digit_accuracy"])
   assert lines[title + 3].split() == ["model", "-"]
+
+
+def test_compare_prints_the_mean_and_the_spread_over_seeds(tmp_path, capsys):
+  """Several seeds of an arm: its row is the mean, and the "sd" row under it the standard
+  deviation over the seeds (n - 1)."""
+  workdirs = []
+  for seed, lost in enumerate([0.2, 0.4, 0.9]):
+    workdir = tmp_path / f"seed{seed}"
+    workdir.mkdir()
+    rows = [{"segment": "0-7", "frames": 8, "lost": lost}]
+    (workdir / "eval.json").write_text(json.dumps({"tables": {"model": rows}}))
+    workdirs.append(str(workdir))
+  compare.main([f"arm={','.join(workdirs)}"])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[lines.index(long_horizon.METRIC_TITLES["lost"]) + 3].split() == ["arm", "0.50"]
+  assert lines[lines.index(long_horizon.METRIC_TITLES["lost"]) + 4].split() == ["arm", "sd", "0.36"]

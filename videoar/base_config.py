@@ -40,7 +40,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text_dim = 0  # > 0: cross-attention to per-video text embeddings (array_record)
   config.model.prediction = "data"  # width 128 < patch dim 192: see CausalDiT
   config.model.previous_frame_input = True  # see CausalDiT: makes the history matter early
-  config.model.previous_frame_margin = 0  # > 0: see CausalDiT
   config.model.attention_impl = "auto"
   config.model.routing_top_k = 0  # 0: dense attention over the history
   config.model.dtype = "float32"
@@ -81,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.forcing.generator_workdir = ml_collections.config_dict.placeholder(str)
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.learning_rate = 1e-3
+  config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 100
   config.optim.weight_decay = 0.01
   config.optim.grad_clip = 1.0
@@ -90,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.ema_decay = 0.995
 
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 600
+  config.train.num_steps = 1200
   config.train.log_every = 50
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2
@@ -114,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.fvd = False
   # Every this many steps (0: never) the trainer continues the first few held-out clips and logs
   # their segment metrics and strip (metrics.jsonl, tensorboard): the run's own learning curve.
-  config.eval.every = 0
+  config.eval.every = 300
   config.eval.during_training_clips = 8
 
   # The device mesh of training (docs/scaling.md): axis sizes, where -1 takes the devices the
@@ -149,6 +148,7 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.sample.num_steps = 2
   config.sample.num_videos = 2
   config.eval.num_clips = 2
+  config.eval.every = 0
   return config
 
 

@@ -115,7 +115,6 @@ def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
       num_classes=m.num_classes, num_actions=m.num_actions, text_dim=m.text_dim,
       attention_impl=m.attention_impl, routing_top_k=m.routing_top_k, prediction=m.prediction,
       previous_frame_input=m.previous_frame_input,
-      previous_frame_margin=m.previous_frame_margin,
       dtype=jnp.dtype(m.dtype))
 
 

@@ -127,9 +127,6 @@ def main(argv):
     if jax.process_count() > 1 and FLAGS.mode != "train":
       _exit_with_error(f"--mode={FLAGS.mode} samples and evaluates in one process; with"
                        f" {jax.process_count()} processes run --mode=train")
-    if jax.process_count() > 1 and FLAGS.config.eval.every:
-      _exit_with_error(f"config.eval.every={FLAGS.config.eval.every}: evaluation while training"
-                       f" runs in one process; with {jax.process_count()} set it to 0")
   try:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except USER_ERRORS as e:

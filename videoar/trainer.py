@@ -200,7 +200,13 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
           experiment.model_inputs),
       prefetch=config.data.prefetch, num_workers=config.data.num_workers)
   routing_frequencies = _routing_frequencies(exp, layout) if exp.model.routing_top_k else None
-  evaluate = eval_run.DuringTraining(exp) if config.eval.every and is_main else None
+  # Sampling reads the whole model on one process: a run over several skips it, and says so.
+  evaluate = None
+  if config.eval.every and processes == 1:
+    evaluate = eval_run.DuringTraining(exp)
+  elif config.eval.every and is_main:
+    print(f"eval.every={config.eval.every}: no evaluation while training over {processes}"
+          " processes; evaluate the checkpoints with --mode=evaluate")
   log = metrics_log.MetricsLog(workdir, is_main=is_main, resume_step=start)
   preemption = preemption_lib.Preemption()
   frames_per_step = config.data.batch_size * config.data.num_frames

@@ -124,9 +124,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
   if config.model.prediction == "residual" and not config.model.previous_frame_input:
     fail("model.prediction", "residual", "needs model.previous_frame_input=True")
-  if config.model.previous_frame_margin and not config.model.previous_frame_input:
-    fail("model.previous_frame_margin", config.model.previous_frame_margin,
-         "needs model.previous_frame_input=True")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
   for key in ("data.num_frames", "data.batch_size", "data.num_workers", "model.patch",
@@ -137,7 +134,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "eval.segment_len", "eval.during_training_clips"):
     _positive(config, key)
   for key in list(CONDITIONING_SIZES.values()) + ["model.routing_top_k",
-                                                  "model.previous_frame_margin",
                                                   "eval.every",
                                                   "forcing.history_window",
                                                   "forcing.warmup_steps"]:

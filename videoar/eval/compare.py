@@ -3,7 +3,8 @@
   python -m videoar.eval.compare NAME=WORKDIR [NAME=WORKDIR ...] [--json PATH]
 
 Each WORKDIR holds the eval.json an `evaluate` run wrote; the baselines (copy_last, background)
-come from the first run. With several seeds per arm (NAME=DIR1,DIR2,...) the mean is shown.
+come from the first run. With several seeds per arm (NAME=DIR1,DIR2,...) the mean is shown, and
+under it the row "NAME sd", each figure's standard deviation over the seeds.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import numpy as np
 from videoar.eval import long_horizon
 
 
-def _mean_tables(tables: list[list[dict]]) -> list[dict]:
+def _mean_tables(tables: list[list[dict]], statistic=np.mean) -> list[dict]:
   """One table from the seeds' tables (each a list of segment rows, as in eval.json): each
   figure is the mean over the seeds that have a number for it. A seed's null (strict JSON's
   figure that is not finite, e.g. the PSNR of an exact frame), NaN, or missing figure (e.g. one
   run without FVD) is left out of the mean; None where no seed has a number. `seeds` counts the
-  tables."""
+  tables. `statistic` of the numbers replaces the mean where given (e.g. the spread)."""
   rows = []
   for segment_rows in zip(*tables):
     row = {}
@@ -33,10 +34,15 @@ def _mean_tables(tables: list[list[dict]]) -> list[dict]:
       if not all(value is None or isinstance(value, float) for value in values):
         continue  # the segment's name and frame count, the same in every seed
       numbers = [value for value in values if value is not None and not math.isnan(value)]
-      row[key] = float(np.mean(numbers)) if numbers else None
+      row[key] = float(statistic(numbers)) if numbers else None
     row["seeds"] = len(segment_rows)
     rows.append(row)
   return rows
+
+
+def _spread(numbers: list[float]) -> float:
+  """The standard deviation over seeds (n - 1 in the denominator; 0 for a single number)."""
+  return float(np.std(numbers, ddof=1)) if len(numbers) > 1 else 0.0
 
 
 def main(argv=None):
@@ -54,6 +60,8 @@ def main(argv=None):
       with open(f"{workdir}/eval.json") as f:
         results.append(json.load(f)["tables"])
     combined[name] = _mean_tables([r["model"] for r in results])
+    if len(results) > 1:
+      combined[f"{name} sd"] = _mean_tables([r["model"] for r in results], statistic=_spread)
     if baselines is None:
       baselines = {k: v for k, v in results[0].items() if k in ("copy_last", "background")}
   combined.update(baselines or {})

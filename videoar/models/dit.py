@@ -7,7 +7,6 @@ whom. Every frame has its own timestep, which modulates its tokens (AdaLN-zero).
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from videoar.attention import masks
@@ -73,10 +72,6 @@ class CausalDiT(nn.Module):
       learns to use its context slowly; most motion is local, and this direct path makes the
       history matter from the first steps. History still reaches further back only through
       attention, so this is a Markov-order-1 shortcut, not a replacement.
-    previous_frame_margin: with previous_frame_input, the token reads the previous frame's patch
-      widened by this many pixels on every side (zero-padded at the frame's edge): an object
-      about to move into a patch is in its view, colour and shape, before it arrives, where
-      the co-located patch alone leaves that to attention.
   """
 
   patch: int = 4
@@ -91,7 +86,6 @@ class CausalDiT(nn.Module):
   routing_top_k: int = 0
   prediction: str = "velocity"
   previous_frame_input: bool = False
-  previous_frame_margin: int = 0
   dtype: jnp.dtype = jnp.float32
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -121,17 +115,6 @@ class CausalDiT(nn.Module):
              "text_bld": jnp.zeros_like}
     return {key: nulls[key](value) for key, value in cond.items()}
 
-  def _widened_patches(self, frames_bfhwc):
-    """[B, F, tokens, (patch + 2 margin)^2 C]: each patch with `previous_frame_margin` pixels
-    around it, in the tokens' row-major order."""
-    b, f, h, w, c = frames_bfhwc.shape
-    p, m = self.patch, self.previous_frame_margin
-    padded = jnp.pad(frames_bfhwc.reshape(b * f, h, w, c), ((0, 0), (m, m), (m, m), (0, 0)))
-    windows = jax.lax.conv_general_dilated_patches(
-        padded, (p + 2 * m, p + 2 * m), (p, p), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return windows.reshape(b, f, -1, windows.shape[-1])
-
   @nn.compact
   def __call__(self, x_bfhwc, t_bf, *, frame_pos_f, mask: masks.MaskSpec, labels_b=None,
                actions_bf=None, text_bld=None, previous_bfhwc=None,
@@ -154,9 +137,7 @@ class CausalDiT(nn.Module):
     if self.previous_frame_input:
       if previous_bfhwc is None:
         raise ValueError("CausalDiT(previous_frame_input=True) needs previous_bfhwc")
-      previous = (self._widened_patches(previous_bfhwc) if self.previous_frame_margin
-                  else patches(previous_bfhwc))
-      tokens = jnp.concatenate([tokens, previous], axis=-1)
+      tokens = jnp.concatenate([tokens, patches(previous_bfhwc)], axis=-1)
     tokens = tokens.astype(self.dtype)
     x = layers.dense(self.width, ("patch", "embed"), dtype=self.dtype, name="patch_embed")(tokens)
 
