@@ -16,6 +16,13 @@ them in order):
            the critic starts from the teacher and takes forcing.critic_updates flow-matching
            updates per generator update; the EMA of the generator is sampled with the same
            4-step sampler (sample.solver="few_step").
+  gan      Self Forcing's GAN variant (spec 4; the same as --config.forcing.loss=gan, except that
+           with "test" it also puts the one discriminator tap on the tiny model's one block):
+           the critic becomes a discriminator, the teacher-initialised backbone plus a
+           classification head reading its tokens after forcing.discriminator_taps, trained on
+           the logistic loss between the rollouts and the world's clips (forcing/self_forcing.py
+           says why these are "real"); the generator on the non-saturating GAN loss alone.
+           Train it in a workdir of its own, e.g. runs/bouncing_sf/self_forcing_gan.
   world    with "ode": the ODE student sampled and evaluated on the bouncing world (its training
            data are the pairs, which hold nothing out).
   test     tiny shapes and a few steps of whichever stage is named with it (e.g. "teacher,test").
@@ -34,7 +41,7 @@ RUNS = "runs/bouncing_sf"
 
 
 def get_config(variant: str = ""):
-  variants = base_config.variants(variant, ("teacher", "ode", "world", "test"))
+  variants = base_config.variants(variant, ("teacher", "ode", "gan", "world", "test"))
   config = base_config.get_config()
   config.model.previous_frame_input = False
   config.model.prediction = "data"
@@ -73,6 +80,10 @@ def get_config(variant: str = ""):
     config.train.num_steps = 200
     config.train.log_every = 10
     config.train.checkpoint_every = 50
+  if "gan" in variants:
+    if stage != "self_forcing":
+      raise ValueError(f"config variant 'gan' is of the Self Forcing stage, not of {stage!r}")
+    config.forcing.loss = "gan"
   if "world" in variants:  # the ODE student sampled and evaluated on the world, not its pairs
     config.data.source = "bouncing"
     config.data.path = None
@@ -85,4 +96,6 @@ def get_config(variant: str = ""):
     config.sample.length_multiple = 1
     if stage == "self_forcing":
       config.forcing.critic_updates = 2
+    if config.forcing.loss == "gan":
+      config.forcing.discriminator_taps = (config.model.depth - 1,)
   return config

@@ -56,7 +56,8 @@ BAD_INPUTS = [
      "error: config.forcing.chunk=3 is invalid: must divide data.num_frames=8"),
     ("a key the paradigm does not read", [TINY, "--config.forcing.resample_shift=0.3"],
      "error: config.forcing.resample_shift=0.3 is invalid: paradigm 'teacher_forcing' does not"
-     " read it (it reads chunk, cond_drop_prob, history_window, sink_frames, time_shift)"),
+     " read it (it reads chunk, cond_drop_prob, history_window, loss_weighting, sink_frames,"
+     " time_shift)"),
     ("a sink without a sliding window", [TINY, "--config.forcing.sink_frames=2"],
      "error: config.forcing.sink_frames=2 is invalid: needs forcing.history_window > 0 (a sink is"
      " what a sliding window keeps besides the recent frames)"),

@@ -1,5 +1,6 @@
 """Self Forcing through the trainer: the generator/critic state checkpoints and resumes
-bit-identically (generator, critic, EMA, both optimizers), and each stage reads the one before."""
+bit-identically (generator, critic, EMA, both optimizers; the GAN variant's discriminator head
+with the critic), and each stage reads the one before."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from videoar import experiment, trainer
 
@@ -14,8 +16,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import bouncing_sf  # noqa: E402
 
 
-def _self_forcing_config(stage_workdir, num_steps):
-  config = bouncing_sf.get_config("test")
+def _self_forcing_config(stage_workdir, num_steps, variant):
+  config = bouncing_sf.get_config(variant)
   # The tiny teacher stands in for the ODE-initialised student too: the same architecture.
   config.forcing.teacher_workdir = config.forcing.generator_workdir = str(stage_workdir)
   config.train.num_steps, config.train.log_every, config.train.checkpoint_every = num_steps, 1, 2
@@ -28,16 +30,24 @@ def _logged(workdir):
     return [{k: r[k] for k in keys} for r in map(json.loads, f)]
 
 
-def test_a_resumed_self_forcing_run_continues_bit_identically(tmp_path):
+@pytest.fixture(scope="module")
+def teacher_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("stages") / "teacher"
   teacher = bouncing_sf.get_config("teacher,test")
   teacher.train.num_steps = 2
-  trainer.train(experiment.build(teacher), str(tmp_path / "teacher"))
+  trainer.train(experiment.build(teacher), str(workdir))
+  return workdir
 
-  straight = trainer.train(experiment.build(_self_forcing_config(tmp_path / "teacher", 4)),
+
+# "gan,test": the GAN variant, whose critic is the discriminator {"backbone", "head"}.
+@pytest.mark.parametrize("variant", ["test", "gan,test"])
+def test_a_resumed_self_forcing_run_continues_bit_identically(teacher_workdir, tmp_path,
+                                                              variant):
+  straight = trainer.train(experiment.build(_self_forcing_config(teacher_workdir, 4, variant)),
                            str(tmp_path / "straight"))
-  trainer.train(experiment.build(_self_forcing_config(tmp_path / "teacher", 2)),
+  trainer.train(experiment.build(_self_forcing_config(teacher_workdir, 2, variant)),
                 str(tmp_path / "resumed"))
-  resumed = trainer.train(experiment.build(_self_forcing_config(tmp_path / "teacher", 4)),
+  resumed = trainer.train(experiment.build(_self_forcing_config(teacher_workdir, 4, variant)),
                           str(tmp_path / "resumed"))
 
   assert _logged(tmp_path / "straight") == _logged(tmp_path / "resumed")
@@ -46,10 +56,14 @@ def test_a_resumed_self_forcing_run_continues_bit_identically(tmp_path):
   assert set(resumed.opt_state) == {"generator", "critic"}
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # The teacher is frozen; the critic started from it and moved.
+  # The teacher is frozen; the critic (the discriminator's backbone) started from it and moved.
   start = experiment.restore_params(experiment.build(bouncing_sf.get_config("teacher,test")),
-                                    str(tmp_path / "teacher"), use_ema=True)
+                                    str(teacher_workdir), use_ema=True)
   for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(resumed.params["teacher"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  critic = resumed.params["critic"]
+  if "gan" in variant:
+    assert set(critic) == set(resumed.opt_state["critic"][1][0].mu) == {"backbone", "head"}
+    critic = critic["backbone"]
   assert any(not np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(start), jax.tree.leaves(resumed.params["critic"])))
+      jax.tree.leaves(start), jax.tree.leaves(critic)))

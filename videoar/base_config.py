@@ -73,7 +73,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.forcing.real_guidance = 3.0
   config.forcing.score_shift = 5.0
   config.forcing.score_clamp = (0.02, 0.98)
-  config.forcing.loss = "dmd"
+  config.forcing.loss = "dmd"  # or "sid", or "gan" (the GAN variant: the four keys below)
+  # GAN variant only (forcing/self_forcing.py, spec 4): (w_G, w_D) of the logistic losses (the
+  # reference's 0.01 each; Adam makes the scale of a lone loss moot, 1 logs the plain losses),
+  # the weights of the R1/R2 finite-difference penalties (0: off, as the reference), and the
+  # blocks (0-indexed) after which the discriminator head reads the critic's tokens (the
+  # reference's 13, 21, 29 of 30, scaled to 4 blocks).
+  config.forcing.gan_weights = (1.0, 1.0)
+  config.forcing.r1_weight = 0.0
+  config.forcing.r2_weight = 0.0
+  config.forcing.discriminator_taps = (1, 2, 3)
   config.forcing.critic_learning_rate = 2e-4
   config.forcing.critic_updates = 5
   config.forcing.teacher_workdir = ml_collections.config_dict.placeholder(str)
@@ -113,6 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.fvd = False
   # Every this many steps (0: never) the trainer continues the first few held-out clips and logs
   # their segment metrics and strip (metrics.jsonl, tensorboard): the run's own learning curve.
+  # It uses at most eval.num_clips clips.
   config.eval.every = 300
   config.eval.during_training_clips = 8
 

@@ -28,7 +28,7 @@ from videoar.attention import masks
 from videoar.data import pipeline
 from videoar.errors import ConfigError, fail
 from videoar.forcing import PARADIGMS, self_forcing
-from videoar.models import dit
+from videoar.models import discriminator, dit
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import sharding as sharding_lib
 from videoar.train import state as state_lib
@@ -157,6 +157,18 @@ def logical_params(exp: Experiment, rng: jax.Array):
                         **exp.model.conditioning(example))
 
 
+def logical_critic_params(exp: Experiment, rng: jax.Array):
+  """Self Forcing's critic parameters, boxed like logical_params: the model's, or for the GAN
+  variant (forcing.loss="gan") the discriminator's {"backbone": the model's, "head": its
+  classification head's (models/discriminator.py)}."""
+  f = exp.config.forcing
+  if f.loss != "gan":
+    return logical_params(exp, rng)
+  backbone_rng, head_rng = jax.random.split(rng)
+  return {"backbone": logical_params(exp, backbone_rng),
+          "head": discriminator.init_head(exp.model, len(f.discriminator_taps), head_rng)}
+
+
 def init_params(exp: Experiment, rng: jax.Array):
   """The parameters, unboxed."""
   return nn.meta.unbox(logical_params(exp, rng))
@@ -228,13 +240,18 @@ def self_forcing_options(exp: Experiment) -> self_forcing.Options:
   return self_forcing.Options(
       num_frames=exp.config.data.num_frames, frame_shape=exp.frame_shape, chunk=f.chunk,
       num_steps=f.num_steps, warp_shift=f.warp_shift, real_guidance=f.real_guidance,
-      score_shift=f.score_shift, score_clamp=tuple(f.score_clamp), loss=f.loss)
+      score_shift=f.score_shift, score_clamp=tuple(f.score_clamp), loss=f.loss,
+      gan_weights=tuple(f.gan_weights), r1_weight=f.r1_weight, r2_weight=f.r2_weight,
+      discriminator_taps=tuple(f.discriminator_taps))
 
 
 def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -> TrainStep:
   """Self Forcing: the causal few-step generator, its critic and the frozen teacher share the
   model's architecture (config.model); one step is one generator update and
-  forcing.critic_updates critic updates (step_lib.generator_critic_step)."""
+  forcing.critic_updates critic updates (step_lib.generator_critic_step). In the GAN variant the
+  critic is a discriminator, {"backbone", "head"} (logical_critic_params), trained by one
+  optimizer at forcing.critic_learning_rate (the reference's head learning-rate multiplier is 1);
+  the teacher only initialises its backbone."""
   config, f = exp.config, exp.config.forcing
   model, options = exp.model, self_forcing_options(exp)
   generator_optimizer = state_lib.make_optimizer(config)
@@ -242,8 +259,10 @@ def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -
   schedule = state_lib.learning_rate_schedule(config)
 
   def logical_networks(rng):
-    generator, critic, teacher = (logical_params(exp, key) for key in jax.random.split(rng, 3))
-    return {"generator": generator, "critic": critic, "teacher": teacher}
+    generator_rng, critic_rng, teacher_rng = jax.random.split(rng, 3)
+    return {"generator": logical_params(exp, generator_rng),
+            "critic": logical_critic_params(exp, critic_rng),
+            "teacher": logical_params(exp, teacher_rng)}
 
   init, state_sharding = state_lib.make_init(
       logical_networks, lambda params: state_lib.create_generator_critic(
@@ -263,16 +282,21 @@ def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -
       ema_decay=config.optim.ema_decay, layout=layout, state_sharding=state_sharding)
 
   def start(rng):
-    """The teacher's weights for the teacher and the critic (spec 2.1), the ODE-initialised
-    student's for the generator and its EMA; optimizers from scratch."""
+    """The teacher's weights for the teacher and the critic (spec 2.1; in the GAN variant the
+    discriminator's backbone, its head as init drew it), the ODE-initialised student's for the
+    generator and its EMA; optimizers from scratch."""
     state = init(rng)
     teacher = restore_params(exp, f.teacher_workdir, use_ema=True, single_network=True)
     generator = restore_params(exp, f.generator_workdir, use_ema=True, single_network=True)
     # Each network gets buffers of its own: the step donates them all.
     place = lambda tree, sharding: jax.tree.map(jnp.copy, jax.device_put(tree, sharding))
     shardings = state_sharding.params
-    params = {"generator": place(generator, shardings["generator"]),
-              "critic": place(teacher, shardings["critic"]),
+    if f.loss == "gan":
+      critic = dict(state.params["critic"],
+                    backbone=place(teacher, shardings["critic"]["backbone"]))
+    else:
+      critic = place(teacher, shardings["critic"])
+    params = {"generator": place(generator, shardings["generator"]), "critic": critic,
               "teacher": place(teacher, shardings["teacher"])}
     return state.replace(params=params, ema_params={"generator": place(
         generator, state_sharding.ema_params["generator"])})
@@ -295,8 +319,9 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   def create():
     params = init_params(exp, jax.random.key(0))
     if generator_critic:
+      critic = nn.meta.unbox(logical_critic_params(exp, jax.random.key(0)))
       return state_lib.create_generator_critic(
-          {"generator": params, "critic": params, "teacher": params}, optimizer, optimizer)
+          {"generator": params, "critic": critic, "teacher": params}, optimizer, optimizer)
     return state_lib.create(params, optimizer)
 
   # Whatever mesh trained it, the checkpoint is read whole onto one device of this process.

@@ -221,6 +221,13 @@ def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
          " generator's architecture and read no previous frame: set it to False")
   if f.loss not in self_forcing.LOSSES:
     fail("forcing.loss", f.loss, f"allowed: {', '.join(self_forcing.LOSSES)}")
+  if f.loss == "gan":
+    _check_gan(config)
+  else:
+    base = base_config.get_config().forcing
+    for key in self_forcing.GAN_KEYS:
+      if _tuple(f[key]) != _tuple(base[key]):
+        fail(f"forcing.{key}", f[key], f"only forcing.loss='gan' reads it (loss={f.loss!r})")
   if not f.critic_learning_rate > 0:
     fail("forcing.critic_learning_rate", f.critic_learning_rate, "must be > 0")
   _positive(config, "forcing.critic_updates")
@@ -228,6 +235,27 @@ def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
   low, high = f.score_clamp
   if not 0.0 <= low < high <= 1.0:
     fail("forcing.score_clamp", f.score_clamp, "must be (low, high) with 0 <= low < high <= 1")
+
+
+def _tuple(value) -> tuple:
+  """A scalar or sequence config value as a tuple (a command line may give either)."""
+  return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _check_gan(config: ml_collections.ConfigDict) -> None:
+  """The GAN variant's keys: two positive weights, penalties >= 0, taps that are blocks."""
+  f = config.forcing
+  weights = _tuple(f.gan_weights)
+  if len(weights) != 2 or not all(isinstance(w, (int, float)) and w > 0 for w in weights):
+    fail("forcing.gan_weights", f.gan_weights, "must be (w_G, w_D), both > 0")
+  for key in ("r1_weight", "r2_weight"):
+    if not isinstance(f[key], (int, float)) or not f[key] >= 0:
+      fail(f"forcing.{key}", f[key], "must be >= 0 (0 turns it off)")
+  taps, depth = _tuple(f.discriminator_taps), config.model.depth
+  if (not taps or not all(isinstance(i, int) and 0 <= i < depth for i in taps)
+      or list(taps) != sorted(set(taps))):
+    fail("forcing.discriminator_taps", f.discriminator_taps,
+         f"must be increasing block indices in [0, model.depth={depth})")
 
 
 def source_options(config: ml_collections.ConfigDict) -> dict:
@@ -273,8 +301,7 @@ def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSour
                      + config.sample.length_multiple * config.data.num_frames)
   try:
     pipeline.check_eval_clips(source, num_clips=max(config.sample.num_videos,
-                                                    config.eval.num_clips,
-                                                    config.eval.during_training_clips),
+                                                    config.eval.num_clips),
                               num_frames=held_out_frames)
   except ValueError as e:
     raise ConfigError(str(e)) from e

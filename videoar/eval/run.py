@@ -112,8 +112,9 @@ def strip(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
 
 class DuringTraining:
   """Evaluation while training (eval.every): the same continuation of the first
-  eval.during_training_clips held-out clips, with the same noise, each time, so that the
-  figures move only with the weights. One sampler, compiled once, serves every call."""
+  eval.during_training_clips held-out clips (at most eval.num_clips, which validation checks the
+  source holds), with the same noise, each time, so that the figures move only with the
+  weights. One sampler, compiled once, serves every call."""
 
   def __init__(self, exp: experiment.Experiment):
     self.exp = exp
@@ -123,8 +124,8 @@ class DuringTraining:
   def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
     """Scalars {"METRIC/SEGMENT": value} of the model's segment table and its strip image."""
     c = self.exp.config
-    clips, generated = continue_clips(self.exp, params, c.eval.during_training_clips, self.rng,
-                                      self.sampler)
+    num_clips = min(c.eval.during_training_clips, c.eval.num_clips)
+    clips, generated = continue_clips(self.exp, params, num_clips, self.rng, self.sampler)
     rows = score(self.exp, clips, generated, baselines=False)["model"]
     scalars = {f"{name}/{row['segment']}": value for row in rows
                for name, value in row.items() if name not in ("segment", "frames")}

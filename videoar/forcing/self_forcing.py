@@ -12,6 +12,21 @@ its own autoregressive rollouts with a video-level distribution-matching loss.
   (spec 2.1-2.3). Their unconditional branch is the model's null conditioning.
 - Generator losses: DMD (spec 2.4) or SiD (spec 3); the critic: flow matching on fresh rollouts
   (spec 2.5). `generator_loss` and `critic_loss` are what a generator/critic train step calls.
+- The GAN variant (spec 4, loss="gan"): the critic is a discriminator, the critic's CausalDiT
+  plus a classification head (models/discriminator.py) with parameters {"backbone", "head"}.
+  Both the rollout ("fake") and the batch's clips ("real", below) are noised at one score time
+  per video (drawn like DMD's); the generator minimises the non-saturating logistic loss
+  w_G mean softplus(-D(fake)), no DMD term, no teacher; the critic update trains backbone and
+  head on w_D [mean softplus(-D(real)) + mean softplus(D(fake))] + (R1 + R2) / 2, which replaces
+  the flow-matching loss (the backbone's velocity output is not used), real and fake sharing the
+  noise. R1 and R2 are finite differences of D at the noised real and fake videos (spec 4.4),
+  off by default.
+  "Real" is batch["video"]: the clips of the run's data source. The spec's are teacher samples
+  (the clean endpoints of its ODE-pair data, spec 4.5); here the Self Forcing stage reads the
+  world's clips, the distribution the teacher itself was trained on, so the generator is judged
+  against the data rather than against the teacher's imperfect samples. A run on the ODE pairs'
+  shards (videoar/ode_pairs.py: their "video" is the teacher's clean endpoint) would be the
+  spec's choice with the same code.
 
 Losses are float32 (the reference computes DMD in float64).
 """
@@ -27,9 +42,13 @@ from videoar import sampling
 from videoar.attention import masks
 from videoar.diffusion import flow
 from videoar.forcing import common
-from videoar.models import dit
+from videoar.models import discriminator, dit
 
-LOSSES = ("dmd", "sid")
+LOSSES = ("dmd", "sid", "gan")
+# The GAN variant's keys (Options), read by no other loss.
+GAN_KEYS = ("gan_weights", "r1_weight", "r2_weight", "discriminator_taps")
+# sigma of the finite differences that stand for R1/R2's input gradient (spec 4.4).
+PENALTY_SIGMA = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +61,21 @@ class Options:
   warp_shift: the shift that warps the uniform list 1 - k/K (spec 1.2).
   real_guidance: g in x0_real = cond + g (cond - uncond) (spec 2.3); the usual
     uncond + w (cond - uncond) has w = g + 1 (the reference's g = 3 is w = 4).
-  score_shift, score_clamp: the score networks' timesteps (spec 2.2, flow.sample_score_time).
-  loss: the generator's loss, "dmd" or "sid".
+  score_shift, score_clamp: the score networks' timesteps (spec 2.2, flow.sample_score_time);
+    the GAN variant noises real and fake videos at such times too (spec 4.2).
+  loss: the generator's loss, "dmd", "sid" or "gan".
+  gan_weights: (w_G, w_D) of the GAN losses (spec 4.3). The reference's are 0.01 each; under Adam
+    a constant factor on the only loss of an update leaves the update as it is (up to Adam's eps
+    and the clipping), so 1 each here: the logged losses are the plain logistic ones (log 2 and
+    2 log 2 at chance), and r1_weight, r2_weight weigh R1, R2 against that.
+  r1_weight, r2_weight: lambda_1, lambda_2 of R1 (at real videos) and R2 (at fake ones), the
+    finite-difference gradient penalties (spec 4.4); 0 (the reference's default) is off.
+  discriminator_taps: the blocks (0-indexed, increasing) after which the discriminator head reads
+    the backbone's tokens; the reference's 13, 21, 29 of 30 blocks are about 45 %, 70 % and the
+    end of its depth, blocks 1, 2, 3 of this project's 4.
 
-  Raises ValueError for an unknown loss or a video that is not whole chunks.
+  Raises ValueError for an unknown loss, a video that is not whole chunks, or GAN settings out of
+  range.
   """
 
   num_frames: int
@@ -57,6 +87,10 @@ class Options:
   score_shift: float = 5.0
   score_clamp: tuple[float, float] = (0.02, 0.98)
   loss: str = "dmd"
+  gan_weights: tuple[float, float] = (1.0, 1.0)
+  r1_weight: float = 0.0
+  r2_weight: float = 0.0
+  discriminator_taps: tuple[int, ...] = (1, 2, 3)
 
   def __post_init__(self):
     if self.loss not in LOSSES:
@@ -64,6 +98,16 @@ class Options:
     if self.num_frames % self.chunk:
       raise ValueError(f"self forcing num_frames={self.num_frames} is not a multiple of"
                        f" chunk={self.chunk}")
+    taps = tuple(self.discriminator_taps)
+    if not taps or any(not isinstance(i, int) or i < 0 for i in taps) or list(taps) != sorted(
+        set(taps)):
+      raise ValueError(f"self forcing discriminator_taps={taps} must be increasing block"
+                       " indices >= 0")
+    if len(self.gan_weights) != 2 or not all(w > 0 for w in self.gan_weights):
+      raise ValueError(f"self forcing gan_weights={self.gan_weights} must be (w_G, w_D) > 0")
+    if not (self.r1_weight >= 0 and self.r2_weight >= 0):
+      raise ValueError(f"self forcing r1_weight={self.r1_weight}, r2_weight={self.r2_weight}"
+                       " must be >= 0")
 
 
 # --- the rollout -------------------------------------------------------------------------------
@@ -168,6 +212,98 @@ def sid_generator_loss(x_bfhwc, x0_real, x0_fake) -> tuple[jax.Array, dict]:
   return loss, {"sid_score_gap": jnp.mean(jnp.abs(x0_real - x0_fake))}
 
 
+# --- the GAN variant (spec 4) ------------------------------------------------------------------
+
+def discriminate(critic: dit.CausalDiT, params, x_t_bfhwc, t_b, cond: dict,
+                 taps: tuple[int, ...]) -> jax.Array:
+  """The discriminator's logits [B] (float32) of noised whole videos x_t at t_b [B]: the critic
+  backbone run as a score network (full mask, one t per video, conditional only), its tokens
+  after the blocks `taps` read by the head. params: {"backbone", "head"}."""
+  b, n = x_t_bfhwc.shape[:2]
+  t_bf = jnp.broadcast_to(t_b[:, None], (b, n))
+  return discriminator.logits(critic, params, x_t_bfhwc, t_bf, taps=taps,
+                              frame_pos_f=jnp.arange(n, dtype=jnp.int32), mask=masks.Full(n),
+                              **cond)
+
+
+def gan_generator_loss(fake_logits, weight: float) -> jax.Array:
+  """The non-saturating generator loss w_G mean softplus(-D(fake)) (spec 4.3)."""
+  return weight * jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+def gan_discriminator_loss(real_logits, fake_logits, weight: float) -> jax.Array:
+  """The logistic discriminator loss w_D [mean softplus(-D(real)) + mean softplus(D(fake))]
+  (spec 4.3)."""
+  return weight * (jnp.mean(jax.nn.softplus(-real_logits))
+                   + jnp.mean(jax.nn.softplus(fake_logits)))
+
+
+def finite_difference_penalty(logits, perturbed_logits, sigma: float = PENALTY_SIGMA):
+  """mean(((D(x + sigma zeta) - D(x)) / sigma)^2) from the logits D(x) and D(x + sigma zeta),
+  zeta ~ N(0, I): over zeta its expectation is ||grad_x D||^2 up to O(sigma), R1's (at real x)
+  and R2's (at fake x) gradient penalty without a second derivative (spec 4.4). Both logits
+  carry gradient."""
+  return jnp.mean(jnp.square((perturbed_logits - logits) / sigma))
+
+
+def _repeat_batch(tree, n: int):
+  """Each array of `tree` n times along its batch axis."""
+  return jax.tree.map(lambda a: jnp.concatenate([a] * n), tree)
+
+
+def _gan_generator_loss(student: dit.CausalDiT, gen_params, critic: dit.CausalDiT,
+                        critic_params, batch: dict, rng: jax.Array,
+                        options: Options) -> tuple[jax.Array, dict]:
+  """generator_loss for loss="gan": the rollout (with gradient) noised at the score time and
+  judged by the discriminator, the critic's parameters constants. Only the fake branch: the
+  non-saturating loss reads no real video (the reference's freshly noised real sample serves its
+  relativistic option, not implemented here)."""
+  b = batch["video"].shape[0]
+  z, rollout_rng, t_b, eps = _noise_and_times(rng, b, options)
+  video, exit_step = training_rollout(student, gen_params, z, student.conditioning(batch),
+                                      rollout_rng, options)
+  critic_params = jax.lax.stop_gradient(critic_params)
+  x_t = flow.interpolate(video, eps, jnp.broadcast_to(t_b[:, None], video.shape[:2]))
+  logits = discriminate(critic, critic_params, x_t, t_b, critic.conditioning(batch),
+                        options.discriminator_taps)
+  loss = gan_generator_loss(logits, options.gan_weights[0])
+  return loss, {"loss": loss, "exit_step": exit_step, "score_time": jnp.mean(t_b),
+                "fake_logit": jnp.mean(logits)}
+
+
+def discriminator_loss(student: dit.CausalDiT, gen_params, critic: dit.CausalDiT, critic_params,
+                       batch: dict, rng: jax.Array, options: Options) -> tuple[jax.Array, dict]:
+  """critic_loss for loss="gan" (spec 4.2-4.4): a fresh rollout with its own exit step and no
+  gradient (fake) and batch["video"] (real) noised at one score time per video with the same
+  noise; L_D + (lambda_1 R1 + lambda_2 R2) / 2, all discriminator evaluations in one batched
+  call. Differentiate in `critic_params` ({"backbone", "head"}). Metrics: "critic_loss",
+  "critic_exit_step", "real_logit", "fake_logit" (means), "r1", "r2" (weighted, 0 when off)."""
+  rng, penalty_rng = jax.random.split(rng)
+  b = batch["video"].shape[0]
+  z, rollout_rng, t_b, eps = _noise_and_times(rng, b, options)
+  video, exit_step = training_rollout(student, jax.lax.stop_gradient(gen_params), z,
+                                      student.conditioning(batch), rollout_rng, options)
+  t_bf = jnp.broadcast_to(t_b[:, None], video.shape[:2])
+  inputs = {"real": flow.interpolate(batch["video"].astype(video.dtype), eps, t_bf),
+            "fake": flow.interpolate(jax.lax.stop_gradient(video), eps, t_bf)}
+  penalties = {"r1": ("real", options.r1_weight), "r2": ("fake", options.r2_weight)}
+  for (name, (at, weight)), key in zip(penalties.items(), jax.random.split(penalty_rng)):
+    if weight:
+      inputs[name] = inputs[at] + PENALTY_SIGMA * jax.random.normal(key, video.shape)
+  n = len(inputs)
+  logits = dict(zip(inputs, jnp.split(discriminate(
+      critic, critic_params, jnp.concatenate(list(inputs.values())), jnp.tile(t_b, n),
+      _repeat_batch(critic.conditioning(batch), n), options.discriminator_taps), n)))
+  metrics = {name: (weight * finite_difference_penalty(logits[at], logits[name]) if weight
+                    else jnp.zeros(())) for name, (at, weight) in penalties.items()}
+  loss = (gan_discriminator_loss(logits["real"], logits["fake"], options.gan_weights[1])
+          + 0.5 * (metrics["r1"] + metrics["r2"]))
+  return loss, dict(metrics, critic_loss=loss, critic_exit_step=exit_step,
+                    real_logit=jnp.mean(logits["real"]), fake_logit=jnp.mean(logits["fake"]))
+
+
+# --- the train step's losses -------------------------------------------------------------------
+
 def _noise_and_times(rng, batch: int, options: Options):
   """The rollout's start noise z [B, F, H, W, C], its key, and the score time t_b [B] with the
   noise eps for the scores (drawn like z)."""
@@ -184,10 +320,14 @@ def generator_loss(student: dit.CausalDiT, gen_params, teacher: dit.CausalDiT, t
   """The generator's loss (options.loss) on a fresh rollout; differentiate in `gen_params`.
 
   batch: the conditioning entries each model reads (CausalDiT.conditioning) and "video", whose
-  leading axis gives the batch size (its frames are not used: Self Forcing is data-free). The
-  teacher and critic parameters are constants: the critic's gradients from this loss would be
-  discarded (spec 3). Metrics: the loss's, "exit_step", "score_time" (mean t).
+  leading axis gives the batch size (its frames are not used: Self Forcing is data-free; the GAN
+  variant's discriminator reads them in critic_loss). The teacher and critic parameters are
+  constants: the critic's gradients from this loss would be discarded (spec 3). Metrics: the
+  loss's, "exit_step", "score_time" (mean t). For loss="gan", `critic` is the discriminator's
+  backbone and critic_params its {"backbone", "head"}; the teacher is not used.
   """
+  if options.loss == "gan":
+    return _gan_generator_loss(student, gen_params, critic, critic_params, batch, rng, options)
   b = batch["video"].shape[0]
   z, rollout_rng, t_b, eps = _noise_and_times(rng, b, options)
   video, exit_step = training_rollout(student, gen_params, z, student.conditioning(batch),
@@ -209,7 +349,10 @@ def critic_loss(student: dit.CausalDiT, gen_params, critic: dit.CausalDiT, criti
   """The critic's flow-matching loss (spec 2.5) on a fresh rollout with its own exit step and no
   gradient to the generator; differentiate in `critic_params`. The critic's velocity output is
   the target's estimate (the reference's (x_t - x0_fake) / t, the same value). `batch` as in
-  generator_loss. Metrics: "critic_loss", "critic_exit_step"."""
+  generator_loss. Metrics: "critic_loss", "critic_exit_step". For loss="gan", the
+  discriminator's loss instead (discriminator_loss), the flow-matching loss replaced (spec 4)."""
+  if options.loss == "gan":
+    return discriminator_loss(student, gen_params, critic, critic_params, batch, rng, options)
   b = batch["video"].shape[0]
   z, rollout_rng, t_b, eps = _noise_and_times(rng, b, options)
   video, exit_step = training_rollout(student, jax.lax.stop_gradient(gen_params), z,

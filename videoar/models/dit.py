@@ -19,6 +19,12 @@ PREDICTIONS = flow.PREDICTIONS + ("residual",)
 CONDITIONING_INPUTS = {"label": "labels_b", "actions": "actions_bf", "text": "text_bld"}
 # Those given per frame: a sampler hands each chunk its own frames of them.
 PER_FRAME_CONDITIONING = ("actions_bf",)
+# The collection a CausalDiT sows its tokens after every block into, only when the caller makes
+# it mutable: `(v, kv), state = model.apply(params, ..., mutable=[BLOCK_TOKENS])` gives
+# state[BLOCK_TOKENS]["blocks"], a tuple of `depth` arrays [B, F, T, width], entry i the tokens
+# after block i (what a discriminator head reads, models/discriminator.py). Otherwise, and at
+# init, nothing is sown: outputs, parameters and cost are those of a model without it.
+BLOCK_TOKENS = "block_tokens"
 
 
 class Block(nn.Module):
@@ -125,7 +131,8 @@ class CausalDiT(nn.Module):
     (zeros where there is none).
 
     With `cache`, `frame_pos_f` and the mask are those of the queries; the mask spans
-    [F, slots + F] key frames (cache first)."""
+    [F, slots + F] key frames (cache first). With BLOCK_TOKENS mutable, every block's output
+    tokens are sown into it (see BLOCK_TOKENS)."""
     b, f, h, w, c = x_bfhwc.shape
     p = self.patch
     gh, gw = self.grid(h, w)
@@ -182,6 +189,8 @@ class CausalDiT(nn.Module):
                         self.routing_top_k, self.dtype, name=f"block_{i}")(
                             x, cond, text, **attention_kwargs)
       x = layers.constrain_tokens(x)
+      if self.is_mutable_collection(BLOCK_TOKENS) and not self.is_initializing():
+        self.sow(BLOCK_TOKENS, "blocks", x)
       new_k.append(k.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
       new_v.append(v.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
 

@@ -159,11 +159,13 @@ class CrossAttention(nn.Module):
   The text is the same for every frame and known before generation starts, so this keeps the
   model causal over frames and the sampler's cache holds nothing of it. The output projection
   starts at zero: a model begins as if it had no text, as AdaLN-zero begins every block at the
-  identity.
+  identity. zero_output=False starts it at the default initialisation instead (a discriminator's
+  register tokens, models/discriminator.py, must read the video from the first step).
   """
 
   num_heads: int
   dtype: jnp.dtype = jnp.float32
+  zero_output: bool = True
 
   @nn.compact
   def __call__(self, x_bftd, text_bld):
@@ -188,6 +190,8 @@ class CrossAttention(nn.Module):
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), kv[:, :, 1])
     out = nn.DenseGeneral(
         d, axis=(-2, -1), dtype=self.dtype, name="out",
-        kernel_init=dense_general_init(nn.initializers.zeros, ("heads", "head_dim", "embed")),
+        kernel_init=dense_general_init(
+            nn.initializers.zeros if self.zero_output else nn.linear.default_kernel_init,
+            ("heads", "head_dim", "embed")),
         bias_init=dense_general_init(nn.initializers.zeros_init(), ("embed",)))(out)
     return out.reshape(b, f, t, d)
