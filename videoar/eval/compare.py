@@ -61,7 +61,9 @@ def main(argv=None):
         results.append(json.load(f)["tables"])
     combined[name] = _mean_tables([r["model"] for r in results])
     if len(results) > 1:
-      combined[f"{name} sd"] = _mean_tables([r["model"] for r in results], statistic=_spread)
+      combined[f"{name} sd"] = [
+          {key: value for key, value in row.items() if key != "seeds"}
+          for row in _mean_tables([r["model"] for r in results], statistic=_spread)]
     if baselines is None:
       baselines = {k: v for k, v in results[0].items() if k in ("copy_last", "background")}
   combined.update(baselines or {})

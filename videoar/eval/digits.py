@@ -215,15 +215,22 @@ def crop_digits(frames: np.ndarray, positions: np.ndarray, digit_size: int) -> n
     return grey[clip_index, frame_index, rows, cols]
 
 
+# A digit is read only where the others are this many digit sizes away along some axis (10 px
+# for 16 px digits): see digit_accuracy.
+CLEAR_SEPARATION = 0.625
+
+
 def digit_accuracy(
     frames: np.ndarray, positions: np.ndarray, labels: np.ndarray, classifier: DigitClassifier
 ) -> np.ndarray:
-    """Fraction of the true digits that read as their true label, per frame.
+    """Fraction of the clear true digits that read as their true label, per frame.
 
-    Each digit is read from the window crop_digits cuts at its true position, whatever else the
-    window holds: where digits overlap the window also holds part of the other one and the read
-    is ambiguous even on true frames, so the truth row of a table (true frames read the same way)
-    is the ceiling, not 1.
+    Each digit is read from the window crop_digits cuts at its true position. A digit counts only
+    where it is clear: every other digit's centre is at least CLEAR_SEPARATION x digit_size away
+    along some axis. Where two digits overlap more than that, the window holds much of the other
+    one and the read is ambiguous even on true frames (measured on true frames: 0.98 read right
+    when at least 10 of 16 px apart, 0.47 within 4 px), so counting them would measure the
+    world's overlaps, not the model. The truth row of a table, read the same way, is the ceiling.
 
     Args:
       frames: [B, F, H, W, C] in [-1, 1], e.g. generated frames.
@@ -231,7 +238,8 @@ def digit_accuracy(
       labels: [B, K] true digit labels.
       classifier: reads digits of its digit_size.
 
-    Returns float64 [B, F] in [0, 1]. Raises ValueError on shapes that do not fit.
+    Returns float64 [B, F] in [0, 1], NaN in a frame with no clear digit. Raises ValueError on
+    shapes that do not fit.
     """
     labels = np.asarray(labels)
     if labels.shape != np.shape(positions)[:1] + np.shape(positions)[2:3]:
@@ -239,7 +247,14 @@ def digit_accuracy(
             f"labels must be [B, K] for positions {np.shape(positions)}, got {labels.shape}"
         )
     read = classifier.predict(crop_digits(frames, positions, classifier.digit_size))
-    return np.mean(read == labels[:, None, :], axis=-1)
+    correct = (read == labels[:, None, :]).astype(np.float64)
+    positions = np.asarray(positions, np.float64)
+    apart = np.abs(positions[..., :, None, :] - positions[..., None, :, :]).max(axis=-1)
+    others = ~np.eye(positions.shape[-2], dtype=bool)
+    clear = np.all((apart >= CLEAR_SEPARATION * classifier.digit_size) | ~others, axis=-1)
+    counted = clear.sum(axis=-1)
+    with np.errstate(invalid="ignore"):
+        return np.where(counted > 0, (correct * clear).sum(axis=-1) / counted, np.nan)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

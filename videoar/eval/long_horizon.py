@@ -24,7 +24,7 @@ METRIC_TITLES = {
     "lost": "Objects lost per frame (lower is better)",
     "invented": "Objects invented per frame (lower is better)",
     "color_drift": "Object colour drift (RGB distance, lower is better)",
-    "digit_accuracy": "Digits read as their true label (fraction, higher is better; truth is the ceiling)",
+    "digit_accuracy": "Clear digits read as their true label (fraction, higher is better; truth is the ceiling)",
     "ball_position_error": "Ball position error (px, lower is better)",
     "ball_missed": "Ball missed, per frame with a true ball (lower is better)",
     "paddle_row_error": "Paddle row error (px, lower is better)",
