@@ -337,6 +337,12 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first"
                             " (--mode=train or --mode=all)")
+  return sampled_params(state, use_ema, generator_critic)
+
+
+def sampled_params(state: state_lib.TrainState, use_ema: bool, generator_critic: bool):
+  """The weights a sampler uses from a train state: its EMA (`use_ema`) or trained parameters,
+  of the model, or of the generator of a generator/critic state."""
   params = state.ema_params if use_ema else state.params
   return params["generator"] if generator_critic else params
 

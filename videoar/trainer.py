@@ -91,13 +91,6 @@ def _routing_frequencies(exp: experiment.Experiment, layout):
       history_window=c.forcing.history_window).mean(axis=0), out_shardings=layout.replicated)
 
 
-def _sampled_params(config, state: state_lib.TrainState):
-  """The weights that sampling uses, as experiment.restore_params picks them from a checkpoint:
-  the (EMA) model's, or a Self Forcing run's generator's."""
-  params = state.ema_params if config.sample.use_ema else state.params
-  return params["generator"] if config.forcing.paradigm == "self_forcing" else params
-
-
 def _move_run_aside(workdir: str) -> str:
   """Moves the finished or abandoned run's checkpoints and logs to WORKDIR/previous/TIME/."""
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -264,7 +257,8 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
                                                                      batch["video"])))
         log.write(done, metrics)
       if evaluate and (done % config.eval.every == 0 or is_last):
-        log.write_eval(done, *evaluate(_sampled_params(config, state)))
+        log.write_eval(done, *evaluate(experiment.sampled_params(
+            state, config.sample.use_ema, config.forcing.paradigm == "self_forcing")))
       if done % config.train.checkpoint_every == 0 or is_last or preempted:
         _check_finite(jax.device_get(pending), done, saved)
         try:
