@@ -22,8 +22,23 @@ query token attend to its own frame plus the k history frames with the highest q
 
 Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
   noise_augmentation, parallel    the ablation arms
+  autoregressive                  the method itself (the default), named so that a sweep can name
+                                  its arm (python -m videoar.sweep --arms=...)
+  teacher_forcing                 the baseline arm: every forcing key at the base config's
+                                  (configs/bouncing_tiny.py's run)
   routed                          history routing with k = 25 % of the training frames (2 of 8)
   window                          the baseline for routing: a sliding window of the same k frames
+  occluded                        the world where history matters beyond the last two frames: an
+                                  opaque grey bar, columns 11-20 (10 px, the frame's middle third),
+                                  over the whole height. An object is out of sight (under 10 %
+                                  of it shows) for 4 frames at the median, 2-7 frames for 80 % of
+                                  the occlusions (measured over 300 clips of 60 frames), and must
+                                  come back with its colour, shape and motion: two frames of
+                                  history no longer give it. Evaluation adds "recovered", the
+                                  objects back in view after an occlusion that the model shows
+                                  again (eval/objects.py); of the 32 held-out clips (seed 0), 0,
+                                  8 and 18 hold such an object in the three segments (it takes
+                                  more than the 2 context frames to be seen, hidden and back)
   test                            a tiny smoke run
 """
 
@@ -32,7 +47,8 @@ from videoar import base_config
 
 def get_config(variant: str = ""):
   variants = base_config.variants(
-      variant, ("noise_augmentation", "parallel", "routed", "window", "test"))
+      variant, ("noise_augmentation", "parallel", "autoregressive", "teacher_forcing", "routed",
+                "window", "occluded", "test"))
   config = base_config.get_config()
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "autoregressive"
@@ -44,8 +60,12 @@ def get_config(variant: str = ""):
     config.forcing.warmup_steps = 1
   k = max(1, config.data.num_frames // 4)
   for v in variants:
-    if v in ("noise_augmentation", "parallel"):
+    if v in ("noise_augmentation", "parallel", "autoregressive"):
       config.forcing.resample_mode = v
+    elif v == "teacher_forcing":
+      config.forcing = base_config.get_config().forcing
+    elif v == "occluded":
+      config.data.options.occluders = ((0, 11, 32, 10),)
     elif v == "routed":
       config.model.routing_top_k = k
     elif v == "window":

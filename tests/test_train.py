@@ -107,14 +107,16 @@ def test_evaluation_while_training_logs_the_ema_weights_segment_metrics(tmp_path
   with open(tmp_path / "metrics.jsonl") as f:
     logged = {r["step"]: r for r in map(json.loads, f) if "eval/lost/0-7" in r}
   assert sorted(logged) == [3, 4]
-  scalars, strip = run.DuringTraining(exp)(experiment.restore_params(exp, str(tmp_path), True))
+  scalars, strip, videos = run.DuringTraining(exp)(
+      experiment.restore_params(exp, str(tmp_path), True))
   assert set(scalars) == {key[len("eval/"):] for key in logged[4] if key != "step"}
   for key, value in scalars.items():
     expected = None if np.isnan(value) else pytest.approx(value, rel=1e-5)  # strict JSON: null
     assert logged[4][f"eval/{key}"] == expected, key
   assert strip.ndim == 3 and strip.shape[-1] == 3
+  assert videos.shape == (2, 2 + 3 * 8, 32, 64, 3)  # clips, context + 3x8 frames, truth | model
   events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").iterdir())
-  assert b"eval/strip" in events and b"eval/lost/16-23" in events
+  assert b"eval/strip" in events and b"eval/videos" in events and b"eval/lost/16-23" in events
 
 
 BAD_CONFIGS = [

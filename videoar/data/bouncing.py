@@ -2,6 +2,11 @@
 
 Coordinates are (row, col) in pixel units with pixel (i, j) centred at (i, j),
 so the frame covers [-0.5, size - 0.5] on both axes.
+
+With `occluders` (off by default), fixed opaque grey rectangles are drawn over the
+objects, which pass behind them: an object hidden for several frames must come back
+with its colour, shape and motion, which two frames of history cannot give (the
+default world is nearly Markov: two frames give position and velocity).
 """
 
 import dataclasses
@@ -23,6 +28,9 @@ DEFAULT_PALETTE = (
 )
 
 BACKGROUND = -1.0
+# Mid grey: as far from the black background as from every palette colour (distance
+# sqrt(3) in RGB), so the object detector (eval/objects.py) assigns it to nothing.
+OCCLUDER_COLOR = (0.0, 0.0, 0.0)
 
 
 def reflect_trajectories(
@@ -72,6 +80,9 @@ class BouncingWorld:
     Objects reflect elastically off the walls, pass through each other, and
     later objects are drawn on top. Edges are anti-aliased by pixel coverage so
     sub-pixel motion is visible and the rendered centroid matches the true centre.
+
+    occluders: fixed rectangles (top, left, height, width) in whole pixels, drawn
+    opaque in OCCLUDER_COLOR over the objects; empty (the default) draws none.
     """
 
     size: int = 32
@@ -81,8 +92,20 @@ class BouncingWorld:
     max_speed: float = 2.0
     palette: tuple[tuple[float, float, float], ...] = DEFAULT_PALETTE
     shapes: tuple[str, ...] = SHAPE_NAMES
+    occluders: tuple[tuple[int, int, int, int], ...] = ()
 
     def __post_init__(self):
+        if not isinstance(self.occluders, (tuple, list)) or not all(
+            self._fits(box) for box in self.occluders
+        ):
+            raise ValueError(
+                f"BouncingWorld.occluders={self.occluders} must be (top, left, height, width)"
+                f" rectangles of whole pixels inside the {self.size}x{self.size} frame"
+            )
+        # A config may give lists (JSON): kept as tuples, so that the world stays hashable.
+        object.__setattr__(
+            self, "occluders", tuple(tuple(int(v) for v in box) for box in self.occluders)
+        )
         if self.size < 4:
             raise ValueError(f"BouncingWorld.size={self.size} must be at least 4")
         if not 0 < self.radius:
@@ -113,6 +136,16 @@ class BouncingWorld:
                 f"BouncingWorld.shapes={self.shapes} must be a non-empty subset of {SHAPE_NAMES}"
             )
 
+    def _fits(self, box) -> bool:
+        """Whether `box` is (top, left, height, width), integers, inside the frame."""
+        if not isinstance(box, (tuple, list)) or len(box) != 4:
+            return False
+        if not all(isinstance(v, (int, np.integer)) for v in box):
+            return False
+        top, left, height, width = box
+        return (height >= 1 and width >= 1 and top >= 0 and left >= 0
+                and top + height <= self.size and left + width <= self.size)
+
     def palette_array(self) -> np.ndarray:
         return np.asarray(self.palette, dtype=np.float32)
 
@@ -121,13 +154,23 @@ class BouncingWorld:
         """Range of object centres that keeps every object wholly inside the frame."""
         return self.radius - 0.5, self.size - 0.5 - self.radius
 
+    def occluder_mask(self) -> np.ndarray:
+        """bool [H, W]: the pixels the occluders cover (none without occluders)."""
+        mask = np.zeros((self.size, self.size), bool)
+        for top, left, height, width in self.occluders:
+            mask[top : top + height, left : left + width] = True
+        return mask
+
     def clip(self, seed: int, index: int, num_frames: int) -> dict[str, np.ndarray]:
         """Clip `index` of the stream `seed`.
 
         Returns video float32 [F, H, W, 3] in [-1, 1], positions float32 [F, K, 2]
-        (row, col of each centre), color_ids int32 [K] into the palette and shapes
-        int32 [K] into SHAPE_NAMES. All randomness is drawn before the frame count
-        is used, so the clip is a prefix of the same clip with more frames.
+        (row, col of each centre), color_ids int32 [K] into the palette, shapes
+        int32 [K] into SHAPE_NAMES and visible float32 [F, K]: the fraction of each
+        object's own coverage that shows in the frame, not hidden by the occluders
+        or by the objects drawn over it (1: all of it; 0: hidden). All randomness is
+        drawn before the frame count is used, so the clip is a prefix of the same
+        clip with more frames.
         """
         rng = np.random.default_rng([seed, index])
         color_ids = rng.choice(len(self.palette), size=self.num_objects, replace=False)
@@ -138,17 +181,20 @@ class BouncingWorld:
             rng, self.num_objects, low, high, self.min_speed, self.max_speed
         )
         positions = reflect_trajectories(start, velocity, low, high, num_frames)
+        video, visible = self._render(positions, color_ids, shapes)
         return {
-            "video": self._render(positions, color_ids, shapes),
+            "video": video,
             "positions": positions.astype(np.float32),
             "color_ids": color_ids.astype(np.int32),
             "shapes": shapes.astype(np.int32),
+            "visible": visible,
         }
 
     def _render(
         self, positions: np.ndarray, color_ids: np.ndarray, shapes: np.ndarray
-    ) -> np.ndarray:
-        """Composites the objects over black; positions [F, K, 2] -> [F, H, W, 3]."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Composites the objects over black, then the occluders over them; positions
+        [F, K, 2] -> video [F, H, W, 3] and the visible fraction of each object [F, K]."""
         rows, cols = positions[..., 0], positions[..., 1]
         # Exact box coverage is separable: row overlap times column overlap.
         square_alpha = (
@@ -170,4 +216,12 @@ class BouncingWorld:
         video = np.full((num_frames, self.size, self.size, 3), BACKGROUND)
         for k in range(self.num_objects):
             video = video * (1.0 - alpha[:, k]) + colors[k] * alpha[:, k]
-        return video.astype(np.float32)
+        # What of object k shows: its coverage, times what every later object and the
+        # occluders leave of it.
+        mask = self.occluder_mask()
+        shown = alpha[..., 0] * (1.0 - mask)
+        for k in range(self.num_objects - 1):
+            shown[:, k] *= np.prod(1.0 - alpha[:, k + 1 :, ..., 0], axis=1)
+        visible = shown.sum(axis=(-2, -1)) / alpha[..., 0].sum(axis=(-2, -1))
+        video[:, mask] = OCCLUDER_COLOR
+        return video.astype(np.float32), visible.astype(np.float32)

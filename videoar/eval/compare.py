@@ -1,10 +1,11 @@
 """Puts the long-horizon tables of several runs side by side.
 
-  python -m videoar.eval.compare NAME=WORKDIR [NAME=WORKDIR ...] [--json PATH]
+  python -m videoar.eval.compare NAME=WORKDIR [NAME=WORKDIR ...] [--json PATH] [--markdown PATH]
 
 Each WORKDIR holds the eval.json an `evaluate` run wrote; the baselines (copy_last, background)
 come from the first run. With several seeds per arm (NAME=DIR1,DIR2,...) the mean is shown, and
-under it the row "NAME sd", each figure's standard deviation over the seeds.
+under it the row "NAME sd", each figure's standard deviation over the seeds. `combine` and
+`markdown` are the same for videoar.sweep, which writes its arms' table through them.
 """
 
 from __future__ import annotations
@@ -45,32 +46,90 @@ def _spread(numbers: list[float]) -> float:
   return float(np.std(numbers, ddof=1)) if len(numbers) > 1 else 0.0
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("runs", nargs="+", help="NAME=WORKDIR[,WORKDIR...]")
-  parser.add_argument("--json", help="also write the combined tables here")
-  args = parser.parse_args(argv)
+SPREAD_SUFFIX = " sd"
+
+
+def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
+  """The model tables of several arms from their runs' eval.json, side by side.
+
+  Args:
+    runs: {arm name: [WORKDIR, ...]}, one workdir per seed, each holding an eval.json.
+
+  Returns {method: segment rows} (long_horizon.segment_table's rows): per arm its mean over the
+  seeds (_mean_tables; each row's `seeds` counts them), with several seeds also "NAME sd", each
+  figure's standard deviation (n - 1); then the baselines copy_last and background of the first
+  run. Raises FileNotFoundError naming a workdir without eval.json.
+  """
   combined, baselines = {}, None
-  for spec in args.runs:
-    name, _, dirs = spec.partition("=")
-    if not dirs:
-      parser.error(f"run {spec!r} is not NAME=WORKDIR")
+  for name, workdirs in runs.items():
     results = []
-    for workdir in dirs.split(","):
+    for workdir in workdirs:
       with open(f"{workdir}/eval.json") as f:
         results.append(json.load(f)["tables"])
     combined[name] = _mean_tables([r["model"] for r in results])
     if len(results) > 1:
-      combined[f"{name} sd"] = [
+      combined[name + SPREAD_SUFFIX] = [
           {key: value for key, value in row.items() if key != "seeds"}
           for row in _mean_tables([r["model"] for r in results], statistic=_spread)]
     if baselines is None:
       baselines = {k: v for k, v in results[0].items() if k in ("copy_last", "background")}
   combined.update(baselines or {})
+  return combined
+
+
+def markdown(combined: dict[str, list[dict]]) -> str:
+  """`combine`'s tables as Markdown: per metric (long_horizon.METRIC_TITLES' order and number
+  formats) a table with a row per arm or baseline and a column per segment, each cell the mean
+  and, where the arm has a spread row, "± sd"; "-" where there is no number."""
+  spreads = {name[:-len(SPREAD_SUFFIX)]: rows for name, rows in combined.items()
+             if name.endswith(SPREAD_SUFFIX)}
+  methods = {name: rows for name, rows in combined.items() if not name.endswith(SPREAD_SUFFIX)}
+  segments = list(dict.fromkeys(row["segment"] for rows in methods.values() for row in rows))
+  names = list(dict.fromkeys(key for rows in methods.values() for row in rows for key in row
+                             if key not in ("segment", "frames", "seeds")))
+  order = list(long_horizon.METRIC_TITLES)
+  names.sort(key=lambda name: order.index(name) if name in order else len(order))
+  blocks = []
+  for name in names:
+    number = long_horizon.METRIC_FORMATS.get(name, long_horizon.DEFAULT_FORMAT).format
+    lines = [f"**{long_horizon.METRIC_TITLES.get(name, name)}**", "",
+             "| method | seeds | " + " | ".join(segments) + " |",
+             "| --- | ---: |" + " ---: |" * len(segments)]
+    for method, rows in methods.items():
+      by_segment = {row["segment"]: row for row in rows}
+      spread = {row["segment"]: row for row in spreads.get(method, [])}
+      cells = []
+      for segment in segments:
+        value = by_segment.get(segment, {}).get(name)
+        sd = spread.get(segment, {}).get(name)
+        cells.append("-" if value is None else
+                     number(value) + ("" if sd is None else f" ± {number(sd)}"))
+      seeds = rows[0].get("seeds", "-") if rows else "-"
+      lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
+    blocks.append("\n".join(lines))
+  return "\n\n".join(blocks) + "\n"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("runs", nargs="+", help="NAME=WORKDIR[,WORKDIR...]")
+  parser.add_argument("--json", help="also write the combined tables here")
+  parser.add_argument("--markdown", help="also write them here as Markdown (mean ± sd)")
+  args = parser.parse_args(argv)
+  runs = {}
+  for spec in args.runs:
+    name, _, dirs = spec.partition("=")
+    if not dirs:
+      parser.error(f"run {spec!r} is not NAME=WORKDIR")
+    runs[name] = dirs.split(",")
+  combined = combine(runs)
   print(long_horizon.format_table(combined))
   if args.json:
     with open(args.json, "w") as f:
       json.dump(combined, f, indent=1)
+  if args.markdown:
+    with open(args.markdown, "w") as f:
+      f.write(markdown(combined))
 
 
 if __name__ == "__main__":

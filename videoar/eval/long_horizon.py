@@ -24,6 +24,7 @@ METRIC_TITLES = {
     "lost": "Objects lost per frame (lower is better)",
     "invented": "Objects invented per frame (lower is better)",
     "color_drift": "Object colour drift (RGB distance, lower is better)",
+    "recovered": "Objects recovered after occlusion (fraction of those back in view found in their colour within 3.5 px; higher is better)",
     "digit_accuracy": "Clear digits read as their true label (fraction, higher is better; truth is the ceiling)",
     "ball_position_error": "Ball position error (px, lower is better)",
     "ball_missed": "Ball missed, per frame with a true ball (lower is better)",
@@ -35,6 +36,7 @@ METRIC_FORMATS = {
     "lpips": "{:.3f}",
     "fvd": "{:.0f}",
     "color_drift": "{:.3f}",
+    "recovered": "{:.3f}",
     "digit_accuracy": "{:.3f}",
 }
 DEFAULT_FORMAT = "{:.2f}"

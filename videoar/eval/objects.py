@@ -138,3 +138,88 @@ def compare_objects(
         "invented": (present & ~is_true_colour).sum(axis=-1).astype(np.int64),
         "color_drift": color_drift,
     }
+
+
+# An object counts as hidden below this visible fraction of its own coverage (a 7x7 square shows
+# under 5 pixels: too little to place it) and as back in view from RETURNED_FROM, where the
+# centroid of what shows lies within a pixel of the true centre.
+HIDDEN_BELOW = 0.1
+RETURNED_FROM = 0.9
+
+
+def returned_after_hiding(visible: np.ndarray) -> np.ndarray:
+    """Where an object is back in view after an occlusion, from its true visible fractions.
+
+    Args:
+      visible: [..., F, K], each object's visible fraction per frame (the bouncing world's
+        `visible`), over the whole clip (context and continuation).
+
+    Returns bool [..., F, K]: True at frame t for object k when it is in view at t (visible >=
+    RETURNED_FROM), was hidden (visible < HIDDEN_BELOW) at some frame s < t, and in view at some
+    frame r < s: it was seen, went out of sight, and is back, so only a memory of it from before
+    the occlusion can put it back in the right place with its colour.
+    """
+    visible = np.asarray(visible)
+    in_view = visible >= RETURNED_FROM
+    hidden = visible < HIDDEN_BELOW
+    # Along the frame axis: seen at or before t, then hidden at or before t after being seen.
+    seen = np.logical_or.accumulate(in_view, axis=-2)
+    seen_before = np.concatenate([np.zeros_like(seen[..., :1, :]), seen[..., :-1, :]], axis=-2)
+    hidden_after_seen = np.logical_or.accumulate(hidden & seen_before, axis=-2)
+    return in_view & hidden_after_seen
+
+
+def recovered(
+    detected: dict[str, np.ndarray],
+    true_positions: np.ndarray,
+    true_color_ids: np.ndarray,
+    returned: np.ndarray,
+    max_error: float = 3.5,
+) -> np.ndarray:
+    """The fraction of the objects back in view after an occlusion that a frame shows again.
+
+    Args, with [S] the leading frame axes (e.g. [B, F]) and K objects:
+      detected: detect_objects on the frames [S, H, W, 3].
+      true_positions: [S, K, 2], true (row, col) centres.
+      true_color_ids: [K], [B, K] or [S, K], as compare_objects takes them.
+      returned: bool [S, K], returned_after_hiding of the truth at those frames.
+      max_error: pixels; an object is recovered where its colour is present within this distance
+        of its true centre (3.5: the centroid lies inside the true object, radius 3.5).
+
+    Returns float [S]: recovered objects over returned ones; NaN where no object returned.
+    Raises ValueError for shapes that do not match.
+    """
+    present = detected["present"]
+    frame_shape = present.shape[:-1]
+    positions = np.asarray(true_positions, np.float64)
+    returned = np.asarray(returned, bool)
+    if positions.shape[:-1] != returned.shape or returned.shape[:-1] != frame_shape:
+        raise ValueError(
+            f"true_positions {positions.shape} and returned {returned.shape} must be {frame_shape}"
+            " + [K, 2] and + [K]"
+        )
+    ids = _align_color_ids(true_color_ids, frame_shape, returned.shape[-1])
+    found = np.take_along_axis(present, ids, axis=-1)
+    centroids = np.take_along_axis(detected["centroid"], ids[..., None], axis=-2)
+    with np.errstate(invalid="ignore"):  # NaN centroids of colours not present
+        close = found & (np.linalg.norm(centroids - positions, axis=-1) <= max_error)
+    count = returned.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (close & returned).sum(axis=-1) / count, np.nan)
+
+
+class RecoveryScorer:
+    """long_horizon's FrameScorer of `recovered` for a continuation: {"recovered": [B, f]}."""
+
+    def __init__(self, positions: np.ndarray, color_ids: np.ndarray, returned: np.ndarray,
+                 palette: np.ndarray):
+        """positions [B, F, K, 2], returned bool [B, F, K] (returned_after_hiding over the whole
+        clip, then the continuation's F frames), color_ids [B, K], palette [P, 3]."""
+        self.positions, self.color_ids = positions, color_ids
+        self.returned, self.palette = returned, palette
+
+    def __call__(self, generated: np.ndarray, truth: np.ndarray, frames: slice) -> dict[str, np.ndarray]:
+        del truth  # the true states say where the objects are
+        detected = detect_objects(generated, self.palette)
+        return {"recovered": recovered(detected, self.positions[:, frames], self.color_ids,
+                                       self.returned[:, frames])}

@@ -18,8 +18,9 @@ import numpy as np
 from videoar import experiment, media, sampling
 from videoar.data import pipeline
 from videoar.data.atari import AtariEpisodes
+from videoar.data.bouncing import BouncingWorld
 from videoar.data.moving_mnist import MovingMnist
-from videoar.eval import digits, long_horizon, perceptual, pong
+from videoar.eval import digits, long_horizon, objects, perceptual, pong
 from videoar.train import metrics_log
 
 # FVD fits a 400-d Gaussian to each set of clips: from fewer clips than this the fit is mostly
@@ -48,8 +49,15 @@ def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.
 def frame_scorers(exp: experiment.Experiment, clips: dict) -> list[long_horizon.FrameScorer]:
   """The metrics only some sources have, for the continuation of `clips` (continue_clips):
   whether the digits keep their identities (Moving-MNIST), where the ball and the agent's paddle
-  are (Atari Pong played from the emulator; not its frames read back as array_record)."""
+  are (Atari Pong played from the emulator; not its frames read back as array_record), whether
+  objects that went behind an occluder come back (the bouncing world with occluders)."""
   source = exp.source
+  if isinstance(source, BouncingWorld) and source.occluders:
+    num_context = exp.config.sample.context_frames
+    # Over the whole clip: an object seen in the context may go out of sight in the continuation.
+    returned = objects.returned_after_hiding(clips["visible"])[:, num_context:]
+    return [objects.RecoveryScorer(clips["positions"][:, num_context:], clips["color_ids"],
+                                   returned, source.palette_array())]
   if isinstance(source, MovingMnist):
     return [digits.DigitScorer(positions=clips["positions"][:, exp.config.sample.context_frames:],
                                labels=clips["labels"],
@@ -110,6 +118,13 @@ def strip(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
   return media.frame_strip(rows, every=2)
 
 
+def side_by_side(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
+  """Videos [B, T, H, 2W, C]: each clip's truth on the left and the model's video (the same
+  context, then generated) on the right, T = context + generated frames."""
+  model_videos = np.concatenate([clips["video"][:, :num_context], generated], axis=1)
+  return np.concatenate([clips["video"], model_videos], axis=3)
+
+
 class DuringTraining:
   """Evaluation while training (eval.every): the same continuation of the first
   eval.during_training_clips held-out clips (at most eval.num_clips, which validation checks the
@@ -121,15 +136,18 @@ class DuringTraining:
     self.sampler = experiment.make_sampler(exp)
     self.rng = jax.random.key(exp.config.seed + 2)
 
-  def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
-    """Scalars {"METRIC/SEGMENT": value} of the model's segment table and its strip image."""
+  def __call__(self, params) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Scalars {"METRIC/SEGMENT": value} of the model's segment table, its strip image
+    [H', W', C] and the videos [B, T, H, 2W, C] of side_by_side (truth | model), in [-1, 1]."""
     c = self.exp.config
     num_clips = min(c.eval.during_training_clips, c.eval.num_clips)
     clips, generated = continue_clips(self.exp, params, num_clips, self.rng, self.sampler)
     rows = score(self.exp, clips, generated, baselines=False)["model"]
     scalars = {f"{name}/{row['segment']}": value for row in rows
                for name, value in row.items() if name not in ("segment", "frames")}
-    return scalars, strip(clips, generated, c.sample.context_frames)
+    num_context = c.sample.context_frames
+    return (scalars, strip(clips, generated, num_context),
+            side_by_side(clips, generated, num_context))
 
 
 def sample(exp: experiment.Experiment, params, workdir: str) -> str:

@@ -6,12 +6,22 @@ calls it the same way on every process.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 
 import numpy as np
+from PIL import Image
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
+
+# Frames per second of the sample videos; the bouncing world moves 1-2 px a frame, so 4 fps shows
+# the motion without a blur of frames.
+VIDEO_FPS = 4
+# Frames are upscaled (nearest neighbour) to at least this many pixels high: a 32x32 frame is too
+# small to judge on screen.
+VIDEO_MIN_HEIGHT = 64
 
 
 def strict(value):
@@ -45,10 +55,12 @@ class MetricsLog:
     with open(self.path, "a") as f:
       f.write(json.dumps(strict(dict(step=step, **metrics)), allow_nan=False) + "\n")
 
-  def write_eval(self, step: int, scalars: dict[str, float], strip_hwc: np.ndarray) -> None:
+  def write_eval(self, step: int, scalars: dict[str, float], strip_hwc: np.ndarray,
+                 videos_bthwc: np.ndarray) -> None:
     """Evaluation while training: scalars {"METRIC/SEGMENT": value} to tensorboard (eval/...)
-    and to metrics.jsonl (as "eval/METRIC/SEGMENT"), the strip [H, W, 3] in [-1, 1] as an
-    image."""
+    and to metrics.jsonl (as "eval/METRIC/SEGMENT"), the strip [H, W, C] in [-1, 1] as the
+    image eval/strip, and the videos [B, T, H, W, C] in [-1, 1] (C = 1 or 3) as the video
+    eval/videos (video_summary: the clips stacked top to bottom)."""
     if self.writer is None:
       return
     scalars = {f"eval/{key}": value for key, value in scalars.items()}
@@ -57,6 +69,7 @@ class MetricsLog:
         self.writer.add_scalar(key, value, step)
     self.writer.add_image("eval/strip", np.clip((strip_hwc + 1.0) / 2.0, 0.0, 1.0), step,
                           dataformats="HWC")
+    self.writer.file_writer.add_summary(video_summary("eval/videos", videos_bthwc), step)
     with open(self.path, "a") as f:
       f.write(json.dumps(strict(dict(step=step, **scalars)), allow_nan=False) + "\n")
 
@@ -78,6 +91,31 @@ class MetricsLog:
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
+
+
+def video_summary(tag: str, videos_bthwc: np.ndarray, fps: int = VIDEO_FPS) -> Summary:
+  """The videos [B, T, H, W, C] in [-1, 1] (C = 1 or 3), stacked top to bottom and upscaled to
+  at least VIDEO_MIN_HEIGHT px a clip, as one looping animated GIF in an image summary: the
+  record tensorboardX's add_video writes, which tensorboard plays in its Images tab.
+
+  add_video itself needs moviepy, whose releases (2.2.1) pin pillow < 12 against this project's
+  pillow 13, so the GIF is encoded here with Pillow. Raises ValueError for another shape."""
+  videos = np.asarray(videos_bthwc, np.float32)
+  if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
+    raise ValueError(f"videos must be [B, T, H, W, 1 or 3], got {videos.shape}")
+  num_clips, num_frames, height, width, _ = videos.shape
+  scale = max(1, -(-VIDEO_MIN_HEIGHT // height))
+  frames = np.round(np.clip((videos + 1.0) * 127.5, 0, 255)).astype(np.uint8)
+  frames = np.broadcast_to(frames, frames.shape[:-1] + (3,))
+  frames = frames.transpose(1, 0, 2, 3, 4).reshape(num_frames, num_clips * height, width, 3)
+  frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+  images = [Image.fromarray(frame) for frame in frames]
+  buffer = io.BytesIO()
+  images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
+                 duration=round(1000 / fps), loop=0)
+  image = Summary.Image(height=frames.shape[1], width=frames.shape[2], colorspace=3,
+                        encoded_image_string=buffer.getvalue())
+  return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 def _drop_metrics_after(path: str, step: int) -> None:

@@ -1,0 +1,142 @@
+"""python -m videoar.sweep: arms x seeds as command lines, run here, through submitit, or
+printed; resumable; one table of mean and spread (videoar.eval.compare.combine)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from videoar import sweep
+from videoar.eval import compare
+
+CONFIG = "configs/bouncing_rf.py"
+ROOT_DIR = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _fake_eval(workdir, psnr, lost):
+  """An eval.json as `evaluate` writes it, with two segments."""
+  rows = [dict(segment="0-7", frames=8, psnr=psnr, lost=lost),
+          dict(segment="8-15", frames=8, psnr=psnr - 1.0, lost=None)]
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump({"tables": {"model": rows, "copy_last": rows, "background": rows}}, f)
+
+
+def _script(code):
+  """A command line that runs `code` (standing in for videoar.main in the executors' tests)."""
+  return (sys.executable, "-c", code)
+
+
+def test_plan_gives_one_command_per_arm_and_seed(tmp_path):
+  runs = sweep.plan(CONFIG, ["parallel", "teacher_forcing"], [0, 3], str(tmp_path), "occluded",
+                    ("train.num_steps=7",), python="py")
+  assert [(r.arm, r.seed) for r in runs] == [("parallel", 0), ("parallel", 3),
+                                            ("teacher_forcing", 0), ("teacher_forcing", 3)]
+  assert runs[1].argv == ("py", "-m", "videoar.main", f"--config={CONFIG}:parallel,occluded",
+                          f"--workdir={tmp_path}/parallel/seed3", "--config.seed=3",
+                          "--config.train.num_steps=7")
+  assert not any(r.finished for r in runs)
+
+
+def test_a_trained_run_without_its_evaluation_is_evaluated_not_trained(tmp_path):
+  workdir = tmp_path / "parallel" / "seed0"
+  (workdir / "checkpoints" / "4").mkdir(parents=True)
+  (workdir / "run.json").write_text(json.dumps({"config": {"train": {"num_steps": 4}},
+                                                "dataset": {}}))
+  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path))
+  assert run.argv[-1] == "--mode=evaluate"
+  (workdir / "run.json").write_text(json.dumps({"config": {"train": {"num_steps": 6}},
+                                                "dataset": {}}))
+  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path))
+  assert "--mode=evaluate" not in run.argv  # steps left: the command resumes training
+
+
+def test_print_prints_the_unfinished_runs_then_the_finished_sweep_writes_its_table(
+    tmp_path, capsys):
+  args = [f"--config={CONFIG}", "--arms=parallel,teacher_forcing", "--seeds=0,1",
+          f"--root={tmp_path}", "--executor=print", "--set=train.num_steps=3"]
+  _fake_eval(tmp_path / "parallel" / "seed0", 20.0, 1.0)
+  assert sweep.main(args) == 0
+  printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python")]
+  assert printed == [
+      f"python -m videoar.main --config={CONFIG}:{arm} --workdir={tmp_path}/{arm}/seed{seed}"
+      f" --config.seed={seed} --config.train.num_steps=3"
+      for arm, seed in [("parallel", 1), ("teacher_forcing", 0), ("teacher_forcing", 1)]]
+  assert not (tmp_path / "sweep.md").exists()
+
+  _fake_eval(tmp_path / "parallel" / "seed1", 24.0, 0.0)
+  _fake_eval(tmp_path / "teacher_forcing" / "seed0", 18.0, 2.0)
+  _fake_eval(tmp_path / "teacher_forcing" / "seed1", 18.0, 1.0)
+  finished = {p: os.stat(p).st_mtime_ns for p in tmp_path.glob("*/seed*/eval.json")}
+  assert sweep.main(args) == 0
+  assert "videoar.main" not in capsys.readouterr().out
+  assert {p: os.stat(p).st_mtime_ns for p in finished} == finished
+
+  written = json.loads((tmp_path / "sweep.json").read_text())
+  assert written["tables"] == compare.combine(
+      {"parallel": [f"{tmp_path}/parallel/seed0", f"{tmp_path}/parallel/seed1"],
+       "teacher_forcing": [f"{tmp_path}/teacher_forcing/seed0",
+                           f"{tmp_path}/teacher_forcing/seed1"]})
+  assert written["tables"]["parallel"][0]["psnr"] == 22.0
+  assert written["tables"]["parallel sd"][0]["psnr"] == pytest.approx(np.std([20, 24], ddof=1))
+  markdown = (tmp_path / "sweep.md").read_text()
+  assert markdown.startswith("```bash\npython -m videoar.sweep --config=configs/bouncing_rf.py")
+  assert "| parallel | 2 | 22.00 ± 2.83 | 21.00 ± 2.83 |" in markdown
+  assert "| teacher_forcing | 2 | 1.50 ± 0.71 | - |" in markdown  # lost: null in segment 8-15
+
+
+def test_local_runs_each_command_and_names_the_failed_ones(tmp_path, capsys):
+  runs = [sweep.Run("a", 0, str(tmp_path / "a" / "seed0"), _script("print('trained')")),
+          sweep.Run("a", 1, str(tmp_path / "a" / "seed1"), _script("import sys; sys.exit(3)"))]
+  failures = sweep.run_local(runs)
+  assert failures == [f"a seed 1 exited 3 (see {tmp_path}/a/seed1.log)"]
+  assert (tmp_path / "a" / "seed0.log").read_text() == "trained\n"
+
+
+def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
+  write = "import os, sys; os.makedirs(sys.argv[1], exist_ok=True); open(sys.argv[1] + '/eval.json', 'w')"
+  runs = [sweep.Run("a", seed, str(tmp_path / "a" / f"seed{seed}"),
+                    _script(write) + (str(tmp_path / "a" / f"seed{seed}"),)) for seed in (0, 1)]
+  runs.append(sweep.Run("b", 0, str(tmp_path / "b"), _script("import sys; sys.exit(5)")))
+  failures = sweep.run_submitit(runs, str(tmp_path / "submitit"), "local", {"timeout_min": 2})
+  assert runs[0].finished and runs[1].finished
+  assert len(failures) == 1 and failures[0].startswith("b seed 0, job ")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--arms=parallel,nope"], "--arms=nope: config variant 'nope' is unknown"),
+    (["--arms=parallel,parallel"], "must name distinct variants"),
+    (["--arms=parallel", "--seeds=0,x"], "--seeds='0,x' must be comma-separated integers"),
+    (["--arms=parallel", "--set=train.num_steps"], "--set='train.num_steps' is not KEY=VALUE"),
+    (["--arms=parallel", "--slurm=timeout_min=5"], "--slurm and --cluster are submitit's"),
+])
+def test_bad_flags_stop_with_one_line(tmp_path, capsys, flags, message):
+  with pytest.raises(SystemExit) as stopped:
+    sweep.main([f"--config={CONFIG}", f"--root={tmp_path}", *flags])
+  assert stopped.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_sweep_trains_evaluates_and_resumes_end_to_end(tmp_path):
+  """2 arms x 2 seeds of the tiny config, each a real videoar.main run (about 4 min on one
+  loaded core); a second sweep reruns nothing."""
+  command = [sys.executable, "-m", "videoar.sweep", f"--config={CONFIG}",
+             "--arms=teacher_forcing,parallel", "--seeds=0,1", f"--root={tmp_path}",
+             "--variant=test,occluded", "--set=train.num_steps=2", "--set=sample.length_multiple=2"]
+  done = subprocess.run(command, cwd=ROOT_DIR, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  evals = sorted(tmp_path.glob("*/seed*/eval.json"))
+  assert len(evals) == 4
+  mtimes = [os.stat(p).st_mtime_ns for p in evals]
+  table = json.loads((tmp_path / "sweep.json").read_text())["tables"]
+  assert set(table) == {"teacher_forcing", "teacher_forcing sd", "parallel", "parallel sd",
+                        "copy_last", "background"}
+  assert "recovered" in table["parallel"][1] and table["parallel"][0]["seeds"] == 2
+  again = subprocess.run(command, cwd=ROOT_DIR, capture_output=True, text=True)
+  assert again.returncode == 0 and "4 finished already" in again.stdout
+  assert [os.stat(p).st_mtime_ns for p in evals] == mtimes

@@ -1,0 +1,253 @@
+"""Arms x seeds of one config in one command: train, evaluate, and one table of mean and spread.
+
+  python -m videoar.sweep --config=configs/bouncing_rf.py \
+      --arms=teacher_forcing,noise_augmentation,parallel,autoregressive --seeds=0,1,2 \
+      --root=runs/sweep_rf [--variant=occluded] [--set=train.num_steps=600 ...] \
+      [--executor=local|submitit|print] [--cluster=slurm|local] [--slurm=timeout_min=120 ...]
+
+Each arm is a variant of the config (`CONFIG:ARM`, plus `--variant` shared by every arm), each
+arm x seed one command line,
+
+  python -m videoar.main --config=CONFIG:ARM[,VARIANT] --workdir=ROOT/ARM/seedS --config.seed=S
+      [--config.KEY=VALUE for each --set]
+
+which the executor runs: `local` one after another on this machine (each one's output in
+ROOT/ARM/seedS.log), `submitit` as jobs of submitit's AutoExecutor (SLURM where there is one;
+`--cluster=local` runs them as local processes; `--slurm KEY=VALUE` are its parameters, e.g.
+timeout_min, slurm_partition, gpus_per_node; its logs in ROOT/submitit/), or `print`, which only
+prints them, for a launcher of its own (a TPU pod's). There is no scheduler here.
+
+Resumable: an arm x seed whose workdir holds an eval.json is finished and not run again; one
+whose training finished but whose evaluation did not (a job stopped during it) runs
+`--mode=evaluate`; any other resumes training from its newest checkpoint (videoar.main). Once
+every arm x seed is finished, the sweep writes ROOT/sweep.md and ROOT/sweep.json: per metric and
+segment, each arm's mean over the seeds and standard deviation (videoar.eval.compare.combine, the
+same figures as `python -m videoar.eval.compare`), with the baselines of the first run, under the
+command that made them. After `print`, or when a run failed, the same command again writes the
+table once all have finished.
+
+Exit status: 0 when the table is written (or, with `print`, the commands printed); 1 when a run
+failed or is unfinished (each named); 2 for bad flags or a config variant the config does not
+have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from videoar.eval import compare
+from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import workdir as workdir_lib
+
+EXECUTORS = ("local", "submitit", "print")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One arm x seed: its workdir and the command line that trains and evaluates it there."""
+
+  arm: str
+  seed: int
+  workdir: str
+  argv: tuple[str, ...]
+
+  @property
+  def finished(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, "eval.json"))
+
+
+def trained(workdir: str) -> bool:
+  """Whether the run in `workdir` reached its train.num_steps (its run.json's): a finished
+  checkpoint at or past it."""
+  record = workdir_lib.RunRecord.load(workdir)
+  steps = checkpoint_lib.finished_steps(os.path.join(workdir, "checkpoints"))
+  return bool(record and steps and steps[-1] >= record.config["train"]["num_steps"])
+
+
+def plan(config: str, arms: list[str], seeds: list[int], root: str, variant: str = "",
+         overrides: tuple[str, ...] = (), python: str = sys.executable) -> list[Run]:
+  """The runs of the sweep, arm by arm, seed by seed, each with videoar.main's command line.
+
+  Args:
+    config: a config file (configs/NAME.py) whose variants the arms are.
+    arms: variant names, one per arm; `variant`, if given, is added to every arm's.
+    seeds: config.seed of each run.
+    root: the runs' workdirs are ROOT/ARM/seedS.
+    overrides: KEY=VALUE, given to every run as --config.KEY=VALUE.
+    python: the interpreter the commands name.
+  """
+  runs = []
+  for arm in arms:
+    variants = ",".join(v for v in (arm, variant) if v)
+    for seed in seeds:
+      workdir = os.path.join(root, arm, f"seed{seed}")
+      argv = (python, "-m", "videoar.main", f"--config={config}:{variants}",
+              f"--workdir={workdir}", f"--config.seed={seed}",
+              *(f"--config.{override}" for override in overrides))
+      if trained(workdir):
+        argv += ("--mode=evaluate",)
+      runs.append(Run(arm, seed, workdir, argv))
+  return runs
+
+
+def run_local(runs: list[Run]) -> list[str]:
+  """Runs each command here, one after another, its output in WORKDIR.log; returns a line per
+  failed run."""
+  failures = []
+  for index, run in enumerate(runs):
+    log = run.workdir + ".log"
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    print(f"[{index + 1}/{len(runs)}] {run.arm} seed {run.seed}: {shlex.join(run.argv)}",
+          flush=True)
+    started = time.perf_counter()
+    with open(log, "w") as f:
+      status = subprocess.run(run.argv, stdout=f, stderr=subprocess.STDOUT).returncode
+    print(f"  {'finished' if status == 0 else f'failed (exit {status})'} in"
+          f" {time.perf_counter() - started:.0f} s; output in {log}", flush=True)
+    if status:
+      failures.append(f"{run.arm} seed {run.seed} exited {status} (see {log})")
+  return failures
+
+
+def run_submitit(runs: list[Run], folder: str, cluster: str | None,
+                 parameters: dict) -> list[str]:
+  """Submits each command as a job of submitit.AutoExecutor (`cluster`: None picks SLURM where
+  there is one; "local" runs local processes) with `parameters`, waits for all; returns a line
+  per failed job."""
+  import submitit  # only this executor needs it (the `slurm` extra)
+
+  executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+  executor.update_parameters(**parameters)
+  jobs = [executor.submit(submitit.helpers.CommandFunction(list(run.argv), verbose=False))
+          for run in runs]
+  for run, job in zip(runs, jobs):
+    print(f"submitted {run.arm} seed {run.seed} as job {job.job_id}", flush=True)
+  failures = []
+  for run, job in zip(runs, jobs):
+    try:
+      job.result()
+    except Exception as e:  # the job's own failure (FailedJobError, its stderr) or a lost job
+      last = str(e).strip().splitlines()
+      failures.append(f"{run.arm} seed {run.seed}, job {job.job_id}: {type(e).__name__}"
+                      f" {last[-1] if last else ''} (logs in {folder})")
+  return failures
+
+
+def write_table(runs: list[Run], arms: list[str], root: str, command: str) -> str:
+  """Writes ROOT/sweep.md and ROOT/sweep.json (compare.combine over each arm's seeds, under
+  `command`); returns the Markdown."""
+  combined = compare.combine({arm: [run.workdir for run in runs if run.arm == arm]
+                              for arm in arms})
+  seeds = sorted({run.seed for run in runs})
+  text = (f"```bash\n{command}\n```\n\nMean ± standard deviation over seeds"
+          f" {', '.join(map(str, seeds))} (n - 1); baselines from the first run.\n\n"
+          + compare.markdown(combined))
+  with open(os.path.join(root, "sweep.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(root, "sweep.json"), "w") as f:
+    json.dump(dict(command=command, arms=arms, seeds=seeds,
+                   workdirs={run.workdir: run.arm for run in runs}, tables=combined),
+              f, indent=1)
+  return text
+
+
+def _check_variants(parser: argparse.ArgumentParser, config: str, arms: list[str],
+                    variant: str) -> None:
+  """Loads CONFIG once per arm, so that an unknown variant fails here in one line, not in the
+  middle of the sweep."""
+  if not os.path.isfile(config):
+    parser.error(f"--config={config}: no such file")
+  spec = importlib.util.spec_from_file_location("sweep_config", config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for arm in arms:
+    try:
+      module.get_config(",".join(v for v in (arm, variant) if v))
+    except ValueError as e:
+      parser.error(f"--arms={arm}: {e}")
+
+
+def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict:
+  pairs = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      parser.error(f"--{flag}={item!r} is not KEY=VALUE")
+    pairs[key] = int(value) if value.lstrip("-").isdigit() else value
+  return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m videoar.sweep",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="configs/NAME.py")
+  parser.add_argument("--arms", required=True, help="comma-separated variants of the config")
+  parser.add_argument("--seeds", default="0", help="comma-separated config.seed values")
+  parser.add_argument("--root", required=True, help="workdirs are ROOT/ARM/seedS")
+  parser.add_argument("--variant", default="", help="a variant added to every arm's")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="--config.KEY=VALUE for every run (repeatable)")
+  parser.add_argument("--executor", choices=EXECUTORS, default="local")
+  parser.add_argument("--cluster", default=None,
+                      help="submitit's cluster: unset picks SLURM where there is one; local")
+  parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                      help="a parameter of submitit's executor (repeatable)")
+  args = parser.parse_args(argv)
+  arms = [arm for arm in args.arms.split(",") if arm]
+  if not arms or len(set(arms)) < len(arms):
+    parser.error(f"--arms={args.arms!r} must name distinct variants")
+  try:
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+  except ValueError:
+    parser.error(f"--seeds={args.seeds!r} must be comma-separated integers")
+  if len(set(seeds)) < len(seeds):
+    parser.error(f"--seeds={args.seeds!r} repeats a seed")
+  _key_values(parser, "set", args.set)
+  parameters = _key_values(parser, "slurm", args.slurm)
+  if args.executor != "submitit" and (args.slurm or args.cluster):
+    parser.error(f"--slurm and --cluster are submitit's; --executor={args.executor}")
+  _check_variants(parser, args.config, arms, args.variant)
+
+  command = shlex.join(["python", "-m", "videoar.sweep"] + list(
+      sys.argv[1:] if argv is None else argv))
+  runs = plan(args.config, arms, seeds, args.root, args.variant, tuple(args.set))
+  pending = [run for run in runs if not run.finished]
+  print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} finished already"
+        f" ({args.root})", flush=True)
+  started = time.perf_counter()
+  if args.executor == "print":
+    for run in pending:
+      print(shlex.join(("python",) + run.argv[1:]))
+    if pending:
+      print(f"sweep: printed {len(pending)} commands; once they have finished, this command"
+            " writes the table", file=sys.stderr)
+      return 0
+    failures = []
+  elif args.executor == "submitit":
+    failures = run_submitit(pending, os.path.join(args.root, "submitit"), args.cluster,
+                            parameters) if pending else []
+  else:
+    failures = run_local(pending)
+  unfinished = [f"{run.arm} seed {run.seed}: no {run.workdir}/eval.json" for run in runs
+                if not run.finished]
+  if failures or unfinished:
+    print("sweep: not every run finished; the same command resumes them:", file=sys.stderr)
+    for line in failures or unfinished:
+      print(f"  {line}", file=sys.stderr)
+    return 1
+  print(write_table(runs, arms, args.root, command))
+  print(f"sweep: {len(pending)} runs in {time.perf_counter() - started:.0f} s; table in"
+        f" {os.path.join(args.root, 'sweep.md')} and sweep.json")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
