@@ -16,6 +16,7 @@ command and the output for a Wan-1.3B-sized model.
 from __future__ import annotations
 
 import sys
+import time
 
 import jax
 from absl import app, flags
@@ -69,12 +70,19 @@ def main(argv):
         f" attention {model.attention_impl}); batch {config.data.batch_size} clips x"
         f" {config.data.num_frames} frames x {tokens} tokens; train state"
         f" {state_bytes / GIB:.1f} GiB in all")
+  start, start_cpu = time.perf_counter(), time.process_time()
   try:
-    compiled = train_step.step.trace(state, batch, rng).lower().compile()
+    lowered = train_step.step.trace(state, batch, rng).lower()
+    # Each Pallas TPU (Mosaic) kernel lowers to one tpu_custom_call; interpret mode to none.
+    print(f"Mosaic kernels in the lowered step: {lowered.as_text().count('tpu_custom_call')}")
+    compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
-    sys.exit(f"does not fit: {e}")
+    sys.exit(f"does not fit (found after {time.perf_counter() - start:.0f} s): {e}")
+  # CPU time too: on a loaded host the wall time says more about the load than the compiler.
+  print(f"compiled in {time.perf_counter() - start:.0f} s (trace, lower and compile;"
+        f" {time.process_time() - start_cpu:.0f} s of CPU)")
   memory = compiled.memory_analysis()
   print(memory)
   # Donated arguments share their buffers with the outputs they become.

@@ -12,11 +12,17 @@ Implementations (`impl`), all equal to the dense reference up to float rounding:
   blocked  XLA over only the frame blocks the mask allows (blocked.py); routed attention either
            masks those blocks by the selection or gathers each token's picked frames, whichever
            costs less at the shape (blocked.prefers_gather).
-  pallas   Pallas kernels (kernels/): block-sparse from the frame mask, or routed over each query
-           tile's picked frames; on CPU they run in interpret mode (tests only: slow).
-  auto     dense under a Full mask without routing, otherwise blocked, on every platform: the
-           Pallas kernels are opt-in until they are measured on a GPU and a TPU
+  pallas   splash attention (kernels/): block-sparse from the frame mask, lowered through Mosaic
+           on TPU, in Pallas interpret mode on CPU (tests only: slow); no GPU kernel and no
+           routed kernel (both raise).
+  auto     on TPU, pallas without routing where frames fill the kernel's tiles (splash: flash
+           attention that skips the empty tiles, keeping no [Tq, Tk] logits); elsewhere, and for
+           routing everywhere, dense under a Full mask without routing and blocked otherwise
            (docs/performance.md).
+
+The platform is the one the computation is compiled for (`target_platform`): the devices of the
+mesh in scope while tracing, so that a train step compiled ahead of time for a TPU topology on a
+CPU host (launch/aot_compile.py) gets the TPU kernel, not the host's.
 """
 
 from __future__ import annotations
@@ -40,8 +46,30 @@ def _check_shapes(q, k, v, mask: masks.MaskSpec, tokens_per_frame: int) -> None:
         f" {q.shape[1]} and k {k.shape[1]} tokens")
 
 
-def choose_impl(mask: masks.MaskSpec, routing: routing_lib.Routing | None) -> str:
-  """What impl="auto" runs: blocked wherever the mask or routing leaves blocks out."""
+def target_platform() -> str:
+  """"tpu", "gpu" or "cpu": the platform of the mesh in scope while tracing
+  (`jax.sharding.use_abstract_mesh` or `jax.set_mesh`; the train step binds its layout's mesh,
+  train/sharding.py), else the default backend's.
+
+  The mesh's devices are those the step is compiled for, on a host of another platform too; the
+  host's `jax.default_backend()` is not."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.abstract_device is not None:
+    return mesh.abstract_device.platform
+  return jax.default_backend()
+
+
+def choose_impl(mask: masks.MaskSpec, routing: routing_lib.Routing | None, platform: str,
+                tokens_per_frame: int) -> str:
+  """What impl="auto" runs on `platform`: the splash kernel on TPU where padding the frames to
+  its tiles adds at most 1/8 of the tokens (1,560 -> 1,664 does; 16 -> 128 would compute 64x
+  the logits); otherwise, and for routing, blocked wherever the mask or routing leaves blocks
+  out, dense where nothing can be skipped."""
+  if routing is None and platform == "tpu":
+    # Imported here: the kernels pull in Pallas, which plain XLA paths never need.
+    from videoar.attention import kernels  # pylint: disable=g-import-not-at-top
+    if kernels.padded_tokens(tokens_per_frame) * 8 <= tokens_per_frame * 9:
+      return "pallas"
   if routing is None and isinstance(mask, masks.Full):
     return "dense"
   return "blocked"
@@ -50,16 +78,26 @@ def choose_impl(mask: masks.MaskSpec, routing: routing_lib.Routing | None) -> st
 def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
               kv_frame_valid: jax.Array | None = None,
               routing: routing_lib.Routing | None = None, impl: str = "auto") -> jax.Array:
+  """q [B, Tq, H, D], k/v [B, Tk, H, D] -> [B, Tq, H, D] (module docstring), any
+  tokens_per_frame on every path.
+
+  Raises ValueError for an unknown impl, shapes that disagree with each other or the mask,
+  routing over a bidirectional Full mask, impl="pallas" with routing or on a GPU, and (blocked,
+  pallas) a mask with a query frame that sees no key frame."""
   if impl not in IMPLS:
     raise ValueError(f"attention impl={impl!r} is unknown; allowed: {', '.join(IMPLS)}")
   _check_shapes(q, k, v, mask, tokens_per_frame)
+  platform = target_platform()
   if impl == "auto":
-    impl = choose_impl(mask, routing)
+    impl = choose_impl(mask, routing, platform, tokens_per_frame)
   kwargs = dict(tokens_per_frame=tokens_per_frame, kv_frame_valid=kv_frame_valid)
   if impl == "pallas":
+    if routing is not None:
+      raise ValueError("attention impl='pallas' has no routed kernel; routing runs"
+                       " impl='blocked' (impl='auto' picks it)")
     # Imported here: the kernels pull in Pallas, which plain XLA paths never need.
     from videoar.attention import kernels  # pylint: disable=g-import-not-at-top
-    return kernels.attention(q, k, v, mask, routing=routing, **kwargs)
+    return kernels.attention(q, k, v, mask, platform=platform, **kwargs)
   if routing is None:
     if impl == "dense":
       return dense_attention(q, k, v, mask, **kwargs)

@@ -1,72 +1,111 @@
-"""Pallas attention kernels behind `ops.attention(..., impl="pallas")`.
+"""The Pallas kernel behind `ops.attention(..., impl="pallas")`: splash attention (splash.py).
 
-  block-sparse, GPU and CPU   frame_list.py over static lists from the mask spec.
-  block-sparse, TPU           splash attention (splash.py) with the mask spec as its mask.
-  routed (top-k), everywhere  frame_list.py over the frames each query tile's tokens picked.
-On CPU every kernel runs in Pallas interpret mode: right, slow, for tests. On a GPU frame_list
-lowers through Triton; no kernel here has run on a GPU or a TPU yet (docs/performance.md).
+  TPU  splash lowered through Mosaic: block-sparse from the frame mask, forward and backward.
+  CPU  the same kernel in Pallas interpret mode, tiles and padding included: right, slow, for
+       tests.
+  GPU  no kernel: the portable frame-list kernel that lowered through Triton was never run on a
+       GPU and nothing chose it, so it is gone; `blocked` serves GPUs (docs/performance.md).
+Routed attention has no kernel on any platform (a Mosaic kernel needs its per-tile frame lists as
+scalar prefetch, not written); `blocked` serves it.
+
+Frames whose token count is not a multiple of the tile (Wan: 1,560 tokens) are padded here to
+the next multiple (1,664), the padding keys hidden, the padding queries' outputs dropped.
+
+Mosaic kernels cannot be partitioned by XLA, so under a mesh the kernel runs inside `shard_map`:
+batch and heads split as the logical axis rules in scope place "batch" and "heads"
+(videoar/train/sharding.py: flax's `nn.logical_axis_rules`, bound while the train step traces),
+every other axis of q, k and v gathered (a `sequence` axis: the keys of every frame).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from videoar.attention import masks
-from videoar.attention import routing as routing_lib
-from videoar.attention.kernels import frame_list, splash
+from videoar.attention.kernels import splash
 
-# Triton's tiles are powers of two, and its dot needs at least 16 rows; larger tiles than
-# MAX_BLOCK gain little.
-GPU_MIN_BLOCK, MAX_BLOCK = 16, 64
+PLATFORMS = ("tpu", "cpu")
 
 
-def _block(tokens_per_frame: int) -> int:
-  """The largest power-of-two tile, up to MAX_BLOCK tokens, that divides the frame."""
-  return min(MAX_BLOCK, tokens_per_frame & -tokens_per_frame)
+def padded_tokens(tokens_per_frame: int) -> int:
+  """A frame's tokens padded up to a whole number of kernel tiles."""
+  return -(-tokens_per_frame // splash.TILE) * splash.TILE
 
 
-def _check_supported(q, tokens_per_frame: int, platform: str) -> None:
-  if platform == "gpu":
-    head_dim = q.shape[-1]
-    if tokens_per_frame % GPU_MIN_BLOCK:
-      raise ValueError(
-          f"attention impl='pallas' on GPU tiles frames in blocks of >= {GPU_MIN_BLOCK} tokens:"
-          f" tokens_per_frame={tokens_per_frame} is not a multiple of {GPU_MIN_BLOCK}; use"
-          " impl='blocked'")
-    if head_dim < GPU_MIN_BLOCK or head_dim & (head_dim - 1):
-      raise ValueError(f"attention impl='pallas' on GPU needs a power-of-two head_dim >= "
-                       f"{GPU_MIN_BLOCK}, not {head_dim}; use impl='blocked'")
+def _pad_frames(x: jax.Array, tokens_per_frame: int, padded: int) -> jax.Array:
+  """[B, F*T, H, D] -> [B, F*padded, H, D], zeros after each frame's T tokens."""
+  b, n, h, d = x.shape
+  frames = x.reshape(b, n // tokens_per_frame, tokens_per_frame, h, d)
+  frames = jnp.pad(frames, ((0, 0), (0, 0), (0, padded - tokens_per_frame), (0, 0), (0, 0)))
+  return frames.reshape(b, -1, h, d)
+
+
+def _unpad_frames(x: jax.Array, tokens_per_frame: int, padded: int) -> jax.Array:
+  b, n, h, d = x.shape
+  return x.reshape(b, n // padded, padded, h, d)[:, :, :tokens_per_frame].reshape(b, -1, h, d)
+
+
+def _local_attention(q, k, v, kv_frame_valid=None, *, mask: masks.MaskSpec, tokens_per_frame: int,
+                     interpret: bool) -> jax.Array:
+  padded = padded_tokens(tokens_per_frame)
+  pad = lambda x: _pad_frames(x, tokens_per_frame, padded)
+  out = splash.attention(pad(q), pad(k), pad(v), mask, tokens_per_frame=padded,
+                         real_tokens=tokens_per_frame, kv_frame_valid=kv_frame_valid,
+                         interpret=interpret)
+  return _unpad_frames(out, tokens_per_frame, padded)
+
+
+def _mesh_axes(logical_name: str, mesh) -> tuple[str, ...]:
+  """The axes of `mesh` that the logical axis rules in scope give `logical_name` (none without
+  rules)."""
+  entry = nn.logical_to_mesh_axes((logical_name,))[0]
+  named = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  return tuple(axis for axis in named if axis in mesh.axis_names)
+
+
+def _split(axes: tuple[str, ...], size: int, what: str, mesh) -> tuple[str, ...] | None:
+  shards = math.prod(mesh.shape[axis] for axis in axes)
+  if size % shards:
+    raise ValueError(f"attention impl='pallas': {what}={size} does not split over the mesh axes"
+                     f" {axes} ({shards} shards) that the logical rules give it")
+  return axes or None
 
 
 def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
-              kv_frame_valid: jax.Array | None = None,
-              routing: routing_lib.Routing | None = None) -> jax.Array:
-  """q [B, Tq, H, D], k/v [B, Tk, H, D]: as `ops.attention`."""
-  platform = jax.default_backend()
-  _check_supported(q, tokens_per_frame, platform)
-  interpret = platform == "cpu"
-  b, tq, h, _ = q.shape
-  fk = k.shape[1] // tokens_per_frame
-  if routing is None and platform == "tpu":
-    return splash.attention(q, k, v, mask, tokens_per_frame=tokens_per_frame,
-                            kv_frame_valid=kv_frame_valid, interpret=interpret)
-  valid = jnp.ones((b, fk), jnp.int32)
-  if kv_frame_valid is not None:
-    valid = jnp.broadcast_to(jnp.atleast_2d(kv_frame_valid), (b, fk)).astype(jnp.int32)
-  block = _block(tokens_per_frame)
-  config = frame_list.Config(tokens_per_frame, block, block, routing is not None, interpret)
-  if routing is None:
-    tables = frame_list.static_tables(mask, config)
-    selection = jnp.zeros((b, h, tq, 1), jnp.int32)  # read only by routed kernels
-  else:
-    # The selection already holds kv_frame_valid: the kernel needs nothing else.
-    picked = routing_lib.select_frames(q, k, mask, routing, tokens_per_frame=tokens_per_frame,
-                                       kv_frame_valid=kv_frame_valid)
-    tables = frame_list.routed_tables(picked, config)
-    selection = picked.astype(jnp.int32)
-  heads_major = lambda x: jnp.swapaxes(x, 1, 2)
-  out = frame_list.frame_list_attention(heads_major(q), heads_major(k), heads_major(v), valid,
-                                        selection, tables, config)
-  return heads_major(out)
+              kv_frame_valid: jax.Array | None, platform: str) -> jax.Array:
+  """q [B, Tq, H, D], k/v [B, Tk, H, D] -> [B, Tq, H, D], as `ops.attention` without routing,
+  for the target `platform` (ops.target_platform).
 
+  Raises ValueError on a platform without a kernel (GPU), for a mask with a query frame that sees
+  no key frame, or for a batch or head count that the mesh axes the logical rules give it do not
+  divide."""
+  if platform not in PLATFORMS:
+    raise ValueError(
+        f"attention impl='pallas' has no kernel for platform {platform!r} (kernels for"
+        f" {', '.join(PLATFORMS)}); use impl='blocked' or impl='auto'")
+  if not mask.frame_mask().any(axis=1).all():
+    raise ValueError(f"attention impl='pallas': {mask} has query frames that see no key frame")
+  local = functools.partial(_local_attention, mask=mask, tokens_per_frame=tokens_per_frame,
+                            interpret=platform != "tpu")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return local(q, k, v, kv_frame_valid)
+  b, _, h, _ = q.shape
+  batch = _split(_mesh_axes("batch", mesh), b, "batch", mesh)
+  heads = _split(_mesh_axes("heads", mesh), h, "num_heads", mesh)
+  qkv_spec = PartitionSpec(batch, None, heads, None)
+  if kv_frame_valid is None:
+    args, specs = (q, k, v), (qkv_spec,) * 3
+  else:
+    args = (q, k, v, kv_frame_valid)
+    specs = (qkv_spec,) * 3 + (PartitionSpec(batch, None) if kv_frame_valid.ndim == 2
+                               else PartitionSpec(),)
+  # check_vma=False: pallas_call does not track which mesh axes its outputs vary over.
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=qkv_spec,
+                       check_vma=False)(*args)
