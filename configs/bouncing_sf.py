@@ -28,8 +28,10 @@ them in order):
   test     tiny shapes and a few steps of whichever stage is named with it (e.g. "teacher,test").
 
 The world, model and clip are configs/bouncing_tiny.py's (32x32, 2 objects, width 128, depth 4,
-8x8 patches, 8 frames), except that no model reads the previous frame (the teacher cannot) and
-the student generates chunks of 2 frames. Learning rates keep the reference's shape (the critic's
+8x8 patches, 8 frames). The student (ODE stage and generator) reads its clean previous frame as
+the default Teacher Forcing model does, and generates chunks of 2 frames; the teacher and the
+critic score whole noised videos, where no frame is clean, so they do not read it
+(experiment.Experiment.score_model). Learning rates keep the reference's shape (the critic's
 5x lower than the generator's, beta1 = 0, clip 10, EMA 0.99), re-tuned for this scale.
 """
 
@@ -43,15 +45,16 @@ RUNS = "runs/bouncing_sf"
 def get_config(variant: str = ""):
   variants = base_config.variants(variant, ("teacher", "ode", "gan", "world", "test"))
   config = base_config.get_config()
-  config.model.previous_frame_input = False
   config.model.prediction = "data"
   stage = next((v for v in variants if v in ("teacher", "ode")), "self_forcing")
   runs = RUNS + ("_test" if "test" in variants else "")
   if stage == "teacher":
     config.forcing.paradigm = "bidirectional"
+    config.model.previous_frame_input = False
     config.forcing.chunk = config.data.num_frames
     config.sample.context_frames = 0
-    config.train.num_steps = 600
+    config.train.num_steps = 1200
+    config.eval.every = 0  # unconditional 8-frame clips: no continuation to score
   elif stage == "ode":
     config.forcing.paradigm = "ode_regression"
     config.forcing.chunk = 2
@@ -61,7 +64,8 @@ def get_config(variant: str = ""):
     config.sample.solver = "few_step"
     config.sample.num_steps = config.forcing.num_steps
     config.sample.time_shift = config.forcing.warp_shift
-    config.train.num_steps = 600
+    config.train.num_steps = 1200
+    config.eval.every = 0  # its data are the pairs, which hold no clip out; see "world"
   else:
     config.forcing.paradigm = "self_forcing"
     config.forcing.chunk = 2

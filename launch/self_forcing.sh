@@ -16,7 +16,7 @@ VARIANT=${VARIANT:-}
 PYTHON=${PYTHON:-python}
 SUFFIX=${VARIANT:+,$VARIANT}
 RUNS=runs/bouncing_sf${VARIANT:+_$VARIANT}
-PAIRS=${PAIRS:-512}
+PAIRS=${PAIRS:-2048}
 config() { echo "configs/bouncing_sf.py:$1$SUFFIX"; }
 config_main() { if [ -n "$VARIANT" ]; then echo "configs/bouncing_sf.py:$VARIANT"; else echo "configs/bouncing_sf.py"; fi; }
 finished() { [ -f "$1/eval.json" ] || [ -f "$1/.trained" ]; }

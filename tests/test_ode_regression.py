@@ -57,8 +57,10 @@ def test_guidance_is_uncond_plus_w_times_cond_minus_uncond(model_and_params):
   v_cond, v_null = apply(cond["labels_b"]), apply(jnp.full((2,), CLASSES))
   assert not np.allclose(v_cond, v_null, atol=1e-3)
   guided = jax.jit(ode_pairs.guided_velocity, static_argnums=(0, 5))
+  # The doubled batch runs other matmul blocks: float32 rounding of velocities up to about 10,
+  # times 1 + 2 * 3 through the guidance.
   np.testing.assert_allclose(guided(model, params, x, t, cond, 3.0),
-                             v_null + 3.0 * (v_cond - v_null), rtol=1e-4, atol=1e-5)
+                             v_null + 3.0 * (v_cond - v_null), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(guided(model, params, x, t, cond, 1.0), v_cond, rtol=1e-5,
                              atol=1e-5)
 
@@ -93,11 +95,13 @@ class StubStudent:
   params["clean"] + params["offset"]; it checks that the clip is seen block-causally."""
 
   prediction: str = "velocity"
+  previous_frame_input: bool = False
 
   def conditioning(self, batch):
     return {}
 
-  def apply(self, params, x_bfhwc, t_bf, *, frame_pos_f, mask):
+  def apply(self, params, x_bfhwc, t_bf, *, frame_pos_f, mask, previous_bfhwc):
+    assert previous_bfhwc is None
     n = x_bfhwc.shape[1]
     assert mask == masks.BlockCausal(n, CHUNK)
     np.testing.assert_array_equal(frame_pos_f, np.arange(n))

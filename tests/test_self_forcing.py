@@ -12,7 +12,7 @@ import pytest
 from videoar import sampling
 from videoar.attention import masks
 from videoar.diffusion import flow
-from videoar.forcing import self_forcing
+from videoar.forcing import ode_regression, self_forcing
 from videoar.models import dit
 
 B, F, C, K = 2, 6, 2, 4
@@ -26,11 +26,11 @@ COND = {"labels_b": LABELS}
 _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
-def _params(seed):
+def _params(seed, model=MODEL):
   """Random parameters N(0, 0.2^2), about the scale of the initialisation (whose zero output
   layers would make every output zero), drawn by numpy: shapes only, nothing to compile."""
-  init = functools.partial(MODEL.init, frame_pos_f=np.arange(F), mask=masks.Full(F),
-                           labels_b=LABELS)
+  init = lambda rng, x, t: model.init(rng, x, t, frame_pos_f=np.arange(F), mask=masks.Full(F),
+                                      labels_b=LABELS, previous_bfhwc=x)
   shapes = jax.eval_shape(init, jax.random.key(0),
                           jax.ShapeDtypeStruct((B, F) + FRAME, jnp.float32),
                           jax.ShapeDtypeStruct((B, F), jnp.float32))
@@ -154,6 +154,47 @@ def test_training_rollout_equals_the_sampler_cut_to_its_first_steps(s):
   np.testing.assert_allclose(video, inference, atol=1e-5, rtol=0)
   np.testing.assert_allclose(video, _recompute(GEN, Z, renoise_rng, s), atol=1e-5, rtol=0)
   assert np.abs(video).max() > 0.1
+
+
+def test_a_student_reading_its_previous_frame_rolls_out_as_sampled_and_as_ode_regressed():
+  """A generator with the previous-frame input (its teacher and critic have none): the training
+  rollout is the sampler's, and both equal the recomputation whose previous-frame inputs are
+  ode_regression.previous_inputs of the clean chunks so far, so ODE regression trains the student
+  on what the sampler will feed it."""
+  student = MODEL.clone(previous_frame_input=True)
+  params = _params(5, student)
+  s = K - 1
+  rng, renoise_rng = _key_with_exit(s)
+  video, exit_step = _jit(lambda p, z, rng: self_forcing.training_rollout(
+      student, p, z, COND, rng, OPTIONS))(params, Z, rng)
+  assert int(exit_step) == s
+  sampler = self_forcing.make_sampler(student, OPTIONS)
+  inference, _ = _jit(sampler.rollout)(params, sampler.init_cache(B), Z,
+                                       np.broadcast_to(TIMES, (B, K + 1)), COND, renoise_rng)
+  np.testing.assert_allclose(video, inference, atol=1e-5, rtol=0)
+
+  @_jit
+  def apply(params, x_bfhwc, t_bf):
+    n = x_bfhwc.shape[1]
+    previous = ode_regression.previous_inputs(x_bfhwc, t_bf, C)
+    v, _ = student.apply(params, x_bfhwc, t_bf, frame_pos_f=jnp.arange(n),
+                         mask=masks.BlockCausal(n, C), labels_b=LABELS, previous_bfhwc=previous)
+    return v
+
+  np.testing.assert_allclose(video, _recompute(params, Z, renoise_rng, s, apply), atol=1e-5,
+                             rtol=0)
+
+  @_jit
+  def apply_without_previous(params, x_bfhwc, t_bf):
+    n = x_bfhwc.shape[1]
+    v, _ = student.apply(params, x_bfhwc, t_bf, frame_pos_f=jnp.arange(n),
+                         mask=masks.BlockCausal(n, C), labels_b=LABELS,
+                         previous_bfhwc=jnp.zeros_like(x_bfhwc))
+    return v
+
+  # The input is read: the same rollout with blank previous frames differs.
+  blank = _recompute(params, Z, renoise_rng, s, apply_without_previous)
+  assert np.abs(video - blank).max() > 1e-2
 
 
 def test_guided_generate_with_the_few_step_solver_is_the_full_rollout():

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from videoar import experiment, trainer
+from videoar import base_config, experiment, trainer
+from videoar.eval import run
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import bouncing_sf  # noqa: E402
@@ -18,7 +19,9 @@ import bouncing_sf  # noqa: E402
 
 def _self_forcing_config(stage_workdir, num_steps, variant):
   config = bouncing_sf.get_config(variant)
-  # The tiny teacher stands in for the ODE-initialised student too: the same architecture.
+  # The tiny teacher stands in for the ODE-initialised student too: the same architecture, so
+  # this generator reads no previous frame (test_a_generator_reading... covers one that does).
+  config.model.previous_frame_input = False
   config.forcing.teacher_workdir = config.forcing.generator_workdir = str(stage_workdir)
   config.train.num_steps, config.train.log_every, config.train.checkpoint_every = num_steps, 1, 2
   return config
@@ -73,3 +76,42 @@ def test_a_resumed_self_forcing_run_continues_bit_identically(teacher_workdir, t
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(start), jax.tree.leaves(critic)))
+
+
+def test_a_generator_reading_its_previous_frame_starts_from_its_stages_and_samples(
+    teacher_workdir, tmp_path):
+  """The generator reads its previous frame, the teacher and critic do not (the config's
+  default): the run starts from each stage's weights, trains, and its generator is what
+  sampling restores."""
+  student = bouncing_sf.get_config("test")
+  assert student.model.previous_frame_input
+  # A one-step Teacher Forcing run of the student's architecture stands in for the ODE stage.
+  chunk, student.forcing = student.forcing.chunk, base_config.get_config().forcing
+  student.forcing.chunk, student.train.num_steps = chunk, 1
+  student_workdir = str(tmp_path / "student")
+  trainer.train(experiment.build(student), student_workdir)
+  config = bouncing_sf.get_config("test")
+  config.forcing.teacher_workdir, config.forcing.generator_workdir = (str(teacher_workdir),
+                                                                     student_workdir)
+  config.train.num_steps = 1
+  exp = experiment.build(config)
+  start = experiment.make_train_step(exp).start(jax.random.key(0))
+  teacher = experiment.restore_params(experiment.build(bouncing_sf.get_config("teacher,test")),
+                                      str(teacher_workdir), use_ema=True)
+  generator = experiment.restore_params(experiment.build(student), student_workdir, use_ema=True)
+  for network, expected in (("teacher", teacher), ("critic", teacher), ("generator", generator)):
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(start.params[network])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  trained = trainer.train(exp, str(tmp_path / "self_forcing"))
+  sampled = experiment.restore_params(exp, str(tmp_path / "self_forcing"), use_ema=True)
+  for a, b in zip(jax.tree.leaves(sampled), jax.tree.leaves(trained.ema_params["generator"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_teacher_samples_as_many_unconditional_clips_as_asked(teacher_workdir):
+  """The bidirectional teacher has no context (sample.context_frames = 0) and the bouncing world
+  no conditioning: the batch comes from the clip count, not from a context."""
+  exp = experiment.build(bouncing_sf.get_config("teacher,test"))
+  params = experiment.restore_params(exp, str(teacher_workdir), use_ema=True)
+  clips, generated = run.continue_clips(exp, params, 3, jax.random.key(0))
+  assert generated.shape == clips["video"].shape == (3, exp.config.data.num_frames) + exp.frame_shape

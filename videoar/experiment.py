@@ -63,6 +63,13 @@ class Experiment:
     """(H, W, C) of a frame as the model sees it (pixels or latents)."""
     return tuple(self.clip_spec["video"].shape[1:])
 
+  @property
+  def score_model(self) -> dit.CausalDiT:
+    """Self Forcing's teacher and critic: the model without the previous-frame input. They score
+    whole noised videos at one t, where no frame is clean, so only the causal generator (and the
+    ODE-regressed student it starts from) may read its clean previous frame."""
+    return self.model.clone(previous_frame_input=False)
+
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """The experiment of `config`, its data source opened and checked against it.
@@ -146,32 +153,33 @@ def model_inputs(batch: dict) -> dict:
   return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
-def logical_params(exp: Experiment, rng: jax.Array):
-  """The parameters, each in an nn.LogicallyPartitioned box that names its axes."""
+def logical_params(exp: Experiment, rng: jax.Array, model: dit.CausalDiT | None = None):
+  """The parameters of `model` (default exp.model), each in an nn.LogicallyPartitioned box that
+  names its axes."""
+  model = model or exp.model
   n = exp.config.data.num_frames
   example = {key: jnp.zeros(spec.shape, spec.dtype)
              for key, spec in example_batch(exp, batch_size=1).items()}
   x = example.pop("video")
-  return exp.model.init(rng, x, jnp.zeros((1, n)), frame_pos_f=jnp.arange(n),
-                        mask=masks.BlockCausal(n), previous_bfhwc=x,
-                        **exp.model.conditioning(example))
+  return model.init(rng, x, jnp.zeros((1, n)), frame_pos_f=jnp.arange(n),
+                    mask=masks.BlockCausal(n), previous_bfhwc=x, **model.conditioning(example))
 
 
 def logical_critic_params(exp: Experiment, rng: jax.Array):
-  """Self Forcing's critic parameters, boxed like logical_params: the model's, or for the GAN
-  variant (forcing.loss="gan") the discriminator's {"backbone": the model's, "head": its
-  classification head's (models/discriminator.py)}."""
+  """Self Forcing's critic parameters, boxed like logical_params: the score model's, or for the
+  GAN variant (forcing.loss="gan") the discriminator's {"backbone": the score model's, "head":
+  its classification head's (models/discriminator.py)}."""
   f = exp.config.forcing
   if f.loss != "gan":
-    return logical_params(exp, rng)
+    return logical_params(exp, rng, exp.score_model)
   backbone_rng, head_rng = jax.random.split(rng)
-  return {"backbone": logical_params(exp, backbone_rng),
-          "head": discriminator.init_head(exp.model, len(f.discriminator_taps), head_rng)}
+  return {"backbone": logical_params(exp, backbone_rng, exp.score_model),
+          "head": discriminator.init_head(exp.score_model, len(f.discriminator_taps), head_rng)}
 
 
-def init_params(exp: Experiment, rng: jax.Array):
-  """The parameters, unboxed."""
-  return nn.meta.unbox(logical_params(exp, rng))
+def init_params(exp: Experiment, rng: jax.Array, model: dit.CausalDiT | None = None):
+  """The parameters of `model` (default exp.model), unboxed."""
+  return nn.meta.unbox(logical_params(exp, rng, model))
 
 
 def make_loss_fn(exp: Experiment) -> Callable:
@@ -246,14 +254,15 @@ def self_forcing_options(exp: Experiment) -> self_forcing.Options:
 
 
 def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -> TrainStep:
-  """Self Forcing: the causal few-step generator, its critic and the frozen teacher share the
-  model's architecture (config.model); one step is one generator update and
-  forcing.critic_updates critic updates (step_lib.generator_critic_step). In the GAN variant the
+  """Self Forcing: the causal few-step generator (config.model), its critic and the frozen
+  teacher (exp.score_model: the same without the previous-frame input); one step is one
+  generator update and forcing.critic_updates critic updates (step_lib.generator_critic_step).
+  In the GAN variant the
   critic is a discriminator, {"backbone", "head"} (logical_critic_params), trained by one
   optimizer at forcing.critic_learning_rate (the reference's head learning-rate multiplier is 1);
   the teacher only initialises its backbone."""
   config, f = exp.config, exp.config.forcing
-  model, options = exp.model, self_forcing_options(exp)
+  model, score_model, options = exp.model, exp.score_model, self_forcing_options(exp)
   generator_optimizer = state_lib.make_optimizer(config)
   critic_optimizer = state_lib.make_optimizer(config, peak=f.critic_learning_rate)
   schedule = state_lib.learning_rate_schedule(config)
@@ -262,18 +271,18 @@ def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -
     generator_rng, critic_rng, teacher_rng = jax.random.split(rng, 3)
     return {"generator": logical_params(exp, generator_rng),
             "critic": logical_critic_params(exp, critic_rng),
-            "teacher": logical_params(exp, teacher_rng)}
+            "teacher": logical_params(exp, teacher_rng, score_model)}
 
   init, state_sharding = state_lib.make_init(
       logical_networks, lambda params: state_lib.create_generator_critic(
           params, generator_optimizer, critic_optimizer), layout)
 
   def generator_loss(generator, critic, teacher, batch, rng):
-    return self_forcing.generator_loss(model, generator, model, teacher, model, critic, batch,
-                                       rng, options)
+    return self_forcing.generator_loss(model, generator, score_model, teacher, score_model,
+                                       critic, batch, rng, options)
 
   def critic_loss(critic, generator, batch, rng):
-    return self_forcing.critic_loss(model, generator, model, critic, batch, rng, options)
+    return self_forcing.critic_loss(model, generator, score_model, critic, batch, rng, options)
 
   step = step_lib.make_train_step(
       step_fn=step_lib.generator_critic_step, generator_loss=generator_loss,
@@ -286,7 +295,8 @@ def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -
     discriminator's backbone, its head as init drew it), the ODE-initialised student's for the
     generator and its EMA; optimizers from scratch."""
     state = init(rng)
-    teacher = restore_params(exp, f.teacher_workdir, use_ema=True, single_network=True)
+    teacher = restore_params(exp, f.teacher_workdir, use_ema=True, single_network=True,
+                             model=score_model)
     generator = restore_params(exp, f.generator_workdir, use_ema=True, single_network=True)
     # Each network gets buffers of its own: the step donates them all.
     place = lambda tree, sharding: jax.tree.map(jnp.copy, jax.device_put(tree, sharding))
@@ -304,10 +314,12 @@ def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -
   return TrainStep(layout, init, state_sharding, step, start)
 
 
-def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network: bool = False):
+def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network: bool = False,
+                   model: dit.CausalDiT | None = None):
   """The trained (EMA) parameters of the newest checkpoint in WORKDIR/checkpoints, on one device:
   the model's, or for a Self Forcing run the generator's. `single_network` reads a run of one
-  network of the same model (a Self Forcing stage before the last) whatever exp's paradigm.
+  network of `model` (default exp.model; a Self Forcing stage before the last) whatever exp's
+  paradigm.
 
   Raises FileNotFoundError when there is none, and the Checkpointer's errors for checkpoints of
   another model or damaged ones.
@@ -317,11 +329,12 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   optimizer = state_lib.make_optimizer(config)
 
   def create():
-    params = init_params(exp, jax.random.key(0))
+    params = init_params(exp, jax.random.key(0), model)
     if generator_critic:
       critic = nn.meta.unbox(logical_critic_params(exp, jax.random.key(0)))
+      teacher = init_params(exp, jax.random.key(0), exp.score_model)
       return state_lib.create_generator_critic(
-          {"generator": params, "critic": critic, "teacher": params}, optimizer, optimizer)
+          {"generator": params, "critic": critic, "teacher": teacher}, optimizer, optimizer)
     return state_lib.create(params, optimizer)
 
   # Whatever mesh trained it, the checkpoint is read whole onto one device of this process.

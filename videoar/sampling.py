@@ -275,16 +275,18 @@ class Sampler:
     times = jnp.broadcast_to(flow.step_times(num_steps, time_shift), (batch, num_steps + 1))
     return cache, num_context, times
 
-  @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+  @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5), static_argnames=("batch",))
   def generate(self, params, rng, num_frames: int, num_steps: int, time_shift: float,
-               context_bfhwc=None, cond=None):
+               context_bfhwc=None, cond=None, batch: int = 1):
     """Generates `num_frames` frames from noise after an optional clean context.
 
     `cond`: the model's conditioning arguments (CausalDiT.conditioning); per-frame ones
-    (actions) cover context and generated frames. The start noise is normal(rng); the few-step
-    solver runs all `num_steps` steps and re-noises with fold_in(rng, 1) as rollout's key."""
+    (actions) cover context and generated frames. `batch` videos are generated when neither the
+    context nor the conditioning gives the batch size. The start noise is normal(rng); the
+    few-step solver runs all `num_steps` steps and re-noises with fold_in(rng, 1) as rollout's
+    key."""
     cond = cond or {}
-    batch = _batch_size(context_bfhwc, cond, 1)
+    batch = _batch_size(context_bfhwc, cond, batch)
     cache, num_context, times = self._start(self.prefill, params, batch, num_steps, time_shift,
                                             context_bfhwc, cond)
     noise = jax.random.normal(rng, (batch, num_frames) + self.frame_shape)

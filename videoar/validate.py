@@ -142,7 +142,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(key, value, "must be an integer >= 0 (0 turns it off)")
 
   if config.model.previous_frame_input and config.forcing.paradigm in (
-      "diffusion_forcing", "bidirectional", "ode_regression"):
+      "diffusion_forcing", "bidirectional"):
     fail("model.previous_frame_input", True,
          f"needs a clean previous frame, which {config.forcing.paradigm} does not train with")
   if config.model.routing_top_k and config.forcing.paradigm == "bidirectional":
@@ -216,9 +216,6 @@ def validate_stages(config: ml_collections.ConfigDict) -> None:
 def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
   """Self Forcing's own values, and that its models can share one architecture."""
   f = config.forcing
-  if config.model.previous_frame_input:
-    fail("model.previous_frame_input", True, "the bidirectional teacher and critic share the"
-         " generator's architecture and read no previous frame: set it to False")
   if f.loss not in self_forcing.LOSSES:
     fail("forcing.loss", f.loss, f"allowed: {', '.join(self_forcing.LOSSES)}")
   if f.loss == "gan":

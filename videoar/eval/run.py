@@ -42,7 +42,7 @@ def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.
   cond = {key: jnp.asarray(value) for key, value in exp.model.conditioning(clips).items()}
   context = jnp.asarray(clips["video"][:, :num_context]) if num_context else None
   generated = sampler.generate(params, rng, num_generated, c.sample.num_steps,
-                               c.sample.time_shift, context, cond)
+                               c.sample.time_shift, context, cond, batch=num_clips)
   return clips, np.asarray(generated)
 
 

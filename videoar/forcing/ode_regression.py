@@ -8,6 +8,11 @@ and independent across chunks and videos, and the student reads that state at t 
 (t = 0 for the clean state). One block-causal pass over the whole clip gives every frame's x0
 prediction; chunks drawn at the clean state act as clean context for later ones. The loss is the
 MSE between the x0 prediction and the clean clip over the frames with t > 0, unweighted.
+
+A student with the previous-frame input reads what the few-step sampler will give it, with the
+teacher's clean endpoint standing in for its own earlier output: a noisy chunk's frames read the
+clean frame before the chunk; a clean chunk's frames, written to the cache at t = 0, each read the
+frame just before it (sampling.Sampler).
 """
 
 from __future__ import annotations
@@ -45,14 +50,24 @@ def student_inputs(states_bfkhwc: jax.Array, k_bf: jax.Array, times_k) -> tuple:
   return x, jnp.asarray(times_k)[k_bf]
 
 
-def predict_data(model: dit.CausalDiT, params, x_bfhwc, t_bf, cond: dict, *,
-                 chunk: int) -> jax.Array:
+def previous_inputs(clean_bfhwc, t_bf, chunk: int) -> jax.Array:
+  """The previous-frame input [B, F, H, W, C] of each frame, from the clean clip: the clean frame
+  before its chunk where t > 0, the clean frame just before it where t = 0 (zeros before the
+  first frame), as the sampler feeds a chunk being denoised and one being cached."""
+  noisy = (t_bf > 0).reshape(t_bf.shape + (1,) * 3)
+  return jnp.where(noisy, dit.previous_frames(clean_bfhwc, chunk, within_history=False),
+                   dit.previous_frames(clean_bfhwc, chunk, within_history=True))
+
+
+def predict_data(model: dit.CausalDiT, params, x_bfhwc, t_bf, cond: dict, *, chunk: int,
+                 previous_bfhwc=None) -> jax.Array:
   """The student's clean-clip prediction x0 = x_t - t v [B, F, H, W, C] from one parallel pass
   over the whole clip with per-frame times t_bf [B, F] and a block-causal mask over chunks of
-  `chunk` frames (frames see their own chunk and earlier ones)."""
+  `chunk` frames (frames see their own chunk and earlier ones). `previous_bfhwc`: the
+  previous-frame input, for a model that reads it (previous_inputs)."""
   n = x_bfhwc.shape[1]
   v, _ = model.apply(params, x_bfhwc, t_bf, frame_pos_f=jnp.arange(n, dtype=jnp.int32),
-                     mask=masks.BlockCausal(n, chunk), **cond)
+                     mask=masks.BlockCausal(n, chunk), previous_bfhwc=previous_bfhwc, **cond)
   return x_bfhwc - t_bf.reshape(t_bf.shape + (1,) * 3) * v
 
 
@@ -79,7 +94,9 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, num_steps: 
   b, n = video.shape[:2]
   k_bf = draw_state_indices(rng, b, n, chunk, num_steps)
   x, t_bf = student_inputs(states, k_bf, times)
-  x0 = predict_data(model, params, x, t_bf, model.conditioning(batch), chunk=chunk)
+  previous = previous_inputs(video, t_bf, chunk) if model.previous_frame_input else None
+  x0 = predict_data(model, params, x, t_bf, model.conditioning(batch), chunk=chunk,
+                    previous_bfhwc=previous)
   noisy = (t_bf > 0).astype(jnp.float32)
   per_frame = jnp.mean(jnp.square(x0 - video), axis=(2, 3, 4))
   # All-clean batches (probability (K + 1)^-(B F / chunk)) have nothing to regress.
