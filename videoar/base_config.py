@@ -42,7 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.previous_frame_input = True  # see CausalDiT: makes the history matter early
   config.model.attention_impl = "auto"
   config.model.routing_top_k = 0  # 0: dense attention over the history
-  config.model.dtype = "float32"
+  config.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
+  # Blocks under nn.scan (one block compiled for all; docs/scaling.md) and what each keeps for
+  # the backward pass ("none", or a jax.checkpoint_policies name: models/dit.py REMAT_POLICIES).
+  config.model.scan_layers = False
+  config.model.remat_policy = "none"
 
   # The training paradigm and its options (videoar/forcing/): each paradigm reads the keys its
   # loss_fn takes; setting one that the chosen paradigm does not read is an error.
@@ -142,6 +146,7 @@ def get_config() -> ml_collections.ConfigDict:
       ("mlp", "tensor"),
       ("heads", "tensor"),
       ("modulation", "tensor"),
+      ("layers", None),  # the scanned blocks' stacking axis (model.scan_layers)
   )
   return config
 

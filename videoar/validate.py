@@ -126,6 +126,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.prediction", "residual", "needs model.previous_frame_input=True")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
+  if config.model.remat_policy not in dit.REMAT_POLICIES:
+    fail("model.remat_policy", config.model.remat_policy,
+         f"allowed: {', '.join(dit.REMAT_POLICIES)}")
   for key in ("data.num_frames", "data.batch_size", "data.num_workers", "model.patch",
               "model.width", "model.depth", "model.num_heads", "forcing.chunk",
               "forcing.resample_steps", "train.num_steps", "train.log_every",

@@ -80,6 +80,10 @@ def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, *, chunk: int
   _, state = apply_two_n(model, params, video_bfhwc, 0.5 * (video_bfhwc + eps),
                          jnp.full((b, n), 0.5), {}, chunk=chunk, history_window=history_window,
                          mutable=["intermediates"])
-  per_layer = [v["attn"]["routing_frequency"][0] for k, v in
-               sorted(state["intermediates"].items(), key=lambda kv: int(kv[0].split("_")[1]))]
+  sown = state["intermediates"]
+  if model.scan_layers:  # one entry stacked over the blocks
+    per_layer = sown[dit.SCANNED_BLOCKS]["attn"]["routing_frequency"][0]
+  else:
+    per_layer = [v["attn"]["routing_frequency"][0] for k, v in
+                 sorted(sown.items(), key=lambda kv: int(kv[0].split("_")[1]))]
   return jnp.stack([f[n:, :n] for f in per_layer])

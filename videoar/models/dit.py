@@ -7,6 +7,7 @@ whom. Every frame has its own timestep, which modulates its tokens (AdaLN-zero).
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from videoar.attention import masks
@@ -27,21 +28,50 @@ PER_FRAME_CONDITIONING = ("actions_bf",)
 BLOCK_TOKENS = "block_tokens"
 
 
+# How CausalDiT may rematerialise its blocks (model.remat_policy): "none" keeps every activation
+# for the backward pass; the others name a jax.checkpoint_policies policy of what a block keeps,
+# all else being recomputed in the backward pass.
+REMAT_POLICIES = ("none", "nothing_saveable", "everything_saveable", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable")
+# The name of the blocks' parameters when scanned (scan_layers): one tree whose leaves have a
+# leading axis of `depth`, named by the logical axis SCANNED_AXIS. Unscanned, block i is "block_i".
+SCANNED_BLOCKS = "scanned_blocks"
+SCANNED_AXIS = "layers"
+
+
 class Block(nn.Module):
+  """One transformer block: AdaLN-modulated self-attention (over `mask`), optional text
+  cross-attention, an MLP.
+
+  Its arguments are arrays or None, so that nn.remat and nn.scan can wrap it (the mask, static,
+  is an attribute). With `emit_tokens` the per-layer outputs include the output tokens (what
+  nn.scan stacks for BLOCK_TOKENS)."""
+
   width: int
   num_heads: int
   mlp_ratio: float = 4.0
   attention_impl: str = "auto"
   routing_top_k: int = 0
   dtype: jnp.dtype = jnp.float32
+  mask: masks.MaskSpec | None = None
+  emit_tokens: bool = False
 
   @nn.compact
-  def __call__(self, x_bftd, cond_bfd, text_bld=None, **attention_kwargs):
+  def __call__(self, x_bftd, cache_kv, cond_bfd, text_bld, positions_t3, cache_positions_t3,
+               cache_frame_valid):
+    """Returns (tokens [B, F, T, width], per-layer outputs): the outputs are this call's (k, v),
+    each [B, F * T, heads, head_dim], and with emit_tokens the tokens again. `cache_kv`: this
+    layer's cached (k, v), each [B, slots * T, heads, head_dim], or None (then the cache
+    positions and validity are None too)."""
     mod = layers.dense(6 * self.width, ("embed", "modulation"), kernel_init=nn.initializers.zeros,
                        dtype=self.dtype, name="adaln")(nn.silu(cond_bfd))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     norm = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name=name)
     h = layers.modulate(norm("attn_norm")(x_bftd), shift_a, scale_a)
+    attention_kwargs = dict(positions_t3=positions_t3, mask=self.mask)
+    if cache_kv is not None:
+      attention_kwargs.update(cache_kv=cache_kv, cache_positions_t3=cache_positions_t3,
+                              cache_frame_valid=cache_frame_valid)
     h, new_kv = layers.Attention(self.num_heads, self.attention_impl, self.routing_top_k,
                                  self.dtype, name="attn")(
         h, **attention_kwargs)
@@ -53,7 +83,8 @@ class Block(nn.Module):
     h = layers.dense(int(self.width * self.mlp_ratio), ("embed", "mlp"), dtype=self.dtype,
                      name="mlp_in")(h)
     h = layers.dense(self.width, ("mlp", "embed"), dtype=self.dtype, name="mlp_out")(nn.gelu(h))
-    return x_bftd + gate_m[:, :, None] * h, new_kv
+    x_bftd = layers.constrain_tokens(x_bftd + gate_m[:, :, None] * h)
+    return x_bftd, new_kv + ((x_bftd,) if self.emit_tokens else ())
 
 
 class CausalDiT(nn.Module):
@@ -78,6 +109,14 @@ class CausalDiT(nn.Module):
       learns to use its context slowly; most motion is local, and this direct path makes the
       history matter from the first steps. History still reaches further back only through
       attention, so this is a Markov-order-1 shortcut, not a replacement.
+    dtype: the compute dtype (float32 or bfloat16); parameters are float32 whatever it is
+      (flax's param_dtype), and softmax, normalisation statistics and the output are float32.
+    scan_layers: the blocks run under nn.scan: one block is traced and compiled for all `depth`
+      (compile time independent of depth), its parameters stacked under SCANNED_BLOCKS with a
+      leading axis named SCANNED_AXIS. Same function and gradients as unscanned, whose
+      parameters are block_0 .. block_{depth-1}.
+    remat_policy: REMAT_POLICIES: "none", or the jax.checkpoint_policies policy of what each
+      block keeps for the backward pass (the rest is recomputed): memory for compute.
   """
 
   patch: int = 4
@@ -93,6 +132,8 @@ class CausalDiT(nn.Module):
   prediction: str = "velocity"
   previous_frame_input: bool = False
   dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = "none"
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
     return height // self.patch, width // self.patch
@@ -175,24 +216,41 @@ class CausalDiT(nn.Module):
     x, cond = layers.constrain_tokens(x), layers.constrain_cond(cond)
 
     positions = layers.token_positions(frame_pos_f, gh, gw)
-    attention_kwargs = dict(positions_t3=positions, mask=mask)
+    heads, head_dim = self.num_heads, self.head_dim
+    per_layer_cache = cache_positions = cache_valid = None
     if cache is not None:
-      attention_kwargs.update(
-          cache_positions_t3=layers.token_positions(kv_cache_lib.frame_positions(cache), gh, gw),
-          cache_frame_valid=kv_cache_lib.frame_valid(cache))
-    new_k, new_v = [], []
-    for i in range(self.depth):
-      if cache is not None:
-        attention_kwargs["cache_kv"] = tuple(
-            a[i].reshape(b, -1, self.num_heads, self.head_dim) for a in (cache.k, cache.v))
-      x, (k, v) = Block(self.width, self.num_heads, self.mlp_ratio, self.attention_impl,
-                        self.routing_top_k, self.dtype, name=f"block_{i}")(
-                            x, cond, text, **attention_kwargs)
-      x = layers.constrain_tokens(x)
-      if self.is_mutable_collection(BLOCK_TOKENS) and not self.is_initializing():
-        self.sow(BLOCK_TOKENS, "blocks", x)
-      new_k.append(k.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
-      new_v.append(v.reshape(b, f, gh * gw, self.num_heads, self.head_dim))
+      per_layer_cache = tuple(a.reshape(self.depth, b, -1, heads, head_dim)
+                              for a in (cache.k, cache.v))
+      cache_positions = layers.token_positions(kv_cache_lib.frame_positions(cache), gh, gw)
+      cache_valid = kv_cache_lib.frame_valid(cache)
+    shared = (cond, text, positions, cache_positions, cache_valid)
+    sow = self.is_mutable_collection(BLOCK_TOKENS) and not self.is_initializing()
+    block = Block
+    if self.remat_policy != "none":
+      # Under scan the loop already keeps XLA from merging the recomputation with the forward.
+      block = nn.remat(block, policy=getattr(jax.checkpoint_policies, self.remat_policy),
+                       prevent_cse=not self.scan_layers)
+    block_args = (self.width, heads, self.mlp_ratio, self.attention_impl, self.routing_top_k,
+                  self.dtype, mask, sow)
+    if self.scan_layers:
+      # One traced block for all `depth`: compile time does not grow with depth.
+      block = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
+                      split_rngs={"params": True}, in_axes=(0,) + (nn.broadcast,) * len(shared),
+                      length=self.depth, metadata_params={nn.PARTITION_NAME: SCANNED_AXIS})
+      x, outputs = block(*block_args, name=SCANNED_BLOCKS)(x, per_layer_cache, *shared)
+      k, v = outputs[:2]
+      tokens = tuple(outputs[2]) if sow else ()
+    else:
+      per_block = []
+      for i in range(self.depth):
+        layer_cache = None if cache is None else tuple(a[i] for a in per_layer_cache)
+        x, outputs = block(*block_args, name=f"block_{i}")(x, layer_cache, *shared)
+        per_block.append(outputs)
+      k, v = (jnp.stack([o[j] for o in per_block]) for j in (0, 1))
+      tokens = tuple(o[2] for o in per_block) if sow else ()
+    if sow:
+      self.sow(BLOCK_TOKENS, "blocks", tokens, init_fn=tuple, reduce_fn=lambda old, new: old + new)
+    new_kv = tuple(a.reshape(self.depth, b, f, gh * gw, heads, head_dim) for a in (k, v))
 
     shift, scale = jnp.split(
         layers.dense(2 * self.width, ("embed", "modulation"), kernel_init=nn.initializers.zeros,
@@ -207,7 +265,7 @@ class CausalDiT(nn.Module):
     if prediction == "residual":
       x, prediction = x + previous_bfhwc.astype(jnp.float32), "data"
     velocity = flow.velocity_from_prediction(prediction, x, x_bfhwc, t_bf)
-    return velocity, (jnp.stack(new_k), jnp.stack(new_v))
+    return velocity, new_kv
 
 
 def previous_frames(history_bfhwc, chunk: int, *, within_history: bool):

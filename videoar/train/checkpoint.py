@@ -41,6 +41,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from videoar.models import dit
 from videoar.train import state as state_lib
 
 # TensorStore statuses (the first word of its errors) that mean a file lost or cut short, or bytes
@@ -158,6 +159,12 @@ class Checkpointer:
               if _spec(expected.get(path)) != _spec(stored.get(path))]
     if not differ:
       return
+    layouts = _block_layout(stored), _block_layout(expected)
+    if None not in layouts and layouts[0] != layouts[1]:
+      raise CheckpointMismatch(
+          f"checkpoint {step} in {self.directory} holds the model's blocks {layouts[0]} and this"
+          f" config builds them {layouts[1]}: set"
+          f" --config.model.scan_layers={layouts[0] == 'scanned'} to read it")
     path = differ[0]
     if path not in stored:
       first = f"{'/'.join(path)} is not in the checkpoint"
@@ -226,6 +233,18 @@ def _abstract(tree):
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       tree)
+
+
+def _block_layout(flat: dict) -> str | None:
+  """"scanned" or "unscanned": how the model's blocks are stored in a flat {path: leaf} dict of
+  a train state (models/dit.py: one stacked SCANNED_BLOCKS tree, or block_0, block_1, ...);
+  None when it holds no blocks."""
+  names = {name for path in flat for name in path}
+  if dit.SCANNED_BLOCKS in names:
+    return "scanned"
+  if "block_0" in names:
+    return "unscanned"
+  return None
 
 
 def _spec(leaf) -> tuple | None:

@@ -43,8 +43,9 @@ RESTART_FLAG = "--restart_from_weights"
 
 # Differences that leave the resumed run the same run: they change when the trainer logs and
 # saves, and what happens after training, not what it trains.
+# model.remat_policy: what the backward pass recomputes changes memory and time, not the values.
 _HARMLESS_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                            "data.prefetch", "data.num_workers"})
+                            "data.prefetch", "data.num_workers", "model.remat_policy"})
 # The mesh is harmless too: checkpoints are restored onto any mesh, and the batches a step
 # sees do not depend on it.
 _HARMLESS_SECTIONS = ("sample.", "eval.", "mesh.")
