@@ -9,7 +9,8 @@ frame (64 query tokens) over a KV cache of 16, 64 and 256 frames, per path: dens
 the whole cache (no routing), the routed reference (dense logits, selection as a mask), the
 masked and gather paths of blocked.py, and what impl="auto" runs; growth is the time at 256
 frames over the time at 16. Implementations take turns within each round of timing (see
-benchmarks.time_interleaved), so the ratios hold on a loaded machine.
+benchmarks.time_settled), so the ratios hold on a loaded machine; each timed call follows an
+untimed call of the same function, so that none pays for the memory the one before it freed.
 """
 
 from __future__ import annotations
@@ -58,14 +59,18 @@ def layout_rows(impl: str, repeats: int) -> list[dict]:
       backward = jax.jit(lambda q, k, v, ct, attend=attend: jax.vjp(attend, q, k, v)[1](ct))
       fns[f"{name} fwd"] = lambda forward=forward: forward(q, k, v)
       fns[f"{name} fwd+bwd"] = lambda backward=backward: backward(q, k, v, cotangent)
-    seconds = benchmarks.time_interleaved(fns, repeats)
-    plan = blocked.plan(spec, TOKENS)
+    seconds = benchmarks.time_settled(fns, repeats)
     for pass_name in ("fwd", "fwd+bwd"):
       dense_ms, path_ms = (1e3 * seconds[f"{name} {pass_name}"] for name in ("dense", impl))
       rows.append(dict(num_frames=n, sequence_frames=2 * n, pass_=pass_name, dense_ms=dense_ms,
                        path_ms=path_ms, speedup=dense_ms / path_ms,
                        allowed_blocks=int(spec.frame_mask().sum()),
-                       computed_blocks=plan.computed_blocks(), all_blocks=(2 * n)**2))
+                       # The forward alone runs the bucketed plan; a gradient, the
+                       # unit-causal path (blocked._causal_or_planned).
+                       computed_blocks=(blocked.plan(spec, TOKENS).computed_blocks()
+                                        if pass_name == "fwd" else
+                                        blocked.computed_blocks(spec, TOKENS)),
+                       all_blocks=(2 * n)**2))
   return rows
 
 
@@ -92,7 +97,7 @@ def routing_rows(repeats: int) -> list[dict]:
           spec, q, k, v, tokens_per_frame=TOKENS, kv_frame_valid=valid))
       fns[name] = lambda jitted=jitted: jitted(q, k, v, valid)
     # Milliseconds a call: more rounds cost little and steady the figures.
-    times[history] = benchmarks.time_interleaved(fns, 10 * repeats)
+    times[history] = benchmarks.time_settled(fns, 10 * repeats)
   rows = []
   for name in paths:
     per_history = {h: 1e3 * times[h][name] for h in HISTORIES}

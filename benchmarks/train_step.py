@@ -15,7 +15,8 @@ over masked-out blocks, which no implementation needs. XLA's own count of the co
 The reference throughput: on CPU a large float32 matmul, timed in the same rounds as the steps;
 on a GPU the chip's bf16 peak (PEAK_BF16 by device kind; a timed bf16 matmul on other chips).
 Attention alone (forward and backward at the model's attention shapes, times the depth) is
-timed too, as a share of the step.
+timed too, as a share of the step. Every timed call follows an untimed call of the same function
+(benchmarks.time_settled), as steps follow each other in training.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main(argv):
   start = time.perf_counter()
   matmul_dtype = jnp.bfloat16 if on_gpu else jnp.float32
   runners["matmul"], matmul_flops = benchmarks.matmul_runner(FLAGS.matmul_size, matmul_dtype)
-  seconds = benchmarks.time_interleaved(runners, FLAGS.steps)
+  seconds = benchmarks.time_settled(runners, FLAGS.steps)
   reference = matmul_flops / seconds["matmul"]
   reference_name = f"{jnp.dtype(matmul_dtype).name} matmul {FLAGS.matmul_size}"
   if on_gpu and device in PEAK_BF16:

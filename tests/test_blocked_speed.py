@@ -1,0 +1,81 @@
+"""The blocked path's unit-causal path (blocked._causal_attention, which gradients go through)
+against the dense reference, at unit counts that are and are not powers of two, the forward
+alone (the bucketed plan) for the same masks, and the blocks each computes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from videoar.attention import blocked, masks, ops
+
+CAUSAL_CASES = [
+    (masks.TeacherForcing(1), 4),
+    (masks.TeacherForcing(7), 4),
+    (masks.TeacherForcing(8), 2),
+    (masks.TeacherForcing(6, chunk=3), 2),
+    (masks.BlockCausal(1), 4),
+    (masks.BlockCausal(5), 4),
+    (masks.BlockCausal(8, chunk=2), 3),
+]
+
+
+@pytest.mark.parametrize("spec,tokens", CAUSAL_CASES, ids=str)
+def test_causal_fast_path_equals_dense(spec, tokens):
+  fq = spec.frame_mask().shape[0]
+  keys = jax.random.split(jax.random.key(3), 4)
+  # Large logits: the pieces' shifts differ, so merging them must rescale correctly.
+  q, k, v, cotangent = (3 * jax.random.normal(key, (2, fq * tokens, 3, 8)) for key in keys)
+  assert blocked._causal_units(spec) is not None  # pylint: disable=protected-access
+
+  def output_and_grads(impl):
+    attend = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=tokens, impl=impl)
+    out, vjp = jax.vjp(attend, q, k, v)
+    return (out,) + vjp(cotangent)
+
+  got, want = jax.jit(lambda: output_and_grads("blocked"))(), jax.jit(
+      lambda: output_and_grads("dense"))()
+  for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
+    # Peaked softmaxes: float32 rounding is relative to the largest gradient, not each entry.
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()), err_msg=name)
+
+
+@pytest.mark.parametrize("spec,tokens", CAUSAL_CASES[1:4:2] + CAUSAL_CASES[5:6], ids=str)
+def test_causal_masks_forward_alone_equals_dense(spec, tokens):
+  # Without a gradient the bucketed plan runs (blocked._causal_or_planned).
+  fq = spec.frame_mask().shape[0]
+  q, k, v = (jax.random.normal(key, (2, fq * tokens, 3, 8)) for key in jax.random.split(
+      jax.random.key(5), 3))
+  attend = lambda impl: jax.jit(lambda q, k, v: ops.attention(
+      q, k, v, spec, tokens_per_frame=tokens, impl=impl))
+  np.testing.assert_allclose(attend("blocked")(q, k, v), attend("dense")(q, k, v), rtol=1e-5,
+                             atol=2e-6)
+
+
+def test_causal_fast_path_in_bfloat16_stays_near_float32():
+  spec, tokens = masks.TeacherForcing(4), 4
+  keys = jax.random.split(jax.random.key(4), 4)
+  q, k, v, cotangent = (jax.random.normal(key, (1, 8 * tokens, 2, 16)) for key in keys)
+  attend = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=tokens, impl="blocked")
+  low_out, low_vjp = jax.vjp(attend, *(x.astype(jnp.bfloat16) for x in (q, k, v)))
+  out, vjp = jax.vjp(attend, q, k, v)
+  assert low_out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(low_out.astype(jnp.float32), out, atol=0.05)
+  for low, full in zip(low_vjp(cotangent.astype(jnp.bfloat16)), vjp(cotangent)):
+    np.testing.assert_allclose(low.astype(jnp.float32), full, atol=0.1)
+
+
+@pytest.mark.parametrize("n", [16, 32])
+def test_the_2n_layout_computes_only_its_allowed_blocks_plus_one_padded_chunk(n):
+  spec = masks.TeacherForcing(n)
+  assert blocked.computed_blocks(spec, 64) == int(spec.frame_mask().sum()) + n
+
+
+def test_windowed_and_subclassed_masks_take_the_general_path():
+  class Shifted(masks.BlockCausal):
+    pass
+
+  for spec in (masks.TeacherForcing(6, window=2), masks.BlockCausal(6, window=1, sink=1),
+               Shifted(4), masks.SlidingWindow(6, 2)):
+    assert blocked._causal_units(spec) is None  # pylint: disable=protected-access
+    assert blocked.computed_blocks(spec, 4) == blocked.plan(spec, 4).computed_blocks()
