@@ -52,6 +52,13 @@ BAD_INPUTS = [
     ("a source option out of range", [TINY, "--config.data.options.num_objects=0"],
      "error: config.data: BouncingWorld.num_objects=0 must be in [1, len(palette)=6] so every"
      " object gets its own colour"),
+    ("an unknown rematerialisation policy", [TINY, "--config.model.remat_policy=dots"],
+     "error: config.model.remat_policy='dots' is invalid: allowed: none, nothing_saveable,"
+     " everything_saveable, dots_saveable, dots_with_no_batch_dims_saveable"),
+    ("the Pallas kernel with routing", [TINY, "--config.model.attention_impl=pallas",
+                                        "--config.model.routing_top_k=2"],
+     "error: config.model.attention_impl='pallas' is invalid: has no routed kernel: with"
+     " model.routing_top_k > 0 use auto or blocked"),
     ("a chunk that does not divide the clip", [TINY, "--config.forcing.chunk=3"],
      "error: config.forcing.chunk=3 is invalid: must divide data.num_frames=8"),
     ("a key the paradigm does not read", [TINY, "--config.forcing.resample_shift=0.3"],

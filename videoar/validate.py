@@ -120,6 +120,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("forcing.resample_shift", config.forcing.resample_shift, "must be > 0")
   if config.model.attention_impl not in ops.IMPLS:
     fail("model.attention_impl", config.model.attention_impl, f"allowed: {', '.join(ops.IMPLS)}")
+  if config.model.attention_impl == "pallas" and config.model.routing_top_k:
+    fail("model.attention_impl", "pallas", "has no routed kernel: with model.routing_top_k > 0"
+         " use auto or blocked")
   if config.model.prediction not in dit.PREDICTIONS:
     fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
   if config.model.prediction == "residual" and not config.model.previous_frame_input:
