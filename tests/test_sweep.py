@@ -112,6 +112,8 @@ def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
     (["--arms=parallel", "--seeds=0,x"], "--seeds='0,x' must be comma-separated integers"),
     (["--arms=parallel", "--set=train.num_steps"], "--set='train.num_steps' is not KEY=VALUE"),
     (["--arms=parallel", "--slurm=timeout_min=5"], "--slurm and --cluster are submitit's"),
+    (["--arms=parallel", "--set=model.widht=3"],
+     "--set=model.widht=3: the config of arm parallel has no such key"),
 ])
 def test_bad_flags_stop_with_one_line(tmp_path, capsys, flags, message):
   with pytest.raises(SystemExit) as stopped:

@@ -258,3 +258,22 @@ def test_trains_and_samples_with_text_embeddings_from_array_record(tmp_path):
   clips, generated = run.continue_clips(exp, state.params, 2, jax.random.key(0))
   assert clips["text"].shape == (2, 3, 6)
   assert generated.shape == (2, 8, 32, 32, 3) and np.isfinite(generated).all()
+
+
+def test_samples_of_latents_are_written_as_arrays_not_videos(tmp_path):
+  """Frames of 4 channels (VAE latents) have no picture here: `sample` writes them to an .npz,
+  where mp4 and PNG would fail."""
+  rng = np.random.default_rng(0)
+  sequences = [{"video": rng.normal(size=(24, 8, 8, 4)).astype(np.float32)} for _ in range(3)]
+  array_record.write_sequences(str(tmp_path / "data"), sequences)
+  config = tiny_config(**{
+      "data.source": "array_record", "data.path": str(tmp_path / "data"),
+      "data.options": ml_collections.ConfigDict(dict(eval_fraction=0.5)),
+      "sample.length_multiple": 1, "sample.num_videos": 2})
+  exp = experiment.build(config)
+  path = run.sample(exp, experiment.init_params(exp, jax.random.key(0)), str(tmp_path))
+  assert path.endswith("samples.npz")
+  arrays = np.load(path)
+  n = config.sample.context_frames + config.data.num_frames
+  assert arrays["model"].shape == arrays["truth"].shape == (2, n, 8, 8, 4)
+  assert not any(name.endswith((".mp4", ".png")) for name in os.listdir(tmp_path / "samples"))

@@ -43,6 +43,8 @@ import subprocess
 import sys
 import time
 
+import ml_collections
+
 from videoar.eval import compare
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import workdir as workdir_lib
@@ -159,10 +161,10 @@ def write_table(runs: list[Run], arms: list[str], root: str, command: str) -> st
   return text
 
 
-def _check_variants(parser: argparse.ArgumentParser, config: str, arms: list[str],
-                    variant: str) -> None:
-  """Loads CONFIG once per arm, so that an unknown variant fails here in one line, not in the
-  middle of the sweep."""
+def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], variant: str,
+                overrides: dict) -> None:
+  """Loads CONFIG once per arm, so that an unknown variant or a --set key the config lacks fails
+  here in one line, not in every run of the sweep."""
   if not os.path.isfile(config):
     parser.error(f"--config={config}: no such file")
   spec = importlib.util.spec_from_file_location("sweep_config", config)
@@ -170,9 +172,16 @@ def _check_variants(parser: argparse.ArgumentParser, config: str, arms: list[str
   spec.loader.exec_module(module)
   for arm in arms:
     try:
-      module.get_config(",".join(v for v in (arm, variant) if v))
+      arm_config = module.get_config(",".join(v for v in (arm, variant) if v))
     except ValueError as e:
       parser.error(f"--arms={arm}: {e}")
+    for key, value in overrides.items():
+      node = arm_config
+      for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+          parser.error(f"--set={key}={value}: the config of arm {arm} has no such key (every key"
+                       " is in videoar/base_config.py)")
+        node = node[part]
 
 
 def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict:
@@ -210,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--seeds={args.seeds!r} must be comma-separated integers")
   if len(set(seeds)) < len(seeds):
     parser.error(f"--seeds={args.seeds!r} repeats a seed")
-  _key_values(parser, "set", args.set)
+  overrides = _key_values(parser, "set", args.set)
   parameters = _key_values(parser, "slurm", args.slurm)
   if args.executor != "submitit" and (args.slurm or args.cluster):
     parser.error(f"--slurm and --cluster are submitit's; --executor={args.executor}")
-  _check_variants(parser, args.config, arms, args.variant)
+  _check_arms(parser, args.config, arms, args.variant, overrides)
 
   command = shlex.join(["python", "-m", "videoar.sweep"] + list(
       sys.argv[1:] if argv is None else argv))

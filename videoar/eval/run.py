@@ -152,13 +152,19 @@ class DuringTraining:
 
 def sample(exp: experiment.Experiment, params, workdir: str) -> str:
   """Writes WORKDIR/samples/sample_*.mp4 (context, then generated) and a PNG strip whose rows
-  alternate truth and model; returns the strip's path."""
+  alternate truth and model; returns the strip's path. Frames that are not images (latents:
+  neither 1 nor 3 channels, and no decoder here) go to WORKDIR/samples/samples.npz instead, as
+  `model` and `truth` [B, F, H, W, C] (context included); returns its path."""
   c = exp.config
   out = os.path.join(workdir, "samples")
   os.makedirs(out, exist_ok=True)
   clips, generated = continue_clips(exp, params, c.sample.num_videos, jax.random.key(c.seed + 1))
   num_context = c.sample.context_frames
   model_videos = np.concatenate([clips["video"][:, :num_context], generated], axis=1)
+  if not perceptual.is_pixels(model_videos):
+    path = os.path.join(out, "samples.npz")
+    np.savez(path, model=model_videos, truth=np.asarray(clips["video"]))
+    return path
   for i, video in enumerate(model_videos):
     media.write_mp4(os.path.join(out, f"sample_{i}.mp4"), video)
   strip_path = os.path.join(out, "strip.png")
