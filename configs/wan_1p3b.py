@@ -23,7 +23,11 @@ Variants (`--config=configs/wan_1p3b.py:VARIANT`, comma-separated):
              KV cache (3 sink frames kept for good, 15 rolling) and its own 3, as in training
              under the matching window and sink.
   tiny       the same code path at tiny shapes (latents TINY_LATENT_SHAPE, 2 blocks of width 32,
-             9 frames, one device), with any of the others: the test suite and smoke runs.
+             9 frames, one device), with any of the others: the test suite and smoke runs. To run
+             it through videoar.main, point data.path at shards written by
+             videoar.data.array_record.write_sequences with `video` [F, 8, 8, 4] and `text`
+             [L, 8] per sequence, F >= 24 (eval_fraction=0.5 holds out each sequence's tail);
+             its samples are written as samples/samples.npz (latents have no picture here).
 
 Compiling it for a pod without one: docs/scaling.md ("Compiling for a topology without it").
 """
