@@ -16,6 +16,8 @@ from PIL import Image
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 
+from videoar import media
+
 # Frames per second of the sample videos; the bouncing world moves 1-2 px a frame, so 4 fps shows
 # the motion without a blur of frames.
 VIDEO_FPS = 4
@@ -103,12 +105,9 @@ def video_summary(tag: str, videos_bthwc: np.ndarray, fps: int = VIDEO_FPS) -> S
   videos = np.asarray(videos_bthwc, np.float32)
   if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
     raise ValueError(f"videos must be [B, T, H, W, 1 or 3], got {videos.shape}")
-  num_clips, num_frames, height, width, _ = videos.shape
-  scale = max(1, -(-VIDEO_MIN_HEIGHT // height))
-  frames = np.round(np.clip((videos + 1.0) * 127.5, 0, 255)).astype(np.uint8)
-  frames = np.broadcast_to(frames, frames.shape[:-1] + (3,))
-  frames = frames.transpose(1, 0, 2, 3, 4).reshape(num_frames, num_clips * height, width, 3)
-  frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+  num_clips, num_frames, height, _, _ = videos.shape
+  frames = media.to_uint8(videos, upscale=max(1, -(-VIDEO_MIN_HEIGHT // height)))
+  frames = frames.transpose(1, 0, 2, 3, 4).reshape(num_frames, -1, *frames.shape[3:])
   images = [Image.fromarray(frame) for frame in frames]
   buffer = io.BytesIO()
   images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
