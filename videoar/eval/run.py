@@ -110,10 +110,16 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
           {name: curves for name, (_, curves) in results.items()})
 
 
+def with_context(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
+  """The model's videos [B, context + generated frames, H, W, C]: each clip's true context
+  frames, then what the model generated after them."""
+  return np.concatenate([clips["video"][:, :num_context], generated], axis=1)
+
+
 def strip(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
   """A strip image [H', W', C] whose rows alternate a clip's truth and the model's video
   (context, then generated), every second frame."""
-  model_videos = np.concatenate([clips["video"][:, :num_context], generated], axis=1)
+  model_videos = with_context(clips, generated, num_context)
   rows = np.stack([clips["video"], model_videos], axis=1).reshape((-1,) + model_videos.shape[1:])
   return media.frame_strip(rows, every=2)
 
@@ -121,8 +127,7 @@ def strip(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
 def side_by_side(clips: dict, generated: np.ndarray, num_context: int) -> np.ndarray:
   """Videos [B, T, H, 2W, C]: each clip's truth on the left and the model's video (the same
   context, then generated) on the right, T = context + generated frames."""
-  model_videos = np.concatenate([clips["video"][:, :num_context], generated], axis=1)
-  return np.concatenate([clips["video"], model_videos], axis=3)
+  return np.concatenate([clips["video"], with_context(clips, generated, num_context)], axis=3)
 
 
 class DuringTraining:
@@ -160,7 +165,7 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
   os.makedirs(out, exist_ok=True)
   clips, generated = continue_clips(exp, params, c.sample.num_videos, jax.random.key(c.seed + 1))
   num_context = c.sample.context_frames
-  model_videos = np.concatenate([clips["video"][:, :num_context], generated], axis=1)
+  model_videos = with_context(clips, generated, num_context)
   if not perceptual.is_pixels(model_videos):
     path = os.path.join(out, "samples.npz")
     np.savez(path, model=model_videos, truth=np.asarray(clips["video"]))
