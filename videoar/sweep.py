@@ -66,6 +66,11 @@ class Run:
     return os.path.exists(os.path.join(self.workdir, "eval.json"))
 
 
+def _variants(arm: str, variant: str) -> str:
+  """The config variants of an arm's runs: the arm's, then the one every arm shares."""
+  return ",".join(v for v in (arm, variant) if v)
+
+
 def trained(workdir: str) -> bool:
   """Whether the run in `workdir` reached its train.num_steps (its run.json's): a finished
   checkpoint at or past it."""
@@ -88,7 +93,7 @@ def plan(config: str, arms: list[str], seeds: list[int], root: str, variant: str
   """
   runs = []
   for arm in arms:
-    variants = ",".join(v for v in (arm, variant) if v)
+    variants = _variants(arm, variant)
     for seed in seeds:
       workdir = os.path.join(root, arm, f"seed{seed}")
       argv = (python, "-m", "videoar.main", f"--config={config}:{variants}",
@@ -172,7 +177,7 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
   spec.loader.exec_module(module)
   for arm in arms:
     try:
-      arm_config = module.get_config(",".join(v for v in (arm, variant) if v))
+      arm_config = module.get_config(_variants(arm, variant))
     except ValueError as e:
       parser.error(f"--arms={arm}: {e}")
     for key, value in overrides.items():
