@@ -10,7 +10,7 @@
 #      evaluation.
 # A stage whose workdir holds a finished run is not trained again.
 #
-#   bash launch/self_forcing.sh            # about 42 min on 2 loaded cores (docs/results.md); VARIANT=test for the smoke run
+#   bash launch/self_forcing.sh            # about 43 min on 2 loaded cores, the sum of its stages (docs/results.md); VARIANT=test for the smoke run
 set -euo pipefail
 VARIANT=${VARIANT:-}
 PYTHON=${PYTHON:-python}
