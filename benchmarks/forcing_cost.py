@@ -2,7 +2,7 @@
 
   python benchmarks/forcing_cost.py [--repeats=3] [--json=PATH]
 
-Arms: Teacher Forcing (configs/bouncing_tiny.py) and Resampling Forcing (configs/bouncing_rf.py)
+Arms: Teacher Forcing (configs/bouncing_rf.py:teacher_forcing) and Resampling Forcing (configs/bouncing_rf.py)
 with noise augmentation, parallel and autoregressive resampling, autoregressive with history
 routing (k = 25 %) and with a sliding window of the same k; and a Self Forcing iteration
 (configs/bouncing_sf.py: one generator update with its 5 critic updates). The resampling arms
@@ -20,7 +20,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
-from configs import bouncing_rf, bouncing_sf, bouncing_tiny  # noqa: E402
+from configs import bouncing_rf, bouncing_sf  # noqa: E402
 from benchmarks import runners  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
@@ -28,7 +28,7 @@ flags.DEFINE_integer("repeats", 3, "Timed rounds (one step of every arm each).")
 FLAGS = flags.FLAGS
 
 ARMS = {
-    "teacher_forcing": lambda: bouncing_tiny.get_config(),
+    "teacher_forcing": lambda: bouncing_rf.get_config("teacher_forcing"),
     "noise_augmentation": lambda: bouncing_rf.get_config("noise_augmentation"),
     "parallel": lambda: bouncing_rf.get_config("parallel"),
     "autoregressive": lambda: bouncing_rf.get_config(),

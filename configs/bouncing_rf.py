@@ -1,7 +1,9 @@
 """Resampling Forcing on the bouncing world: the teacher-free method and its ablation arms.
 
-Everything not listed here is configs/bouncing_tiny.py (same world, model, optimizer, sampler and
-evaluation), so the arms differ from the Teacher Forcing baseline only in the history they train on.
+Everything not listed here is the base config (videoar/base_config.py: the default run's world,
+model, optimizer, sampler and evaluation), so the arms differ from the Teacher Forcing baseline
+only in the history they train on. The default run (configs/bouncing_tiny.py) is the
+noise_augmentation arm.
 
 Knobs (config.forcing):
   paradigm = "resampling"
@@ -24,8 +26,8 @@ Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
   noise_augmentation, parallel    the ablation arms
   autoregressive                  the method itself (the default), named so that a sweep can name
                                   its arm (python -m videoar.sweep --arms=...)
-  teacher_forcing                 the baseline arm: every forcing key at the base config's
-                                  (configs/bouncing_tiny.py's run)
+  teacher_forcing                 the baseline arm: every forcing key at the base config's (plain
+                                  Teacher Forcing: the default run without noise augmentation)
   routed                          history routing with k = 25 % of the training frames (2 of 8)
   window                          the baseline for routing: a sliding window of the same k frames
   occluded                        the world where history matters beyond the last two frames: an

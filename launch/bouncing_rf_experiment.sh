@@ -18,7 +18,6 @@ PYTHON=${PYTHON:-python}
 for seed in $SEEDS; do
   for arm in $ARMS; do
     case $arm in
-      teacher_forcing) config=configs/bouncing_tiny.py ;;
       autoregressive) config=configs/bouncing_rf.py ;;
       *) config=configs/bouncing_rf.py:$arm ;;
     esac

@@ -61,8 +61,9 @@ BAD_INPUTS = [
      " model.routing_top_k > 0 use auto or blocked"),
     ("a chunk that does not divide the clip", [TINY, "--config.forcing.chunk=3"],
      "error: config.forcing.chunk=3 is invalid: must divide data.num_frames=8"),
-    ("a key the paradigm does not read", [TINY, "--config.forcing.resample_shift=0.3"],
-     "error: config.forcing.resample_shift=0.3 is invalid: paradigm 'teacher_forcing' does not"
+    ("a key the paradigm does not read", [TINY, "--config.forcing.paradigm=teacher_forcing"],
+     "error: config.forcing.resample_mode='noise_augmentation' is invalid: paradigm"
+     " 'teacher_forcing' does not"
      " read it (it reads chunk, cond_drop_prob, history_window, loss_weighting, sink_frames,"
      " time_shift)"),
     ("a sink without a sliding window", [TINY, "--config.forcing.sink_frames=2"],
