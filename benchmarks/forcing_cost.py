@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
 from configs import bouncing_rf, bouncing_sf  # noqa: E402
 from benchmarks import runners  # noqa: E402
+from videoar import base_config  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds (one step of every arm each).")
@@ -41,7 +42,8 @@ ARMS = {
 
 
 def step_runner(config):
-  """The train step of this config, past the resampling warm-up."""
+  """The train step of this config at the base config's batch, past the resampling warm-up."""
+  config.data.batch_size = base_config.get_config().data.batch_size
   config.forcing.warmup_steps = 0
   return runners.TrainStepRunner(config)
 
@@ -52,7 +54,9 @@ def main(argv):
   seconds = benchmarks.time_interleaved(runners, FLAGS.repeats)
   base = seconds["teacher_forcing"]
   rows = [[name, 1000 * s, s / base] for name, s in seconds.items()]
-  benchmarks.print_table("train step per forcing arm (default config, batch 16, 8 frames)",
+  config = base_config.get_config()
+  benchmarks.print_table(f"train step per forcing arm (default config, batch"
+                         f" {config.data.batch_size}, {config.data.num_frames} frames)",
                          ["arm", "step ms", "x teacher forcing"], rows)
   benchmarks.write_json(FLAGS.json, step_seconds=seconds,
                         relative_to_teacher_forcing={k: v / base for k, v in seconds.items()})
