@@ -3,7 +3,8 @@
   python benchmarks/train_step.py [--patch=8] [--impls=dense,auto] [--steps=3] [--json=PATH]
 
 The default config (configs/bouncing_tiny.py: teacher forcing on the 2N layout, its history
-noise-augmented past step 200, 8 frames of 32x32, batch 16, width 128, depth 4) with --patch 8
+noise-augmented past step 200, 8 frames of 32x32, batch 8, width 128, depth 4; the timed steps
+are warm-up steps, so plain Teacher Forcing) with --patch 8
 (16 tokens a frame, the default) or 4 (64 tokens a frame). Each --impls attention
 implementation runs the same step; they take turns, so load from other processes slows them
 alike.

@@ -16,7 +16,7 @@ generated history is not. The final evaluation includes FVD (eval.fvd).
 
 Measured on 2 idle CPU cores, 2026-12-01 (docs/results.md has the tables and the runs that chose
 this recipe): training, samples and evaluation took 5 min 27 s, and FVD adds 2 min 33 s. Seed 0:
-objects lost 0.21 / 0.32 / 0.41 a frame per segment, invented 0.02-0.06, colour drift 0.08-0.09
+objects lost 0.21 / 0.32 / 0.41 a frame per segment, invented 0.02-0.06, colour drift 0.078-0.086
 (the truth's 0.035), position error below copying the last frame in every segment. Against
 plain Teacher Forcing (configs/bouncing_rf.py:teacher_forcing, the same run without the noise)
 at the earlier batch 16 and 1200 steps, 3 seeds each, noise augmentation cut objects lost from

@@ -2,7 +2,7 @@
 # Trains on every GPU of a Slurm allocation, one process per GPU.
 #
 #   sbatch --nodes=2 launch/gpu_slurm.sh --config=configs/bouncing_tiny.py \
-#     --workdir=/shared/runs/name --config.mesh.fsdp=16
+#     --workdir=/shared/runs/name --config.mesh.fsdp=16 --config.data.batch_size=16
 #
 # jax.distributed.initialize reads the coordinator (the first node), the number of processes and
 # each one's index and GPU from Slurm's environment. WORKDIR must be on a filesystem every node

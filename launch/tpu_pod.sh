@@ -2,7 +2,7 @@
 # Trains on every worker of a Cloud TPU pod slice, e.g. a v5p-64 (8 workers of 4 chips).
 #
 #   TPU=my-v5p-64 ZONE=us-east5-a bash launch/tpu_pod.sh --config=configs/bouncing_tiny.py \
-#     --workdir=/mnt/shared/runs/name --config.mesh.fsdp=32
+#     --workdir=/mnt/shared/runs/name --config.mesh.fsdp=32 --config.data.batch_size=32
 #
 # The same command runs on every worker (JAX needs all of them): jax.distributed.initialize reads
 # the coordinator and each worker's index from the TPU metadata. Each worker needs the repository

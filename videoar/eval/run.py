@@ -77,8 +77,8 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
 
   With `fvd` (pixel frames only; B >= 2), each segment also gets its FVD against the true
   segment over all B clips (perceptual.FvdScorer): I3D costs about 1.5 s of one CPU core per
-  distinct clip-segment, 5.5 min for the default 32 clips x 3 segments (measured 2026-12-01),
-  so only the final evaluation asks.
+  distinct clip-segment: for the default 32 clips x 3 segments 5.5 min on one core, 2 min 33 s
+  on two (measured 2026-12-01), so only the final evaluation asks.
   With `per_frame`, returns ({method: rows}, {method: {metric: float64 [F]}}), the second each
   per-frame metric's mean over the clips at every frame."""
   c = exp.config
