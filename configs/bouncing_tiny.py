@@ -15,7 +15,7 @@ targets: the model learns to continue from history that is not quite right, as i
 generated history is not. The final evaluation includes FVD (eval.fvd).
 
 Measured on 2 idle CPU cores, 2026-12-01 (docs/results.md has the tables and the runs that chose
-this recipe): training, samples and evaluation took 5 min 27 s, and FVD adds 2 min 33 s. Seed 0:
+this recipe): the whole job took 8 min 6 s, of which the evaluation's FVD took 2.5 min. Seed 0:
 objects lost 0.21 / 0.32 / 0.41 a frame per segment, invented 0.02-0.06, colour drift 0.078-0.086
 (the truth's 0.035), position error below copying the last frame in every segment. Against
 plain Teacher Forcing (configs/bouncing_rf.py:teacher_forcing, the same run without the noise)
