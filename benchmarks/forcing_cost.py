@@ -2,13 +2,14 @@
 
   python benchmarks/forcing_cost.py [--repeats=3] [--json=PATH]
 
-Arms: Teacher Forcing (configs/bouncing_rf.py:teacher_forcing) and Resampling Forcing (configs/bouncing_rf.py)
-with noise augmentation, parallel and autoregressive resampling, autoregressive with history
-routing (k = 25 %) and with a sliding window of the same k; and a Self Forcing iteration
-(configs/bouncing_sf.py: one generator update with its 5 critic updates). The resampling arms
-run past their warm-up, so the self-resampling is in every timed step. All arms take turns in each round (one
-step each), so load from other processes slows them alike; the best round counts. The batch is
-random: a step's cost depends on shapes only.
+Arms: Teacher Forcing (configs/bouncing_rf.py:teacher_forcing) and Resampling Forcing
+(configs/bouncing_rf.py) with noise augmentation, parallel and autoregressive resampling,
+autoregressive with history routing (k = 25 %) and with a sliding window of the same k; and a
+Self Forcing iteration (configs/bouncing_sf.py: one generator update with its 5 critic updates).
+Every arm runs at the base config's batch. The resampling arms run past their warm-up, so the
+self-resampling is in every timed step. All arms take turns in each round (one step each), so
+load from other processes slows them alike; the best round counts. The batch is random: a
+step's cost depends on shapes only.
 """
 
 from __future__ import annotations

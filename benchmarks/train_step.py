@@ -4,10 +4,9 @@
 
 The default config (configs/bouncing_tiny.py: teacher forcing on the 2N layout, its history
 noise-augmented past step 200, 8 frames of 32x32, batch 8, width 128, depth 4; the timed steps
-are warm-up steps, so plain Teacher Forcing) with --patch 8
-(16 tokens a frame, the default) or 4 (64 tokens a frame). Each --impls attention
-implementation runs the same step; they take turns, so load from other processes slows them
-alike.
+are warm-up steps, so plain Teacher Forcing) with --patch 8 (16 tokens a frame, the default) or
+4 (64 tokens a frame). Each --impls attention implementation runs the same step; they take
+turns, so load from other processes slows them alike.
 
 Model FLOPs per step are counted by hand from the shapes: the matmuls of every layer and the
 attention over the frame blocks the mask allows (2 FLOPs a multiply-add), forward times 3 for
