@@ -13,6 +13,14 @@ Shapes:
            and VAE are not part of this model. Random weights, cast to --dtype.
 Latency counts from the call to `stream` to its first chunk, cold (compiling included) and warm
 (a second stream); frames/s counts the chunks after the first of the warm stream.
+
+  python benchmarks/sampler.py --arms=noise_augmentation,routed,window [--frames=80]
+
+times instead the sampler of each arm (a variant of configs/bouncing_rf.py, with its model's
+routing and its sampler's window as the arm trained them; random weights) in one run, the arms
+taking turns: milliseconds per generated frame over a stream of --frames frames, the routing
+study's sampling cost (docs/results.md, "History routing"). Past the training length every arm's
+KV cache is full, so the cost per frame stays level from there on.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
-from configs import bouncing_tiny  # noqa: E402
+from configs import bouncing_rf, bouncing_tiny  # noqa: E402
 from videoar import sampling  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
 from videoar.models import dit  # noqa: E402
@@ -38,6 +46,10 @@ flags.DEFINE_enum("shape", "tiny", ["tiny", "wan1.3b"], "Model and sampler shape
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype; default: the shape's.")
 flags.DEFINE_enum("impl", "auto", ops.IMPLS, "Attention implementation.")
 flags.DEFINE_integer("chunks", 8, "Chunks streamed each time.")
+flags.DEFINE_list("arms", None, "Variants of configs/bouncing_rf.py whose samplers to time per"
+                  " frame, side by side (instead of --shape).")
+flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 10x training).")
+flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).")
 FLAGS = flags.FLAGS
 
 
@@ -67,8 +79,51 @@ def shapes() -> dict[str, Shape]:
   }
 
 
+def time_arms(arms: list[str]) -> None:
+  """Milliseconds per generated frame of each arm's sampler, timed in turns (benchmarks.
+  time_interleaved) over streams of --frames frames from an empty cache, batch 1."""
+  # Here, not at the top: experiment reads the data pipeline (grain), which the GPU image of the
+  # --shape path lacks.
+  from videoar import experiment
+  streams, rows = {}, []
+  for arm in arms:
+    try:
+      config = bouncing_rf.get_config(arm)
+    except ValueError as e:
+      raise SystemExit(f"--arms={arm}: {e}") from None
+    size = config.data.options.size
+    exp = experiment.build_for_shapes(config, (size, size, 3))
+    params = experiment.init_params(exp, jax.random.key(0))
+    sampler = experiment.make_sampler(exp)
+    if FLAGS.frames % sampler.chunk:
+      raise SystemExit(f"--frames={FLAGS.frames} must be a multiple of the chunk {sampler.chunk}")
+
+    def stream(sampler=sampler, params=params, config=config):
+      *_, last = sampler.stream(params, jax.random.key(1), FLAGS.frames, config.sample.num_steps,
+                                config.sample.time_shift)
+      return last
+
+    streams[arm] = stream
+    rows.append(dict(arm=arm, routing_top_k=config.model.routing_top_k,
+                     kv_cache_frames=sampler.slots, num_steps=config.sample.num_steps))
+  best = benchmarks.time_interleaved(streams, FLAGS.repeats)
+  base = best[arms[0]]
+  for row in rows:
+    row["ms_per_frame"] = 1e3 * best[row["arm"]] / FLAGS.frames
+    row["relative"] = best[row["arm"]] / base
+  benchmarks.print_table(
+      f"Sampling cost per generated frame, configs/bouncing_rf.py arms ({FLAGS.frames} frames from"
+      f" an empty cache, batch 1, best of {FLAGS.repeats}; relative to {arms[0]})",
+      ["arm", "routing k", "KV cache frames", "steps", "ms per frame", "relative"],
+      [[r["arm"], r["routing_top_k"], r["kv_cache_frames"], r["num_steps"], r["ms_per_frame"],
+        r["relative"]] for r in rows])
+  benchmarks.write_json(FLAGS.json, frames=FLAGS.frames, repeats=FLAGS.repeats, arms=rows)
+
+
 def main(argv):
   del argv
+  if FLAGS.arms:
+    return time_arms(FLAGS.arms)
   shape = shapes()[FLAGS.shape]
   if FLAGS.shape == "wan1.3b" and jax.default_backend() == "cpu":
     raise SystemExit("--shape=wan1.3b is a GPU benchmark: one chunk is tens of TFLOPs")
@@ -101,7 +156,9 @@ def main(argv):
                 chunk=shape.chunk, window=shape.window, num_steps=shape.num_steps,
                 chunks=FLAGS.chunks, first_chunk_cold_s=cold[0], first_chunk_warm_s=warm[0],
                 frames_per_s=steady_frames / (warm[-1] - warm[0]),
-                chunk_ms=1e3 * (warm[-1] - warm[0]) / (FLAGS.chunks - 1))
+                chunk_ms=1e3 * (warm[-1] - warm[0]) / (FLAGS.chunks - 1),
+                # Against the chunk index: level once the KV cache is full (a rolling window).
+                warm_chunk_ms_by_index=[1e3 * (b - a) for a, b in zip([0.0] + warm, warm)])
   benchmarks.print_table(
       f"Streaming sampler, {FLAGS.shape} ({num_params / 1e6:.1f}M parameters, {dtype.name},"
       f" {result['tokens_per_frame']} tokens/frame, chunks of {shape.chunk}, {shape.num_steps}"
