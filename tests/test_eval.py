@@ -268,3 +268,15 @@ def test_learning_curve_reads_the_evaluations_and_the_training_minutes(tmp_path)
     assert minutes == {100: pytest.approx(2.5), 150: pytest.approx(175 / 60)}
     text = learning_curve.tables(evals, minutes, ["lost"])
     assert "| 100 | 2.5 | 1.5 | 2 |" in text and "| 150 | 2.9 | 0.5 | - |" in text
+
+
+def test_learning_curve_over_runs_is_mean_and_sd_at_the_common_steps(tmp_path):
+    from videoar.eval import learning_curve
+
+    runs = [({100: {"lost/0-7": 1.0, "lost/8-15": 2.0}, 200: {"lost/0-7": 0.5}}, {100: 1.0, 200: 2.0}),
+            ({100: {"lost/0-7": 3.0, "lost/8-15": None}}, {100: 3.0})]
+    mean, sd, minutes = learning_curve.over_runs(runs)
+    # Step 200 only one run evaluated; lost/8-15 only one run has.
+    assert mean == {100: {"lost/0-7": 2.0}} and sd == {100: {"lost/0-7": 1.0}}
+    assert minutes == {100: 2.0}
+    assert "| 100 | 2.0 | 2 ± 1 |" in learning_curve.tables(mean, minutes, ["lost"], sd)

@@ -1,11 +1,14 @@
 """The learning curve of a run: its evaluation-while-training figures (eval.every) as tables.
 
   python -m videoar.eval.learning_curve --workdir=runs/bouncing_tiny [--metrics=lost,invented]
+  python -m videoar.eval.learning_curve --workdir=runs/sweep/arm/seed0,runs/sweep/arm/seed1,...
 
 Reads WORKDIR/metrics.jsonl, where the trainer appends "eval/METRIC/SEGMENT" figures every
 eval.every steps (eval/run.DuringTraining), and prints one Markdown table per metric: a row per
 evaluated step, a column per segment, with the minutes of training to that step (from the logged
-steps/s, so evaluation time is not counted).
+steps/s, so evaluation time is not counted). Given several workdirs (the seeds of one arm), each
+cell is the mean and standard deviation over the runs, at the steps every run evaluated, and the
+minutes are their mean.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import json
 import os
 
 from absl import app, flags
+import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
+flags.DEFINE_list("workdir", None, "The run's workdir, or several runs' (comma-separated).",
+                  required=True)
 flags.DEFINE_list("metrics", ["lost", "invented", "color_drift", "position_error"],
                   "The metrics to print.")
 
@@ -39,9 +44,26 @@ def read(workdir: str) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
   return evals, minutes
 
 
+def over_runs(runs: list[tuple[dict, dict]]) -> tuple[dict, dict, dict]:
+  """(mean, sd, minutes) over several runs' `read` results, at the steps every run evaluated:
+  mean and sd are {step: {"METRIC/SEGMENT": value}} (population sd, as eval.compare's; a figure
+  counts where every run has it), minutes {step: mean training minutes}."""
+  steps = sorted(set.intersection(*(set(evals) for evals, _ in runs)))
+  mean, sd, minutes = {}, {}, {}
+  for step in steps:
+    keys = set.intersection(*(set(k for k, v in evals[step].items() if v is not None)
+                              for evals, _ in runs))
+    values = {key: np.array([evals[step][key] for evals, _ in runs]) for key in keys}
+    mean[step] = {key: float(v.mean()) for key, v in values.items()}
+    sd[step] = {key: float(v.std()) for key, v in values.items()}
+    minutes[step] = float(np.mean([run_minutes[step] for _, run_minutes in runs]))
+  return mean, sd, minutes
+
+
 def tables(evals: dict[int, dict[str, float]], minutes: dict[int, float],
-           metrics: list[str]) -> str:
-  """Markdown tables, one per metric: step, minutes, then the metric per segment."""
+           metrics: list[str], sd: dict[int, dict[str, float]] | None = None) -> str:
+  """Markdown tables, one per metric: step, minutes, then the metric per segment (with `sd`,
+  as mean ± sd)."""
   out = []
   for metric in metrics:
     segments = sorted({key.split("/", 1)[1] for figures in evals.values() for key in figures
@@ -51,20 +73,30 @@ def tables(evals: dict[int, dict[str, float]], minutes: dict[int, float],
     out.append(f"{metric} per segment\n\n| step | minutes | " + " | ".join(segments) + " |\n"
                + "| --- " * (len(segments) + 2) + "|")
     for step in sorted(evals):
-      cells = [evals[step].get(f"{metric}/{segment}") for segment in segments]
-      out.append(f"| {step} | {minutes[step]:.1f} | " + " | ".join(
-          "-" if value is None else f"{value:.3g}" for value in cells) + " |")
+      keys = [f"{metric}/{segment}" for segment in segments]
+      cells = ["-" if evals[step].get(key) is None else f"{evals[step][key]:.3g}" + (
+          f" ± {sd[step][key]:.2g}" if sd is not None else "") for key in keys]
+      out.append(f"| {step} | {minutes[step]:.1f} | " + " | ".join(cells) + " |")
     out.append("")
   return "\n".join(out)
 
 
 def main(argv):
   del argv
-  evals, minutes = read(FLAGS.workdir)
-  if not evals:
-    raise SystemExit(f"error: {FLAGS.workdir}/metrics.jsonl holds no evaluation: train with"
-                     " --config.eval.every=N")
-  print(tables(evals, minutes, FLAGS.metrics))
+  runs = []
+  for workdir in FLAGS.workdir:
+    try:
+      runs.append(read(workdir))
+    except FileNotFoundError:
+      raise SystemExit(f"error: --workdir={workdir} holds no metrics.jsonl") from None
+    if not runs[-1][0]:
+      raise SystemExit(f"error: {workdir}/metrics.jsonl holds no evaluation: train with"
+                       " --config.eval.every=N")
+  if len(runs) == 1:
+    print(tables(*runs[0], FLAGS.metrics))
+  else:
+    mean, sd, minutes = over_runs(runs)
+    print(tables(mean, minutes, FLAGS.metrics, sd))
 
 
 if __name__ == "__main__":
