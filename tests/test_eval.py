@@ -277,6 +277,6 @@ def test_learning_curve_over_runs_is_mean_and_sd_at_the_common_steps(tmp_path):
             ({100: {"lost/0-7": 3.0, "lost/8-15": None}}, {100: 3.0})]
     mean, sd, minutes = learning_curve.over_runs(runs)
     # Step 200 only one run evaluated; lost/8-15 only one run has.
-    assert mean == {100: {"lost/0-7": 2.0}} and sd == {100: {"lost/0-7": 1.0}}
+    assert mean == {100: {"lost/0-7": 2.0}} and sd == {100: {"lost/0-7": pytest.approx(2**0.5)}}
     assert minutes == {100: 2.0}
-    assert "| 100 | 2.0 | 2 ± 1 |" in learning_curve.tables(mean, minutes, ["lost"], sd)
+    assert "| 100 | 2.0 | 2 ± 1.4 |" in learning_curve.tables(mean, minutes, ["lost"], sd)

@@ -46,8 +46,8 @@ def read(workdir: str) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
 
 def over_runs(runs: list[tuple[dict, dict]]) -> tuple[dict, dict, dict]:
   """(mean, sd, minutes) over several runs' `read` results, at the steps every run evaluated:
-  mean and sd are {step: {"METRIC/SEGMENT": value}} (population sd, as eval.compare's; a figure
-  counts where every run has it), minutes {step: mean training minutes}."""
+  mean and sd are {step: {"METRIC/SEGMENT": value}} (sample sd, n - 1, as eval.compare's; a
+  figure counts where every run has it), minutes {step: mean training minutes}."""
   steps = sorted(set.intersection(*(set(evals) for evals, _ in runs)))
   mean, sd, minutes = {}, {}, {}
   for step in steps:
@@ -55,7 +55,7 @@ def over_runs(runs: list[tuple[dict, dict]]) -> tuple[dict, dict, dict]:
                               for evals, _ in runs))
     values = {key: np.array([evals[step][key] for evals, _ in runs]) for key in keys}
     mean[step] = {key: float(v.mean()) for key, v in values.items()}
-    sd[step] = {key: float(v.std()) for key, v in values.items()}
+    sd[step] = {key: float(v.std(ddof=1)) for key, v in values.items()}
     minutes[step] = float(np.mean([run_minutes[step] for _, run_minutes in runs]))
   return mean, sd, minutes
 
