@@ -47,7 +47,8 @@ flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype; defaul
 flags.DEFINE_enum("impl", "auto", ops.IMPLS, "Attention implementation.")
 flags.DEFINE_integer("chunks", 8, "Chunks streamed each time.")
 flags.DEFINE_list("arms", None, "Variants of configs/bouncing_rf.py whose samplers to time per"
-                  " frame, side by side (instead of --shape).")
+                  " frame, side by side; each arm's config sets the shape, dtype and attention,"
+                  " so --shape, --dtype, --impl and --chunks do not apply.")
 flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 10x training).")
 flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).")
 FLAGS = flags.FLAGS
@@ -80,8 +81,10 @@ def shapes() -> dict[str, Shape]:
 
 
 def time_arms(arms: list[str]) -> None:
-  """Milliseconds per generated frame of each arm's sampler, timed in turns (benchmarks.
-  time_interleaved) over streams of --frames frames from an empty cache, batch 1."""
+  """Milliseconds per generated frame of each arm's sampler, timed in turns
+  (benchmarks.time_interleaved) over streams of --frames frames from an empty cache, batch 1."""
+  if len(set(arms)) < len(arms):
+    raise SystemExit(f"--arms={','.join(arms)} must name distinct arms")
   # Here, not at the top: experiment reads the data pipeline (grain), which the GPU image of the
   # --shape path lacks.
   from videoar import experiment
@@ -158,6 +161,7 @@ def main(argv):
                 frames_per_s=steady_frames / (warm[-1] - warm[0]),
                 chunk_ms=1e3 * (warm[-1] - warm[0]) / (FLAGS.chunks - 1),
                 # Against the chunk index: level once the KV cache is full (a rolling window).
+                # Element 0 is the first chunk's latency, prefill included.
                 warm_chunk_ms_by_index=[1e3 * (b - a) for a, b in zip([0.0] + warm, warm)])
   benchmarks.print_table(
       f"Streaming sampler, {FLAGS.shape} ({num_params / 1e6:.1f}M parameters, {dtype.name},"

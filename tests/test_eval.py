@@ -279,4 +279,4 @@ def test_learning_curve_over_runs_is_mean_and_sd_at_the_common_steps(tmp_path):
     # Step 200 only one run evaluated; lost/8-15 only one run has.
     assert mean == {100: {"lost/0-7": 2.0}} and sd == {100: {"lost/0-7": pytest.approx(2**0.5)}}
     assert minutes == {100: 2.0}
-    assert "| 100 | 2.0 | 2 ± 1.4 |" in learning_curve.tables(mean, minutes, ["lost"], sd)
+    assert "| 100 | 2.0 | 2.00 ± 1.41 |" in learning_curve.tables(mean, minutes, ["lost"], sd)

@@ -74,15 +74,26 @@ def tables(evals: dict[int, dict[str, float]], minutes: dict[int, float],
                + "| --- " * (len(segments) + 2) + "|")
     for step in sorted(evals):
       keys = [f"{metric}/{segment}" for segment in segments]
-      cells = ["-" if evals[step].get(key) is None else f"{evals[step][key]:.3g}" + (
-          f" ± {sd[step][key]:.2g}" if sd is not None else "") for key in keys]
+      cells = ["-" if evals[step].get(key) is None else _cell(evals[step][key], sd and sd[step][key])
+               for key in keys]
       out.append(f"| {step} | {minutes[step]:.1f} | " + " | ".join(cells) + " |")
     out.append("")
   return "\n".join(out)
 
 
+def _cell(value: float, sd: float | None) -> str:
+  """A figure, with its sd at the same decimals: 3 below 1, 2 below 100, else none."""
+  if sd is None:
+    return f"{value:.3g}"
+  decimals = 3 if abs(value) < 1 else 2 if abs(value) < 100 else 0
+  return f"{value:.{decimals}f} ± {sd:.{decimals}f}"
+
+
 def main(argv):
   del argv
+  if not FLAGS.workdir or len(set(FLAGS.workdir)) < len(FLAGS.workdir):
+    raise SystemExit(f"error: --workdir={','.join(FLAGS.workdir)} must name one or more distinct"
+                     " workdirs")
   runs = []
   for workdir in FLAGS.workdir:
     try:
@@ -96,6 +107,9 @@ def main(argv):
     print(tables(*runs[0], FLAGS.metrics))
   else:
     mean, sd, minutes = over_runs(runs)
+    if not mean:
+      raise SystemExit("error: the workdirs have no evaluated step in common (eval.every must"
+                       " match)")
     print(tables(mean, minutes, FLAGS.metrics, sd))
 
 
