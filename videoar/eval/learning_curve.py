@@ -74,8 +74,8 @@ def tables(evals: dict[int, dict[str, float]], minutes: dict[int, float],
                + "| --- " * (len(segments) + 2) + "|")
     for step in sorted(evals):
       keys = [f"{metric}/{segment}" for segment in segments]
-      cells = ["-" if evals[step].get(key) is None else _cell(evals[step][key], sd and sd[step][key])
-               for key in keys]
+      cells = ["-" if evals[step].get(key) is None
+               else _cell(evals[step][key], None if sd is None else sd[step][key]) for key in keys]
       out.append(f"| {step} | {minutes[step]:.1f} | " + " | ".join(cells) + " |")
     out.append("")
   return "\n".join(out)
