@@ -127,10 +127,6 @@ def get_config() -> ml_collections.ConfigDict:
   # that at 10x the training length, so the default run (configs/bouncing_tiny.py) pays it and
   # other runs ask for it.
   config.eval.fvd = False
-  # Score copy-the-last-frame, all-background and the truth beside the model in the final
-  # evaluation. A sweep (videoar/sweep.py) turns it off in every run but its first, whose
-  # baselines its table shows: with FVD they are most of the evaluation's cost.
-  config.eval.baselines = True
   # Every this many steps (0: never) the trainer continues the first few held-out clips and logs
   # their segment metrics and strip (metrics.jsonl, tensorboard): the run's own learning curve.
   # It uses at most eval.num_clips clips.

@@ -9,7 +9,7 @@ Each arm is a variant of the config (`CONFIG:ARM`, plus `--variant` shared by ev
 arm x seed one command line,
 
   python -m videoar.main --config=CONFIG:ARM[,VARIANT] --workdir=ROOT/ARM/seedS --config.seed=S
-      [--config.KEY=VALUE for each --set] [--config.eval.baselines=False]
+      [--config.KEY=VALUE for each --set]
 
 which the executor runs: `local` one after another on this machine (each one's output in
 ROOT/ARM/seedS.log), `submitit` as jobs of submitit's AutoExecutor (SLURM where there is one;
@@ -23,9 +23,8 @@ whose training finished but whose evaluation did not (a job stopped during it) r
 every arm x seed is finished, the sweep writes ROOT/sweep.md and ROOT/sweep.json: per metric and
 segment, each arm's mean over the seeds and standard deviation (videoar.eval.compare.combine, the
 same figures as `python -m videoar.eval.compare`), with the baselines of the first run, under the
-command that made them. Only the first run scores the baselines; the others pass
-eval.baselines=False, which with FVD saves most of their evaluation. After `print`, or when a
-run failed, the same command again writes the table once all have finished.
+command that made them. After `print`, or when a run failed, the same command again writes the
+table once all have finished.
 
 Exit status: 0 when the table is written (or, with `print`, the commands printed); 1 when a run
 failed or is unfinished (each named); 2 for bad flags or a config variant the config does not
@@ -91,9 +90,6 @@ def plan(config: str, arms: list[str], seeds: list[int], root: str, variant: str
     root: the runs' workdirs are ROOT/ARM/seedS.
     overrides: KEY=VALUE, given to every run as --config.KEY=VALUE.
     python: the interpreter the commands name.
-
-  Every run but the first (the first arm's first seed) is also given
-  --config.eval.baselines=False: the table takes its baselines from the first run alone.
   """
   runs = []
   for arm in arms:
@@ -103,8 +99,6 @@ def plan(config: str, arms: list[str], seeds: list[int], root: str, variant: str
       argv = (python, "-m", "videoar.main", f"--config={config}:{variants}",
               f"--workdir={workdir}", f"--config.seed={seed}",
               *(f"--config.{override}" for override in overrides))
-      if runs:
-        argv += ("--config.eval.baselines=False",)
       if trained(workdir):
         argv += ("--mode=evaluate",)
       runs.append(Run(arm, seed, workdir, argv))

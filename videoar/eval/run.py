@@ -179,7 +179,7 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
 
 def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   """The per-segment table of the model against copy-the-last-frame, all-background and the
-  truth (the model alone with eval.baselines off), printed and written to WORKDIR/eval.json (strict JSON: a figure that is not finite, such
+  truth, printed and written to WORKDIR/eval.json (strict JSON: a figure that is not finite, such
   as the PSNR of identical frames, is null) and eval.txt; each per-frame metric against the frame
   index, a line per method, to WORKDIR/eval_per_frame.png. With eval.fvd, FVD is computed here,
   not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
@@ -191,8 +191,7 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   with_fvd = (c.eval.fvd and perceptual.is_pixels(truth)
               and c.eval.num_clips >= FVD_MIN_CLIPS)
   started = time.perf_counter()
-  tables, curves = score(exp, clips, generated, baselines=c.eval.baselines, fvd=with_fvd,
-                         per_frame=True)
+  tables, curves = score(exp, clips, generated, fvd=with_fvd, per_frame=True)
   seconds = time.perf_counter() - started
   text = long_horizon.format_table(tables)
   if with_fvd:
