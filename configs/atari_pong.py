@@ -46,7 +46,9 @@ def get_config(variant: str = ""):
   config.model.prediction = "residual"
   # Teacher Forcing for warmup_steps, then autoregressive Resampling Forcing (the knobs are
   # explained in configs/bouncing_rf.py): after Teacher Forcing alone the paddle broke up on the
-  # model's own output after a frame or two (docs/results.md).
+  # model's own output after a frame or two, and with the bouncing world's noise augmentation
+  # instead (4500 steps, the same training time) it stopped following the actions
+  # (docs/results.md).
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "autoregressive"
   config.forcing.resample_shift = 0.6
