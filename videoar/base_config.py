@@ -3,8 +3,9 @@
 The defaults are plain Teacher Forcing on the bouncing world, 32x32, on a laptop CPU: the built-in
 default run (configs/bouncing_tiny.py) without its noise augmentation of the history. Every file
 in configs/ starts from `get_config()` and overrides what differs; the library reads keys as
-`config.a.b`, never `config.a.get(b, default)`, so a default lives here and nowhere else. `tiny(config)` shrinks any config to the few-step smoke
-run that the `:test` variants and the test suite use.
+`config.a.b`, never `config.a.get(b, default)`, so a default lives here and nowhere else.
+`tiny(config)` shrinks any config to the few-step smoke run that the `:test` variants and the
+test suite use.
 
 `data.options` is the one open-ended group: it holds the keyword arguments of the data source
 (`videoar/data/pipeline.py`), so a config that changes `data.source` replaces it whole; validation
