@@ -1,5 +1,5 @@
-"""The bouncing world with occluders (data.options.occluders) and the score of objects
-recovered after an occlusion (eval/objects.py)."""
+"""The bouncing world with occluders (data.options.occluders), the score of objects recovered
+after an occlusion, and objects lost split by whether they overlapped another (eval/objects.py)."""
 
 import os
 import sys
@@ -105,11 +105,53 @@ def test_recovered_wants_the_right_place():
   assert np.all(moved[returned.any(-1)] == 0)
 
 
-def test_evaluation_scores_recovery_only_in_the_occluded_world():
+def test_evaluation_scores_recovery_only_in_the_occluded_world_and_overlaps_in_both():
   for variant, expected in (("test", False), ("test,occluded", True)):
     exp = experiment.build(bouncing_rf.get_config(variant))
     clips = pipeline.eval_clips(exp.source, num_clips=2, num_frames=26, seed=0)
-    assert any(isinstance(s, objects.RecoveryScorer) for s in run.frame_scorers(exp, clips)) is expected
+    scorers = run.frame_scorers(exp, clips)
+    assert any(isinstance(s, objects.RecoveryScorer) for s in scorers) is expected
+    assert any(isinstance(s, objects.OverlapScorer) for s in scorers)
+
+
+def test_overlapped_before_matches_a_loop_over_frames_and_pairs():
+  rng = np.random.default_rng(0)
+  positions = rng.uniform(3.5, 28.5, size=(4, 30, 3, 2))
+  radius = 3.5
+  got = objects.overlapped_before(positions, radius)
+  for b in range(4):
+    for k in range(3):
+      since = False
+      for f in range(30):
+        since |= any(max(abs(positions[b, f, k] - positions[b, f, j])) < 2 * radius
+                     for j in range(3) if j != k)
+        assert got[b, f, k] == since
+  assert got.any() and not got.all()
+
+
+def test_overlap_scorer_counts_erased_overlapped_objects_as_lost_and_the_rest_as_kept():
+  """The truth with every object erased from the frame it first overlaps on: all of those are
+  lost, none of the others."""
+  world = BouncingWorld()
+  palette = world.palette_array()
+  clips = pipeline.eval_clips(world, num_clips=16, num_frames=26, seed=0)
+  overlapped = objects.overlapped_before(clips["positions"], world.radius)[:, 2:]
+  truth = clips["video"][:, 2:]
+  generated = truth.copy()
+  for b, f, k in zip(*np.nonzero(overlapped)):
+    colour = palette[clips["color_ids"][b, k]]
+    near = np.linalg.norm(generated[b, f] - colour, axis=-1) <= 0.5  # what detection could count
+    generated[b, f][near] = BACKGROUND
+  scorer = objects.OverlapScorer(clips["positions"][:, 2:], clips["color_ids"], overlapped, palette)
+  scores = scorer(generated, truth, slice(0, 24))
+  after, never = scores["lost_after_overlap"], scores["lost_never_overlapped"]
+  assert overlapped.any(-1).any() and (~overlapped).any(-1).any()
+  np.testing.assert_array_equal(np.isnan(after), ~overlapped.any(-1))
+  np.testing.assert_array_equal(np.isnan(never), ~(~overlapped).any(-1))
+  assert np.all(after[overlapped.any(-1)] == 1) and np.all(never[(~overlapped).any(-1)] == 0)
+  # The scorer reads the frames it is given: the second half alone gives the second half.
+  half = scorer(generated[:, 12:], truth[:, 12:], slice(12, 24))
+  np.testing.assert_array_equal(half["lost_after_overlap"], after[:, 12:])
 
 
 @pytest.mark.parametrize("occluders", [((0, 0, 0, 4),), ((0, 30, 32, 4),), ((0, 1.5, 4, 4),),

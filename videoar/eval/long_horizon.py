@@ -24,6 +24,8 @@ METRIC_TITLES = {
     "lost": "Objects lost per frame (lower is better)",
     "invented": "Objects invented per frame (lower is better)",
     "color_drift": "Object colour drift (RGB distance, lower is better)",
+    "lost_after_overlap": "Objects lost, of those that have overlapped another (fraction, lower is better)",
+    "lost_never_overlapped": "Objects lost, of those that have not overlapped another (fraction, lower is better)",
     "recovered": "Objects recovered after occlusion (fraction of those back in view found in their colour within 3.5 px; higher is better)",
     "digit_accuracy": "Clear digits read as their true label (fraction, higher is better; truth is the ceiling)",
     "ball_position_error": "Ball position error (px, lower is better)",

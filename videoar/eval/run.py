@@ -49,15 +49,22 @@ def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.
 def frame_scorers(exp: experiment.Experiment, clips: dict) -> list[long_horizon.FrameScorer]:
   """The metrics only some sources have, for the continuation of `clips` (continue_clips):
   whether the digits keep their identities (Moving-MNIST), where the ball and the agent's paddle
-  are (Atari Pong played from the emulator; not its frames read back as array_record), whether
+  are (Atari Pong played from the emulator; not its frames read back as array_record), which
+  objects are lost after overlapping another and which without (the bouncing world), whether
   objects that went behind an occluder come back (the bouncing world with occluders)."""
   source = exp.source
-  if isinstance(source, BouncingWorld) and source.occluders:
+  if isinstance(source, BouncingWorld):
     num_context = exp.config.sample.context_frames
-    # Over the whole clip: an object seen in the context may go out of sight in the continuation.
-    returned = objects.returned_after_hiding(clips["visible"])[:, num_context:]
-    return [objects.RecoveryScorer(clips["positions"][:, num_context:], clips["color_ids"],
-                                   returned, source.palette_array())]
+    positions = clips["positions"][:, num_context:]
+    # Over the whole clip: objects that overlapped, or went out of sight, in the context count.
+    overlapped = objects.overlapped_before(clips["positions"], source.radius)[:, num_context:]
+    scorers = [objects.OverlapScorer(positions, clips["color_ids"], overlapped,
+                                     source.palette_array())]
+    if source.occluders:
+      returned = objects.returned_after_hiding(clips["visible"])[:, num_context:]
+      scorers.append(objects.RecoveryScorer(positions, clips["color_ids"], returned,
+                                            source.palette_array()))
+    return scorers
   if isinstance(source, MovingMnist):
     return [digits.DigitScorer(positions=clips["positions"][:, exp.config.sample.context_frames:],
                                labels=clips["labels"],
