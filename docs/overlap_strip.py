@@ -1,0 +1,71 @@
+"""A strip of bouncing-world continuations in which an object is lost after an overlap.
+
+  python docs/overlap_strip.py --config=configs/bouncing_tiny.py --workdir=runs/bouncing_tiny
+
+Continues the evaluation's held-out clips exactly as `--mode=evaluate` does (the same clips and
+sampling noise) and picks, of each kind, the --per_kind clips in which the model loses the most
+object-frames (objects.OverlapScorer's sense) after an overlap: clips whose objects overlap in the
+context frames, and clips whose objects first overlap 2 or more frames into the continuation,
+after the model has drawn them apart. Rows
+alternate truth and model, every second frame, the first column the last context frame
+(run.strip). Prints which clips were picked, and each clip's first overlap and lost object-frames.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from videoar import experiment, media  # noqa: E402
+from videoar.eval import objects, run  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "The bouncing-world model's config.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "The trained run's directory.")
+flags.DEFINE_integer("per_kind", 2, "Clips of each kind in the strip.")
+flags.DEFINE_string("out", "docs/samples_bouncing_tiny_overlaps.png", "Where to write the strip.")
+FLAGS = flags.FLAGS
+LATER_FROM = 2
+
+
+def main(argv):
+  del argv
+  c = FLAGS.config
+  exp = experiment.build(c)
+  params = experiment.restore_params(exp, FLAGS.workdir, use_ema=c.sample.use_ema)
+  clips, generated = run.continue_clips(exp, params, c.eval.num_clips, jax.random.key(c.seed + 2))
+  num_context = c.sample.context_frames
+  overlapped = objects.overlapped_before(clips["positions"], exp.source.radius)
+  present = objects.detect_objects(generated, exp.source.palette_array())["present"]
+  ids = np.broadcast_to(clips["color_ids"][:, None], present.shape[:2] + clips["color_ids"].shape[1:])
+  lost = ~np.take_along_axis(present, ids, axis=-1)
+  lost_after = (lost & overlapped[:, num_context:]).sum(axis=(1, 2))
+  ever = overlapped.any(-1)  # [B, F]: some object has overlapped by this frame
+  first = np.where(ever.any(-1), ever.argmax(-1), -1)  # frame of the clip, context included
+  in_context = ever[:, num_context - 1]
+  # Overlapping only after the model has drawn both objects apart for LATER_FROM frames.
+  later = first >= num_context + LATER_FROM
+  for clip, frame in enumerate(first):
+    when = ("never" if frame < 0 else f"context frame {frame}" if frame < num_context
+            else f"continuation frame {frame - num_context}")
+    print(f"clip {clip}: first overlap {when}, {lost_after[clip]} object-frames lost after it")
+  # The clips of each kind that lose the most object-frames, earlier clips first among equals.
+  by_loss = np.argsort(-lost_after, kind="stable")
+  picked = [int(b) for kind in (in_context, later)
+            for b in [b for b in by_loss if kind[b] and lost_after[b] > 0][:FLAGS.per_kind]]
+  print(f"picked clips {picked}")
+  chosen = {key: value[picked] for key, value in clips.items()
+            if isinstance(value, np.ndarray) and value.shape[:1] == (len(first),)}
+  media.write_png(FLAGS.out, run.strip(chosen, generated[picked], num_context))
+  print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
