@@ -14,10 +14,13 @@ Teacher Forcing for 3000 steps (the warm-up of Resampling Forcing), then autoreg
 Resampling Forcing to 4000. Sampling continues 2 held-out frames for 24 frames under the
 recorded actions; docs/pong_actions.py drives held-out contexts with two action sequences.
 
-Measured on 2 CPU cores (docs/results.md): 0.9 steps/s under Teacher Forcing and 0.55-0.6 under
-Resampling Forcing, so about 85 min of training on a quiet machine. With guidance 3 on the
-actions, the 4000-step model moves the paddle 17-19 px the pressed way over 8 pressed frames
-(88 % of halves), but renders it as a broken segment with streaks: not yet a usable world model.
+Measured on 2 CPU cores (docs/results.md): 0.9-1.2 steps/s under Teacher Forcing and 0.55-0.8
+under Resampling Forcing; the whole training took 75 min in one command (2026-12-01). With
+guidance 3 on the actions, the 4000-step model moves the paddle 17-19 px the pressed way over 8
+pressed frames (81-100 % of halves, two runs), and places it within 3.4 / 6.1 / 9.8 px per
+8-frame segment against the recorded episodes (copying the last frame: 7.6 / 12.0 / 13.3); but
+it renders the paddle as a broken segment with streaks and places the ball no better than
+copying: not yet a usable world model.
 
 Variants (`--config=configs/atari_pong.py:VARIANT`, comma-separated):
   latents  read the episodes from ArrayRecord shards in data.path (default data/pong_shards),
