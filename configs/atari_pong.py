@@ -19,8 +19,8 @@ under Resampling Forcing; the whole training took 75 min in one command (2026-12
 guidance 3 on the actions, the 4000-step model moves the paddle 17-19 px the pressed way over 8
 pressed frames (81-100 % of halves, two runs), and places it within 3.4 / 6.1 / 9.8 px per
 8-frame segment against the recorded episodes (copying the last frame: 7.6 / 12.0 / 13.3); but
-it renders the paddle as a broken segment with streaks and places the ball no better than
-copying: not yet a usable world model.
+it renders the paddle as a broken segment with streaks and places the ball worse than copying
+over the first 8 frames: not yet a usable world model.
 
 Variants (`--config=configs/atari_pong.py:VARIANT`, comma-separated):
   latents  read the episodes from ArrayRecord shards in data.path (default data/pong_shards),
