@@ -229,7 +229,7 @@ def overlapped_before(positions: np.ndarray, radius: float) -> np.ndarray:
     """Which objects have overlapped another one at or before each frame, from their true centres.
 
     Two objects overlap where their bounding squares (side 2 * radius, the bouncing world's
-    objects) do: their centres are closer than 2 * radius on both axes. Then one is drawn over
+    objects) do: their centres are closer than 2 * radius on both axes, so one may be drawn over
     part of the other, and a model has to keep both apart through it.
 
     Args:
