@@ -42,10 +42,10 @@ def main(argv):
   clips, generated = run.continue_clips(exp, params, c.eval.num_clips, jax.random.key(c.seed + 2))
   num_context = c.sample.context_frames
   overlapped = objects.overlapped_before(clips["positions"], exp.source.radius)
-  present = objects.detect_objects(generated, exp.source.palette_array())["present"]
-  ids = np.broadcast_to(clips["color_ids"][:, None], present.shape[:2] + clips["color_ids"].shape[1:])
-  lost = ~np.take_along_axis(present, ids, axis=-1)
-  lost_after = (lost & overlapped[:, num_context:]).sum(axis=(1, 2))
+  continuation = overlapped[:, num_context:]
+  scorer = objects.OverlapScorer(clips["color_ids"], continuation, exp.source.palette_array())
+  fraction = scorer(generated, None, slice(None))["lost_after_overlap"]  # [B, F], NaN: none yet
+  lost_after = np.rint(np.nan_to_num(fraction) * continuation.sum(-1)).astype(int).sum(-1)
   ever = overlapped.any(-1)  # [B, F]: some object has overlapped by this frame
   first = np.where(ever.any(-1), ever.argmax(-1), -1)  # frame of the clip, context included
   in_context = ever[:, num_context - 1]

@@ -142,7 +142,7 @@ def test_overlap_scorer_counts_erased_overlapped_objects_as_lost_and_the_rest_as
     colour = palette[clips["color_ids"][b, k]]
     near = np.linalg.norm(generated[b, f] - colour, axis=-1) <= 0.5  # what detection could count
     generated[b, f][near] = BACKGROUND
-  scorer = objects.OverlapScorer(clips["positions"][:, 2:], clips["color_ids"], overlapped, palette)
+  scorer = objects.OverlapScorer(clips["color_ids"], overlapped, palette)
   scores = scorer(generated, truth, slice(0, 24))
   after, never = scores["lost_after_overlap"], scores["lost_never_overlapped"]
   assert overlapped.any(-1).any() and (~overlapped).any(-1).any()

@@ -253,22 +253,20 @@ class OverlapScorer:
     true objects that are lost (compare_objects' sense: their colour is not present), among those
     that have overlapped another object by this frame (overlapped_before, context included) and
     among the rest; NaN where a frame has no such object. A model that keeps objects apart loses
-    as few after an overlap as before one; the truth loses about 0.01 a frame either way (an
-    object wholly hidden behind the other)."""
+    as few after an overlap as before one; the truth loses about 0.01 of those that have
+    overlapped (an object wholly hidden behind the other) and none of the rest."""
 
-    def __init__(self, positions: np.ndarray, color_ids: np.ndarray, overlapped: np.ndarray,
-                 palette: np.ndarray):
-        """positions [B, F, K, 2] and overlapped bool [B, F, K] (overlapped_before over the whole
-        clip, then the continuation's F frames), color_ids [B, K], palette [P, 3]."""
-        self.positions, self.color_ids = positions, color_ids
-        self.overlapped, self.palette = overlapped, palette
+    def __init__(self, color_ids: np.ndarray, overlapped: np.ndarray, palette: np.ndarray):
+        """color_ids [B, K], overlapped bool [B, F, K] (overlapped_before over the whole clip, then
+        the continuation's F frames), palette [P, 3]."""
+        self.color_ids, self.overlapped, self.palette = color_ids, overlapped, palette
 
     def __call__(self, generated: np.ndarray, truth: np.ndarray, frames: slice) -> dict[str, np.ndarray]:
-        del truth  # the true states say where the objects are
-        present = detect_objects(generated, self.palette)["present"]
-        ids = _align_color_ids(self.color_ids, present.shape[:-1], self.positions.shape[-2])
-        lost = ~np.take_along_axis(present, ids, axis=-1)  # [B, f, K]
+        del truth  # the true states say which objects there are
         overlapped = self.overlapped[:, frames]
+        present = detect_objects(generated, self.palette)["present"]
+        ids = _align_color_ids(self.color_ids, present.shape[:-1], overlapped.shape[-1])
+        lost = ~np.take_along_axis(present, ids, axis=-1)  # [B, f, K]
         scores = {}
         for name, group in (("lost_after_overlap", overlapped), ("lost_never_overlapped", ~overlapped)):
             count = group.sum(axis=-1)

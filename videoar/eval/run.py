@@ -55,15 +55,13 @@ def frame_scorers(exp: experiment.Experiment, clips: dict) -> list[long_horizon.
   source = exp.source
   if isinstance(source, BouncingWorld):
     num_context = exp.config.sample.context_frames
-    positions = clips["positions"][:, num_context:]
     # Over the whole clip: objects that overlapped, or went out of sight, in the context count.
     overlapped = objects.overlapped_before(clips["positions"], source.radius)[:, num_context:]
-    scorers = [objects.OverlapScorer(positions, clips["color_ids"], overlapped,
-                                     source.palette_array())]
+    scorers = [objects.OverlapScorer(clips["color_ids"], overlapped, source.palette_array())]
     if source.occluders:
       returned = objects.returned_after_hiding(clips["visible"])[:, num_context:]
-      scorers.append(objects.RecoveryScorer(positions, clips["color_ids"], returned,
-                                            source.palette_array()))
+      scorers.append(objects.RecoveryScorer(clips["positions"][:, num_context:],
+                                            clips["color_ids"], returned, source.palette_array()))
     return scorers
   if isinstance(source, MovingMnist):
     return [digits.DigitScorer(positions=clips["positions"][:, exp.config.sample.context_frames:],
