@@ -64,8 +64,12 @@ BAD_INPUTS = [
     ("a key the paradigm does not read", [TINY, "--config.forcing.paradigm=teacher_forcing"],
      "error: config.forcing.resample_mode='noise_augmentation' is invalid: paradigm"
      " 'teacher_forcing' does not"
-     " read it (it reads chunk, cond_drop_prob, history_window, loss_weighting, sink_frames,"
-     " time_shift)"),
+     " read it (it reads chunk, cond_drop_prob, history_drop_prob, history_window,"
+     " loss_weighting, sink_frames, time_shift)"),
+    ("history guidance on a model that never learnt the null history",
+     [TINY, "--config.sample.guide_history=True", "--config.sample.guidance_scale=2.0"],
+     "error: config.sample.guide_history=True is invalid: needs a model trained without history"
+     " some of the time: forcing.history_drop_prob > 0"),
     ("a sink without a sliding window", [TINY, "--config.forcing.sink_frames=2"],
      "error: config.forcing.sink_frames=2 is invalid: needs forcing.history_window > 0 (a sink is"
      " what a sliding window keeps besides the recent frames)"),

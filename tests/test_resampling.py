@@ -120,3 +120,22 @@ def test_resampling_time_follows_the_shifted_logit_normal():
   assert result.pvalue > 0.01, result
   assert not stats.kstest(np.asarray(flow.sample_time(jax.random.key(0), (20_000,), 1.0)),
                           cdf).pvalue > 0.01
+
+
+def test_a_dropped_history_is_the_null_history_of_zeros_and_the_targets_stay_clean():
+  """history_drop_prob 1 trains every video on the null history (zero frames, the previous-frame
+  input included) that the sampler's history-guidance null pass reads; the loss's targets and
+  draws are those of the same loss on a zero history."""
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
+                        previous_frame_input=True)
+  video = jax.random.normal(jax.random.key(0), (2, N, 8, 8, 3))
+  params = model.init(jax.random.key(1), video, jnp.zeros((2, N)), frame_pos_f=jnp.arange(N),
+                      mask=masks.BlockCausal(N), previous_bfhwc=video)
+  # Off the zero-initialised output layer, so that the output depends on the history.
+  params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.key(2), p.shape),
+                        params)
+  rng = jax.random.key(3)
+  loss = lambda history, p: teacher.history_conditioned_loss(
+      model, params, history, video, {}, rng, chunk=1, time_shift=1.0, history_drop_prob=p)[0]
+  np.testing.assert_allclose(loss(video, 1.0), loss(jnp.zeros_like(video), 0.0), rtol=1e-6)
+  assert abs(float(loss(video, 1.0)) - float(loss(video, 0.0))) > 1e-4

@@ -100,6 +100,40 @@ def test_cached_sampling_with_guidance_equals_recomputation(conditioning):
   assert float(jnp.abs(cached - unguided).max()) > 1e-3, "guidance changed nothing"
 
 
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_history_guidance_equals_recomputation_with_a_null_history_of_zeros(chunk):
+  """guide_history: the null pass reads zero frames as its whole history (the cache and the
+  previous-frame input), as a model trained with teacher.drop_history saw for a dropped video,
+  while the chunk being denoised is the conditional pass's."""
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
+                        previous_frame_input=True)
+  frames, steps, scale = 6, 2, 2.0
+  params = _random_params(model, frames, chunk)
+  sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=chunk, window=frames,
+                             guidance_scale=scale, guide_history=True)
+  noise = jax.random.normal(jax.random.key(5), (2, frames, 8, 8, 3))
+  times = flow.step_times(steps, 2.0)
+  cached, _ = jax.jit(sampler.rollout)(params, sampler.init_cache(2), noise,
+                                       jnp.broadcast_to(times, (2, steps + 1)))
+
+  class HistoryGuided:
+    """The model with history guidance applied, for the no-cache reference."""
+    previous_frame_input = True
+
+    def apply(self, params, x, t, previous_bfhwc, **kw):
+      v_c, kv = model.apply(params, x, t, previous_bfhwc=previous_bfhwc, **kw)
+      start = x.shape[1] - chunk
+      x_null = jnp.concatenate([jnp.zeros_like(x[:, :start]), x[:, start:]], axis=1)
+      v_u, _ = model.apply(params, x_null, t, previous_bfhwc=jnp.zeros_like(previous_bfhwc),
+                           **kw)
+      return v_u + scale * (v_c - v_u), kv
+
+  reference = recompute_sample(HistoryGuided(), params, noise, times, chunk)
+  np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=1e-5, rtol=0)
+  unguided = recompute_sample(model, params, noise, times, chunk)
+  assert float(jnp.abs(cached - unguided).max()) > 1e-3, "guidance changed nothing"
+
+
 def test_rolling_cache_generates_past_the_window_with_flat_positions():
   model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2)
   params = _random_params(model, 4, 1)

@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (the clean frame's squared error).
   config.forcing.loss_weighting = "velocity"
   config.forcing.cond_drop_prob = 0.1
+  # The probability that a training video's history is replaced by the null history (zeros),
+  # so that sampling can guide on the history (sample.guide_history; teacher.drop_history).
+  config.forcing.history_drop_prob = 0.0
   config.forcing.history_window = 0  # > 0: a sliding window of that many history frames
   # With a window: the first frames every chunk keeps seeing, in training and in the sampler's
   # rolling KV cache (never evicted), so generation past the training length keeps the view
@@ -115,6 +118,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.num_steps = 20
   config.sample.time_shift = 3.0
   config.sample.guidance_scale = 1.0
+  # Guidance on the history too: the null pass reads zero frames as its history (Sampler).
+  config.sample.guide_history = False
   config.sample.num_videos = 4
   config.sample.length_multiple = 3
   config.sample.context_frames = 2

@@ -368,4 +368,5 @@ def make_sampler(exp: Experiment) -> sampling.Sampler:
   return sampling.Sampler(exp.model, frame_shape=exp.frame_shape, chunk=c.forcing.chunk,
                           window=window, guidance_scale=c.sample.guidance_scale,
                           solver=c.sample.solver, sink_frames=c.forcing.sink_frames,
-                          train_frames=c.data.num_frames)
+                          train_frames=c.data.num_frames,
+                          guide_history=c.sample.guide_history)

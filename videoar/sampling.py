@@ -64,7 +64,12 @@ class Sampler:
     chunk: frames generated together (1 = frame-wise).
     window: frames the model saw in training; the cache holds `window - chunk` of them.
     guidance_scale: classifier-free guidance on the model's conditioning: class label, actions,
-      text (1 = off).
+      text, and with `guide_history` the history (1 = off).
+    guide_history: the null pass also reads the null history, zero frames in place of the
+      cache's and the previous frame (History-Guided Video Diffusion, Song et al. 2025): the
+      guided velocity moves away from what the model would draw without history, toward what
+      this history implies. The model must have learnt the null history in training
+      (forcing.history_drop_prob, teacher.drop_history).
     solver: "euler" or "few_step" (module docstring). The few-step solver draws its re-noising
       from an explicit key: xi_k of chunk i of a rollout is normal(fold_in(fold_in(rng, i), k)).
     sink_frames: the first frames written (context or generated), kept in the cache for good
@@ -78,7 +83,8 @@ class Sampler:
 
   def __init__(self, model: dit.CausalDiT, *, frame_shape: tuple[int, int, int], chunk: int,
                window: int, guidance_scale: float = 1.0, solver: str = "euler",
-               sink_frames: int = 0, train_frames: int | None = None):
+               sink_frames: int = 0, train_frames: int | None = None,
+               guide_history: bool = False):
     if window % chunk:
       raise ValueError(f"sampler window={window} must be a multiple of chunk={chunk}")
     if solver not in SOLVERS:
@@ -94,7 +100,8 @@ class Sampler:
     self.chunk = chunk
     self.slots = window - chunk
     self.guidance_scale = guidance_scale
-    self.guided = guidance_scale != 1.0 and bool(model.conditioning_keys())
+    self.guide_history = guide_history
+    self.guided = guidance_scale != 1.0 and (guide_history or bool(model.conditioning_keys()))
     self._jit_chunk_step = jax.jit(self.chunk_step)
     self._jit_prefill = jax.jit(self.prefill)
 
@@ -108,13 +115,18 @@ class Sampler:
         tokens_per_frame=m.tokens_per_frame(h, w), num_heads=m.num_heads, head_dim=m.head_dim,
         frame_shape=self.frame_shape, sink=self.sink_frames, span=self.span, dtype=m.dtype)
 
-  def _apply(self, params, cache, x_bchwc, t_bc, previous_bchwc, cond):
+  def _apply(self, params, cache, x_bchwc, t_bc, previous_bchwc, cond, *, clean=False):
     """One model call on a chunk over the cache; inputs are per video, and under guidance they
-    are doubled here: conditional, then null conditioning."""
+    are doubled here: conditional, then null conditioning. With guide_history the null pass's
+    previous frame is zeros, and so is its chunk when `clean` (a chunk being written to the
+    cache becomes history)."""
     cond = cond or {}
     if self.guided:
-      x_bchwc, t_bc, previous_bchwc = (jnp.concatenate([a, a])
-                                       for a in (x_bchwc, t_bc, previous_bchwc))
+      null_history = lambda a: jnp.zeros_like(a) if self.guide_history else a
+      x_null = null_history(x_bchwc) if clean else x_bchwc
+      x_bchwc, t_bc, previous_bchwc = (
+          jnp.concatenate(pair) for pair in ((x_bchwc, x_null), (t_bc, t_bc),
+                                             (previous_bchwc, null_history(previous_bchwc))))
       null = self.model.null_conditioning(cond)
       cond = {key: jnp.concatenate([value, null[key]]) for key, value in cond.items()}
     c = x_bchwc.shape[1]
@@ -162,9 +174,10 @@ class Sampler:
     t0 = jnp.zeros(x0_bchwc.shape[:2], jnp.float32)
     last = self._cache_rows(cache.last_frame)[:, None]
     previous = jnp.concatenate([last, x0_bchwc[:, :-1]], axis=1)
-    _, (k, v) = self._apply(params, cache, x0_bchwc, t0, previous, cond)
+    _, (k, v) = self._apply(params, cache, x0_bchwc, t0, previous, cond, clean=True)
     if self.guided:
-      x0_bchwc = jnp.concatenate([x0_bchwc, x0_bchwc])
+      x0_null = jnp.zeros_like(x0_bchwc) if self.guide_history else x0_bchwc
+      x0_bchwc = jnp.concatenate([x0_bchwc, x0_null])
     return kv_cache_lib.write(cache, k, v, x0_bchwc)
 
   def few_step_chunk(self, params, cache, x_start_bchwc, times_bs, rng, exit_step, cond=None):

@@ -173,6 +173,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("forcing.cond_drop_prob", config.forcing.cond_drop_prob, "must be in [0, 1)")
   if config.forcing.time_shift <= 0:
     fail("forcing.time_shift", config.forcing.time_shift, "must be > 0")
+  if not 0.0 <= config.forcing.history_drop_prob < 1.0:
+    fail("forcing.history_drop_prob", config.forcing.history_drop_prob, "must be in [0, 1)")
+  if config.sample.guide_history and not config.forcing.history_drop_prob:
+    fail("sample.guide_history", True, "needs a model trained without history some of the time:"
+         " forcing.history_drop_prob > 0")
+  if config.sample.guide_history and config.sample.guidance_scale == 1.0:
+    fail("sample.guide_history", True, "guides nothing at sample.guidance_scale=1")
   _check_optimizer(config.optim)
   if config.sample.solver not in sampling.SOLVERS:
     fail("sample.solver", config.sample.solver, f"allowed: {', '.join(sampling.SOLVERS)}")

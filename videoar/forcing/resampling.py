@@ -76,7 +76,7 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chun
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
             cond_drop_prob: float, step, loss_weighting: str = "velocity", resample_mode: str = "autoregressive",
             resample_shift: float = 0.6, resample_steps: int = 4, warmup_steps: int = 0,
-            history_window: int = 0, sink_frames: int = 0):
+            history_window: int = 0, sink_frames: int = 0, history_drop_prob: float = 0.0):
   # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
   cond_rng, loss_rng = jax.random.split(rng)
   resample_rng = jax.random.fold_in(rng, 1)
@@ -93,6 +93,6 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
   loss, metrics = teacher.history_conditioned_loss(
       model, params, history, video, cond, loss_rng, chunk=chunk,
       time_shift=time_shift, loss_weighting=loss_weighting, history_window=history_window,
-      sink_frames=sink_frames)
+      sink_frames=sink_frames, history_drop_prob=history_drop_prob)
   metrics["history_mse"] = common.mse(history, video)
   return loss, metrics

@@ -39,12 +39,26 @@ def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, co
                      previous_bfhwc=previous, mutable=mutable, **common.repeat_frames(cond, 2))
 
 
+def drop_history(history_bfhwc, rng, drop_prob: float):
+  """`history` with each video's frames replaced by the null history (zeros) with probability
+  `drop_prob`, so that the model also learns to generate without history: the null pass of
+  history guidance (sampling.Sampler's guide_history; Song et al. 2025, History-Guided Video
+  Diffusion). Zeros are also what a model reading the previous frame sees before the first."""
+  drop_b = jax.random.bernoulli(rng, drop_prob, history_bfhwc.shape[:1])
+  return jnp.where(drop_b[:, None, None, None, None], 0.0, history_bfhwc).astype(
+      history_bfhwc.dtype)
+
+
 def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc,
                              cond: dict, rng, *, chunk: int, time_shift: float,
                              loss_weighting: str = "velocity", history_window: int = 0,
-                             sink_frames: int = 0):
-  """Flow-matching loss of every frame of `video`, each conditioned on `history` before it."""
+                             sink_frames: int = 0, history_drop_prob: float = 0.0):
+  """Flow-matching loss of every frame of `video`, each conditioned on `history` before it
+  (dropped to the null history per video with probability `history_drop_prob`)."""
   b, n = video_bfhwc.shape[:2]
+  if history_drop_prob:
+    # Its own stream: with no dropout the loss draws what it always drew.
+    history_bfhwc = drop_history(history_bfhwc, jax.random.fold_in(rng, 1), history_drop_prob)
   time_rng, noise_rng = jax.random.split(rng)
   t_bf = common.per_chunk_time(time_rng, b, n, chunk, time_shift)
   eps = jax.random.normal(noise_rng, video_bfhwc.shape)
@@ -57,7 +71,7 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
             cond_drop_prob: float, loss_weighting: str = "velocity", history_window: int = 0,
-            sink_frames: int = 0, step=None):
+            sink_frames: int = 0, history_drop_prob: float = 0.0, step=None):
   del step
   cond_rng, loss_rng = jax.random.split(rng)
   cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)
@@ -65,7 +79,7 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
   return history_conditioned_loss(model, params, video, video, cond, loss_rng,
                                   chunk=chunk, time_shift=time_shift,
                                   loss_weighting=loss_weighting, history_window=history_window,
-                                  sink_frames=sink_frames)
+                                  sink_frames=sink_frames, history_drop_prob=history_drop_prob)
 
 
 def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, *, chunk: int,
