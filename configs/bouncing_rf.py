@@ -3,7 +3,7 @@
 Everything not listed here is the base config (videoar/base_config.py: the default run's world,
 model, optimizer, sampler and evaluation), so the arms differ from the Teacher Forcing baseline
 only in the history they train on. The default run (configs/bouncing_tiny.py) is the
-noise_augmentation arm.
+noise_augmentation arm with history guidance (its docstring).
 
 Knobs (config.forcing):
   paradigm = "resampling"

@@ -35,6 +35,9 @@ def get_config(variant: str = ""):
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "noise_augmentation"
   config.forcing.warmup_steps = 200
+  config.forcing.history_drop_prob = 0.1
+  config.sample.guide_history = True
+  config.sample.guidance_scale = 1.5
   config.eval.fvd = True
   if base_config.variants(variant, ("test",)):
     base_config.tiny(config)
