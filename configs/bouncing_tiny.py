@@ -1,4 +1,4 @@
-"""The built-in default: Teacher Forcing with noise-augmented history on the bouncing world, 32x32.
+"""The built-in default: Teacher Forcing on a noise-augmented history, guided on it, bouncing world.
 
 Two coloured objects (square or disc, 7 px across) bounce in a 32x32 box at 1-2 px per frame.
 Clips of 8 frames, 8x8 patches (16 tokens a frame), a causal DiT of width 128, depth 4.
@@ -12,16 +12,19 @@ prints the curve). After 200 steps of plain Teacher Forcing, the history the mod
 (attention and the previous-frame input) is the clip noised to a level drawn per video
 (forcing/resampling.py, mode noise_augmentation, shift 0.6), while the loss stays on the clean
 targets: the model learns to continue from history that is not quite right, as its own
-generated history is not. The final evaluation includes FVD (eval.fvd).
+generated history is not. One video in ten trains on the null history (zero frames,
+teacher.drop_history), and sampling guides on the history at scale 1.5 (sample.guide_history:
+classifier-free guidance whose null pass reads zero frames as its history, sampling.Sampler).
+The final evaluation includes FVD (eval.fvd).
 
-Measured on 2 idle CPU cores, 2026-12-01 (docs/results.md has the tables and the runs that chose
-this recipe): the whole job took 8 min 6 s, of which the evaluation's FVD took 2.5 min. Seed 0:
-objects lost 0.21 / 0.32 / 0.41 a frame per segment, invented 0.02-0.06, colour drift 0.078-0.086
-(the truth's 0.035), position error below copying the last frame in every segment. Against
-plain Teacher Forcing (configs/bouncing_rf.py:teacher_forcing, the same run without the noise)
-at the earlier batch 16 and 1200 steps, 3 seeds each, noise augmentation cut objects lost from
-0.27 / 0.58 / 0.87 to 0.20 / 0.38 / 0.51 and colour drift from 0.10-0.11 to 0.075-0.079.
-Objects are still lost where one hides behind the other in the context frames or two meet.
+Measured on 2 idle CPU cores, 2026-12-02 (docs/results.md has the tables and the runs that chose
+this recipe): the whole job took 9 min 13 s, of which the evaluation's scoring took 1.8 min,
+nearly all of it FVD. Three seeds: objects lost 0.12 / 0.22 / 0.32 a frame per segment (sd
+0.02-0.03), against 0.20 / 0.40 / 0.53 for the same models sampled without history guidance;
+invented 0.01; colour drift 0.083-0.093 (the truth's 0.035); position error below copying the
+last frame in every segment of every seed. With guidance an object is lost almost only after
+it has overlapped the other one; one hidden behind the other in the context frames is still
+often lost at once.
 
 Variants (`--config=configs/bouncing_tiny.py:VARIANT`):
   test   a few steps of a tiny model, for the test suite and smoke runs.
