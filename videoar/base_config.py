@@ -120,6 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.guidance_scale = 1.0
   # Guidance on the history too: the null pass reads zero frames as its history (Sampler).
   config.sample.guide_history = False
+  # The times t at which guidance applies (sampling.Sampler); the conditional velocity elsewhere.
+  config.sample.guidance_interval = (0.0, 1.0)
   config.sample.num_videos = 4
   config.sample.length_multiple = 3
   config.sample.context_frames = 2

@@ -369,4 +369,5 @@ def make_sampler(exp: Experiment) -> sampling.Sampler:
                           window=window, guidance_scale=c.sample.guidance_scale,
                           solver=c.sample.solver, sink_frames=c.forcing.sink_frames,
                           train_frames=c.data.num_frames,
-                          guide_history=c.sample.guide_history)
+                          guide_history=c.sample.guide_history,
+                          guidance_interval=c.sample.guidance_interval)

@@ -70,6 +70,9 @@ class Sampler:
       guided velocity moves away from what the model would draw without history, toward what
       this history implies. The model must have learnt the null history in training
       (forcing.history_drop_prob, teacher.drop_history).
+    guidance_interval: (low, high): guidance applies only at times t in [low, high], elsewhere the
+      conditional velocity is used alone (Kynkaanniemi et al. 2024, "Applying Guidance in a
+      Limited Interval"): high noise decides what is drawn, low noise its detail and colour.
     solver: "euler" or "few_step" (module docstring). The few-step solver draws its re-noising
       from an explicit key: xi_k of chunk i of a rollout is normal(fold_in(fold_in(rng, i), k)).
     sink_frames: the first frames written (context or generated), kept in the cache for good
@@ -84,7 +87,7 @@ class Sampler:
   def __init__(self, model: dit.CausalDiT, *, frame_shape: tuple[int, int, int], chunk: int,
                window: int, guidance_scale: float = 1.0, solver: str = "euler",
                sink_frames: int = 0, train_frames: int | None = None,
-               guide_history: bool = False):
+               guide_history: bool = False, guidance_interval: tuple[float, float] = (0.0, 1.0)):
     if window % chunk:
       raise ValueError(f"sampler window={window} must be a multiple of chunk={chunk}")
     if solver not in SOLVERS:
@@ -101,6 +104,7 @@ class Sampler:
     self.slots = window - chunk
     self.guidance_scale = guidance_scale
     self.guide_history = guide_history
+    self.guidance_interval = tuple(guidance_interval)
     self.guided = guidance_scale != 1.0 and (guide_history or bool(model.conditioning_keys()))
     self._jit_chunk_step = jax.jit(self.chunk_step)
     self._jit_prefill = jax.jit(self.prefill)
@@ -147,7 +151,9 @@ class Sampler:
     if not self.guided:
       return v
     v_cond, v_null = jnp.split(v, 2)
-    return v_null + self.guidance_scale * (v_cond - v_null)
+    low, high = self.guidance_interval
+    scale_bc = jnp.where((t_bc >= low) & (t_bc <= high), self.guidance_scale, 1.0)
+    return v_null + scale_bc[..., None, None, None] * (v_cond - v_null)
 
   def data_prediction(self, params, cache, x_bchwc, t_bc, cond=None):
     """The model's (guided) x0 prediction of a chunk over the cache."""
