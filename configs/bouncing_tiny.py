@@ -41,6 +41,7 @@ def get_config(variant: str = ""):
   config.forcing.history_drop_prob = 0.1
   config.sample.guide_history = True
   config.sample.guidance_scale = 1.5
+  config.sample.guidance_interval = (0.5, 1.0)
   config.eval.fvd = True
   if base_config.variants(variant, ("test",)):
     base_config.tiny(config)
