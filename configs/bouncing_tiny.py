@@ -14,14 +14,15 @@ prints the curve). After 200 steps of plain Teacher Forcing, the history the mod
 targets: the model learns to continue from history that is not quite right, as its own
 generated history is not. One video in ten trains on the null history (zero frames,
 teacher.drop_history), and sampling guides on the history at scale 1.5 (sample.guide_history:
-classifier-free guidance whose null pass reads zero frames as its history, sampling.Sampler).
+classifier-free guidance whose null pass reads zero frames as its history, sampling.Sampler),
+at times t >= 0.5 only (sample.guidance_interval: below it guidance only oversaturates colour).
 The final evaluation includes FVD (eval.fvd).
 
 Measured on 2 idle CPU cores, 2026-12-02 (docs/results.md has the tables and the runs that chose
 this recipe): the whole job took 9 min 13 s, of which the evaluation's scoring took 1.8 min,
-nearly all of it FVD. Three seeds: objects lost 0.12 / 0.22 / 0.32 a frame per segment (sd
-0.02-0.03), against 0.20 / 0.40 / 0.53 for the same models sampled without history guidance;
-invented 0.01; colour drift 0.083-0.093 (the truth's 0.035); position error below copying the
+nearly all of it FVD. Three seeds: objects lost 0.12 / 0.20 / 0.25 a frame per segment (sd
+0.02-0.07), against 0.20 / 0.40 / 0.53 for the same models sampled without history guidance;
+invented 0.01; colour drift 0.071-0.076 (the truth's 0.035); position error below copying the
 last frame in every segment of every seed. With guidance an object is lost almost only after
 it has overlapped the other one; one hidden behind the other in the context frames is still
 often lost at once.
