@@ -67,9 +67,12 @@ BAD_INPUTS = [
      " read it (it reads chunk, cond_drop_prob, history_drop_prob, history_window,"
      " loss_weighting, sink_frames, time_shift)"),
     ("history guidance on a model that never learnt the null history",
-     [TINY, "--config.sample.guide_history=True", "--config.sample.guidance_scale=2.0"],
+     [TINY, "--config.forcing.history_drop_prob=0.0"],
      "error: config.sample.guide_history=True is invalid: needs a model trained without history"
      " some of the time: forcing.history_drop_prob > 0"),
+    ("a guidance interval outside the times", [TINY, "--config.sample.guidance_interval=(0.5, 2.0)"],
+     "error: config.sample.guidance_interval=(0.5, 2.0) is invalid: must be (low, high) with"
+     " 0 <= low < high <= 1"),
     ("a sink without a sliding window", [TINY, "--config.forcing.sink_frames=2"],
      "error: config.forcing.sink_frames=2 is invalid: needs forcing.history_window > 0 (a sink is"
      " what a sliding window keeps besides the recent frames)"),
