@@ -19,7 +19,7 @@ at times t >= 0.5 only (sample.guidance_interval: below it guidance only oversat
 The final evaluation includes FVD (eval.fvd).
 
 Measured on 2 idle CPU cores, 2026-12-02 (docs/results.md has the tables and the runs that chose
-this recipe): the whole job took 9 min 13 s, of which the evaluation's scoring took 1.8 min,
+this recipe): the whole job took 8 min 28 s, of which the evaluation's scoring took 1.8 min,
 nearly all of it FVD. Three seeds: objects lost 0.12 / 0.20 / 0.25 a frame per segment (sd
 0.02-0.07), against 0.20 / 0.40 / 0.53 for the same models sampled without history guidance;
 invented 0.01; colour drift 0.071-0.076 (the truth's 0.035); position error below copying the

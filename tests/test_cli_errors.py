@@ -70,7 +70,8 @@ BAD_INPUTS = [
      [TINY, "--config.forcing.history_drop_prob=0.0"],
      "error: config.sample.guide_history=True is invalid: needs a model trained without history"
      " some of the time: forcing.history_drop_prob > 0"),
-    ("a guidance interval outside the times", [TINY, "--config.sample.guidance_interval=(0.5, 2.0)"],
+    ("a guidance interval outside the times",
+     [TINY, "--config.sample.guidance_interval=(0.5, 2.0)"],
      "error: config.sample.guidance_interval=(0.5, 2.0) is invalid: must be (low, high) with"
      " 0 <= low < high <= 1"),
     ("a sink without a sliding window", [TINY, "--config.forcing.sink_frames=2"],
