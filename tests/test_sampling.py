@@ -105,7 +105,7 @@ def test_guidance_applies_only_inside_its_interval_of_times(interval):
   """guidance_interval (low, high): the guided velocity at times inside it, the conditional one
   alone outside (the steps here are at t = 1 and 0.5)."""
   model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, num_classes=3)
-  frames, steps, scale = 3, 2, 2.5
+  frames, steps, scale = 2, 2, 2.5
   params = _random_params(model, frames, 1)
   cond = model.conditioning({"label": jnp.array([0, 2])})
   sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=1, window=frames,
@@ -136,7 +136,7 @@ def test_history_guidance_equals_recomputation_with_a_null_history_of_zeros(chun
   while the chunk being denoised is the conditional pass's."""
   model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
                         previous_frame_input=True)
-  frames, steps, scale = 6, 2, 2.0
+  frames, steps, scale = 4, 2, 2.0
   params = _random_params(model, frames, chunk)
   sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=chunk, window=frames,
                              guidance_scale=scale, guide_history=True)
