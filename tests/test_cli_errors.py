@@ -74,6 +74,10 @@ BAD_INPUTS = [
      [TINY, "--config.sample.guidance_interval=(0.5, 2.0)"],
      "error: config.sample.guidance_interval=(0.5, 2.0) is invalid: must be (low, high) with"
      " 0 <= low < high <= 1"),
+    ("a guidance interval of three times",
+     [TINY, "--config.sample.guidance_interval=(0.1, 0.5, 1.0)"],
+     "error: config.sample.guidance_interval=(0.1, 0.5, 1.0) is invalid: must be (low, high) with"
+     " 0 <= low < high <= 1"),
     ("a sink without a sliding window", [TINY, "--config.forcing.sink_frames=2"],
      "error: config.forcing.sink_frames=2 is invalid: needs forcing.history_window > 0 (a sink is"
      " what a sliding window keeps besides the recent frames)"),

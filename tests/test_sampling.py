@@ -69,10 +69,13 @@ def test_cached_sampling_equals_recomputation(chunk, prediction, previous_frame_
   assert float(jnp.abs(cached).max()) > 0.1
 
 
-@pytest.mark.parametrize("conditioning", ["label", "text"])
-def test_cached_sampling_with_guidance_equals_recomputation(conditioning):
+@pytest.mark.parametrize("conditioning,interval", [("label", (0.0, 1.0)), ("text", (0.0, 1.0)),
+                                                   ("label", (0.6, 1.0)), ("label", (0.0, 0.01))])
+def test_cached_sampling_with_guidance_equals_recomputation(conditioning, interval):
   """Classifier-free guidance on a class label, and on a text embedding through
-  cross-attention (text_dim > 0, the all-zero text as its null)."""
+  cross-attention (text_dim > 0, the all-zero text as its null). With guidance_interval
+  (low, high), the guided velocity at times inside it and the conditional one alone outside (the
+  steps here are at t = 1 and 0.5)."""
   sizes = {"label": dict(num_classes=3), "text": dict(text_dim=5)}[conditioning]
   model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, **sizes)
   frames, steps, scale = 4, 2, 2.5
@@ -80,53 +83,26 @@ def test_cached_sampling_with_guidance_equals_recomputation(conditioning):
   cond = model.conditioning({"label": jnp.array([0, 2]),
                              "text": jax.random.normal(jax.random.key(7), (2, 3, 5))})
   sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=1, window=frames,
-                             guidance_scale=scale)
-  noise = jax.random.normal(jax.random.key(5), (2, frames, 8, 8, 3))
-  times = flow.step_times(steps)
-  cached, _ = jax.jit(sampler.rollout)(params, sampler.init_cache(2), noise,
-                                       jnp.broadcast_to(times, (2, steps + 1)), cond)
-
-  class Guided:
-    """The model with CFG applied, for the no-cache reference."""
-
-    def apply(self, params, x, t, **kw):
-      v_c, kv = model.apply(params, x, t, **kw)
-      v_u, _ = model.apply(params, x, t, **(kw | model.null_conditioning(cond)))
-      return v_u + scale * (v_c - v_u), kv
-
-  reference = recompute_sample(Guided(), params, noise, times, 1, cond)
-  np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=1e-5, rtol=0)
-  unguided = recompute_sample(model, params, noise, times, 1, cond)
-  assert float(jnp.abs(cached - unguided).max()) > 1e-3, "guidance changed nothing"
-
-
-@pytest.mark.parametrize("interval", [(0.6, 1.0), (0.0, 0.01)])
-def test_guidance_applies_only_inside_its_interval_of_times(interval):
-  """guidance_interval (low, high): the guided velocity at times inside it, the conditional one
-  alone outside (the steps here are at t = 1 and 0.5)."""
-  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, num_classes=3)
-  frames, steps, scale = 2, 2, 2.5
-  params = _random_params(model, frames, 1)
-  cond = model.conditioning({"label": jnp.array([0, 2])})
-  sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=1, window=frames,
                              guidance_scale=scale, guidance_interval=interval)
   noise = jax.random.normal(jax.random.key(5), (2, frames, 8, 8, 3))
   times = flow.step_times(steps)
   cached, _ = jax.jit(sampler.rollout)(params, sampler.init_cache(2), noise,
                                        jnp.broadcast_to(times, (2, steps + 1)), cond)
 
-  class GuidedInInterval:
+  class Guided:
+    """The model with CFG applied inside the interval, for the no-cache reference."""
+
     def apply(self, params, x, t, **kw):
       v_c, kv = model.apply(params, x, t, **kw)
       v_u, _ = model.apply(params, x, t, **(kw | model.null_conditioning(cond)))
       w = jnp.where((t >= interval[0]) & (t <= interval[1]), scale, 1.0)[..., None, None, None]
       return v_u + w * (v_c - v_u), kv
 
-  reference = recompute_sample(GuidedInInterval(), params, noise, times, 1, cond)
+  reference = recompute_sample(Guided(), params, noise, times, 1, cond)
   np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=1e-5, rtol=0)
   unguided = recompute_sample(model, params, noise, times, 1, cond)
   differs = float(jnp.abs(cached - unguided).max()) > 1e-3
-  assert differs == (interval[1] >= 1.0), "guidance applied outside its interval, or not inside"
+  assert differs == (interval[1] >= 1.0), "guidance changed nothing, or acted outside its interval"
 
 
 @pytest.mark.parametrize("chunk", [1, 2])

@@ -178,8 +178,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.sample.guide_history and not config.forcing.history_drop_prob:
     fail("sample.guide_history", True, "needs a model trained without history some of the time:"
          " forcing.history_drop_prob > 0")
-  low, high = config.sample.guidance_interval
-  if not 0.0 <= low < high <= 1.0:
+  interval = tuple(config.sample.guidance_interval)
+  if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
     fail("sample.guidance_interval", config.sample.guidance_interval,
          "must be (low, high) with 0 <= low < high <= 1")
   if config.sample.guide_history and config.sample.guidance_scale == 1.0:

@@ -45,8 +45,7 @@ def drop_history(history_bfhwc, rng, drop_prob: float):
   history guidance (sampling.Sampler's guide_history; Song et al. 2025, History-Guided Video
   Diffusion). Zeros are also what a model reading the previous frame sees before the first."""
   drop_b = jax.random.bernoulli(rng, drop_prob, history_bfhwc.shape[:1])
-  return jnp.where(drop_b[:, None, None, None, None], 0.0, history_bfhwc).astype(
-      history_bfhwc.dtype)
+  return jnp.where(drop_b[:, None, None, None, None], 0.0, history_bfhwc)
 
 
 def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_bfhwc,
