@@ -163,6 +163,51 @@ def test_context_prefill_equals_generating_into_the_same_frames():
   np.testing.assert_array_equal(np.asarray(cache_a.frame_index), np.asarray(cache_b.frame_index))
 
 
+@pytest.mark.parametrize("chunk,guide_history", [(2, False), (1, True)])
+def test_rollout_on_true_history_equals_a_fresh_prefill_of_the_truth_before_each_chunk(
+    chunk, guide_history):
+  """Chunk i of rollout_on_true_history is the first chunk `rollout` generates after a prefill
+  of the true frames before it, from the same start noise: past the window too (the rolling
+  cache of true frames), and under history guidance (its null rows hold the null history)."""
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
+                        previous_frame_input=True)
+  window, context, generated, steps = 4, 2, 4, 2
+  params = _random_params(model, window, chunk)
+  sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=chunk, window=window,
+                             guide_history=guide_history,
+                             guidance_scale=2.0 if guide_history else 1.0)
+  truth = jax.random.uniform(jax.random.key(3), (2, context + generated, 8, 8, 3), minval=-1)
+  noise = jax.random.normal(jax.random.key(4), (2, generated, 8, 8, 3))
+  times = jnp.broadcast_to(flow.step_times(steps, 2.0), (2, steps + 1))
+  cache = sampler.prefill(params, sampler.init_cache(2), truth[:, :context])
+  on_truth = jax.jit(sampler.rollout_on_true_history)(params, cache, noise, times,
+                                                      truth[:, context:])
+  for start in range(0, generated, chunk):
+    fresh = sampler.prefill(params, sampler.init_cache(2), truth[:, :context + start])
+    first, _ = sampler.rollout(params, fresh, noise[:, start:start + chunk], times)
+    np.testing.assert_allclose(np.asarray(on_truth[:, start:start + chunk]), np.asarray(first),
+                               atol=1e-5, rtol=0)
+  # Not the model's own rollout: the history differs from the second chunk on.
+  own, _ = sampler.rollout(params, cache, noise, times)
+  assert float(jnp.abs(own[:, chunk:] - on_truth[:, chunk:]).max()) > 1e-3
+  # The whole-video entry point draws generate's start noise from the same key.
+  key = jax.random.key(6)
+  whole = sampler.generate_on_true_history(params, key, truth, context, steps, 2.0)
+  own_whole = sampler.generate(params, key, generated, steps, 2.0, truth[:, :context])
+  np.testing.assert_allclose(np.asarray(whole[:, :chunk]), np.asarray(own_whole[:, :chunk]),
+                             atol=1e-5)
+  assert whole.shape == noise.shape
+
+
+def test_rollout_on_true_history_rejects_the_few_step_solver():
+  model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2)
+  params = _random_params(model, 4, 1)
+  sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=1, window=4, solver="few_step")
+  x = jnp.zeros((1, 2, 8, 8, 3))
+  with pytest.raises(ValueError, match="euler solver only; this sampler's is 'few_step'"):
+    sampler.rollout_on_true_history(params, sampler.init_cache(1), x, jnp.ones((1, 3)), x)
+
+
 def test_stream_rejects_a_partial_chunk_on_the_call_like_generate():
   model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2)
   params = _random_params(model, 4, 2)

@@ -167,8 +167,9 @@ def test_cli_main_job_writes_every_output(tmp_path):
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
   with open(tmp_path / "eval.json") as f:
     tables = json.load(f, parse_constant=pytest.fail)["tables"]  # strict JSON: no NaN, Infinity
-  assert set(tables) >= {"model", "copy_last", "background"}
-  assert [row["segment"] for row in tables["model"]] == ["0-7", "8-15", "16-23"]
+  assert set(tables) >= {"model", "model_on_true_history", "copy_last", "background"}
+  for method in ("model", "model_on_true_history"):
+    assert [row["segment"] for row in tables[method]] == ["0-7", "8-15", "16-23"]
   assert tables["truth"][0]["psnr"] is None  # identical frames: infinite PSNR, no figure
   # Nothing a user would worry about: no traceback, no warning (the progress bar is all).
   for worry in ("Traceback", "Warning", "warning", "Exception", "Event loop is closed"):

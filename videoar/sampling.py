@@ -284,6 +284,33 @@ class Sampler:
     cache, frames = jax.lax.scan(body, cache, (starts, per_frame, chunk_rngs))
     return self._unchunk(frames), cache
 
+  def rollout_on_true_history(self, params, cache, x_start_bfhwc, times_bs, true_bfhwc,
+                              cond=None):
+    """Generates len(x_start) frames after what the cache holds, each chunk over a cache of the
+    TRUE frames before it (`true_bfhwc`, the same shape, is written to the cache after each
+    chunk in place of what was generated); returns the generated frames.
+
+    Chunk i is what `rollout` gives as its first chunk after a prefill of the true frames before
+    it: the model's one-chunk quality with its own errors kept out of its history, so that
+    set beside `rollout` it separates what one step gets wrong from what accumulates over many
+    (the exposure bias that Resampling Forcing and Self Forcing address). Euler solver only;
+    raises ValueError for the few-step one, whose rollout re-noises from keys this call does
+    not take, and for frames that are not whole chunks."""
+    if self.solver != "euler":
+      raise ValueError("rollout_on_true_history runs the euler solver only; this sampler's is"
+                       f" {self.solver!r}")
+    per_video, per_frame = self._per_frame(cond or {})
+
+    def body(cache, xs):
+      x_start, true_chunk, chunk_cond = xs
+      chunk_cond = per_video | chunk_cond
+      x0 = self.denoise_chunk(params, cache, x_start, times_bs, chunk_cond)
+      return self.write_chunk(params, cache, true_chunk, chunk_cond), x0
+
+    _, frames = jax.lax.scan(body, cache, (self._chunks(x_start_bfhwc), self._chunks(true_bfhwc),
+                                           per_frame))
+    return self._unchunk(frames)
+
   def _start(self, prefill, params, batch, num_steps, time_shift, context_bfhwc, cond):
     """An empty cache with the context prefilled, the context length, and the Euler grid."""
     cache = self.init_cache(batch)
@@ -313,6 +340,22 @@ class Sampler:
                              _frames(cond, num_context, num_context + num_frames),
                              self._renoise_rng(rng))
     return frames
+
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+  def generate_on_true_history(self, params, rng, video_bfhwc, num_context: int, num_steps: int,
+                               time_shift: float, cond=None):
+    """Frames num_context.. of `video_bfhwc` [B, F, H, W, C] generated each chunk over the true
+    frames before it (rollout_on_true_history), after a prefill of the first num_context; returns
+    [B, F - num_context, H, W, C]. The start noise is normal(rng) of that shape, what `generate`
+    draws for as many frames, so the first chunk is generate's. Conditioning as in `generate`,
+    over all F frames."""
+    cond = cond or {}
+    batch, num_frames = video_bfhwc.shape[:2]
+    cache, _, times = self._start(self.prefill, params, batch, num_steps, time_shift,
+                                  video_bfhwc[:, :num_context] if num_context else None, cond)
+    noise = jax.random.normal(rng, (batch, num_frames - num_context) + self.frame_shape)
+    return self.rollout_on_true_history(params, cache, noise, times, video_bfhwc[:, num_context:],
+                                        _frames(cond, num_context, num_frames))
 
   def _renoise_rng(self, rng):
     """The few-step solver's re-noising key next to start noise drawn from `rng`."""

@@ -46,6 +46,21 @@ def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.
   return clips, np.asarray(generated)
 
 
+def continue_on_true_history(exp: experiment.Experiment, params, clips: dict, rng: jax.Array,
+                             sampler: sampling.Sampler | None = None) -> np.ndarray:
+  """The continuation of `clips` (continue_clips) generated each chunk over the TRUE frames
+  before it (Sampler.generate_on_true_history) from the start noise continue_clips draws from
+  the same `rng`: [B, F, H, W, C] after the context. Set beside the model's own continuation it
+  tells what one step gets wrong from what accumulates over its own history."""
+  c = exp.config
+  sampler = sampler or experiment.make_sampler(exp)
+  cond = {key: jnp.asarray(value) for key, value in exp.model.conditioning(clips).items()}
+  generated = sampler.generate_on_true_history(
+      params, rng, jnp.asarray(clips["video"]), c.sample.context_frames, c.sample.num_steps,
+      c.sample.time_shift, cond)
+  return np.asarray(generated)
+
+
 def frame_scorers(exp: experiment.Experiment, clips: dict) -> list[long_horizon.FrameScorer]:
   """The metrics only some sources have, for the continuation of `clips` (continue_clips):
   whether the digits keep their identities (Moving-MNIST), where the ball and the agent's paddle
@@ -74,11 +89,13 @@ def frame_scorers(exp: experiment.Experiment, clips: dict) -> list[long_horizon.
 
 
 def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baselines: bool = True,
-          fvd: bool = False, per_frame: bool = False):
+          fvd: bool = False, per_frame: bool = False, on_true_history: np.ndarray | None = None):
   """The per-segment tables (long_horizon.segment_table) of the model's continuation
-  `generated` [B, F, H, W, C] of `clips` (continue_clips), and with `baselines` of
-  copy-the-last-frame, all-background and the truth: {method: rows}. Pixel frames (1 or 3
-  channels, not latents) get LPIPS per frame, and every source its frame_scorers.
+  `generated` [B, F, H, W, C] of `clips` (continue_clips), with `baselines` of
+  copy-the-last-frame, all-background and the truth, and with `on_true_history` of the model's
+  continuation on the true history (continue_on_true_history; the method
+  "model_on_true_history", without FVD): {method: rows}. Pixel frames (1 or 3 channels, not
+  latents) get LPIPS per frame, and every source its frame_scorers.
 
   With `fvd` (pixel frames only; B >= 2), each segment also gets its FVD against the true
   segment over all B clips (perceptual.FvdScorer): I3D costs about 1.5 s of one CPU core per
@@ -96,6 +113,8 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
     object_truth = dict(positions=clips["positions"][:, num_context:],
                         color_ids=clips["color_ids"], palette=exp.source.palette_array())
   methods = {"model": generated}
+  if on_true_history is not None:
+    methods["model_on_true_history"] = on_true_history
   if baselines:
     if num_context:
       methods.update(long_horizon.baselines(clips["video"][:, :num_context], truth.shape[1]))
@@ -109,9 +128,12 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
   # The I3D features of the true segments are kept on disk for the next run on the same clips.
   segment_scorers = ([perceptual.FvdScorer(cache=os.path.join(digits.cache_directory(), "i3d"))]
                      if fvd else [])
-  results = {name: long_horizon.segment_table(video, truth, segment_len=c.eval.segment_len,
-                                              scorers=scorers, segment_scorers=segment_scorers,
-                                              per_frame=per_frame, **object_truth)
+  # FVD costs I3D passes over every clip-segment: the model, the baselines and the truth have it,
+  # the one-step diagnostic does not.
+  results = {name: long_horizon.segment_table(
+                 video, truth, segment_len=c.eval.segment_len, scorers=scorers,
+                 segment_scorers=segment_scorers if name != "model_on_true_history" else [],
+                 per_frame=per_frame, **object_truth)
              for name, video in methods.items()}
   if not per_frame:
     return results
@@ -188,19 +210,26 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
 
 def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   """The per-segment table of the model against copy-the-last-frame, all-background and the
-  truth, printed and written to WORKDIR/eval.json (strict JSON: a figure that is not finite, such
+  truth, and (Euler solver) of the model on the true history ("model_on_true_history": each
+  chunk generated over the true frames before it, from the same start noise; the gap to "model"
+  is what accumulates over the model's own history), printed and written to WORKDIR/eval.json (strict JSON: a figure that is not finite, such
   as the PSNR of identical frames, is null) and eval.txt; each per-frame metric against the frame
   index, a line per method, to WORKDIR/eval_per_frame.png. With eval.fvd, FVD is computed here,
   not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
   (eval.json's fvd_clips says how many; null without FVD)."""
   c = exp.config
-  clips, generated = continue_clips(exp, params, c.eval.num_clips, jax.random.key(c.seed + 2))
+  sampler = experiment.make_sampler(exp)
+  rng = jax.random.key(c.seed + 2)
+  clips, generated = continue_clips(exp, params, c.eval.num_clips, rng, sampler)
+  on_true_history = (continue_on_true_history(exp, params, clips, rng, sampler)
+                     if c.sample.solver == "euler" else None)
   num_context = c.sample.context_frames
   truth = clips["video"][:, num_context:]
   with_fvd = (c.eval.fvd and perceptual.is_pixels(truth)
               and c.eval.num_clips >= FVD_MIN_CLIPS)
   started = time.perf_counter()
-  tables, curves = score(exp, clips, generated, fvd=with_fvd, per_frame=True)
+  tables, curves = score(exp, clips, generated, fvd=with_fvd, per_frame=True,
+                         on_true_history=on_true_history)
   seconds = time.perf_counter() - started
   text = long_horizon.format_table(tables)
   if with_fvd:
