@@ -43,7 +43,7 @@ BAD_INPUTS = [
      "error: flag --config.model.width=wide: invalid literal for int() with base 10: 'wide'"),
     ("an unknown config variant", ["--config=configs/bouncing_tiny.py:huge"],
      "error: flag --config=configs/bouncing_tiny.py:huge: ValueError: config variant 'huge' is"
-     " unknown; allowed: test"),
+     " unknown; allowed: patch4, test"),
     ("a config file that does not exist", ["--config=configs/bouncing_tinny.py"],
      "error: --config: [Errno 2] No such file or directory: 'configs/bouncing_tinny.py'"),
     ("a patch that does not divide the source's frames", [TINY, "--config.data.options.size=36"],
