@@ -212,8 +212,9 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   """The per-segment table of the model against copy-the-last-frame, all-background and the
   truth, and (Euler solver) of the model on the true history ("model_on_true_history": each
   chunk generated over the true frames before it, from the same start noise; the gap to "model"
-  is what accumulates over the model's own history), printed and written to WORKDIR/eval.json (strict JSON: a figure that is not finite, such
-  as the PSNR of identical frames, is null) and eval.txt; each per-frame metric against the frame
+  is what accumulates over the model's own history), printed and written to WORKDIR/eval.json
+  (strict JSON: a figure that is not finite, such as the PSNR of identical frames, is null) and
+  eval.txt; each per-frame metric against the frame
   index, a line per method, to WORKDIR/eval_per_frame.png. With eval.fvd, FVD is computed here,
   not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
   (eval.json's fvd_clips says how many; null without FVD)."""
