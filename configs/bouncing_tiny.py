@@ -19,7 +19,7 @@ at times t >= 0.5 only (sample.guidance_interval: below it guidance only oversat
 The final evaluation includes FVD (eval.fvd).
 
 Measured on 2 idle CPU cores, 2026-12-02 (docs/results.md has the tables and the runs that chose
-this recipe): the whole job took 8 min 28 s, of which the evaluation's scoring took 1.8 min,
+this recipe): the whole job took 7 min 45 s, of which the evaluation's scoring took 1.6 min,
 nearly all of it FVD. Three seeds: objects lost 0.12 / 0.20 / 0.25 a frame per segment (sd
 0.02-0.07), against 0.20 / 0.40 / 0.53 for the same models sampled without history guidance;
 invented 0.01; colour drift 0.071-0.076 (the truth's 0.035); position error below copying the
@@ -32,8 +32,9 @@ Variants (`--config=configs/bouncing_tiny.py:VARIANT`):
           token holds both, and the default then loses the one underneath in a single step even
           from the true history (docs/overlap_denoising.py); smaller patches keep them apart.
           Measured (seed 0, docs/results.md, "Where objects are lost"): objects lost 0.12 / 0.12 /
-          0.14 a frame, colour drift 0.046-0.053, but 2.7x the default's time a step (1.95
-          steps/s alone on 2 cores, 17 min of training), so it is not the ten-minute default.
+          0.14 a frame, colour drift 0.046-0.053 (one seed), but 3.6x the default's time a step
+          (1.62 steps/s on 2 idle cores, about 20 min for 2000 steps) and 3.5x its evaluation
+          time, so it is not the ten-minute default.
   test    a few steps of a tiny model, for the test suite and smoke runs.
 """
 
