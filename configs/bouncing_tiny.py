@@ -32,7 +32,8 @@ Variants (`--config=configs/bouncing_tiny.py:VARIANT`):
           token holds both, and the default then loses the one underneath in a single step even
           from the true history (docs/overlap_denoising.py); smaller patches keep them apart.
           Measured (seed 0, docs/results.md, "Where objects are lost"): objects lost 0.12 / 0.12 /
-          0.14 a frame, colour drift 0.046-0.053 (one seed), but 3.6x the default's time a step
+          0.14 a frame, colour drift 0.046-0.053 (seed 0; seed 1: lost 0.06 / 0.24 / 0.38, drift
+          0.051-0.054), but 3.6x the default's time a step
           (1.62 steps/s on 2 idle cores, about 20 min for 2000 steps) and 3.5x its evaluation
           time, so it is not the ten-minute default.
   test    a few steps of a tiny model, for the test suite and smoke runs.
