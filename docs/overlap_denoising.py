@@ -45,14 +45,11 @@ def main(argv):
   params = experiment.restore_params(exp, FLAGS.workdir, use_ema=c.sample.use_ema)
   sampler = experiment.make_sampler(exp)
   rng = jax.random.key(c.seed + 2)
-  clips, _ = run.continue_clips(exp, params, c.eval.num_clips, rng, sampler)
+  clips = run.held_out_clips(exp, c.eval.num_clips)
   on_truth = run.continue_on_true_history(exp, params, clips, rng, sampler)
   num_context = c.sample.context_frames
   video, palette = clips["video"], exp.source.palette_array()
-  positions = clips["positions"][:, num_context:].astype(np.float64)
-  apart = np.abs(positions[:, :, :, None] - positions[:, :, None, :])
-  overlapping = ((apart < 2 * exp.source.radius).all(-1)
-                 & ~np.eye(positions.shape[2], dtype=bool)).any(-1)  # [B, F, K]
+  overlapping = objects.overlapping(clips["positions"][:, num_context:], exp.source.radius)
   ids = np.broadcast_to(clips["color_ids"][:, None, :], overlapping.shape)
   lost = {name: ~np.take_along_axis(objects.detect_objects(frames, palette)["present"], ids, -1)
           for name, frames in (("model", on_truth), ("truth", video[:, num_context:]))}

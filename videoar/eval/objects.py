@@ -225,6 +225,18 @@ class RecoveryScorer:
                                        self.returned[:, frames])}
 
 
+def overlapping(positions: np.ndarray, radius: float) -> np.ndarray:
+    """Which objects overlap another one in each frame, from their true centres: bool [..., F, K]
+    for positions [..., F, K, 2]. Two objects overlap where their bounding squares (side
+    2 * radius, the bouncing world's objects) do: their centres are closer than 2 * radius on both
+    axes, so one may be drawn over part of the other."""
+    positions = np.asarray(positions, np.float64)
+    apart = np.abs(positions[..., :, None, :] - positions[..., None, :, :])  # [..., F, K, K, 2]
+    overlap = (apart < 2 * radius).all(axis=-1)
+    overlap &= ~np.eye(positions.shape[-2], dtype=bool)
+    return overlap.any(axis=-1)
+
+
 def overlapped_before(positions: np.ndarray, radius: float) -> np.ndarray:
     """Which objects have overlapped another one at or before each frame, from their true centres.
 
@@ -239,11 +251,7 @@ def overlapped_before(positions: np.ndarray, radius: float) -> np.ndarray:
     Returns bool [..., F, K]: True at frame t for object k once it has overlapped any other object
     at some frame s <= t.
     """
-    positions = np.asarray(positions, np.float64)
-    apart = np.abs(positions[..., :, None, :] - positions[..., None, :, :])  # [..., F, K, K, 2]
-    overlap = (apart < 2 * radius).all(axis=-1)
-    overlap &= ~np.eye(positions.shape[-2], dtype=bool)
-    return np.logical_or.accumulate(overlap.any(axis=-1), axis=-2)
+    return np.logical_or.accumulate(overlapping(positions, radius), axis=-2)
 
 
 class OverlapScorer:

@@ -29,15 +29,23 @@ from videoar.train import metrics_log
 FVD_MIN_CLIPS = 16
 
 
+def held_out_clips(exp: experiment.Experiment, num_clips: int) -> dict:
+  """The first `num_clips` held-out clips of `exp`'s source, each `sample.context_frames` plus
+  `sample.length_multiple` x the training length frames long: what evaluation continues."""
+  c = exp.config
+  num_frames = c.sample.context_frames + c.sample.length_multiple * c.data.num_frames
+  return pipeline.eval_clips(exp.source, num_clips=num_clips, num_frames=num_frames, seed=c.seed)
+
+
 def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.Array,
                    sampler: sampling.Sampler | None = None):
-  """Held-out clips (context + true continuation) and the model's continuation; `sampler`
-  defaults to a new experiment.make_sampler(exp) (pass one to reuse its compiled steps)."""
+  """Held-out clips (held_out_clips: context + true continuation) and the model's continuation;
+  `sampler` defaults to a new experiment.make_sampler(exp) (pass one to reuse its compiled
+  steps)."""
   c = exp.config
   num_context = c.sample.context_frames
   num_generated = c.sample.length_multiple * c.data.num_frames
-  clips = pipeline.eval_clips(exp.source, num_clips=num_clips,
-                              num_frames=num_context + num_generated, seed=c.seed)
+  clips = held_out_clips(exp, num_clips)
   sampler = sampler or experiment.make_sampler(exp)
   cond = {key: jnp.asarray(value) for key, value in exp.model.conditioning(clips).items()}
   context = jnp.asarray(clips["video"][:, :num_context]) if num_context else None
@@ -214,8 +222,8 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   chunk generated over the true frames before it, from the same start noise; the gap to "model"
   is what accumulates over the model's own history), printed and written to WORKDIR/eval.json
   (strict JSON: a figure that is not finite, such as the PSNR of identical frames, is null) and
-  eval.txt; each per-frame metric against the frame
-  index, a line per method, to WORKDIR/eval_per_frame.png. With eval.fvd, FVD is computed here,
+  eval.txt; each per-frame metric against the frame index, a line per method, to
+  WORKDIR/eval_per_frame.png. With eval.fvd, FVD is computed here,
   not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
   (eval.json's fvd_clips says how many; null without FVD)."""
   c = exp.config
