@@ -1,41 +1,41 @@
 """The built-in default: Teacher Forcing on a noise-augmented history, guided on it, bouncing world.
 
 Two coloured objects (square or disc, 7 px across) bounce in a 32x32 box at 1-2 px per frame.
-Clips of 8 frames, 8x8 patches (16 tokens a frame), a causal DiT of width 128, depth 4.
-Sampling: frame-wise (chunk 1), 20 Euler steps, a rolling KV cache of 7 frames, so generation
-runs on past the 8 training frames; evaluation continues 2 held-out context frames for 3x the
-training length (24 frames) against the true continuation.
+Clips of 8 frames, 8x8 patches (16 tokens a frame), a causal DiT of width 128, depth 4, decoded
+through a FineDecoder at 4x4 patches (model.fine_patch: each token split into four sub-patch
+tokens that read the noisy input and the previous frame at their own resolution, two blocks of
+attention within the frame; models/dit.py). Sampling: frame-wise (chunk 1), 20 Euler steps, a
+rolling KV cache of 7 frames, so generation runs on past the 8 training frames; evaluation
+continues 2 held-out context frames for 3x the training length (24 frames) against the true
+continuation.
 
-Training: 2000 steps of batch 8 at learning rate 2e-3, evaluating 8 held-out clips every 400
+Training: 1800 steps of batch 8 at learning rate 2e-3, evaluating 8 held-out clips every 600
 steps into metrics.jsonl and tensorboard (`python -m videoar.eval.learning_curve --workdir=...`
 prints the curve). After 200 steps of plain Teacher Forcing, the history the model reads
 (attention and the previous-frame input) is the clip noised to a level drawn per video
 (forcing/resampling.py, mode noise_augmentation, shift 0.6), while the loss stays on the clean
 targets: the model learns to continue from history that is not quite right, as its own
 generated history is not. One video in ten trains on the null history (zero frames,
-teacher.drop_history), and sampling guides on the history at scale 1.5 (sample.guide_history:
+teacher.drop_history), and sampling guides on the history at scale 3 (sample.guide_history:
 classifier-free guidance whose null pass reads zero frames as its history, sampling.Sampler),
 at times t >= 0.5 only (sample.guidance_interval: below it guidance only oversaturates colour).
 The final evaluation includes FVD (eval.fvd).
 
 Measured on 2 idle CPU cores, 2026-12-02 (docs/results.md has the tables and the runs that chose
-this recipe): the whole job took 7 min 45 s, of which the evaluation's scoring took 1.6 min,
-nearly all of it FVD. Three seeds: objects lost 0.12 / 0.20 / 0.25 a frame per segment (sd
-0.02-0.07), against 0.20 / 0.40 / 0.53 for the same models sampled without history guidance;
-invented 0.01; colour drift 0.071-0.076 (the truth's 0.035); position error below copying the
-last frame in every segment of every seed. With guidance an object is lost almost only after
-it has overlapped the other one; one hidden behind the other in the context frames is still
-often lost at once.
+this recipe): the whole job took 9 min 46 s, of which 1800 steps 7 min 19 s and the
+evaluation's scoring 1.7 min, nearly all of it FVD. Three seeds, per 8-frame segment at 3x:
+objects lost 0.05 / 0.09 / 0.11 a frame (sd 0.02-0.04), invented 0.02-0.04, colour drift 0.043
+(the truth's 0.035), position error below copying the last frame in every segment of every
+seed. Without the FineDecoder (8x8 linear unpatchify, guidance 1.5, 2000 steps: the default
+until 2026-12-02) they were 0.12 / 0.20 / 0.25 lost and 0.071-0.076 drift. The failures left:
+shapes soften or stretch, and an object half hidden in the context frames can come back in the
+other object's colour.
 
 Variants (`--config=configs/bouncing_tiny.py:VARIANT`):
-  patch4  4x4 patches (64 tokens a frame) at width 96: where two objects overlap, an 8x8 patch
-          token holds both, and the default then loses the one underneath in a single step even
-          from the true history (docs/overlap_denoising.py); smaller patches keep them apart.
-          Measured (seed 0, docs/results.md, "Where objects are lost"): objects lost 0.12 / 0.12 /
-          0.14 a frame, colour drift 0.046-0.053 (seed 0; seed 1: lost 0.06 / 0.24 / 0.38, drift
-          0.051-0.054), but 3.6x the default's time a step
-          (1.62 steps/s on 2 idle cores, about 20 min for 2000 steps) and 3.5x its evaluation
-          time, so it is not the ten-minute default.
+  patch4  4x4 patches in the trunk itself (64 tokens a frame) at width 96, no FineDecoder,
+          guidance 1.5, 2000 steps: the alternative measured before the FineDecoder (seed 0:
+          lost 0.12 / 0.12 / 0.14, drift 0.046-0.053; seed 1: lost 0.06 / 0.24 / 0.38), at 3.6x
+          the old default's time a step.
   test    a few steps of a tiny model, for the test suite and smoke runs.
 """
 
@@ -49,13 +49,20 @@ def get_config(variant: str = ""):
   config.forcing.warmup_steps = 200
   config.forcing.history_drop_prob = 0.1
   config.sample.guide_history = True
-  config.sample.guidance_scale = 1.5
+  config.sample.guidance_scale = 3.0
   config.sample.guidance_interval = (0.5, 1.0)
   config.eval.fvd = True
+  config.model.fine_patch = 4
+  config.train.num_steps = 1800
+  config.eval.every = 600
   variants = base_config.variants(variant, ("patch4", "test"))
   if "patch4" in variants:
     config.model.patch = 4
     config.model.width = 96
+    config.model.fine_patch = 0
+    config.sample.guidance_scale = 1.5
+    config.train.num_steps = 2000
+    config.eval.every = 400
   if "test" in variants:
     base_config.tiny(config)
   return config

@@ -59,6 +59,9 @@ BAD_INPUTS = [
                                         "--config.model.routing_top_k=2"],
      "error: config.model.attention_impl='pallas' is invalid: has no routed kernel: with"
      " model.routing_top_k > 0 use auto or blocked"),
+    ("a fine decoder patch that does not divide the patch", [TINY, "--config.model.fine_patch=3"],
+     "error: config.model.fine_patch=3 is invalid: must be 0 (off) or a divisor of"
+     " model.patch=8"),
     ("a chunk that does not divide the clip", [TINY, "--config.forcing.chunk=3"],
      "error: config.forcing.chunk=3 is invalid: must divide data.num_frames=8"),
     ("a key the paradigm does not read", [TINY, "--config.forcing.paradigm=teacher_forcing"],

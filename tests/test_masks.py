@@ -91,10 +91,14 @@ CAUSAL_SPECS = [masks.BlockCausal(4), masks.BlockCausal(4, chunk=2), masks.Teach
                 masks.SlidingWindow(4, window=2, sink=1)]
 
 
-@pytest.mark.parametrize("spec", CAUSAL_SPECS, ids=str)
-def test_model_is_causal_under_mask(spec):
-  """Perturbing frame j changes no output of a frame that the mask says cannot see j."""
-  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2)
+@pytest.mark.parametrize("spec,fine_patch",
+                         [(spec, 0) for spec in CAUSAL_SPECS] + [(CAUSAL_SPECS[1], 2),
+                                                                 (CAUSAL_SPECS[3], 2)], ids=str)
+def test_model_is_causal_under_mask(spec, fine_patch):
+  """Perturbing frame j changes no output of a frame that the mask says cannot see j; also
+  through the FineDecoder, which must work within each frame."""
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, fine_patch=fine_patch,
+                        fine_width=32)
   fmask = spec.frame_mask()
   f = fmask.shape[0]
   x = jax.random.normal(jax.random.key(0), (1, f, 8, 8, 3))

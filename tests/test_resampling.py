@@ -139,3 +139,27 @@ def test_a_dropped_history_is_the_null_history_of_zeros_and_the_targets_stay_cle
       model, params, history, video, {}, rng, chunk=1, time_shift=1.0, history_drop_prob=p)[0]
   np.testing.assert_allclose(loss(video, 1.0), loss(jnp.zeros_like(video), 0.0), rtol=1e-6)
   assert abs(float(loss(video, 1.0)) - float(loss(video, 0.0))) > 1e-4
+
+
+@pytest.mark.parametrize("fine_patch", [0, 2])
+def test_two_n_layout_outputs_equal_the_noisy_half_of_the_whole_output(fine_patch):
+  """apply_two_n computes outputs for the noisy frames only (outputs_from): they must equal the
+  noisy half of the model's output over all 2N frames, and the history's keys must not change."""
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
+                        previous_frame_input=True, fine_patch=fine_patch, fine_width=32)
+  video = jax.random.normal(jax.random.key(0), (2, N, 8, 8, 3))
+  x_t = jax.random.normal(jax.random.key(1), video.shape)
+  t = jax.random.uniform(jax.random.key(2), (2, N))
+  previous = jnp.concatenate([dit.previous_frames(video, 1, within_history=True),
+                              dit.previous_frames(video, 1, within_history=False)], axis=1)
+  kwargs = dict(frame_pos_f=jnp.tile(jnp.arange(N), 2), mask=masks.TeacherForcing(N),
+                previous_bfhwc=previous)
+  both = jnp.concatenate([video, x_t], axis=1)
+  t_both = jnp.concatenate([jnp.zeros_like(t), t], axis=1)
+  params = model.init(jax.random.key(3), both, t_both, **kwargs)
+  params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.key(4), p.shape), params)
+  whole, whole_kv = model.apply(params, both, t_both, **kwargs)
+  noisy, kv = teacher.apply_two_n(model, params, video, x_t, t, {}, chunk=1)
+  assert noisy.shape == video.shape
+  np.testing.assert_allclose(np.asarray(noisy), np.asarray(whole[:, N:]), atol=1e-5, rtol=0)
+  np.testing.assert_array_equal(np.asarray(kv[0]), np.asarray(whole_kv[0]))

@@ -120,7 +120,7 @@ def test_evaluation_while_training_logs_the_ema_weights_segment_metrics(tmp_path
 
 
 BAD_CONFIGS = [
-    ({"model.patch": 5}, "config.model.patch=5"),
+    ({"model.patch": 12}, "config.model.patch=12"),
     ({"forcing.chunk": 3}, "config.forcing.chunk=3"),
     ({"forcing.paradigm": "magic"}, "config.forcing.paradigm='magic'"),
     ({"data.source": "nowhere"}, "config.data.source='nowhere'"),
@@ -147,11 +147,11 @@ def test_bad_config_raises_naming_the_key(overrides, message):
 def test_cli_rejects_a_bad_config_in_one_line_before_compiling(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_tiny.py:test",
-       f"--workdir={tmp_path}", "--config.model.patch=5"],
+       f"--workdir={tmp_path}", "--config.model.patch=12"],
       capture_output=True, text=True, timeout=120,
       cwd=os.path.join(os.path.dirname(__file__), ".."))
   assert result.returncode != 0
-  assert "error: config.model.patch=5 is invalid: must divide the frame size" in result.stderr
+  assert "error: config.model.patch=12 is invalid: must divide the frame size" in result.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
 
 

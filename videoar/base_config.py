@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text_dim = 0  # > 0: cross-attention to per-video text embeddings (array_record)
   config.model.prediction = "data"  # width 128 < patch dim 192: see CausalDiT
   config.model.previous_frame_input = True  # see CausalDiT: makes the history matter early
+  config.model.fine_patch = 0  # > 0: decode at this finer patch side (dit.FineDecoder); 0: linear
+  config.model.fine_width = 64
+  config.model.fine_depth = 2
   config.model.attention_impl = "auto"
   config.model.routing_top_k = 0  # 0: dense attention over the history
   config.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32

@@ -160,6 +160,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.width // config.model.num_heads < 8:
     fail("model.num_heads", config.model.num_heads,
          "leaves fewer than 8 channels a head for the 3D rotary embedding")
+  fine = config.model.fine_patch
+  if not isinstance(fine, int) or fine < 0 or (fine and config.model.patch % fine):
+    fail("model.fine_patch", fine, f"must be 0 (off) or a divisor of model.patch="
+         f"{config.model.patch}")
+  head_dim = config.model.width // config.model.num_heads
+  if fine and (config.model.fine_width % head_dim or config.model.fine_depth < 1):
+    fail("model.fine_width", config.model.fine_width, f"must be a multiple of the trunk's head"
+         f" dim {head_dim}, with model.fine_depth >= 1 (got {config.model.fine_depth})")
   chunk = config.forcing.chunk
   if config.data.num_frames % chunk:
     fail("forcing.chunk", chunk, f"must divide data.num_frames={config.data.num_frames}")

@@ -68,7 +68,7 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chun
     t_next = jnp.broadcast_to(times_bs[:, i + 1, None], (b, n))
     v, _ = teacher.apply_two_n(model, params, video_bfhwc, x, t_now, cond, chunk=chunk,
                                history_window=history_window, sink_frames=sink_frames)
-    return flow.euler_step(x, v[:, n:], t_now, t_next)
+    return flow.euler_step(x, v, t_now, t_next)
 
   return jax.lax.fori_loop(0, times_bs.shape[1] - 1, step, x_ts)
 

@@ -24,7 +24,8 @@ def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, co
   at t = 0). Both halves take positions 0..N-1; noisy frame i sees the history before its chunk
   and the noisy frames of its own chunk (masks.TeacherForcing, windowed by `history_window`
   after `sink_frames`).
-  Returns the model's output over all 2N frames and, with `mutable`, its collections.
+  Returns the model's velocity of the N noisy frames [B, N, H, W, C] and its new KV (over all 2N
+  frames) and, with `mutable`, its collections.
   """
   n = x_t_bfhwc.shape[1]
   previous = None
@@ -36,7 +37,8 @@ def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, co
                      jnp.concatenate([jnp.zeros_like(t_bf), t_bf], axis=1),
                      frame_pos_f=jnp.tile(jnp.arange(n, dtype=jnp.int32), 2),
                      mask=masks.TeacherForcing(n, chunk, history_window, sink_frames),
-                     previous_bfhwc=previous, mutable=mutable, **common.repeat_frames(cond, 2))
+                     previous_bfhwc=previous, mutable=mutable, outputs_from=n,
+                     **common.repeat_frames(cond, 2))
 
 
 def drop_history(history_bfhwc, rng, drop_prob: float):
@@ -64,7 +66,7 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
   x_t = flow.interpolate(video_bfhwc, eps, t_bf)
   v, _ = apply_two_n(model, params, history_bfhwc, x_t, t_bf, cond, chunk=chunk,
                      history_window=history_window, sink_frames=sink_frames)
-  loss = common.flow_loss(v[:, n:], video_bfhwc, eps, t_bf, loss_weighting)
+  loss = common.flow_loss(v, video_bfhwc, eps, t_bf, loss_weighting)
   return loss, {"loss": loss}
 
 

@@ -117,6 +117,9 @@ class CausalDiT(nn.Module):
       parameters are block_0 .. block_{depth-1}.
     remat_policy: REMAT_POLICIES: "none", or the jax.checkpoint_policies policy of what each
       block keeps for the backward pass (the rest is recomputed): memory for compute.
+    fine_patch: > 0 decodes through a FineDecoder at this patch side (a divisor of `patch`)
+      instead of the linear unpatchify; 0 is the linear unpatchify.
+    fine_width, fine_depth: the FineDecoder's token width and number of blocks.
   """
 
   patch: int = 4
@@ -134,6 +137,9 @@ class CausalDiT(nn.Module):
   dtype: jnp.dtype = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  fine_patch: int = 0
+  fine_width: int = 64
+  fine_depth: int = 2
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
     return height // self.patch, width // self.patch
@@ -165,11 +171,14 @@ class CausalDiT(nn.Module):
   @nn.compact
   def __call__(self, x_bfhwc, t_bf, *, frame_pos_f, mask: masks.MaskSpec, labels_b=None,
                actions_bf=None, text_bld=None, previous_bfhwc=None,
-               cache: kv_cache_lib.KVCache | None = None):
+               cache: kv_cache_lib.KVCache | None = None, outputs_from: int = 0):
     """Returns (velocity [B, F, H, W, C], new (k, v) of this call's tokens, each
     [depth, B, F, T, heads, head_dim]) so that a sampler can write them to its cache.
     `previous_bfhwc`: with previous_frame_input, the clean frame before each frame's chunk
-    (zeros where there is none).
+    (zeros where there is none). `outputs_from` (static): the velocity is returned for frames
+    outputs_from.. only, [B, F - outputs_from, H, W, C]; the frames before it are only read as
+    keys and values (a teacher-forcing history), and what only their output needs (the final
+    layer, the FineDecoder) is not computed for them.
 
     With `cache`, `frame_pos_f` and the mask are those of the queries; the mask spans
     [F, slots + F] key frames (cache first). With BLOCK_TOKENS mutable, every block's output
@@ -252,20 +261,94 @@ class CausalDiT(nn.Module):
       self.sow(BLOCK_TOKENS, "blocks", tokens, init_fn=tuple, reduce_fn=lambda old, new: old + new)
     new_kv = tuple(a.reshape(self.depth, b, f, gh * gw, heads, head_dim) for a in (k, v))
 
-    shift, scale = jnp.split(
-        layers.dense(2 * self.width, ("embed", "modulation"), kernel_init=nn.initializers.zeros,
-                     dtype=self.dtype, name="final_adaln")(nn.silu(cond)), 2, axis=-1)
-    x = layers.modulate(nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x),
-                        shift, scale)
-    x = layers.dense(p * p * c, ("embed", "patch"), kernel_init=nn.initializers.zeros,
-                     dtype=self.dtype, name="unpatch")(x)
-    x = x.reshape(b, f, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, h, w, c)
+    # Frames before outputs_from are read only as keys and values (a teacher-forcing history).
+    x, cond = x[:, outputs_from:], cond[:, outputs_from:]
+    x_bfhwc, t_bf = x_bfhwc[:, outputs_from:], t_bf[:, outputs_from:]
+    if previous_bfhwc is not None:
+      previous_bfhwc = previous_bfhwc[:, outputs_from:]
+    if self.fine_patch:
+      x = FineDecoder(p, self.fine_patch, self.fine_width, self.fine_depth, self.head_dim,
+                      self.mlp_ratio, self.attention_impl, self.dtype, name="fine_decoder")(
+          x, cond, x_bfhwc, previous_bfhwc if self.previous_frame_input else None)
+    else:
+      x = final_layer(x, cond, p * p * c, self.dtype)
+      x = x.reshape(b, -1, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
+          x_bfhwc.shape)
     x = x.astype(jnp.float32)
     prediction = self.prediction
     if prediction == "residual":
       x, prediction = x + previous_bfhwc.astype(jnp.float32), "data"
     velocity = flow.velocity_from_prediction(prediction, x, x_bfhwc, t_bf)
     return velocity, new_kv
+
+
+def final_layer(x_bftd, cond_bfd, features: int, dtype):
+  """AdaLN-zero modulated LayerNorm, then a zero-initialised linear map to `features` per token
+  (the DiT's output layer): [B, F, T, width] -> [B, F, T, features]."""
+  width = x_bftd.shape[-1]
+  shift, scale = jnp.split(
+      layers.dense(2 * width, ("embed", "modulation"), kernel_init=nn.initializers.zeros,
+                   dtype=dtype, name="final_adaln")(nn.silu(cond_bfd)), 2, axis=-1)
+  x = layers.modulate(nn.LayerNorm(use_scale=False, use_bias=False, dtype=dtype)(x_bftd),
+                      shift, scale)
+  return layers.dense(features, ("embed", "patch"), kernel_init=nn.initializers.zeros,
+                      dtype=dtype, name="unpatch")(x)
+
+
+class FineDecoder(nn.Module):
+  """Decodes the trunk's patch tokens at a finer patch side, per frame (an hourglass's upward
+  half: HDiT, Crowson et al. 2024, and U-ViT's long skips).
+
+  Each trunk token (a `patch`-side patch) becomes (patch / fine_patch)^2 tokens of width
+  `width`, one per `fine_patch`-side sub-patch, to which the sub-patch of the noisy input (and of
+  the previous frame) is added; `depth` blocks then attend within the frame only (Full(1) over
+  its sub-patch tokens, 2D RoPE) and a final layer maps each to its pixels. Why: where two
+  objects overlap, one 8x8 token holds both and its linear unpatchify gives a blur, even at low
+  noise where the noisy input nearly is the answer (docs/overlap_denoising.py); sub-patch tokens
+  that read the input at their own resolution can keep the two apart. It works frame by frame,
+  so causality, the KV cache (trunk tokens only) and routing are unchanged.
+  """
+
+  patch: int
+  fine_patch: int
+  width: int
+  depth: int
+  head_dim: int
+  mlp_ratio: float
+  attention_impl: str
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x_bftd, cond_bfd, x_t_bfhwc, previous_bfhwc=None):
+    """x_bftd [B, F, gh * gw, trunk width], cond_bfd [B, F, trunk width], x_t_bfhwc (and, if
+    given, previous_bfhwc) [B, F, H, W, C] -> [B, F, H, W, C] (float32)."""
+    b, f, h, w, c = x_t_bfhwc.shape
+    fp, r = self.fine_patch, self.patch // self.fine_patch
+    gh, gw = h // self.patch, w // self.patch
+    fh, fw = gh * r, gw * r
+    x = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="trunk_norm")(x_bftd)
+    x = layers.dense(r * r * self.width, ("embed", "fine"), dtype=self.dtype, name="split")(x)
+    x = x.reshape(b, f, gh, gw, r, r, self.width).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
+        b, f, fh * fw, self.width)
+    pixels = x_t_bfhwc if previous_bfhwc is None else jnp.concatenate(
+        [x_t_bfhwc, previous_bfhwc], axis=-1)
+    cp = pixels.shape[-1]
+    pixels = pixels.reshape(b, f, fh, fp, fw, fp, cp).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
+        b, f, fh * fw, fp * fp * cp)
+    x = x + layers.dense(self.width, ("patch", "fine"), dtype=self.dtype, name="pixels_in")(
+        pixels.astype(self.dtype))
+    cond = layers.dense(self.width, ("embed", "fine"), dtype=self.dtype, name="cond")(cond_bfd)
+    # Frames become batch entries of one frame each: the blocks never mix frames.
+    x = x.reshape(b * f, 1, fh * fw, self.width)
+    cond = cond.reshape(b * f, 1, self.width)
+    positions = layers.token_positions(jnp.zeros((1,)), fh, fw)
+    for i in range(self.depth):
+      x, _ = Block(self.width, self.width // self.head_dim, self.mlp_ratio, self.attention_impl,
+                   0, self.dtype, masks.Full(1), name=f"block_{i}")(
+          x, None, cond, None, positions, None, None)
+    x = final_layer(x, cond, fp * fp * c, self.dtype)
+    return x.reshape(b, f, fh, fw, fp, fp, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
+        b, f, h, w, c)
 
 
 def previous_frames(history_bfhwc, chunk: int, *, within_history: bool):
