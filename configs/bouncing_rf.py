@@ -3,7 +3,8 @@
 Everything not listed here is the base config (videoar/base_config.py: the default run's world,
 model, optimizer, sampler and evaluation), so the arms differ from the Teacher Forcing baseline
 only in the history they train on. The default run (configs/bouncing_tiny.py) is the
-noise_augmentation arm with history guidance (its docstring).
+noise_augmentation arm with history guidance, and since 2026-12-02 a FineDecoder (its
+docstring); the arms here keep the linear unpatchify they were measured with.
 
 Knobs (config.forcing):
   paradigm = "resampling"

@@ -28,7 +28,7 @@ them in order):
   test     tiny shapes and a few steps of whichever stage is named with it (e.g. "teacher,test").
 
 The world, model and clip are configs/bouncing_tiny.py's (32x32, 2 objects, width 128, depth 4,
-8x8 patches, 8 frames). The student (ODE stage and generator) reads its clean previous frame as
+8x8 patches, 8 frames), without its FineDecoder. The student (ODE stage and generator) reads its clean previous frame as
 plain Teacher Forcing (configs/bouncing_rf.py:teacher_forcing) does, and generates chunks of 2
 frames; the teacher and the critic score whole noised videos, where no frame is clean, so they do
 not read it (experiment.Experiment.score_model). Learning rates keep the reference's shape (the critic's

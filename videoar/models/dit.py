@@ -321,7 +321,7 @@ class FineDecoder(nn.Module):
   @nn.compact
   def __call__(self, x_bftd, cond_bfd, x_t_bfhwc, previous_bfhwc=None):
     """x_bftd [B, F, gh * gw, trunk width], cond_bfd [B, F, trunk width], x_t_bfhwc (and, if
-    given, previous_bfhwc) [B, F, H, W, C] -> [B, F, H, W, C] (float32)."""
+    given, previous_bfhwc) [B, F, H, W, C] -> [B, F, H, W, C] in the compute dtype."""
     b, f, h, w, c = x_t_bfhwc.shape
     fp, r = self.fine_patch, self.patch // self.fine_patch
     gh, gw = h // self.patch, w // self.patch
