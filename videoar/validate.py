@@ -133,7 +133,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.remat_policy", config.model.remat_policy,
          f"allowed: {', '.join(dit.REMAT_POLICIES)}")
   for key in ("data.num_frames", "data.batch_size", "data.num_workers", "model.patch",
-              "model.width", "model.depth", "model.num_heads", "forcing.chunk",
+              "model.width", "model.depth", "model.num_heads", "model.fine_width",
+              "model.fine_depth", "forcing.chunk",
               "forcing.resample_steps", "train.num_steps", "train.log_every",
               "train.checkpoint_every", "train.keep_checkpoints", "sample.num_steps",
               "sample.num_videos", "sample.length_multiple", "eval.num_clips",
@@ -165,9 +166,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.fine_patch", fine, f"must be 0 (off) or a divisor of model.patch="
          f"{config.model.patch}")
   head_dim = config.model.width // config.model.num_heads
-  if fine and (config.model.fine_width % head_dim or config.model.fine_depth < 1):
-    fail("model.fine_width", config.model.fine_width, f"must be a multiple of the trunk's head"
-         f" dim {head_dim}, with model.fine_depth >= 1 (got {config.model.fine_depth})")
+  if fine and config.model.fine_width % head_dim:
+    fail("model.fine_width", config.model.fine_width,
+         f"must be a multiple of the trunk's head dim {head_dim}")
   chunk = config.forcing.chunk
   if config.data.num_frames % chunk:
     fail("forcing.chunk", chunk, f"must divide data.num_frames={config.data.num_frames}")

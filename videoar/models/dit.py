@@ -186,15 +186,13 @@ class CausalDiT(nn.Module):
     b, f, h, w, c = x_bfhwc.shape
     p = self.patch
     gh, gw = self.grid(h, w)
-    patches = lambda v: v.reshape(b, f, gh, p, gw, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
-        b, f, gh * gw, p * p * c)
-    tokens = patches(x_bfhwc)
+    tokens = patchify(x_bfhwc, p)
     if self.prediction == "residual" and not self.previous_frame_input:
       raise ValueError("CausalDiT(prediction='residual') needs previous_frame_input=True")
     if self.previous_frame_input:
       if previous_bfhwc is None:
         raise ValueError("CausalDiT(previous_frame_input=True) needs previous_bfhwc")
-      tokens = jnp.concatenate([tokens, patches(previous_bfhwc)], axis=-1)
+      tokens = jnp.concatenate([tokens, patchify(previous_bfhwc, p)], axis=-1)
     tokens = tokens.astype(self.dtype)
     x = layers.dense(self.width, ("patch", "embed"), dtype=self.dtype, name="patch_embed")(tokens)
 
@@ -271,15 +269,30 @@ class CausalDiT(nn.Module):
                       self.mlp_ratio, self.attention_impl, self.dtype, name="fine_decoder")(
           x, cond, x_bfhwc, previous_bfhwc if self.previous_frame_input else None)
     else:
-      x = final_layer(x, cond, p * p * c, self.dtype)
-      x = x.reshape(b, -1, gh, gw, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
-          x_bfhwc.shape)
+      x = unpatchify(final_layer(x, cond, p * p * c, self.dtype), p, h, w)
     x = x.astype(jnp.float32)
     prediction = self.prediction
     if prediction == "residual":
       x, prediction = x + previous_bfhwc.astype(jnp.float32), "data"
     velocity = flow.velocity_from_prediction(prediction, x, x_bfhwc, t_bf)
     return velocity, new_kv
+
+
+def patchify(x_bfhwc, patch: int):
+  """[B, F, H, W, C] -> [B, F, (H / patch) * (W / patch), patch * patch * C]: each token one
+  patch, row-major over the patch grid."""
+  b, f, h, w, c = x_bfhwc.shape
+  return x_bfhwc.reshape(b, f, h // patch, patch, w // patch, patch, c).transpose(
+      0, 1, 2, 4, 3, 5, 6).reshape(b, f, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(tokens_bftd, patch: int, height: int, width: int):
+  """The inverse of patchify: [B, F, T, patch * patch * C] -> [B, F, height, width, C]."""
+  b, f, _, d = tokens_bftd.shape
+  c = d // (patch * patch)
+  gh, gw = height // patch, width // patch
+  return tokens_bftd.reshape(b, f, gh, gw, patch, patch, c).transpose(
+      0, 1, 2, 4, 3, 5, 6).reshape(b, f, height, width, c)
 
 
 def final_layer(x_bftd, cond_bfd, features: int, dtype):
@@ -328,15 +341,12 @@ class FineDecoder(nn.Module):
     fh, fw = gh * r, gw * r
     x = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="trunk_norm")(x_bftd)
     x = layers.dense(r * r * self.width, ("embed", "fine"), dtype=self.dtype, name="split")(x)
-    x = x.reshape(b, f, gh, gw, r, r, self.width).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
-        b, f, fh * fw, self.width)
+    # Each trunk token's r x r sub-tokens, laid out on the fine grid.
+    x = unpatchify(x, r, fh, fw).reshape(b, f, fh * fw, self.width)
     pixels = x_t_bfhwc if previous_bfhwc is None else jnp.concatenate(
         [x_t_bfhwc, previous_bfhwc], axis=-1)
-    cp = pixels.shape[-1]
-    pixels = pixels.reshape(b, f, fh, fp, fw, fp, cp).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
-        b, f, fh * fw, fp * fp * cp)
     x = x + layers.dense(self.width, ("patch", "fine"), dtype=self.dtype, name="pixels_in")(
-        pixels.astype(self.dtype))
+        patchify(pixels, fp).astype(self.dtype))
     cond = layers.dense(self.width, ("embed", "fine"), dtype=self.dtype, name="cond")(cond_bfd)
     # Frames become batch entries of one frame each: the blocks never mix frames.
     x = x.reshape(b * f, 1, fh * fw, self.width)
@@ -346,9 +356,8 @@ class FineDecoder(nn.Module):
       x, _ = Block(self.width, self.width // self.head_dim, self.mlp_ratio, self.attention_impl,
                    0, self.dtype, masks.Full(1), name=f"block_{i}")(
           x, None, cond, None, positions, None, None)
-    x = final_layer(x, cond, fp * fp * c, self.dtype)
-    return x.reshape(b, f, fh, fw, fp, fp, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(
-        b, f, h, w, c)
+    x = final_layer(x, cond, fp * fp * c, self.dtype).reshape(b, f, fh * fw, fp * fp * c)
+    return unpatchify(x, fp, h, w)
 
 
 def previous_frames(history_bfhwc, chunk: int, *, within_history: bool):
