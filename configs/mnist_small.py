@@ -20,7 +20,7 @@ their true label (eval/digits.py), per 8-frame segment: 0.43 / 0.12 / 0.13, agai
 training time that reaches the issue's 80 % / 60 % is still to be found. The bouncing world's
 FineDecoder with history guidance 3 (model.fine_patch=4, 2026-12-02, 25 min on 2 cores) reads
 0.54 / 0.22 / 0.07 from its own history but 0.86 / 0.84 / 0.83 from the true one: the rollout,
-not one step, loses the digits, within the first 2-5 generated frames. Neither noise
+not one step, loses the digits, within the first 8 generated frames. Neither noise
 augmentation, nor autoregressive resampling (500 steps, or from step 200 on), nor 16-frame
 training clips, nor a stochastic sampler closed that gap.
 """
