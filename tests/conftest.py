@@ -1,8 +1,20 @@
 import os
+import tempfile
 
 # Tests compare float32 results at 1e-5; keep XLA from using reduced-precision shortcuts.
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+# The suite is compile-bound: dozens of tests build the same tiny train step, sampler and
+# evaluation. JAX's persistent compilation cache (keyed by the program, the XLA flags and the jax
+# version) lets the second build load the first one's executable, in this process, the other
+# xdist worker and the subprocesses the CLI tests start, which read these variables too.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"videoar-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# In case a plugin imported jax before the variables above were set.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
