@@ -171,7 +171,7 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.width = 32
   config.model.depth = 1
   config.model.num_heads = 2
-  config.model.fine_width = 32  # the trunk's width: the FineDecoder (if on) no wider than it
+  config.model.fine_width = config.model.width  # the FineDecoder (if on) no wider than the trunk
   config.model.fine_depth = 1
   config.train.num_steps = 4
   config.train.log_every = 2
