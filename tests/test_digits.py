@@ -5,6 +5,7 @@ import types
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from videoar.data.moving_mnist import MovingMnist, mnist_digits
 from videoar.eval import digits, run
@@ -131,6 +132,20 @@ def test_cache_directory_honours_the_environment(monkeypatch, tmp_path):
     assert digits.cache_directory() == os.path.join(os.path.expanduser("~"), ".cache", "videoar")
 
 
+def test_ink_ratio_is_one_for_the_truth_above_it_for_swollen_digits_below_for_thinned(clips):
+    video = clips["video"]
+    np.testing.assert_array_equal(digits.ink_ratio(video, video), 1.0)
+    np.testing.assert_array_equal(digits.ink_ratio(np.full_like(video, -1.0), video), 0.0)
+    grown = ndimage.grey_dilation(video, size=(1, 1, 3, 3, 1))
+    thinned = ndimage.grey_erosion(video, size=(1, 1, 2, 2, 1))
+    assert (digits.ink_ratio(grown, video) > 1.2).all()
+    assert (digits.ink_ratio(thinned, video) < 0.9).all()
+    empty = np.full_like(video[:1, :1], -1.0)
+    assert np.isnan(digits.ink_ratio(empty, empty)).all()
+    with pytest.raises(ValueError, match="one shape"):
+        digits.ink_ratio(video[:, :3], video)
+
+
 def test_evaluation_reports_digit_accuracy_for_every_method(classifier, clips, monkeypatch):
     num_context = 2
     monkeypatch.setattr(digits, "digit_classifier", lambda digit_size: classifier)
@@ -152,7 +167,10 @@ def test_evaluation_reports_digit_accuracy_for_every_method(classifier, clips, m
     for name in ("copy_last", "background"):
         for row, ceiling in zip(tables[name], tables["truth"]):
             assert row["digit_accuracy"] < ceiling["digit_accuracy"]
+    assert [row["ink_ratio"] for row in tables["truth"]] == [1.0, 1.0]
+    assert [row["ink_ratio"] for row in tables["background"]] == [0.0, 0.0]
     assert METRIC_TITLES["digit_accuracy"] in format_table(tables)
+    assert METRIC_TITLES["ink_ratio"] in format_table(tables)
 
     bouncing = types.SimpleNamespace(source=object(), config=exp.config)
     assert run.frame_scorers(bouncing, clips) == []

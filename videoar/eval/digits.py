@@ -257,9 +257,38 @@ def digit_accuracy(
         return np.where(counted > 0, (correct * clear).sum(axis=-1) / counted, np.nan)
 
 
+# A pixel is ink where it is brighter than mid-grey: frames lie in [-1, 1] on a background of -1.
+INK_THRESHOLD = 0.0
+
+
+def ink_ratio(frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The ink each frame draws over the truth's: its pixels brighter than mid-grey
+    (INK_THRESHOLD) over the true frame's.
+
+    1 draws as much as the truth; above 1 the digits swell or smear, below it they thin or fade.
+    A rollout whose ratio grows frame after frame is copying and enlarging its own strokes, which
+    digit_accuracy alone cannot tell from drawing the wrong digit.
+
+    Args:
+      frames, truth: [B, F, H, W, C] in [-1, 1].
+
+    Returns float64 [B, F], NaN where the true frame has no ink. Raises ValueError when the shapes
+    differ.
+    """
+    if np.shape(frames) != np.shape(truth):
+        raise ValueError(
+            f"frames {np.shape(frames)} and truth {np.shape(truth)} must have one shape"
+        )
+    ink = lambda x: (np.asarray(x) > INK_THRESHOLD).sum(axis=(2, 3, 4)).astype(np.float64)
+    true_ink = ink(truth)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(true_ink > 0, ink(frames) / true_ink, np.nan)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class DigitScorer:
-    """A long_horizon.FrameScorer: digit_accuracy of the generated frames of a continuation.
+    """A long_horizon.FrameScorer: digit_accuracy and ink_ratio of the generated frames of a
+    continuation.
 
     positions: [B, F, K, 2] true digit centres of the whole continuation; labels: [B, K].
     """
@@ -269,9 +298,9 @@ class DigitScorer:
     classifier: DigitClassifier
 
     def __call__(self, generated: np.ndarray, truth: np.ndarray, frames: slice) -> dict[str, np.ndarray]:
-        del truth  # the true positions and labels are the truth
         return {
             "digit_accuracy": digit_accuracy(
                 generated, self.positions[:, frames], self.labels, self.classifier
-            )
+            ),
+            "ink_ratio": ink_ratio(generated, truth),
         }

@@ -28,6 +28,7 @@ METRIC_TITLES = {
     "lost_never_overlapped": "Objects lost, of those that have not overlapped another (fraction, lower is better)",
     "recovered": "Objects recovered after occlusion (fraction of those back in view found in their colour within 3.5 px; higher is better)",
     "digit_accuracy": "Clear digits read as their true label (fraction, higher is better; truth is the ceiling)",
+    "ink_ratio": "Ink drawn over the truth's (pixels brighter than mid-grey; 1 is right, above 1 digits swell, below it they fade)",
     "ball_position_error": "Ball position error (px, lower is better)",
     "ball_missed": "Ball missed, per frame with a true ball (lower is better)",
     "paddle_row_error": "Paddle row error (px, lower is better)",
