@@ -25,8 +25,8 @@ augmentation, nor autoregressive resampling (500 steps, or from step 200 on), no
 training clips, nor a stochastic sampler closed that gap. The evaluation's ink_ratio shows how
 (2026-12-03): guided, one step from the true history draws 8 % more ink than the truth, and the
 rollout compounds it, about 6 % a frame, to 1.75x by the 8th generated frame; unguided, the
-digits thin and break up. Noise on the history at sampling, guidance rescale and clean context
-frames in training did not change it.
+digits thin and break up. Noise on the history at sampling, guidance rescale, clean context
+frames in training and dropping the previous-frame input did not change it.
 """
 
 import ml_collections
