@@ -4,7 +4,8 @@ Everything not listed here is the base config (videoar/base_config.py: the defau
 model, optimizer, sampler and evaluation), so the arms differ from the Teacher Forcing baseline
 only in the history they train on. The default run (configs/bouncing_tiny.py) is the
 noise_augmentation arm with history guidance, and since 2026-12-02 a FineDecoder (its
-docstring); the arms here keep the linear unpatchify they were measured with.
+docstring); the arms here keep the linear unpatchify they were first measured with, and the
+default_model variant gives every arm the default's model and sampler.
 
 Knobs (config.forcing):
   paradigm = "resampling"
@@ -31,6 +32,11 @@ Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
                                   Teacher Forcing: the default run without noise augmentation)
   routed                          history routing with k = 25 % of the training frames (2 of 8)
   window                          the baseline for routing: a sliding window of the same k frames
+  default_model                   every arm on the default run's model, history dropout,
+                                  sampler and 1800 steps (base_config.default_model: FineDecoder,
+                                  history guidance 3), so that the arms differ from the default
+                                  (configs/bouncing_tiny.py = noise_augmentation,default_model)
+                                  only in the history they train on
   occluded                        the world where history matters beyond the last two frames: an
                                   opaque grey bar, columns 11-20 (10 px, the frame's middle third),
                                   over the whole height. An object is out of sight (under 10 %
@@ -51,16 +57,13 @@ from videoar import base_config
 def get_config(variant: str = ""):
   variants = base_config.variants(
       variant, ("noise_augmentation", "parallel", "autoregressive", "teacher_forcing", "routed",
-                "window", "occluded", "test"))
+                "window", "default_model", "occluded", "test"))
   config = base_config.get_config()
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "autoregressive"
   config.forcing.resample_shift = 0.6
   config.forcing.resample_steps = 3
   config.forcing.warmup_steps = 200
-  if "test" in variants:
-    base_config.tiny(config)
-    config.forcing.warmup_steps = 1
   k = max(1, config.data.num_frames // 4)
   for v in variants:
     if v in ("noise_augmentation", "parallel", "autoregressive"):
@@ -73,4 +76,10 @@ def get_config(variant: str = ""):
       config.model.routing_top_k = k
     elif v == "window":
       config.forcing.history_window = k
+  if "default_model" in variants:  # after the arms: teacher_forcing resets the forcing keys
+    base_config.default_model(config)
+  if "test" in variants:
+    base_config.tiny(config)
+    if config.forcing.paradigm == "resampling":
+      config.forcing.warmup_steps = 1
   return config

@@ -43,18 +43,10 @@ from videoar import base_config
 
 
 def get_config(variant: str = ""):
-  config = base_config.get_config()
+  config = base_config.default_model(base_config.get_config())
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "noise_augmentation"
   config.forcing.warmup_steps = 200
-  config.forcing.history_drop_prob = 0.1
-  config.sample.guide_history = True
-  config.sample.guidance_scale = 3.0
-  config.sample.guidance_interval = (0.5, 1.0)
-  config.eval.fvd = True
-  config.model.fine_patch = 4
-  config.train.num_steps = 1800
-  config.eval.every = 600
   variants = base_config.variants(variant, ("patch4", "test"))
   if "patch4" in variants:
     config.model.patch = 4
