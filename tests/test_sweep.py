@@ -14,6 +14,9 @@ from videoar.eval import compare
 
 CONFIG = "configs/bouncing_rf.py"
 ROOT_DIR = os.path.join(os.path.dirname(__file__), "..")
+sys.path.insert(0, os.path.join(ROOT_DIR, "configs"))
+import bouncing_rf  # noqa: E402
+import bouncing_tiny  # noqa: E402
 
 
 def _fake_eval(workdir, psnr, lost):
@@ -142,3 +145,17 @@ def test_sweep_trains_evaluates_and_resumes_end_to_end(tmp_path):
   again = subprocess.run(command, cwd=ROOT_DIR, capture_output=True, text=True)
   assert again.returncode == 0 and "4 finished already" in again.stdout
   assert [os.stat(p).st_mtime_ns for p in evals] == mtimes
+
+
+@pytest.mark.parametrize("arm", ["teacher_forcing", "noise_augmentation", "parallel",
+                                 "autoregressive", "routed", "window"])
+def test_default_model_arms_differ_from_the_default_run_only_in_their_forcing_and_routing(arm):
+  default = bouncing_tiny.get_config().to_dict()
+  config = bouncing_rf.get_config(f"{arm},default_model").to_dict()
+  # The history guidance of the sampler needs the null history trained in every arm.
+  assert config["forcing"]["history_drop_prob"] == default["forcing"]["history_drop_prob"] > 0
+  config["model"]["routing_top_k"] = default["model"]["routing_top_k"]
+  assert {k: v for k, v in config.items() if k != "forcing"} == \
+      {k: v for k, v in default.items() if k != "forcing"}
+  if arm == "noise_augmentation":
+    assert config == default
