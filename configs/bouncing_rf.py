@@ -80,6 +80,6 @@ def get_config(variant: str = ""):
     base_config.default_model(config)
   if "test" in variants:
     base_config.tiny(config)
-    if config.forcing.paradigm == "resampling":
+    if config.forcing.paradigm == "resampling":  # Teacher Forcing reads no warm-up key
       config.forcing.warmup_steps = 1
   return config

@@ -4,7 +4,8 @@ The defaults are plain Teacher Forcing on the bouncing world, 32x32, on a laptop
 default run (configs/bouncing_tiny.py) without its noise augmentation of the history. Every file
 in configs/ starts from `get_config()` and overrides what differs; the library reads keys as
 `config.a.b`, never `config.a.get(b, default)`, so a default lives here and nowhere else.
-`tiny(config)` shrinks any config to the few-step smoke run that the `:test` variants and the
+`default_model(config)` gives a config the default run's model and sampler (its studies' arms use
+it); `tiny(config)` shrinks any config to the few-step smoke run that the `:test` variants and the
 test suite use.
 
 `data.options` is the one open-ended group: it holds the keyword arguments of the data source
