@@ -3,9 +3,10 @@
   python benchmarks/train_step.py [--patch=8] [--impls=dense,auto] [--steps=3] [--json=PATH]
 
 The default config (configs/bouncing_tiny.py: teacher forcing on the 2N layout, its history
-noise-augmented past step 200, 8 frames of 32x32, batch 8, width 128, depth 4; the timed steps
-are warm-up steps, so plain Teacher Forcing) with --patch 8 (16 tokens a frame, the default) or
-4 (64 tokens a frame). Each --impls attention implementation runs the same step; they take
+noise-augmented past step 200, 8 frames of 32x32, batch 8, width 128, depth 4, a FineDecoder at
+4x4 sub-patches; the timed steps are warm-up steps, so plain Teacher Forcing) with --patch 8 (16
+tokens a frame, the default) or 4 (64 tokens a frame in the trunk, without the FineDecoder, as in
+the config's patch4 variant). Each --impls attention implementation runs the same step; they take
 turns, so load from other processes slows them alike.
 
 Model FLOPs per step are counted by hand from the shapes: the matmuls of every layer and the
@@ -37,7 +38,8 @@ from configs import bouncing_tiny  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
-flags.DEFINE_integer("patch", 8, "Patch side: 8 is the default config, 4 gives 64 tokens a frame.")
+flags.DEFINE_integer("patch", 8, "Patch side: 8 is the default config, 4 gives 64 tokens a frame"
+                     " (and no FineDecoder).")
 flags.DEFINE_list("impls", ["dense", "auto"], "Attention implementations to run the step with.")
 flags.DEFINE_integer("steps", 3, "Timed steps per implementation; the best counts.")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the reference matmul (float32; bf16 on a GPU).")
@@ -48,22 +50,42 @@ PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H20
 
 
 def model_flops(config, frame_shape, mask: masks.MaskSpec) -> dict:
-  """FLOPs of one training step (forward and backward), by hand from the shapes."""
+  """FLOPs of one training step (forward and backward), by hand from the shapes.
+
+  The trunk runs over every frame of `mask` (the 2N layout's history and noisy frames); the
+  output (the final layer, or the FineDecoder with model.fine_patch) over the noisy frames only,
+  as CausalDiT's outputs_from has it."""
   m = config.model
   h, w, c = frame_shape
   tokens_per_frame = (h // m.patch) * (w // m.patch)
   frames = mask.frame_mask().shape[0]
+  output_frames = config.data.num_frames
   tokens = frames * tokens_per_frame
-  width, hidden, patch_dim = m.width, int(m.width * m.mlp_ratio), m.patch**2 * c
+  inputs = 2 if m.previous_frame_input else 1  # the previous frame's pixels beside the noisy ones
+  width, hidden = m.width, int(m.width * m.mlp_ratio)
   per_layer = (2 * tokens * width * (3 * width + width + 2 * hidden)  # qkv, out, mlp
                + 2 * frames * width * 6 * width)  # adaLN modulation
   attended_pairs = int(mask.frame_mask().sum()) * tokens_per_frame**2
   attention = 2 * 2 * attended_pairs * width  # q.k and p.v over every head
-  outside = (2 * tokens * patch_dim * width * 2  # patch embedding and unpatching
-             + 2 * frames * (256 * width + width * width + 2 * width * width))  # time, final adaLN
-  forward = config.data.batch_size * (m.depth * (per_layer + attention) + outside)
-  return dict(step=3 * forward, attention_share=m.depth * attention / (m.depth * (
-      per_layer + attention) + outside), tokens_per_frame=tokens_per_frame, frames=frames)
+  trunk_in = (2 * tokens * inputs * m.patch**2 * c * width  # patch embedding
+              + 2 * frames * (256 * width + width * width))  # timestep embedding
+  if m.fine_patch:
+    r2, fine_width = (m.patch // m.fine_patch)**2, m.fine_width
+    fine_tokens, fine_hidden = tokens_per_frame * r2, int(fine_width * m.mlp_ratio)
+    fine_block = (2 * fine_tokens * fine_width * (4 * fine_width + 2 * fine_hidden)
+                  + 2 * fine_width * 6 * fine_width + 2 * 2 * fine_tokens**2 * fine_width)
+    per_output_frame = (2 * tokens_per_frame * width * r2 * fine_width  # split
+                        + 2 * fine_tokens * inputs * m.fine_patch**2 * c * fine_width  # pixels_in
+                        + 2 * width * fine_width  # cond
+                        + m.fine_depth * fine_block
+                        + 2 * fine_width * 2 * fine_width  # final adaLN
+                        + 2 * fine_tokens * fine_width * m.fine_patch**2 * c)  # unpatch
+  else:
+    per_output_frame = 2 * width * 2 * width + 2 * tokens_per_frame * width * m.patch**2 * c
+  trunk = m.depth * (per_layer + attention)
+  forward = config.data.batch_size * (trunk + trunk_in + output_frames * per_output_frame)
+  return dict(step=3 * forward, attention_share=m.depth * attention / (
+      forward / config.data.batch_size), tokens_per_frame=tokens_per_frame, frames=frames)
 
 
 def step_runner(config, impl: str):
@@ -92,6 +114,8 @@ def main(argv):
   del argv
   config = bouncing_tiny.get_config()
   config.model.patch = FLAGS.patch
+  if config.model.fine_patch >= FLAGS.patch:
+    config.model.fine_patch = 0  # nothing finer to decode
   runners, xla_flops = {}, {}
   for impl in FLAGS.impls:
     exp, runners[f"step {impl}"], xla_flops[impl] = step_runner(config, impl)
