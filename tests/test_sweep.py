@@ -117,6 +117,10 @@ def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
     (["--arms=parallel", "--slurm=timeout_min=5"], "--slurm and --cluster are submitit's"),
     (["--arms=parallel", "--set=model.widht=3"],
      "--set=model.widht=3: the config of arm parallel has no such key"),
+    (["--arms=parallel", "--set=model.width=abc"], "--set=model.width=abc: invalid literal for int"),
+    (["--arms=parallel", "--set=sample.guidance_interval=(0.7,0.2)"],
+     "arm parallel: config.sample.guidance_interval=(0.7, 0.2) is invalid"),
+    (["--arms=parallel", "--variant=nope"], "--variant=nope: config variant 'nope' is unknown"),
 ])
 def test_bad_flags_stop_with_one_line(tmp_path, capsys, flags, message):
   with pytest.raises(SystemExit) as stopped:

@@ -27,8 +27,8 @@ command that made them. After `print`, or when a run failed, the same command ag
 table once all have finished.
 
 Exit status: 0 when the table is written (or, with `print`, the commands printed); 1 when a run
-failed or is unfinished (each named); 2 for bad flags or a config variant the config does not
-have.
+failed or is unfinished (each named); 2 for bad flags, a config variant the config does not
+have, or a --set key or value it rejects.
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
+from videoar import validate
+from videoar.errors import ConfigError
 from videoar.eval import compare
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import workdir as workdir_lib
@@ -168,13 +172,19 @@ def write_table(runs: list[Run], arms: list[str], root: str, command: str) -> st
 
 def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], variant: str,
                 overrides: dict) -> None:
-  """Loads CONFIG once per arm, so that an unknown variant or a --set key the config lacks fails
-  here in one line, not in every run of the sweep."""
+  """Loads CONFIG once per arm with the --set overrides, parsed as videoar.main parses them, and
+  validates it (videoar.validate), so that an unknown variant, a --set key the config lacks or a
+  value it cannot take fails here in one line, not in every run of the sweep."""
   if not os.path.isfile(config):
     parser.error(f"--config={config}: no such file")
   spec = importlib.util.spec_from_file_location("sweep_config", config)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  if variant:
+    try:
+      module.get_config(variant)
+    except ValueError as e:
+      parser.error(f"--variant={variant}: {e}")
   for arm in arms:
     try:
       arm_config = module.get_config(_variants(arm, variant))
@@ -187,6 +197,18 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
           parser.error(f"--set={key}={value}: the config of arm {arm} has no such key (every key"
                        " is in videoar/base_config.py)")
         node = node[part]
+    argv = ["sweep", f"--config={config}:{_variants(arm, variant)}",
+            *(f"--config.{key}={value}" for key, value in overrides.items())]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    try:
+      flag_values(argv)
+      validate.validate(flag_values.config)
+    except flags.Error as e:  # a value of the wrong type: "flag --config.KEY=VALUE: why"
+      parser.error(str(e).splitlines()[0].replace("flag --config.", "--set=", 1))
+    except ConfigError as e:
+      parser.error(f"arm {arm}: {e}")
 
 
 def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict:
