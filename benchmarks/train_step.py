@@ -82,10 +82,10 @@ def model_flops(config, frame_shape, mask: masks.MaskSpec) -> dict:
                         + 2 * fine_tokens * fine_width * m.fine_patch**2 * c)  # unpatch
   else:
     per_output_frame = 2 * width * 2 * width + 2 * tokens_per_frame * width * m.patch**2 * c
-  trunk = m.depth * (per_layer + attention)
-  forward = config.data.batch_size * (trunk + trunk_in + output_frames * per_output_frame)
-  return dict(step=3 * forward, attention_share=m.depth * attention / (
-      forward / config.data.batch_size), tokens_per_frame=tokens_per_frame, frames=frames)
+  per_example = m.depth * (per_layer + attention) + trunk_in + output_frames * per_output_frame
+  return dict(step=3 * config.data.batch_size * per_example,
+              attention_share=m.depth * attention / per_example,
+              tokens_per_frame=tokens_per_frame, frames=frames)
 
 
 def step_runner(config, impl: str):
