@@ -91,6 +91,21 @@ def test_print_prints_the_unfinished_runs_then_the_finished_sweep_writes_its_tab
   assert "| teacher_forcing | 2 | 1.50 ± 0.71 | - |" in markdown  # lost: null in segment 8-15
 
 
+def test_compare_reads_a_kept_eval_json_as_its_workdir_and_names_a_missing_run(tmp_path, capsys):
+  _fake_eval(tmp_path / "a" / "seed0", 20.0, 1.0)
+  _fake_eval(tmp_path / "a" / "seed1", 24.0, 0.0)
+  kept = tmp_path / "kept_seed1.json"
+  kept.write_text((tmp_path / "a" / "seed1" / "eval.json").read_text())
+  from_workdirs = compare.combine({"a": [f"{tmp_path}/a/seed0", f"{tmp_path}/a/seed1"]})
+  assert compare.combine({"a": [f"{tmp_path}/a/seed0", str(kept)]}) == from_workdirs
+  assert from_workdirs["a"][0]["psnr"] == 22.0
+
+  with pytest.raises(SystemExit) as stopped:
+    compare.main([f"a={tmp_path}/a/seed0,{tmp_path}/gone"])
+  assert stopped.value.code == 2
+  assert f"a={tmp_path}/gone: no {tmp_path}/gone/eval.json" in capsys.readouterr().err
+
+
 def test_local_runs_each_command_and_names_the_failed_ones(tmp_path, capsys):
   runs = [sweep.Run("a", 0, str(tmp_path / "a" / "seed0"), _script("print('trained')")),
           sweep.Run("a", 1, str(tmp_path / "a" / "seed1"), _script("import sys; sys.exit(3)"))]

@@ -1,9 +1,10 @@
 """Puts the long-horizon tables of several runs side by side.
 
-  python -m videoar.eval.compare NAME=WORKDIR [NAME=WORKDIR ...] [--json PATH] [--markdown PATH]
+  python -m videoar.eval.compare NAME=RUN [NAME=RUN ...] [--json PATH] [--markdown PATH]
 
-Each WORKDIR holds the eval.json an `evaluate` run wrote; the baselines (copy_last, background)
-come from the first run. With several seeds per arm (NAME=DIR1,DIR2,...) the mean is shown, and
+Each RUN is a workdir holding the eval.json an `evaluate` run wrote, or the path of such a file
+(a copy kept after the workdir is gone, e.g. under docs/); the baselines (copy_last,
+background) come from the first run. With several seeds per arm (NAME=DIR1,DIR2,...) the mean is shown, and
 under it the row "NAME sd", each figure's standard deviation over the seeds. `combine` and
 `markdown` are the same for videoar.sweep, which writes its arms' table through them.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 
 import numpy as np
 
@@ -49,22 +51,28 @@ def _spread(numbers: list[float]) -> float:
 SPREAD_SUFFIX = " sd"
 
 
+def eval_json_path(run: str) -> str:
+  """The eval.json of `run`: the file itself if `run` is one, else `run`/eval.json."""
+  return run if run.endswith(".json") else os.path.join(run, "eval.json")
+
+
 def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
   """The model tables of several arms from their runs' eval.json, side by side.
 
   Args:
-    runs: {arm name: [WORKDIR, ...]}, one workdir per seed, each holding an eval.json.
+    runs: {arm name: [RUN, ...]}, one per seed, each a workdir holding an eval.json or the path
+      of an eval.json.
 
   Returns {method: segment rows} (long_horizon.segment_table's rows): per arm its mean over the
   seeds (_mean_tables; each row's `seeds` counts them), with several seeds also "NAME sd", each
   figure's standard deviation (n - 1); then the baselines copy_last and background of the first
-  run. Raises FileNotFoundError naming a workdir without eval.json.
+  run. Raises FileNotFoundError naming an eval.json that does not exist.
   """
   combined, baselines = {}, None
-  for name, workdirs in runs.items():
+  for name, seed_runs in runs.items():
     results = []
-    for workdir in workdirs:
-      with open(f"{workdir}/eval.json") as f:
+    for run in seed_runs:
+      with open(eval_json_path(run)) as f:
         results.append(json.load(f)["tables"])
     combined[name] = _mean_tables([r["model"] for r in results])
     if len(results) > 1:
@@ -112,7 +120,7 @@ def markdown(combined: dict[str, list[dict]]) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("runs", nargs="+", help="NAME=WORKDIR[,WORKDIR...]")
+  parser.add_argument("runs", nargs="+", help="NAME=RUN[,RUN...], each RUN a workdir or eval.json")
   parser.add_argument("--json", help="also write the combined tables here")
   parser.add_argument("--markdown", help="also write them here as Markdown (mean ± sd)")
   args = parser.parse_args(argv)
@@ -120,8 +128,12 @@ def main(argv=None):
   for spec in args.runs:
     name, _, dirs = spec.partition("=")
     if not dirs:
-      parser.error(f"run {spec!r} is not NAME=WORKDIR")
+      parser.error(f"run {spec!r} is not NAME=RUN[,RUN...]")
     runs[name] = dirs.split(",")
+    for run in runs[name]:
+      if not os.path.isfile(eval_json_path(run)):
+        parser.error(f"{name}={run}: no {eval_json_path(run)} (a workdir after `evaluate`, or "
+                     "an eval.json)")
   combined = combine(runs)
   print(long_horizon.format_table(combined))
   if args.json:
