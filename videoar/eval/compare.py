@@ -3,9 +3,9 @@
   python -m videoar.eval.compare NAME=RUN [NAME=RUN ...] [--json PATH] [--markdown PATH]
 
 Each RUN is a workdir holding the eval.json an `evaluate` run wrote, or the path of such a file
-(a copy kept after the workdir is gone, e.g. under docs/); the baselines (copy_last,
-background) come from the first run. With several seeds per arm (NAME=DIR1,DIR2,...) the mean is shown, and
-under it the row "NAME sd", each figure's standard deviation over the seeds. `combine` and
+(a copy kept after the workdir is gone, e.g. docs/sweep_rf_dm/); the baselines (copy_last,
+background) come from the first run. With several seeds per arm (NAME=RUN1,RUN2,...) the mean
+is shown, and under it the row "NAME sd", each figure's standard deviation over the seeds. `combine` and
 `markdown` are the same for videoar.sweep, which writes its arms' table through them.
 """
 
