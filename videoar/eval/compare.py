@@ -5,8 +5,9 @@
 Each RUN is a workdir holding the eval.json an `evaluate` run wrote, or the path of such a file
 (a copy kept after the workdir is gone, e.g. docs/sweep_rf_dm/); the baselines (copy_last,
 background) come from the first run. With several seeds per arm (NAME=RUN1,RUN2,...) the mean
-is shown, and under it the row "NAME sd", each figure's standard deviation over the seeds. `combine` and
-`markdown` are the same for videoar.sweep, which writes its arms' table through them.
+is shown, and under it the row "NAME sd", each figure's standard deviation over the seeds.
+`combine` and `markdown` are the same for videoar.sweep, which writes its arms' table through
+them.
 """
 
 from __future__ import annotations
