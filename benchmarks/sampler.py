@@ -1,18 +1,22 @@
 """Streaming generation: first-chunk latency and frames per second of `Sampler.stream`.
 
-  python benchmarks/sampler.py [--shape=tiny] [--chunks=8] [--json=PATH]
-  python benchmarks/sampler.py --shape=wan1.3b --dtype=bfloat16   # on a GPU
+  python benchmarks/sampler.py [--config=configs/NAME.py[:VARIANT]] [--impls=auto,dense]
+      [--chunks=8] [--json=PATH]
+  python benchmarks/sampler.py --config=configs/wan_1p3b.py:sampler --frame_shape=60,104,16 \
+      --impls=cudnn,dense --video_frames_per_frame=4 --json=PATH                # on a GPU
 
-Shapes:
-  tiny     the default config's model (configs/bouncing_tiny.py: 32x32 frames, 8x8 patches,
-           width 128, depth 4) with its sampler: frame-wise chunks, 20 Euler steps, a KV cache
-           of 7 frames.
-  wan1.3b  the transformer trunk of Wan2.1-1.3B: width 1536, 30 layers, 12 heads, MLP 8960, latent
-           frames of 60x104x16 in 2x2 patches (1560 tokens), chunks of 3 latent frames, 4 steps,
-           a window of 21 latent frames. Self-attention and MLP only: Wan's text cross-attention
-           and VAE are not part of this model. Random weights, cast to --dtype.
-Latency counts from the call to `stream` to its first chunk, cold (compiling included) and warm
-(a second stream); frames/s counts the chunks after the first of the warm stream.
+The model and sampler are the config's (default configs/bouncing_tiny.py), built as in training
+(videoar/experiment.py: scanned blocks, dtype, routing, the KV cache's window and sink), with
+random weights cast to the model's compute dtype (a deployment streams in that dtype);
+--frame_shape gives the frames of a latent source (Wan's [60, 104, 16]), and a text-conditioned
+model gets a random text embedding of --text_tokens tokens. Latency counts from the call to
+`stream` to its first chunk, cold (compiling included) and warm (a second stream). frames/s
+counts the chunks after the first of the warm stream, steady frames/s those that see a full KV
+cache, each times --video_frames_per_frame (4 for Wan's VAE latents; the DiT only, no VAE
+decoding). Each implementation in --impls streams in turn with the same weights. The profile
+beside it: one attention call at the chunk's shape over a full KV cache, timed alone, and its
+share of a chunk (calls per chunk x that time); the model's FLOPs per chunk (attention, and the
+per-token matrix multiplies) over the steady chunk time.
 
   python benchmarks/sampler.py --arms=noise_augmentation,routed,window [--frames=80]
 
@@ -25,7 +29,6 @@ KV cache is full, so the cost per frame stays level from there on.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -33,51 +36,37 @@ import time
 from absl import app, flags
 import jax
 import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
 from configs import bouncing_rf, bouncing_tiny  # noqa: E402
-from videoar import sampling  # noqa: E402
+from videoar import experiment  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
-from videoar.models import dit  # noqa: E402
+from videoar.attention import routing as routing_lib  # noqa: E402
+from videoar.errors import ConfigError  # noqa: E402
 
+config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[:VARIANT]);"
+                                " default configs/bouncing_tiny.py.")
+flags.DEFINE_list("frame_shape", None, "H,W,C of a frame as the model sees it (default: the"
+                  " config's data source).")
+flags.DEFINE_list("impls", None, "Attention implementations to stream with, in turn (default:"
+                  " the config's model.attention_impl); allowed: " + ", ".join(ops.IMPLS))
+flags.DEFINE_integer("text_tokens", 512, "Tokens of the random text embedding (text models).")
+flags.DEFINE_integer("video_frames_per_frame", 1, "Video frames a model frame decodes to (4 for"
+                     " Wan's latents), for frames/s.")
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
-flags.DEFINE_enum("shape", "tiny", ["tiny", "wan1.3b"], "Model and sampler shape.")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype; default: the shape's.")
-flags.DEFINE_enum("impl", "auto", ops.IMPLS, "Attention implementation.")
 flags.DEFINE_integer("chunks", 8, "Chunks streamed each time.")
 flags.DEFINE_list("arms", None, "Variants of configs/bouncing_rf.py whose samplers to time per"
-                  " frame, side by side; each arm's config sets the shape, dtype and attention,"
-                  " so --shape, --dtype, --impl and --chunks do not apply.")
+                  " frame, side by side; each arm's config sets the model and sampler, so"
+                  " --config, --impls and --chunks do not apply.")
 flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 10x training).")
 flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).")
 FLAGS = flags.FLAGS
 
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  frame_shape: tuple[int, int, int]
-  patch: int
-  width: int
-  depth: int
-  num_heads: int
-  mlp_ratio: float
-  chunk: int
-  window: int
-  num_steps: int
-  dtype: str
-
-
-def shapes() -> dict[str, Shape]:
-  config = bouncing_tiny.get_config()
-  size = config.data.options.size
-  m = config.model
-  return {
-      "tiny": Shape((size, size, 3), m.patch, m.width, m.depth, m.num_heads, m.mlp_ratio,
-                    config.forcing.chunk, config.data.num_frames, config.sample.num_steps,
-                    m.dtype),
-      "wan1.3b": Shape((60, 104, 16), 2, 1536, 30, 12, 8960 / 1536, 3, 21, 4, "bfloat16"),
-  }
+# Model FLOPs of one chunk above which a CPU run is refused: Wan's chunk is about 40 TFLOP.
+CPU_FLOP_LIMIT = 1e12
 
 
 def time_arms(arms: list[str]) -> None:
@@ -85,9 +74,6 @@ def time_arms(arms: list[str]) -> None:
   (benchmarks.time_interleaved) over streams of --frames frames from an empty cache, batch 1."""
   if len(set(arms)) < len(arms):
     raise SystemExit(f"--arms={','.join(arms)} must name distinct arms")
-  # Here, not at the top: experiment reads the data pipeline (grain), which the GPU image of the
-  # --shape path lacks.
-  from videoar import experiment
   streams, rows = {}, []
   for arm in arms:
     try:
@@ -123,54 +109,135 @@ def time_arms(arms: list[str]) -> None:
   benchmarks.write_json(FLAGS.json, frames=FLAGS.frames, repeats=FLAGS.repeats, arms=rows)
 
 
-def main(argv):
-  del argv
-  if FLAGS.arms:
-    return time_arms(FLAGS.arms)
-  shape = shapes()[FLAGS.shape]
-  if FLAGS.shape == "wan1.3b" and jax.default_backend() == "cpu":
-    raise SystemExit("--shape=wan1.3b is a GPU benchmark: one chunk is tens of TFLOPs")
-  dtype = jnp.dtype(FLAGS.dtype or shape.dtype)
-  model = dit.CausalDiT(patch=shape.patch, width=shape.width, depth=shape.depth,
-                        num_heads=shape.num_heads, mlp_ratio=shape.mlp_ratio,
-                        attention_impl=FLAGS.impl, dtype=dtype)
-  chunk_frames = jnp.zeros((1, shape.chunk) + shape.frame_shape)
-  params = jax.jit(lambda rng: jax.tree.map(lambda p: p.astype(dtype), model.init(
-      rng, chunk_frames, jnp.zeros((1, shape.chunk)), frame_pos_f=jnp.arange(shape.chunk),
-      mask=masks.BlockCausal(shape.chunk, shape.chunk))))(jax.random.key(0))
-  num_params = sum(p.size for p in jax.tree.leaves(params))
-  sampler = sampling.Sampler(model, frame_shape=shape.frame_shape, chunk=shape.chunk,
-                             window=shape.window)
+def build(config, impl: str) -> experiment.Experiment:
+  config = config.copy_and_resolve_references()
+  config.model.attention_impl = impl
+  if FLAGS.frame_shape:
+    return experiment.build_for_shapes(config, tuple(int(n) for n in FLAGS.frame_shape))
+  return experiment.build(config)
+
+
+def attention_call(exp: experiment.Experiment, sampler, impl: str):
+  """One self-attention call of a chunk over a full KV cache, as the model makes it."""
+  model = exp.model
+  tokens = model.tokens_per_frame(*exp.frame_shape[:2])
+  c, slots = sampler.chunk, sampler.slots
+  keys = jax.random.split(jax.random.key(2), 3)
+  heads = (model.num_heads, model.head_dim)
+  q = jax.random.normal(keys[0], (1, c * tokens) + heads, model.dtype)
+  k, v = (jax.random.normal(key, (1, (slots + c) * tokens) + heads, model.dtype)
+          for key in keys[1:])
+  valid = jnp.ones((slots + c,), bool)
+  routing = routing_lib.Routing(model.routing_top_k) if model.routing_top_k else None
+  attend = jax.jit(lambda q, k, v, valid: ops.attention(
+      q, k, v, masks.Full(c, slots + c), tokens_per_frame=tokens, kv_frame_valid=valid,
+      routing=routing, impl=impl))
+  flops = 4 * q.shape[1] * k.shape[1] * model.num_heads * model.head_dim
+  return (lambda: attend(q, k, v, valid)), flops
+
+
+def stream_impl(config, impl: str, params) -> dict:
+  exp = build(config, impl)
+  sampler = experiment.make_sampler(exp)
+  model, c = exp.model, config.sample
+  cond = {}
+  if model.text_dim:
+    cond = model.conditioning({"text": jax.random.normal(
+        jax.random.key(3), (1, FLAGS.text_tokens, model.text_dim), model.dtype)})
+  chunk = sampler.chunk
 
   def stream():
     """Seconds to the first chunk and to each chunk after it."""
     start = time.perf_counter()
     times = []
-    for _ in sampler.stream(params, jax.random.key(1), shape.chunk * FLAGS.chunks,
-                            shape.num_steps, time_shift=1.0):
+    for _ in sampler.stream(params, jax.random.key(1), chunk * FLAGS.chunks, c.num_steps,
+                            c.time_shift, cond=cond):
       times.append(time.perf_counter() - start)
     return times
 
   cold = stream()
   warm = stream()
-  steady_frames = shape.chunk * (FLAGS.chunks - 1)
-  result = dict(shape=FLAGS.shape, dtype=dtype.name, impl=FLAGS.impl, params=num_params,
-                tokens_per_frame=model.tokens_per_frame(*shape.frame_shape[:2]),
-                chunk=shape.chunk, window=shape.window, num_steps=shape.num_steps,
-                chunks=FLAGS.chunks, first_chunk_cold_s=cold[0], first_chunk_warm_s=warm[0],
-                frames_per_s=steady_frames / (warm[-1] - warm[0]),
-                chunk_ms=1e3 * (warm[-1] - warm[0]) / (FLAGS.chunks - 1),
-                # Against the chunk index: level once the KV cache is full (a rolling window).
-                # Element 0 is the first chunk's latency, prefill included.
-                warm_chunk_ms_by_index=[1e3 * (b - a) for a, b in zip([0.0] + warm, warm)])
+  chunk_s = (warm[-1] - warm[0]) / (FLAGS.chunks - 1)
+  # Chunks after the first that see a full KV cache: the steady state of a long stream.
+  full = max(sampler.slots // chunk, 1)
+  steady_s = ((warm[-1] - warm[full - 1]) / (FLAGS.chunks - full)
+              if FLAGS.chunks > full else None)
+  attend, attention_flops = attention_call(exp, sampler, impl)
+  attention_s = benchmarks.time_interleaved({"attention": attend}, 5)["attention"]
+  # Model calls per chunk: each solver step, then the clean chunk written to the cache; the
+  # guided batch is doubled within each call.
+  calls = (c.num_steps + 1) * model.depth
+  batch = 2 if sampler.guided else 1
+  # Matrix-multiply FLOPs of a model call outside self-attention's softmax: per token, the q/k/v
+  # and output projections (4 w^2), cross-attention's q and output (2 w^2), the MLP (2 w mlp);
+  # AdaLN's projections act per frame and are left out.
+  w = model.width
+  per_token = (4 + (2 if model.text_dim else 0) + 2 * model.mlp_ratio) * w * w * model.depth
+  tokens = model.tokens_per_frame(*exp.frame_shape[:2])
+  linear_flops = 2 * per_token * chunk * tokens * (c.num_steps + 1) * batch
+  model_flops = linear_flops + calls * batch * attention_flops
+  return dict(
+      impl=impl, chunk=chunk, kv_cache_frames=sampler.slots, sink_frames=sampler.sink_frames,
+      routing_top_k=model.routing_top_k, num_steps=c.num_steps, solver=c.solver,
+      first_chunk_cold_s=cold[0], first_chunk_warm_s=warm[0], chunk_ms=1e3 * chunk_s,
+      frames_per_s=FLAGS.video_frames_per_frame * chunk / chunk_s,
+      steady_frames_per_s=FLAGS.video_frames_per_frame * chunk / steady_s if steady_s else None,
+      # Against the chunk index: level once the KV cache is full (a rolling window). Element 0
+      # is the first chunk's latency.
+      warm_chunk_ms_by_index=[1e3 * (b - a) for a, b in zip([0.0] + warm, warm)],
+      attention_call_ms=1e3 * attention_s, attention_calls_per_chunk=calls,
+      attention_share=calls * batch * attention_s / chunk_s,
+      attention_tflop_per_chunk=calls * batch * attention_flops / 1e12,
+      attention_tflops=attention_flops / attention_s / 1e12,
+      model_tflop_per_chunk=model_flops / 1e12,
+      model_tflops=model_flops / (steady_s or chunk_s) / 1e12)
+
+
+def main(argv):
+  del argv
+  if FLAGS.arms:
+    return time_arms(FLAGS.arms)
+  config = FLAGS.config or bouncing_tiny.get_config()
+  impls = FLAGS.impls or [config.model.attention_impl]
+  for impl in impls:
+    if impl not in ops.IMPLS:
+      raise SystemExit(f"--impls: {impl!r} is unknown; allowed: {', '.join(ops.IMPLS)}")
+  try:
+    exp = build(config, impls[0])
+  except ConfigError as e:
+    raise SystemExit(str(e)) from None
+  model = exp.model
+  tokens = model.tokens_per_frame(*exp.frame_shape[:2])
+  chunk_tokens = config.forcing.chunk * tokens
+  approx_params = model.depth * (4 + 2 * model.mlp_ratio) * model.width**2
+  if jax.default_backend() == "cpu" and 2 * approx_params * chunk_tokens > CPU_FLOP_LIMIT:
+    raise SystemExit(f"{model.depth} blocks of width {model.width} on {chunk_tokens} tokens a"
+                     " chunk is a GPU benchmark: one model call is over a TFLOP")
+  params = jax.jit(lambda rng: jax.tree.map(
+      lambda p: p.astype(model.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+      experiment.init_params(exp, rng)))(jax.random.key(0))
+  num_params = sum(p.size for p in jax.tree.leaves(params))
+  rows = [stream_impl(config, impl, params) for impl in impls]
+  title = (f"Streaming sampler ({num_params / 1e6:.1f}M parameters, {model.dtype.name}, depth"
+           f" {model.depth}, {tokens} tokens/frame, chunks of {rows[0]['chunk']},"
+           f" {rows[0]['num_steps']} {rows[0]['solver']} steps, KV cache"
+           f" {rows[0]['kv_cache_frames']} frames (sink {rows[0]['sink_frames']}), routing"
+           f" top-k {rows[0]['routing_top_k'] or '-'}; {benchmarks.machine()['device']})")
   benchmarks.print_table(
-      f"Streaming sampler, {FLAGS.shape} ({num_params / 1e6:.1f}M parameters, {dtype.name},"
-      f" {result['tokens_per_frame']} tokens/frame, chunks of {shape.chunk}, {shape.num_steps}"
-      f" steps, window {shape.window}, attention impl={FLAGS.impl})",
-      ["first chunk cold s", "first chunk warm ms", "ms per chunk", "frames/s"],
-      [[result["first_chunk_cold_s"], 1e3 * result["first_chunk_warm_s"], result["chunk_ms"],
-        result["frames_per_s"]]])
-  benchmarks.write_json(FLAGS.json, **result)
+      title, ["impl", "first chunk cold s", "first chunk warm ms", "ms per chunk", "frames/s",
+              "steady frames/s", "attention ms/call", "attention share", "attention TFLOP/s",
+              "model TFLOP/chunk", "model TFLOP/s"],
+      [[r["impl"], r["first_chunk_cold_s"], 1e3 * r["first_chunk_warm_s"], r["chunk_ms"],
+        r["frames_per_s"], r["steady_frames_per_s"] or "-", r["attention_call_ms"],
+        r["attention_share"], r["attention_tflops"], r["model_tflop_per_chunk"],
+        r["model_tflops"]] for r in rows])
+  for r in rows:
+    print(f"{r['impl']}: ms per chunk by index "
+          + " ".join(f"{t:.1f}" for t in r["warm_chunk_ms_by_index"]))
+  benchmarks.write_json(FLAGS.json, params=num_params, dtype=model.dtype.name,
+                        tokens_per_frame=tokens, depth=model.depth, width=model.width,
+                        video_frames_per_frame=FLAGS.video_frames_per_frame,
+                        chunks=FLAGS.chunks, impls=rows)
 
 
 if __name__ == "__main__":

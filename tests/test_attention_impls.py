@@ -1,10 +1,11 @@
 """Every attention implementation against the dense reference: outputs and gradients."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videoar.attention import blocked, masks, ops, routing
+from videoar.attention import blocked, fused, masks, ops, routing
 from videoar.attention.kernels import splash
 
 BATCH, HEADS, HEAD_DIM = 2, 2, 8
@@ -120,8 +121,13 @@ def test_every_path_at_wan_frames_equals_the_reference(spec, valid):
   cotangent = jax.random.normal(keys[3], q.shape)
   attend = lambda impl: lambda q, k, v: ops.attention(
       q, k, v, spec, tokens_per_frame=WAN_TOKENS, kv_frame_valid=valid, impl=impl)
-  for impl in ("blocked", "pallas"):
+  # On a GPU the Pallas kernel has no target (it raises: test_attention_platform.py).
+  for impl in ("blocked",) if jax.default_backend() == "gpu" else ("blocked", "pallas"):
     assert_matches_reference(attend(impl), attend("dense"), q, k, v, cotangent)
+  if isinstance(spec, masks.Full):
+    fused_xla = lambda q, k, v: fused.full_attention(
+        q, k, v, tokens_per_frame=WAN_TOKENS, kv_frame_valid=valid, implementation="xla")
+    assert_matches_reference(fused_xla, attend("dense"), q, k, v, cotangent)
 
 
 def test_splash_mask_is_lazy_and_equals_the_token_mask():
@@ -171,22 +177,104 @@ def test_plan_of_the_2n_layout_computes_little_more_than_the_allowed_blocks():
   assert len(plan.buckets) <= blocked.MAX_BUCKETS
 
 
+F32 = dict(dtype=jnp.float32, head_dim=64)
+BF16 = dict(dtype=jnp.bfloat16, head_dim=128)
+
+
 @pytest.mark.parametrize("platform", ["cpu", "gpu"])
 def test_auto_picks_dense_only_where_nothing_can_be_skipped(platform):
-  assert ops.choose_impl(masks.Full(4), None, platform, 1560) == "dense"
-  assert ops.choose_impl(masks.Full(1, 17), None, platform, 64) == "dense"
-  assert ops.choose_impl(masks.TeacherForcing(8), None, platform, 1560) == "blocked"
-  assert ops.choose_impl(masks.SlidingWindow(8, 2), None, platform, 64) == "blocked"
-  assert ops.choose_impl(masks.Full(1, 17), routing.Routing(4), platform, 64) == "blocked"
+  assert ops.choose_impl(masks.Full(4), None, platform, 1560, **F32) == "dense"
+  assert ops.choose_impl(masks.Full(1, 17), None, platform, 64, **F32) == "dense"
+  for dtypes in (F32, BF16):
+    assert ops.choose_impl(masks.TeacherForcing(8), None, platform, 1560, **dtypes) == "blocked"
+    assert ops.choose_impl(masks.SlidingWindow(8, 2), None, platform, 64, **dtypes) == "blocked"
+    assert ops.choose_impl(masks.Full(1, 17), routing.Routing(4), platform, 64,
+                           **dtypes) == "blocked"
+
+
+def test_auto_picks_cudnn_on_gpu_for_half_precision_full_masks():
+  for spec in (masks.Full(4), masks.Full(3, 21)):
+    assert ops.choose_impl(spec, None, "gpu", 1560, **BF16) == "cudnn"
+    assert ops.choose_impl(spec, None, "gpu", 1560, dtype=jnp.float16, head_dim=64) == "cudnn"
+    assert ops.choose_impl(spec, None, "cpu", 1560, **BF16) == "dense"
+    assert ops.choose_impl(spec, None, "gpu", 1560, dtype=jnp.bfloat16, head_dim=256) == "dense"
 
 
 def test_auto_picks_splash_on_tpu_where_frames_fill_its_tiles_and_nothing_is_routed():
   for spec in (masks.Full(4), masks.Full(1, 17), masks.TeacherForcing(8), masks.BlockCausal(3)):
     for tokens in (1560, 128, 256):
-      assert ops.choose_impl(spec, None, "tpu", tokens) == "pallas"
-    assert ops.choose_impl(spec, None, "tpu", 16) != "pallas"
-  assert ops.choose_impl(masks.TeacherForcing(8), None, "tpu", 200) == "blocked"
-  assert ops.choose_impl(masks.TeacherForcing(8), routing.Routing(4), "tpu", 1560) == "blocked"
+      assert ops.choose_impl(spec, None, "tpu", tokens, **F32) == "pallas"
+    assert ops.choose_impl(spec, None, "tpu", 16, **F32) != "pallas"
+  assert ops.choose_impl(masks.TeacherForcing(8), None, "tpu", 200, **F32) == "blocked"
+  assert ops.choose_impl(masks.TeacherForcing(8), routing.Routing(4), "tpu", 1560,
+                         **F32) == "blocked"
+
+
+# A KV cache whose empty slots sit between cached frames and the chunk's own: the fused path
+# must move the valid frames to the front in each row's own order.
+FUSED_CASES = [
+    pytest.param(masks.Full(3), None, 32, id="bidirectional"),
+    pytest.param(masks.Full(2, 6), CACHE_VALID, 32, id="cache"),
+    pytest.param(masks.Full(2, 6), CACHE_VALID[1], 5, id="cache-shared-by-rows"),
+]
+
+
+@pytest.mark.parametrize("spec, valid, tokens", FUSED_CASES)
+def test_fused_reordering_and_lengths_equal_the_reference(spec, valid, tokens):
+  """The cuDNN path's code through XLA's attention (the same jax.nn call), on this CPU."""
+  q, k, v, cotangent = random_qkv(spec, tokens, seed=11)
+  fused_xla = lambda q, k, v: fused.full_attention(q, k, v, tokens_per_frame=tokens,
+                                                   kv_frame_valid=valid, implementation="xla")
+  reference = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=tokens,
+                                            kv_frame_valid=valid, impl="dense")
+  assert_matches_reference(fused_xla, reference, q, k, v, cotangent)
+
+
+on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN runs on a GPU only")
+
+
+@on_gpu
+@pytest.mark.parametrize("spec, valid, tokens", FUSED_CASES + [
+    pytest.param(masks.Full(1, 3), np.array([False, True, True]), WAN_TOKENS, id="wan-frames")])
+def test_cudnn_equals_the_reference_on_a_gpu(spec, valid, tokens):
+  """bfloat16 operands against the float32 reference on the same operands: outputs and
+  gradients within bfloat16's rounding (relative error of the whole array below 1e-2)."""
+  q, k, v, cotangent = (x.astype(jnp.bfloat16) for x in random_qkv(spec, tokens, seed=12))
+  attend = lambda impl, dtype: lambda q, k, v: ops.attention(
+      q.astype(dtype), k.astype(dtype), v.astype(dtype), spec, tokens_per_frame=tokens,
+      kv_frame_valid=valid, impl=impl).astype(jnp.float32)
+
+  def output_and_grads(fn):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out,) + vjp(cotangent.astype(jnp.float32))
+
+  text = jax.jit(attend("cudnn", jnp.bfloat16)).lower(q, k, v).as_text()
+  assert "cudnn" in text, "no cuDNN custom call"
+  for name, got, want in zip(["out", "dq", "dk", "dv"],
+                             jax.jit(output_and_grads)(attend("cudnn", jnp.bfloat16)),
+                             jax.jit(output_and_grads)(attend("dense", jnp.float32))):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    error = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert error < 1e-2, (name, error)
+
+
+def test_cudnn_off_a_gpu_or_on_a_frame_causal_mask_raises():
+  spec = masks.Full(1, 3)
+  q, k, v, _ = random_qkv(spec, 3)
+  with pytest.raises(ValueError, match="impl='cudnn' needs a GPU target; this one is 'cpu'"):
+    ops.attention(q, k, v, spec, tokens_per_frame=3, impl="cudnn")
+  device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+  mesh = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=device)
+  with jax.sharding.use_abstract_mesh(mesh):
+    with pytest.raises(ValueError, match="does not serve this call: mask BlockCausal"):
+      spec = masks.BlockCausal(2)
+      q, k, v, _ = random_qkv(spec, 3)
+      jax.make_jaxpr(lambda q, k, v: ops.attention(
+          q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), spec,
+          tokens_per_frame=3, impl="cudnn"))(q, k, v)
+    with pytest.raises(ValueError, match="dtype float32: cuDNN takes bfloat16 or float16"):
+      jax.make_jaxpr(lambda q: ops.attention(q, q, q, masks.Full(2), tokens_per_frame=3,
+                                             impl="cudnn"))(jnp.zeros((1, 6, 2, 8)))
 
 
 def test_routing_gathers_over_a_long_cache_and_masks_in_training():

@@ -77,7 +77,8 @@ def test_a_gpu_target_runs_blocked_and_has_no_pallas_kernel():
   q = jnp.zeros((1, 2 * TOKENS, 2, 16))
   with jax.sharding.use_abstract_mesh(mesh):
     assert ops.target_platform() == "gpu"
-    assert ops.choose_impl(SPEC, None, ops.target_platform(), TOKENS) == "blocked"
+    assert ops.choose_impl(SPEC, None, ops.target_platform(), TOKENS, dtype=q.dtype,
+                           head_dim=q.shape[-1]) == "blocked"
     with pytest.raises(ValueError, match="no kernel for platform 'gpu'"):
       jax.make_jaxpr(_attend("pallas"))(q, q, q)
 

@@ -1,9 +1,16 @@
-"""The benchmarks' train-step runner: built from a config alone, it steps like training."""
+"""The benchmarks' runners: built from a config alone, they step and stream like training."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 
 from benchmarks import runners
 from configs import atari_pong
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_train_step_runner_needs_no_data_and_steps(tmp_path):
@@ -17,3 +24,23 @@ def test_train_step_runner_needs_no_data_and_steps(tmp_path):
   assert int(runner.state.step) == 2
   assert runner.xla_flops() > 0
   assert not (tmp_path / "atari").exists()
+
+
+def test_sampler_benchmark_streams_the_configs_sampler(tmp_path):
+  """The GPU benchmark's code path (configs/wan_1p3b.py: latents, text, scanned blocks, sink)
+  at the tiny shape: each impl streams, timings per chunk, the profile's figures."""
+  out = tmp_path / "sampler.json"
+  subprocess.run(
+      [sys.executable, "benchmarks/sampler.py", "--config=configs/wan_1p3b.py:sampler,tiny",
+       "--frame_shape=8,8,4", "--chunks=3", "--impls=auto,dense", "--text_tokens=4",
+       "--video_frames_per_frame=4", f"--json={out}"],
+      check=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  result = json.loads(out.read_text())
+  assert [row["impl"] for row in result["impls"]] == ["auto", "dense"]
+  for row in result["impls"]:
+    # Window 9 frames in chunks of 3: a cache of 6 frames, 3 of them the sink, full from the
+    # third chunk on.
+    assert (row["kv_cache_frames"], row["sink_frames"], row["num_steps"]) == (6, 3, 4)
+    assert len(row["warm_chunk_ms_by_index"]) == 3
+    assert row["frames_per_s"] > 0 and row["steady_frames_per_s"] > 0
+    assert 0 < row["attention_share"] and row["model_tflop_per_chunk"] > 0

@@ -15,10 +15,12 @@ Implementations (`impl`), all equal to the dense reference up to float rounding:
   pallas   splash attention (kernels/): block-sparse from the frame mask, lowered through Mosaic
            on TPU, in Pallas interpret mode on CPU (tests only: slow); no GPU kernel and no
            routed kernel (both raise).
+  cudnn    cuDNN's flash attention on a GPU (fused.py) for Full masks without routing, in
+           bfloat16 or float16: a sampler's chunk over its KV cache.
   auto     on TPU, pallas without routing where frames fill the kernel's tiles (splash: flash
-           attention that skips the empty tiles, keeping no [Tq, Tk] logits); elsewhere, and for
-           routing everywhere, dense under a Full mask without routing and blocked otherwise
-           (docs/performance.md).
+           attention that skips the empty tiles, keeping no [Tq, Tk] logits); on GPU, cudnn
+           where it serves the call; elsewhere, and for routing everywhere, dense under a Full
+           mask without routing and blocked otherwise (docs/performance.md).
 
 The platform is the one the computation is compiled for (`target_platform`): the devices of the
 mesh in scope while tracing, so that a train step compiled ahead of time for a TPU topology on a
@@ -29,11 +31,11 @@ from __future__ import annotations
 
 import jax
 
-from videoar.attention import blocked, masks
+from videoar.attention import blocked, fused, masks
 from videoar.attention import routing as routing_lib
 from videoar.attention.reference import dense_attention
 
-IMPLS = ("auto", "dense", "blocked", "pallas")
+IMPLS = ("auto", "dense", "blocked", "pallas", "cudnn")
 
 
 def _check_shapes(q, k, v, mask: masks.MaskSpec, tokens_per_frame: int) -> None:
@@ -60,11 +62,14 @@ def target_platform() -> str:
 
 
 def choose_impl(mask: masks.MaskSpec, routing: routing_lib.Routing | None, platform: str,
-                tokens_per_frame: int) -> str:
-  """What impl="auto" runs on `platform`: the splash kernel on TPU where padding the frames to
-  its tiles adds at most 1/8 of the tokens (1,560 -> 1,664 does; 16 -> 128 would compute 64x
-  the logits); otherwise, and for routing, blocked wherever the mask or routing leaves blocks
-  out, dense where nothing can be skipped."""
+                tokens_per_frame: int, *, dtype, head_dim: int) -> str:
+  """What impl="auto" runs on `platform` for operands of `dtype` and heads of `head_dim`: the
+  splash kernel on TPU where padding the frames to its tiles adds at most 1/8 of the tokens
+  (1,560 -> 1,664 does; 16 -> 128 would compute 64x the logits); cuDNN on GPU where it serves
+  the call (fused.unsupported); otherwise, and for routing, blocked wherever the mask or routing
+  leaves blocks out, dense where nothing can be skipped."""
+  if platform == "gpu" and fused.unsupported(mask, routing is not None, dtype, head_dim) is None:
+    return "cudnn"
   if routing is None and platform == "tpu":
     # Imported here: the kernels pull in Pallas, which plain XLA paths never need.
     from videoar.attention import kernels  # pylint: disable=g-import-not-at-top
@@ -82,15 +87,25 @@ def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
   tokens_per_frame on every path.
 
   Raises ValueError for an unknown impl, shapes that disagree with each other or the mask,
-  routing over a bidirectional Full mask, impl="pallas" with routing or on a GPU, and (blocked,
-  pallas) a mask with a query frame that sees no key frame."""
+  routing over a bidirectional Full mask, impl="pallas" with routing or on a GPU, impl="cudnn"
+  off a GPU or on a call it does not serve, and (blocked, pallas) a mask with a query frame that
+  sees no key frame."""
   if impl not in IMPLS:
     raise ValueError(f"attention impl={impl!r} is unknown; allowed: {', '.join(IMPLS)}")
   _check_shapes(q, k, v, mask, tokens_per_frame)
   platform = target_platform()
   if impl == "auto":
-    impl = choose_impl(mask, routing, platform, tokens_per_frame)
+    impl = choose_impl(mask, routing, platform, tokens_per_frame, dtype=q.dtype,
+                       head_dim=q.shape[-1])
   kwargs = dict(tokens_per_frame=tokens_per_frame, kv_frame_valid=kv_frame_valid)
+  if impl == "cudnn":
+    if platform != "gpu":
+      raise ValueError(f"attention impl='cudnn' needs a GPU target; this one is {platform!r}")
+    why = fused.unsupported(mask, routing is not None, q.dtype, q.shape[-1])
+    if why is not None:
+      raise ValueError(f"attention impl='cudnn' does not serve this call: {why}; impl='auto'"
+                       " picks another path")
+    return fused.full_attention(q, k, v, **kwargs)
   if impl == "pallas":
     if routing is not None:
       raise ValueError("attention impl='pallas' has no routed kernel; routing runs"
