@@ -6,10 +6,11 @@
 #
 # Stages, most important first, each under its own time limit and all within GPU_CHECK_BUDGET
 # seconds (default 540): the environment; the streaming sampler at the Wan-1.3B shape
-# (configs/wan_1p3b.py:sampler, cuDNN against dense attention); the attention tests on the GPU
-# (cuDNN against the dense reference); the routed sampler (rf_routed,sampler); the attention
-# benchmark. A stage that fails or runs out of time does not stop the next. OUT_DIR gets one log,
-# a summary and the benchmarks' JSON (five files).
+# (configs/wan_1p3b.py:sampler, cuDNN against dense attention); the cuDNN tests (against the
+# dense reference), then the other attention tests, on the GPU; the routed sampler
+# (rf_routed,sampler); the attention benchmark. A stage that fails or runs out of time does not
+# stop the next; STAGES="sampler tests_cudnn" runs only those. OUT_DIR gets one log, a summary
+# and the benchmarks' JSON (five files).
 #
 # Python packages the GPU image lacks (grain, ml_collections, tensorboardX and their needs)
 # come from wheels in .whl/ when it exists (docs/performance.md, "On a GPU", says how to fetch
@@ -24,6 +25,7 @@ START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET:-540}
 VARIANT_EXTRA=${VARIANT_EXTRA:-}
 FRAME_SHAPE=${FRAME_SHAPE:-60,104,16}
+STAGES=${STAGES:-environment sampler tests_cudnn tests_attention routed_sampler attention}
 export PYTHONUNBUFFERED=1
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
@@ -33,6 +35,7 @@ left() { echo $((BUDGET - ($(date +%s) - START))); }
 stage() {
   local name=$1 max=$2 limit began rc
   shift 2
+  [[ " $STAGES " == *" $name "* ]] || return 0
   limit=$(left)
   ((limit > max)) && limit=$max
   if ((limit < 20)); then
@@ -59,9 +62,11 @@ stage sampler 240 python3 benchmarks/sampler.py \
 
 # Serial, without preallocation: each test compiles its own small programs. The Pallas tests
 # are the TPU kernel's, which has no GPU target.
-XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests 120 python3 -m pytest -q -p no:cacheprovider \
-  -o addopts="" -m "not slow" tests/test_attention_impls.py tests/test_routing.py \
-  -k "not pallas"
+TESTS=(python3 -m pytest -v --tb=short -p no:cacheprovider -o addopts="" -m "not slow"
+       tests/test_attention_impls.py)
+XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests_cudnn 100 "${TESTS[@]}" -k "cudnn or fused"
+XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests_attention 120 "${TESTS[@]}" \
+  -k "not pallas and not cudnn and not fused"
 
 stage routed_sampler 150 python3 benchmarks/sampler.py \
   --config="configs/wan_1p3b.py:rf_routed,sampler$VARIANT_EXTRA" --frame_shape="$FRAME_SHAPE" \

@@ -203,7 +203,9 @@ def main(argv):
     if impl not in ops.IMPLS:
       raise SystemExit(f"--impls: {impl!r} is unknown; allowed: {', '.join(ops.IMPLS)}")
   try:
-    exp = build(config, impls[0])
+    # Initialised with the config's own attention: the init call's training mask may be one that
+    # a streaming-only impl (cudnn) does not serve.
+    exp = build(config, config.model.attention_impl)
   except ConfigError as e:
     raise SystemExit(str(e)) from None
   model = exp.model
