@@ -230,6 +230,38 @@ def test_fused_reordering_and_lengths_equal_the_reference(spec, valid, tokens):
   assert_matches_reference(fused_xla, reference, q, k, v, cotangent)
 
 
+def assert_close_in_bfloat16(attend, spec, valid, tokens, seed):
+  """`attend(q, k, v)` on bfloat16 operands against the float32 reference on the same operands:
+  outputs and gradients within bfloat16's rounding (the whole array's relative error below
+  1e-2; float32 lands far under 1e-3)."""
+  q, k, v, cotangent = (x.astype(jnp.bfloat16) for x in random_qkv(spec, tokens, seed=seed))
+  reference = lambda q, k, v: ops.attention(
+      q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), spec,
+      tokens_per_frame=tokens, kv_frame_valid=valid, impl="dense")
+
+  def output_and_grads(fn):
+    def run(q, k, v):
+      out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v).astype(jnp.float32), q, k, v)
+      return (out,) + vjp(cotangent.astype(jnp.float32))
+    return jax.jit(run)(q, k, v)
+
+  for name, got, want in zip(["out", "dq", "dk", "dv"], output_and_grads(attend),
+                             output_and_grads(reference)):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    error = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert error < 1e-2, (name, error)
+
+
+def test_the_bfloat16_comparison_passes_xla_and_catches_a_wrong_mask():
+  """The GPU test's comparison, run here on the fused code through XLA."""
+  spec, valid, tokens = masks.Full(2, 6), CACHE_VALID, 32
+  fused_xla = lambda valid: lambda q, k, v: fused.full_attention(
+      q, k, v, tokens_per_frame=tokens, kv_frame_valid=valid, implementation="xla")
+  assert_close_in_bfloat16(fused_xla(valid), spec, valid, tokens, seed=12)
+  with pytest.raises(AssertionError):
+    assert_close_in_bfloat16(fused_xla(None), spec, valid, tokens, seed=12)
+
+
 on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN runs on a GPU only")
 
 
@@ -237,35 +269,28 @@ on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN runs o
 @pytest.mark.parametrize("spec, valid, tokens", FUSED_CASES + [
     pytest.param(masks.Full(1, 3), np.array([False, True, True]), WAN_TOKENS, id="wan-frames")])
 def test_cudnn_equals_the_reference_on_a_gpu(spec, valid, tokens):
-  """bfloat16 operands against the float32 reference on the same operands: outputs and
-  gradients within bfloat16's rounding (relative error of the whole array below 1e-2)."""
-  q, k, v, cotangent = (x.astype(jnp.bfloat16) for x in random_qkv(spec, tokens, seed=12))
-  attend = lambda impl, dtype: lambda q, k, v: ops.attention(
-      q.astype(dtype), k.astype(dtype), v.astype(dtype), spec, tokens_per_frame=tokens,
-      kv_frame_valid=valid, impl=impl).astype(jnp.float32)
+  attend = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=tokens,
+                                         kv_frame_valid=valid, impl="cudnn")
+  q = jnp.zeros((BATCH, spec.frame_mask().shape[0] * tokens, HEADS, HEAD_DIM), jnp.bfloat16)
+  k = jnp.zeros((BATCH, spec.frame_mask().shape[1] * tokens, HEADS, HEAD_DIM), jnp.bfloat16)
+  assert "cudnn" in jax.jit(attend).lower(q, k, k).as_text(), "no cuDNN custom call"
+  assert_close_in_bfloat16(attend, spec, valid, tokens, seed=12)
 
-  def output_and_grads(fn):
-    out, vjp = jax.vjp(fn, q, k, v)
-    return (out,) + vjp(cotangent.astype(jnp.float32))
 
-  text = jax.jit(attend("cudnn", jnp.bfloat16)).lower(q, k, v).as_text()
-  assert "cudnn" in text, "no cuDNN custom call"
-  for name, got, want in zip(["out", "dq", "dk", "dv"],
-                             jax.jit(output_and_grads)(attend("cudnn", jnp.bfloat16)),
-                             jax.jit(output_and_grads)(attend("dense", jnp.float32))):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    error = np.linalg.norm(got - want) / np.linalg.norm(want)
-    assert error < 1e-2, (name, error)
+def on_platform(platform: str):
+  """The abstract mesh of one device of `platform`: what a step compiled for it traces under."""
+  device = jax.sharding.AbstractDevice(device_kind=platform, num_cores=None, platform=platform)
+  return jax.sharding.use_abstract_mesh(
+      jax.sharding.AbstractMesh((1,), ("data",), abstract_device=device))
 
 
 def test_cudnn_off_a_gpu_or_on_a_frame_causal_mask_raises():
   spec = masks.Full(1, 3)
   q, k, v, _ = random_qkv(spec, 3)
-  with pytest.raises(ValueError, match="impl='cudnn' needs a GPU target; this one is 'cpu'"):
-    ops.attention(q, k, v, spec, tokens_per_frame=3, impl="cudnn")
-  device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
-  mesh = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=device)
-  with jax.sharding.use_abstract_mesh(mesh):
+  with on_platform("cpu"):
+    with pytest.raises(ValueError, match="impl='cudnn' needs a GPU target; this one is 'cpu'"):
+      ops.attention(q, k, v, spec, tokens_per_frame=3, impl="cudnn")
+  with on_platform("gpu"):
     with pytest.raises(ValueError, match="does not serve this call: mask BlockCausal"):
       spec = masks.BlockCausal(2)
       q, k, v, _ = random_qkv(spec, 3)
@@ -328,5 +353,6 @@ def test_a_mask_with_a_blind_query_frame_raises():
   with pytest.raises(ValueError, match="query frames that see no key frame"):
     blocked.plan(Blind(3), 4)
   q, k, v, _ = random_qkv(Blind(3), 4)
-  with pytest.raises(ValueError, match="query frames that see no key frame"):
+  # The interpret-mode kernel, wherever the suite runs (a GPU target has no Pallas kernel).
+  with on_platform("cpu"), pytest.raises(ValueError, match="query frames that see no key frame"):
     ops.attention(q, k, v, Blind(3), tokens_per_frame=4, impl="pallas")
