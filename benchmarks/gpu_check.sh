@@ -7,10 +7,11 @@
 # Stages, most important first, each under its own time limit and all within GPU_CHECK_BUDGET
 # seconds (default 540): the environment; the streaming sampler at the Wan-1.3B shape
 # (configs/wan_1p3b.py:sampler, cuDNN against dense attention); the cuDNN tests (against the
-# dense reference), then the other attention tests, on the GPU; the routed sampler
-# (rf_routed,sampler); the attention benchmark. A stage that fails or runs out of time does not
-# stop the next; STAGES="sampler tests_cudnn" runs only those. OUT_DIR gets one log, a summary
-# and the benchmarks' JSON (five files).
+# dense reference); the training masks' attention at Wan's frames, cuDNN against dense; the
+# other attention tests on the GPU; the routed sampler (rf_routed,sampler); the same attention
+# benchmark for blocked; the attention benchmark at the CPU targets' shapes. A stage that fails
+# or runs out of time does not stop the next; STAGES="sampler tests_cudnn" runs only those.
+# OUT_DIR gets one log, a summary and the benchmarks' JSON (seven files).
 #
 # Python packages the GPU image lacks (grain, ml_collections, tensorboardX and their needs)
 # come from wheels in .whl/ when it exists (docs/performance.md, "On a GPU", says how to fetch
@@ -25,7 +26,7 @@ START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET:-540}
 VARIANT_EXTRA=${VARIANT_EXTRA:-}
 FRAME_SHAPE=${FRAME_SHAPE:-60,104,16}
-STAGES=${STAGES:-environment sampler tests_cudnn tests_attention routed_sampler attention}
+STAGES=${STAGES:-environment sampler tests_cudnn attention_wan_cudnn tests_attention routed_sampler attention_wan_blocked attention}
 export PYTHONUNBUFFERED=1
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
@@ -65,12 +66,19 @@ stage sampler 240 python3 benchmarks/sampler.py \
 TESTS=(python3 -m pytest -v --tb=short -p no:cacheprovider -o addopts="" -m "not slow"
        tests/test_attention_impls.py)
 XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests_cudnn 100 "${TESTS[@]}" -k "cudnn or fused"
+
+stage attention_wan_cudnn 60 python3 benchmarks/attention.py --shape=wan --impl=cudnn \
+  --json="$OUT_DIR/attention_wan_cudnn.json"
+
 XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests_attention 120 "${TESTS[@]}" \
   -k "not pallas and not cudnn and not fused"
 
 stage routed_sampler 150 python3 benchmarks/sampler.py \
   --config="configs/wan_1p3b.py:rf_routed,sampler$VARIANT_EXTRA" --frame_shape="$FRAME_SHAPE" \
   --chunks=8 --video_frames_per_frame=4 --json="$OUT_DIR/sampler_wan_routed.json"
+
+stage attention_wan_blocked 60 python3 benchmarks/attention.py --shape=wan --impl=blocked \
+  --json="$OUT_DIR/attention_wan_blocked.json"
 
 stage attention 60 python3 benchmarks/attention.py --impl=blocked \
   --json="$OUT_DIR/attention_gpu.json"

@@ -124,10 +124,9 @@ def test_every_path_at_wan_frames_equals_the_reference(spec, valid):
   # On a GPU the Pallas kernel has no target (it raises: test_attention_platform.py).
   for impl in ("blocked",) if jax.default_backend() == "gpu" else ("blocked", "pallas"):
     assert_matches_reference(attend(impl), attend("dense"), q, k, v, cotangent)
-  if isinstance(spec, masks.Full):
-    fused_xla = lambda q, k, v: fused.full_attention(
-        q, k, v, tokens_per_frame=WAN_TOKENS, kv_frame_valid=valid, implementation="xla")
-    assert_matches_reference(fused_xla, attend("dense"), q, k, v, cotangent)
+  fused_xla = lambda q, k, v: fused.attention(
+      q, k, v, spec, tokens_per_frame=WAN_TOKENS, kv_frame_valid=valid, implementation="xla")
+  assert_matches_reference(fused_xla, attend("dense"), q, k, v, cotangent)
 
 
 def test_splash_mask_is_lazy_and_equals_the_token_mask():
@@ -185,19 +184,27 @@ BF16 = dict(dtype=jnp.bfloat16, head_dim=128)
 def test_auto_picks_dense_only_where_nothing_can_be_skipped(platform):
   assert ops.choose_impl(masks.Full(4), None, platform, 1560, **F32) == "dense"
   assert ops.choose_impl(masks.Full(1, 17), None, platform, 64, **F32) == "dense"
+  assert ops.choose_impl(masks.TeacherForcing(8), None, platform, 1560, **F32) == "blocked"
   for dtypes in (F32, BF16):
-    assert ops.choose_impl(masks.TeacherForcing(8), None, platform, 1560, **dtypes) == "blocked"
     assert ops.choose_impl(masks.SlidingWindow(8, 2), None, platform, 64, **dtypes) == "blocked"
     assert ops.choose_impl(masks.Full(1, 17), routing.Routing(4), platform, 64,
                            **dtypes) == "blocked"
 
 
-def test_auto_picks_cudnn_on_gpu_for_half_precision_full_masks():
+def test_auto_picks_cudnn_on_gpu_in_half_precision_where_a_length_can_mask():
   for spec in (masks.Full(4), masks.Full(3, 21)):
     assert ops.choose_impl(spec, None, "gpu", 1560, **BF16) == "cudnn"
     assert ops.choose_impl(spec, None, "gpu", 1560, dtype=jnp.float16, head_dim=64) == "cudnn"
+    assert ops.choose_impl(spec, None, "gpu", 16, **BF16, has_kv_frame_valid=True) == "cudnn"
     assert ops.choose_impl(spec, None, "cpu", 1560, **BF16) == "dense"
     assert ops.choose_impl(spec, None, "gpu", 1560, dtype=jnp.bfloat16, head_dim=256) == "dense"
+  for spec in (masks.TeacherForcing(8), masks.BlockCausal(21, chunk=3),
+               masks.SlidingWindow(8, window=2, sink=1)):
+    assert ops.choose_impl(spec, None, "gpu", 1560, **BF16) == "cudnn"
+    # Several query frames in a tile; a traced cache mask; routing: blocked.
+    assert ops.choose_impl(spec, None, "gpu", 32, **BF16) == "blocked"
+    assert ops.choose_impl(spec, None, "gpu", 1560, **BF16, has_kv_frame_valid=True) == "blocked"
+    assert ops.choose_impl(spec, routing.Routing(2), "gpu", 1560, **BF16) == "blocked"
 
 
 def test_auto_picks_splash_on_tpu_where_frames_fill_its_tiles_and_nothing_is_routed():
@@ -211,20 +218,25 @@ def test_auto_picks_splash_on_tpu_where_frames_fill_its_tiles_and_nothing_is_rou
 
 
 # A KV cache whose empty slots sit between cached frames and the chunk's own: the fused path
-# must move the valid frames to the front in each row's own order.
+# must move the valid frames to the front in each row's own order. The training masks at frames
+# of more than half a query tile (65-96 tokens here, 1,560 for Wan): one call per query frame,
+# padded key lists in several buckets.
 FUSED_CASES = [
     pytest.param(masks.Full(3), None, 32, id="bidirectional"),
     pytest.param(masks.Full(2, 6), CACHE_VALID, 32, id="cache"),
     pytest.param(masks.Full(2, 6), CACHE_VALID[1], 5, id="cache-shared-by-rows"),
+    pytest.param(masks.TeacherForcing(4), None, 65, id="2n-layout"),
+    pytest.param(masks.BlockCausal(10), None, 66, id="block-causal-padded"),
+    pytest.param(masks.SlidingWindow(9, window=2, sink=1), None, 72, id="window-sink"),
 ]
 
 
 @pytest.mark.parametrize("spec, valid, tokens", FUSED_CASES)
 def test_fused_reordering_and_lengths_equal_the_reference(spec, valid, tokens):
-  """The cuDNN path's code through XLA's attention (the same jax.nn call), on this CPU."""
+  """The cuDNN paths' code through XLA's attention (the same jax.nn call), on this CPU."""
   q, k, v, cotangent = random_qkv(spec, tokens, seed=11)
-  fused_xla = lambda q, k, v: fused.full_attention(q, k, v, tokens_per_frame=tokens,
-                                                   kv_frame_valid=valid, implementation="xla")
+  fused_xla = lambda q, k, v: fused.attention(q, k, v, spec, tokens_per_frame=tokens,
+                                              kv_frame_valid=valid, implementation="xla")
   reference = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=tokens,
                                             kv_frame_valid=valid, impl="dense")
   assert_matches_reference(fused_xla, reference, q, k, v, cotangent)
@@ -255,8 +267,8 @@ def assert_close_in_bfloat16(attend, spec, valid, tokens, seed):
 def test_the_bfloat16_comparison_passes_xla_and_catches_a_wrong_mask():
   """The GPU test's comparison, run here on the fused code through XLA."""
   spec, valid, tokens = masks.Full(2, 6), CACHE_VALID, 32
-  fused_xla = lambda valid: lambda q, k, v: fused.full_attention(
-      q, k, v, tokens_per_frame=tokens, kv_frame_valid=valid, implementation="xla")
+  fused_xla = lambda valid: lambda q, k, v: fused.attention(
+      q, k, v, spec, tokens_per_frame=tokens, kv_frame_valid=valid, implementation="xla")
   assert_close_in_bfloat16(fused_xla(valid), spec, valid, tokens, seed=12)
   with pytest.raises(AssertionError):
     assert_close_in_bfloat16(fused_xla(None), spec, valid, tokens, seed=12)
@@ -267,7 +279,8 @@ on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN runs o
 
 @on_gpu
 @pytest.mark.parametrize("spec, valid, tokens", FUSED_CASES + [
-    pytest.param(masks.Full(1, 3), np.array([False, True, True]), WAN_TOKENS, id="wan-frames")])
+    pytest.param(masks.Full(1, 3), np.array([False, True, True]), WAN_TOKENS, id="wan-frames"),
+    pytest.param(masks.BlockCausal(3), None, WAN_TOKENS, id="wan-block-causal")])
 def test_cudnn_equals_the_reference_on_a_gpu(spec, valid, tokens):
   attend = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=tokens,
                                          kv_frame_valid=valid, impl="cudnn")

@@ -15,8 +15,9 @@ Implementations (`impl`), all equal to the dense reference up to float rounding:
   pallas   splash attention (kernels/): block-sparse from the frame mask, lowered through Mosaic
            on TPU, in Pallas interpret mode on CPU (tests only: slow); no GPU kernel and no
            routed kernel (both raise).
-  cudnn    cuDNN's flash attention on a GPU (fused.py) for Full masks without routing, in
-           bfloat16 or float16: a sampler's chunk over its KV cache.
+  cudnn    cuDNN's flash attention on a GPU (fused.py), bfloat16 or float16, no routing: Full
+           masks (a sampler's chunk over its KV cache), and the training masks at frames of
+           more than half a query tile (Wan's 1,560 tokens), one call per query frame.
   auto     on TPU, pallas without routing where frames fill the kernel's tiles (splash: flash
            attention that skips the empty tiles, keeping no [Tq, Tk] logits); on GPU, cudnn
            where it serves the call; elsewhere, and for routing everywhere, dense under a Full
@@ -62,13 +63,16 @@ def target_platform() -> str:
 
 
 def choose_impl(mask: masks.MaskSpec, routing: routing_lib.Routing | None, platform: str,
-                tokens_per_frame: int, *, dtype, head_dim: int) -> str:
+                tokens_per_frame: int, *, dtype, head_dim: int,
+                has_kv_frame_valid: bool = False) -> str:
   """What impl="auto" runs on `platform` for operands of `dtype` and heads of `head_dim`: the
   splash kernel on TPU where padding the frames to its tiles adds at most 1/8 of the tokens
   (1,560 -> 1,664 does; 16 -> 128 would compute 64x the logits); cuDNN on GPU where it serves
   the call (fused.unsupported); otherwise, and for routing, blocked wherever the mask or routing
   leaves blocks out, dense where nothing can be skipped."""
-  if platform == "gpu" and fused.unsupported(mask, routing is not None, dtype, head_dim) is None:
+  if platform == "gpu" and fused.unsupported(
+      mask, has_routing=routing is not None, has_kv_frame_valid=has_kv_frame_valid,
+      tokens_per_frame=tokens_per_frame, dtype=dtype, head_dim=head_dim) is None:
     return "cudnn"
   if routing is None and platform == "tpu":
     # Imported here: the kernels pull in Pallas, which plain XLA paths never need.
@@ -96,16 +100,18 @@ def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
   platform = target_platform()
   if impl == "auto":
     impl = choose_impl(mask, routing, platform, tokens_per_frame, dtype=q.dtype,
-                       head_dim=q.shape[-1])
+                       head_dim=q.shape[-1], has_kv_frame_valid=kv_frame_valid is not None)
   kwargs = dict(tokens_per_frame=tokens_per_frame, kv_frame_valid=kv_frame_valid)
   if impl == "cudnn":
     if platform != "gpu":
       raise ValueError(f"attention impl='cudnn' needs a GPU target; this one is {platform!r}")
-    why = fused.unsupported(mask, routing is not None, q.dtype, q.shape[-1])
+    why = fused.unsupported(
+        mask, has_routing=routing is not None, has_kv_frame_valid=kv_frame_valid is not None,
+        tokens_per_frame=tokens_per_frame, dtype=q.dtype, head_dim=q.shape[-1])
     if why is not None:
       raise ValueError(f"attention impl='cudnn' does not serve this call: {why}; impl='auto'"
                        " picks another path")
-    return fused.full_attention(q, k, v, **kwargs)
+    return fused.attention(q, k, v, mask, **kwargs)
   if impl == "pallas":
     if routing is not None:
       raise ValueError("attention impl='pallas' has no routed kernel; routing runs"
