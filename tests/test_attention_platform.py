@@ -86,7 +86,7 @@ def test_a_gpu_target_runs_blocked_and_has_no_pallas_kernel():
 SHARDED_CHECK = textwrap.dedent("""
     import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
-    from videoar.attention import masks, ops
+    from videoar.attention import fused, masks, ops
     jax.config.update("jax_default_matmul_precision", "highest")
     spec, tokens = masks.Full(1, 3), 20
     mesh = jax.make_mesh((2, 2), ("data", "tensor"), axis_types=(AxisType.Auto,) * 2)
@@ -106,11 +106,31 @@ SHARDED_CHECK = textwrap.dedent("""
     assert "manual" in lowered, "no shard_map"
     out = jax.jit(lambda *a: attend("pallas", *a))(*args)
     np.testing.assert_allclose(out, attend("dense", q, k, v, valid), rtol=1e-5, atol=2e-6)
+    # The cuDNN paths' code through XLA's attention, per shard: a chunk over a cache (Full), and
+    # a training mask at frames of more than half a query tile (one call per query frame).
+    def fused_xla(spec, tokens, q, k, v, valid):
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(
+          (("batch", "data"), ("heads", "tensor"))):
+        return fused.attention(q, k, v, spec, tokens_per_frame=tokens, kv_frame_valid=valid,
+                               implementation="xla")
+    full = jax.jit(lambda *a: fused_xla(spec, tokens, *a))
+    assert "manual" in full.trace(*args).lower().as_text(), "no shard_map"
+    np.testing.assert_allclose(full(*args), attend("dense", q, k, v, valid), rtol=1e-5, atol=2e-6)
+    causal, tokens = masks.BlockCausal(3), 70
+    x = jax.random.normal(keys[0], (4, 3 * tokens, 2, 8))
+    planned = jax.jit(lambda x: fused_xla(causal, tokens, x, 2 * x, -x, None))
+    want = ops.attention(x, 2 * x, -x, causal, tokens_per_frame=tokens, impl="dense")
+    np.testing.assert_allclose(planned(jax.device_put(x, sharding)), want, rtol=1e-5, atol=2e-6)
+    try:
+      fused_xla(spec, 20, q[:3], k[:3], v[:3], valid[:3])
+      raise AssertionError("a batch of 3 split over data=2 did not raise")
+    except ValueError as e:
+      assert "impl='cudnn': batch=3 does not split over the mesh axes ('data',)" in str(e), e
     print("ok")
 """)
 
 
-def test_the_kernel_runs_inside_shard_map_over_batch_and_heads():
+def test_the_kernels_run_inside_shard_map_over_batch_and_heads():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", SHARDED_CHECK], env=env, capture_output=True,

@@ -16,6 +16,9 @@ project's masks to that form; neither keeps [Tq, Tk] logits, forward or backward
                      bucket's padding at the end, which a length hides. One cuDNN call per query
                      frame, in blocked.py's few buckets of `lax.map`.
 
+Under a mesh both run inside `shard_map` over the batch and the heads (sharded.py): cuDNN's
+custom call takes no sharded sequence.
+
 Routing (a per-token choice of key frames) has no fused path; nor have masks with a traced
 `kv_frame_valid` other than `Full`, nor frames of at most half a tile (several query frames in
 a group would need a mask inside it): those run blocked.py.
@@ -27,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videoar.attention import blocked, masks
+from videoar.attention import blocked, masks, sharded
 
 # cuDNN's flash attention: half-precision operands, head dimensions a multiple of 8 up to 128.
 DTYPES = (jnp.bfloat16, jnp.float16)
@@ -56,12 +59,17 @@ def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
               kv_frame_valid: jax.Array | None = None,
               implementation: str = "cudnn") -> jax.Array:
   """q [B, Tq, H, D], k/v [B, Tk, H, D] -> [B, Tq, H, D] under `mask` for a call that
-  `unsupported` accepts: full_attention for a Full mask, planned_attention otherwise."""
-  if isinstance(mask, masks.Full):
-    return full_attention(q, k, v, tokens_per_frame=tokens_per_frame,
-                          kv_frame_valid=kv_frame_valid, implementation=implementation)
-  return planned_attention(q, k, v, mask, tokens_per_frame=tokens_per_frame,
-                           implementation=implementation)
+  `unsupported` accepts: full_attention for a Full mask, planned_attention otherwise, per shard
+  of batch and heads under a mesh (sharded.over_batch_and_heads, whose ValueError it raises)."""
+
+  def local(q, k, v, kv_frame_valid):
+    if isinstance(mask, masks.Full):
+      return full_attention(q, k, v, tokens_per_frame=tokens_per_frame,
+                            kv_frame_valid=kv_frame_valid, implementation=implementation)
+    return planned_attention(q, k, v, mask, tokens_per_frame=tokens_per_frame,
+                             implementation=implementation)
+
+  return sharded.over_batch_and_heads(local, q, k, v, kv_frame_valid, impl="cudnn")
 
 
 def full_attention(q, k, v, *, tokens_per_frame: int, kv_frame_valid: jax.Array | None = None,

@@ -11,23 +11,18 @@ scalar prefetch, not written); `blocked` serves it.
 Frames whose token count is not a multiple of the tile (Wan: 1,560 tokens) are padded here to
 the next multiple (1,664), the padding keys hidden, the padding queries' outputs dropped.
 
-Mosaic kernels cannot be partitioned by XLA, so under a mesh the kernel runs inside `shard_map`:
-batch and heads split as the logical axis rules in scope place "batch" and "heads"
-(videoar/train/sharding.py: flax's `nn.logical_axis_rules`, bound while the train step traces),
-every other axis of q, k and v gathered (a `sequence` axis: the keys of every frame).
+Mosaic kernels cannot be partitioned by XLA, so under a mesh the kernel runs inside `shard_map`
+over the batch and the heads (sharded.py).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
-from videoar.attention import masks
+from videoar.attention import masks, sharded
 from videoar.attention.kernels import splash
 
 PLATFORMS = ("tpu", "cpu")
@@ -61,22 +56,6 @@ def _local_attention(q, k, v, kv_frame_valid=None, *, mask: masks.MaskSpec, toke
   return _unpad_frames(out, tokens_per_frame, padded)
 
 
-def _mesh_axes(logical_name: str, mesh) -> tuple[str, ...]:
-  """The axes of `mesh` that the logical axis rules in scope give `logical_name` (none without
-  rules)."""
-  entry = nn.logical_to_mesh_axes((logical_name,))[0]
-  named = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-  return tuple(axis for axis in named if axis in mesh.axis_names)
-
-
-def _split(axes: tuple[str, ...], size: int, what: str, mesh) -> tuple[str, ...] | None:
-  shards = math.prod(mesh.shape[axis] for axis in axes)
-  if size % shards:
-    raise ValueError(f"attention impl='pallas': {what}={size} does not split over the mesh axes"
-                     f" {axes} ({shards} shards) that the logical rules give it")
-  return axes or None
-
-
 def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
               kv_frame_valid: jax.Array | None, platform: str) -> jax.Array:
   """q [B, Tq, H, D], k/v [B, Tk, H, D] -> [B, Tq, H, D], as `ops.attention` without routing,
@@ -93,19 +72,4 @@ def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
     raise ValueError(f"attention impl='pallas': {mask} has query frames that see no key frame")
   local = functools.partial(_local_attention, mask=mask, tokens_per_frame=tokens_per_frame,
                             interpret=platform != "tpu")
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return local(q, k, v, kv_frame_valid)
-  b, _, h, _ = q.shape
-  batch = _split(_mesh_axes("batch", mesh), b, "batch", mesh)
-  heads = _split(_mesh_axes("heads", mesh), h, "num_heads", mesh)
-  qkv_spec = PartitionSpec(batch, None, heads, None)
-  if kv_frame_valid is None:
-    args, specs = (q, k, v), (qkv_spec,) * 3
-  else:
-    args = (q, k, v, kv_frame_valid)
-    specs = (qkv_spec,) * 3 + (PartitionSpec(batch, None) if kv_frame_valid.ndim == 2
-                               else PartitionSpec(),)
-  # check_vma=False: pallas_call does not track which mesh axes its outputs vary over.
-  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=qkv_spec,
-                       check_vma=False)(*args)
+  return sharded.over_batch_and_heads(local, q, k, v, kv_frame_valid, impl="pallas")
