@@ -16,7 +16,7 @@
 # Python packages the GPU image lacks (grain, ml_collections, tensorboardX and their needs)
 # come from wheels in .whl/ when it exists (docs/performance.md, "On a GPU", says how to fetch
 # them). VARIANT_EXTRA=,tiny FRAME_SHAPE=8,8,4 runs the same stages at the tiny shape (a dry
-# run of this script on a CPU, where the cuDNN stages fail by design).
+# run of this script on a CPU, where the cuDNN and --shape=wan stages fail by design).
 set -u
 OUT_DIR=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$OUT_DIR"
@@ -26,8 +26,13 @@ START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET:-540}
 VARIANT_EXTRA=${VARIANT_EXTRA:-}
 FRAME_SHAPE=${FRAME_SHAPE:-60,104,16}
-STAGES=${STAGES:-environment sampler tests_cudnn attention_wan_cudnn tests_attention routed_sampler attention_wan_blocked attention}
+ALL_STAGES="environment sampler tests_cudnn attention_wan_cudnn tests_attention routed_sampler attention_wan_blocked attention"
+STAGES=${STAGES:-$ALL_STAGES}
+for name in $STAGES; do
+  [[ " $ALL_STAGES " == *" $name "* ]] || { echo "STAGES: unknown stage $name; stages: $ALL_STAGES"; exit 2; }
+done
 export PYTHONUNBUFFERED=1
+: >"$SUMMARY"
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 

@@ -65,7 +65,8 @@ flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 
 flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).")
 FLAGS = flags.FLAGS
 
-# Model FLOPs of one chunk above which a CPU run is refused: Wan's chunk is about 40 TFLOP.
+# Matrix-multiply FLOPs of one model call on a chunk above which a CPU run is refused: Wan's is
+# about 12 TFLOP (its chunk, five calls with attention, about 200).
 CPU_FLOP_LIMIT = 1e12
 
 
@@ -203,8 +204,8 @@ def main(argv):
     if impl not in ops.IMPLS:
       raise SystemExit(f"--impls: {impl!r} is unknown; allowed: {', '.join(ops.IMPLS)}")
   try:
-    # Initialised with the config's own attention: the init call's training mask may be one that
-    # a streaming-only impl (cudnn) does not serve.
+    # Initialised with the config's own attention: the init call runs a training mask, which an
+    # impl named in --impls may not serve (cudnn at frames of a few tokens).
     exp = build(config, config.model.attention_impl)
   except ConfigError as e:
     raise SystemExit(str(e)) from None

@@ -10,18 +10,18 @@ project's masks to that form; neither keeps [Tq, Tk] logits, forward or backward
                      not change the softmax, so each row's valid frames are moved to the front
                      (a stable sort) and the rest hidden by length.
   planned_attention  every other mask (`BlockCausal`, the 2N `TeacherForcing` layout,
-                     `SlidingWindow`: training) at frames of more than half a query tile
-                     (Wan's 1,560 tokens): blocked.plan's query groups are then single frames,
-                     and a frame's key frames, gathered in order, are all allowed but for the
-                     bucket's padding at the end, which a length hides. One cuDNN call per query
+                     `SlidingWindow`: training) where blocked.plan's query groups are single
+                     frames (always at frames of more than half a query tile: Wan's 1,560
+                     tokens): a frame's key frames, gathered in order, are all allowed but for
+                     the bucket's padding at the end, which a length hides. One cuDNN call per query
                      frame, in blocked.py's few buckets of `lax.map`.
 
 Under a mesh both run inside `shard_map` over the batch and the heads (sharded.py): cuDNN's
 custom call takes no sharded sequence.
 
 Routing (a per-token choice of key frames) has no fused path; nor have masks with a traced
-`kv_frame_valid` other than `Full`, nor frames of at most half a tile (several query frames in
-a group would need a mask inside it): those run blocked.py.
+`kv_frame_valid` other than `Full`, nor plans whose query groups hold several frames (they
+would need a mask inside a group): those run blocked.py.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def full_attention(q, k, v, *, tokens_per_frame: int, kv_frame_valid: jax.Array 
 def planned_attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
                       implementation: str = "cudnn") -> jax.Array:
   """q [B, Tq, H, D], k/v [B, Tk, H, D] -> [B, Tq, H, D] under a frame mask whose blocked.plan
-  has single-frame query groups (tokens_per_frame > blocked.QUERY_TILE_TOKENS / 2), as
+  has single-frame query groups (always when tokens_per_frame > blocked.QUERY_TILE_TOKENS / 2), as
   reference.dense_attention: each query frame over its allowed key frames, gathered in order.
 
   implementation: as in full_attention. Raises ValueError if the plan's groups hold several

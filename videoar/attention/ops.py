@@ -16,8 +16,8 @@ Implementations (`impl`), all equal to the dense reference up to float rounding:
            on TPU, in Pallas interpret mode on CPU (tests only: slow); no GPU kernel and no
            routed kernel (both raise).
   cudnn    cuDNN's flash attention on a GPU (fused.py), bfloat16 or float16, no routing: Full
-           masks (a sampler's chunk over its KV cache), and the training masks at frames of
-           more than half a query tile (Wan's 1,560 tokens), one call per query frame.
+           masks (a sampler's chunk over its KV cache), and the training masks where blocked.py's
+           query groups are single frames (Wan's 1,560 tokens), one call per query frame.
   auto     on TPU, pallas without routing where frames fill the kernel's tiles (splash: flash
            attention that skips the empty tiles, keeping no [Tq, Tk] logits); on GPU, cudnn
            where it serves the call; elsewhere, and for routing everywhere, dense under a Full
