@@ -71,12 +71,14 @@ def test_without_a_mesh_of_devices_the_host_runs_the_interpret_mode_kernel():
   assert "tpu_custom_call" not in text and "stablehlo.while" in text
 
 
-def test_a_gpu_target_runs_blocked_and_has_no_pallas_kernel():
+def test_a_gpu_target_runs_cudnn_in_half_precision_and_has_no_pallas_kernel():
   device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
   mesh = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=device)
   q = jnp.zeros((1, 2 * TOKENS, 2, 16))
   with jax.sharding.use_abstract_mesh(mesh):
     assert ops.target_platform() == "gpu"
+    assert ops.choose_impl(SPEC, None, ops.target_platform(), TOKENS, dtype=jnp.bfloat16,
+                           head_dim=q.shape[-1]) == "cudnn"
     assert ops.choose_impl(SPEC, None, ops.target_platform(), TOKENS, dtype=q.dtype,
                            head_dim=q.shape[-1]) == "blocked"
     with pytest.raises(ValueError, match="no kernel for platform 'gpu'"):
