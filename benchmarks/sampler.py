@@ -14,9 +14,11 @@ model gets a random text embedding of --text_tokens tokens. Latency counts from 
 counts the chunks after the first of the warm stream, steady frames/s those that see a full KV
 cache, each times --video_frames_per_frame (4 for Wan's VAE latents; the DiT only, no VAE
 decoding). Each implementation in --impls streams in turn with the same weights. The profile
-beside it: one attention call at the chunk's shape over a full KV cache, timed alone, and its
-share of a chunk (calls per chunk x that time); the model's FLOPs per chunk (attention, and the
-per-token matrix multiplies) over the steady chunk time.
+beside it, over the steady chunk time (chunks that see a full KV cache; if none do, those after
+the first): one
+attention call at the chunk's shape over a full KV cache, timed alone, and its share of a chunk
+(calls per chunk x that time); the model's FLOPs per chunk (attention, and the per-token matrix
+multiplies) and the rate they ran at.
 
   python benchmarks/sampler.py --arms=noise_augmentation,routed,window [--frames=80]
 
@@ -187,7 +189,7 @@ def stream_impl(config, impl: str, params) -> dict:
       # is the first chunk's latency.
       warm_chunk_ms_by_index=[1e3 * (b - a) for a, b in zip([0.0] + warm, warm)],
       attention_call_ms=1e3 * attention_s, attention_calls_per_chunk=calls,
-      attention_share=calls * batch * attention_s / chunk_s,
+      attention_share=calls * batch * attention_s / (steady_s or chunk_s),
       attention_tflop_per_chunk=calls * batch * attention_flops / 1e12,
       attention_tflops=attention_flops / attention_s / 1e12,
       model_tflop_per_chunk=model_flops / 1e12,
