@@ -15,10 +15,9 @@ counts the chunks after the first of the warm stream, steady frames/s those that
 cache, each times --video_frames_per_frame (4 for Wan's VAE latents; the DiT only, no VAE
 decoding). Each implementation in --impls streams in turn with the same weights. The profile
 beside it, over the steady chunk time (chunks that see a full KV cache; if none do, those after
-the first): one
-attention call at the chunk's shape over a full KV cache, timed alone, and its share of a chunk
-(calls per chunk x that time); the model's FLOPs per chunk (attention, and the per-token matrix
-multiplies) and the rate they ran at.
+the first): one attention call at the chunk's shape over a full KV cache, timed alone, and its
+share of a chunk (calls per chunk x that time); the model's FLOPs per chunk (attention, and the
+per-token matrix multiplies) and the rate they ran at.
 
   python benchmarks/sampler.py --arms=noise_augmentation,routed,window [--frames=80]
 
