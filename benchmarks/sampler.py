@@ -19,7 +19,8 @@ the first): one attention call at the chunk's shape over a full KV cache, timed 
 share of a chunk (calls per chunk x that time); the model's FLOPs per chunk (attention, and the
 per-token matrix multiplies) and the rate they ran at.
 
-  python benchmarks/sampler.py --arms=noise_augmentation,routed,window [--frames=80]
+  python benchmarks/sampler.py --arms=noise_augmentation,routed,window [--variant=default_model]
+      [--frames=80]
 
 times instead the sampler of each arm (a variant of configs/bouncing_rf.py, with its model's
 routing and its sampler's window as the arm trained them; random weights) in one run, the arms
@@ -64,6 +65,9 @@ flags.DEFINE_list("arms", None, "Variants of configs/bouncing_rf.py whose sample
                   " --config, --impls and --chunks do not apply.")
 flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 10x training).")
 flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).")
+flags.DEFINE_string("variant", "", "With --arms: variants of configs/bouncing_rf.py added to every"
+                    " arm, as videoar.sweep's --variant (default_model: the default run's model"
+                    " and sampler, history guidance included).")
 FLAGS = flags.FLAGS
 
 # Matrix-multiply FLOPs of one model call on a chunk above which a CPU run is refused: Wan's is
@@ -79,9 +83,9 @@ def time_arms(arms: list[str]) -> None:
   streams, rows = {}, []
   for arm in arms:
     try:
-      config = bouncing_rf.get_config(arm)
+      config = bouncing_rf.get_config(",".join(filter(None, (arm, FLAGS.variant))))
     except ValueError as e:
-      raise SystemExit(f"--arms={arm}: {e}") from None
+      raise SystemExit(f"--arms={arm} --variant={FLAGS.variant}: {e}") from None
     size = config.data.options.size
     exp = experiment.build_for_shapes(config, (size, size, 3))
     params = experiment.init_params(exp, jax.random.key(0))
@@ -95,7 +99,7 @@ def time_arms(arms: list[str]) -> None:
       return last
 
     streams[arm] = stream
-    rows.append(dict(arm=arm, routing_top_k=config.model.routing_top_k,
+    rows.append(dict(arm=arm, variant=FLAGS.variant, routing_top_k=config.model.routing_top_k,
                      kv_cache_frames=sampler.slots, num_steps=config.sample.num_steps))
   best = benchmarks.time_interleaved(streams, FLAGS.repeats)
   base = best[arms[0]]
@@ -103,7 +107,8 @@ def time_arms(arms: list[str]) -> None:
     row["ms_per_frame"] = 1e3 * best[row["arm"]] / FLAGS.frames
     row["relative"] = best[row["arm"]] / base
   benchmarks.print_table(
-      f"Sampling cost per generated frame, configs/bouncing_rf.py arms ({FLAGS.frames} frames from"
+      f"Sampling cost per generated frame, configs/bouncing_rf.py arms"
+      f"{' with variant ' + FLAGS.variant if FLAGS.variant else ''} ({FLAGS.frames} frames from"
       f" an empty cache, batch 1, best of {FLAGS.repeats}; relative to {arms[0]})",
       ["arm", "routing k", "KV cache frames", "steps", "ms per frame", "relative"],
       [[r["arm"], r["routing_top_k"], r["kv_cache_frames"], r["num_steps"], r["ms_per_frame"],
