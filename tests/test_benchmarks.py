@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from benchmarks import runners
-from configs import atari_pong
+from configs import atari_pong, bouncing_rf
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -44,3 +44,19 @@ def test_sampler_benchmark_streams_the_configs_sampler(tmp_path):
     assert len(row["warm_chunk_ms_by_index"]) == 3
     assert row["frames_per_s"] > 0 and row["steady_frames_per_s"] > 0
     assert 0 < row["attention_share"] and row["model_tflop_per_chunk"] > 0
+
+
+def test_sampler_benchmark_times_the_routing_arms_on_a_variant(tmp_path):
+  """--arms with --variant: each arm's sampler is the arm's config with the variant added, as
+  videoar.sweep builds them (routing k and window from the arm, the model from the variant)."""
+  out = tmp_path / "arms.json"
+  subprocess.run(
+      [sys.executable, "benchmarks/sampler.py", "--arms=noise_augmentation,routed,window",
+       "--variant=test", "--frames=4", "--repeats=1", f"--json={out}"],
+      check=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  rows = {row["arm"]: row for row in json.loads(out.read_text())["arms"]}
+  steps = bouncing_rf.get_config("routed,test").sample.num_steps
+  assert steps != bouncing_rf.get_config("routed").sample.num_steps  # the variant shows
+  assert all(row["num_steps"] == steps and row["ms_per_frame"] > 0 for row in rows.values())
+  assert rows["routed"]["routing_top_k"] > 0 == rows["noise_augmentation"]["routing_top_k"]
+  assert rows["window"]["kv_cache_frames"] < rows["noise_augmentation"]["kv_cache_frames"]
