@@ -178,3 +178,25 @@ def test_default_model_arms_differ_from_the_default_run_only_in_their_forcing_an
       {k: v for k, v in default.items() if k != "forcing"}
   if arm == "noise_augmentation":
     assert config == default
+
+
+def test_paired_counts_each_seed_against_the_same_seed(tmp_path, capsys):
+  """Seed n of one arm against seed n of the other: a paired count the means cannot give (here
+  b's mean lost is lower, yet a is below b at seed 0 and above at seed 1)."""
+  _fake_eval(tmp_path / "a" / "seed0", 20.0, 1.0)
+  _fake_eval(tmp_path / "a" / "seed1", 24.0, 3.0)
+  _fake_eval(tmp_path / "b" / "seed0", 20.0, 1.5)
+  _fake_eval(tmp_path / "b" / "seed1", 22.0, 0.5)
+  a = [f"{tmp_path}/a/seed0", f"{tmp_path}/a/seed1"]
+  b = [f"{tmp_path}/b/seed0", f"{tmp_path}/b/seed1"]
+  counts = compare.paired(a, b)
+  assert counts["lost"] == dict(below=1, equal=0, above=1, total=2)  # null segments left out
+  assert counts["psnr"] == dict(below=0, equal=2, above=2, total=4)
+  with pytest.raises(ValueError, match="as many runs"):
+    compare.paired(a, b[:1])
+
+  compare.main([f"a={','.join(a)}", f"b={','.join(b)}", "--paired=a:b"])
+  assert "lost: 1 / 0 / 1 of 2" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    compare.main([f"a={','.join(a)}", f"b={b[0]}", "--paired=a:b"])
+  assert "seeds pair by position" in capsys.readouterr().err

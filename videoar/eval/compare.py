@@ -1,11 +1,15 @@
 """Puts the long-horizon tables of several runs side by side.
 
   python -m videoar.eval.compare NAME=RUN [NAME=RUN ...] [--json PATH] [--markdown PATH]
+      [--paired A:B ...]
 
 Each RUN is a workdir holding the eval.json an `evaluate` run wrote, or the path of such a file
 (a copy kept after the workdir is gone, e.g. docs/sweep_rf_dm/); the baselines (copy_last,
 background) come from the first run. With several seeds per arm (NAME=RUN1,RUN2,...) the mean
 is shown, and under it the row "NAME sd", each figure's standard deviation over the seeds.
+`--paired A:B` also counts, per metric, the seed-segments where arm A's figure is below arm B's
+at the same seed (the n-th run of A against the n-th of B): a paired comparison, which the means
+and spreads alone do not give.
 `combine` and `markdown` are the same for videoar.sweep, which writes its arms' table through
 them.
 """
@@ -86,6 +90,38 @@ def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
   return combined
 
 
+def paired(first: list[str], second: list[str]) -> dict[str, dict[str, int]]:
+  """Seed-by-seed counts of two arms' model tables: per metric, over every seed and segment
+  where both have a number, {"below": first's figure is lower, "equal", "above", "total"}.
+
+  Args:
+    first, second: the arms' runs (workdirs or eval.json paths), seed n of one paired with seed
+      n of the other.
+
+  Raises ValueError if the two arms have different numbers of runs or segments, and
+  FileNotFoundError naming an eval.json that does not exist.
+  """
+  if len(first) != len(second):
+    raise ValueError(f"paired arms need as many runs each; got {len(first)} and {len(second)}")
+  counts: dict[str, dict[str, int]] = {}
+  for run_a, run_b in zip(first, second):
+    tables = []
+    for run in (run_a, run_b):
+      with open(eval_json_path(run)) as f:
+        tables.append(json.load(f)["tables"]["model"])
+    if len(tables[0]) != len(tables[1]):
+      raise ValueError(f"{run_a} has {len(tables[0])} segments and {run_b} {len(tables[1])}")
+    for row_a, row_b in zip(*tables):
+      for key, a in row_a.items():
+        b = row_b.get(key)
+        if not isinstance(a, float) or not isinstance(b, float) or math.isnan(a) or math.isnan(b):
+          continue
+        count = counts.setdefault(key, dict(below=0, equal=0, above=0, total=0))
+        count["below" if a < b else "equal" if a == b else "above"] += 1
+        count["total"] += 1
+  return counts
+
+
 def markdown(combined: dict[str, list[dict]]) -> str:
   """`combine`'s tables as Markdown: per metric (long_horizon.METRIC_TITLES' order and number
   formats) a table with a row per arm or baseline and a column per segment, each cell the mean
@@ -124,6 +160,9 @@ def main(argv=None):
   parser.add_argument("runs", nargs="+", help="NAME=RUN[,RUN...], each RUN a workdir or eval.json")
   parser.add_argument("--json", help="also write the combined tables here")
   parser.add_argument("--markdown", help="also write them here as Markdown (mean ± sd)")
+  parser.add_argument("--paired", action="append", default=[], metavar="A:B",
+                      help="also count, per metric, the seed-segments where arm A is below arm B"
+                      " at the same seed (repeatable)")
   args = parser.parse_args(argv)
   runs = {}
   for spec in args.runs:
@@ -135,8 +174,21 @@ def main(argv=None):
       if not os.path.isfile(eval_json_path(run)):
         parser.error(f"{name}={run}: no {eval_json_path(run)} (a workdir after `evaluate`, or "
                      "an eval.json)")
+  pairs = []
+  for spec in args.paired:
+    a, _, b = spec.partition(":")
+    if a not in runs or b not in runs:
+      parser.error(f"--paired={spec}: needs A:B, two of the arms {', '.join(runs)}")
+    if len(runs[a]) != len(runs[b]):
+      parser.error(f"--paired={spec}: {a} has {len(runs[a])} runs and {b} {len(runs[b])}; "
+                   "seeds pair by position")
+    pairs.append((a, b))
   combined = combine(runs)
   print(long_horizon.format_table(combined))
+  for a, b in pairs:
+    print(f"\n{a} below {b} at the same seed (seed-segments: below / equal / above):")
+    for key, count in paired(runs[a], runs[b]).items():
+      print(f"  {key}: {count['below']} / {count['equal']} / {count['above']} of {count['total']}")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(combined, f, indent=1)
