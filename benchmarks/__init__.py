@@ -54,6 +54,16 @@ def matmul_runner(size: int, dtype=jax.numpy.float32) -> tuple[Callable[[], obje
   return lambda: matmul(a), 2.0 * size**3
 
 
+def block_matmul_flops(model, num_tokens: int) -> float:
+  """Matrix-multiply FLOPs of the transformer blocks of one forward pass on `num_tokens` tokens,
+  outside attention's scores: per token and block, the q/k/v and output projections (4 w^2),
+  cross-attention's q and output with a text model (2 w^2), the MLP (2 w mlp). AdaLN's
+  projections act per frame and are left out. `model`: a config's model fields or the model
+  (width, depth, mlp_ratio, text_dim)."""
+  per_block = 4 + (2 if model.text_dim else 0) + 2 * model.mlp_ratio
+  return 2 * per_block * model.width**2 * model.depth * num_tokens
+
+
 def machine() -> dict:
   device = jax.devices()[0]
   return dict(backend=jax.default_backend(), device=device.device_kind, jax=jax.__version__,

@@ -143,14 +143,6 @@ def attention_call(exp: experiment.Experiment, sampler, impl: str):
   return (lambda: attend(q, k, v, valid)), flops
 
 
-def matmul_flops(model, num_tokens: int) -> float:
-  """Matrix-multiply FLOPs of one model call on `num_tokens` tokens outside attention's scores:
-  per token and block, the q/k/v and output projections (4 w^2), cross-attention's q and output
-  (2 w^2), the MLP (2 w mlp); AdaLN's projections act per frame and are left out."""
-  per_block = 4 + (2 if model.text_dim else 0) + 2 * model.mlp_ratio
-  return 2 * per_block * model.width**2 * model.depth * num_tokens
-
-
 def stream_impl(config, impl: str, params) -> dict:
   exp = build(config, impl)
   sampler = experiment.make_sampler(exp)
@@ -184,7 +176,7 @@ def stream_impl(config, impl: str, params) -> dict:
   calls = (c.num_steps + 1) * model.depth
   batch = 2 if sampler.guided else 1
   tokens = model.tokens_per_frame(*exp.frame_shape[:2])
-  linear_flops = matmul_flops(model, chunk * tokens) * (c.num_steps + 1) * batch
+  linear_flops = benchmarks.block_matmul_flops(model, chunk * tokens) * (c.num_steps + 1) * batch
   model_flops = linear_flops + calls * batch * attention_flops
   return dict(
       impl=impl, chunk=chunk, kv_cache_frames=sampler.slots, sink_frames=sampler.sink_frames,
@@ -221,7 +213,8 @@ def main(argv):
   model = exp.model
   tokens = model.tokens_per_frame(*exp.frame_shape[:2])
   chunk_tokens = config.forcing.chunk * tokens
-  if jax.default_backend() == "cpu" and matmul_flops(model, chunk_tokens) > CPU_FLOP_LIMIT:
+  if (jax.default_backend() == "cpu"
+      and benchmarks.block_matmul_flops(model, chunk_tokens) > CPU_FLOP_LIMIT):
     raise SystemExit(f"{model.depth} blocks of width {model.width} on {chunk_tokens} tokens a"
                      " chunk is a GPU benchmark: one model call is over a TFLOP")
   params = jax.jit(lambda rng: jax.tree.map(

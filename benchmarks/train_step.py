@@ -62,9 +62,8 @@ def model_flops(config, frame_shape, mask: masks.MaskSpec) -> dict:
   output_frames = config.data.num_frames
   tokens = frames * tokens_per_frame
   inputs = 2 if m.previous_frame_input else 1  # the previous frame's pixels beside the noisy ones
-  width, hidden = m.width, int(m.width * m.mlp_ratio)
-  per_layer = (2 * tokens * width * (3 * width + width + 2 * hidden)  # qkv, out, mlp
-               + 2 * frames * width * 6 * width)  # adaLN modulation
+  width = m.width
+  adaln = 2 * frames * width * 6 * width  # per layer: the modulation, once a frame
   attended_pairs = int(mask.frame_mask().sum()) * tokens_per_frame**2
   attention = 2 * 2 * attended_pairs * width  # q.k and p.v over every head
   trunk_in = (2 * tokens * inputs * m.patch**2 * c * width  # patch embedding
@@ -82,7 +81,8 @@ def model_flops(config, frame_shape, mask: masks.MaskSpec) -> dict:
                         + 2 * fine_tokens * fine_width * m.fine_patch**2 * c)  # unpatch
   else:
     per_output_frame = 2 * width * 2 * width + 2 * tokens_per_frame * width * m.patch**2 * c
-  per_example = m.depth * (per_layer + attention) + trunk_in + output_frames * per_output_frame
+  per_example = (benchmarks.block_matmul_flops(m, tokens) + m.depth * (adaln + attention)
+                 + trunk_in + output_frames * per_output_frame)
   return dict(step=3 * config.data.batch_size * per_example,
               attention_share=m.depth * attention / per_example,
               tokens_per_frame=tokens_per_frame, frames=frames)
