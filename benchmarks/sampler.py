@@ -21,12 +21,15 @@ per-token matrix multiplies) and the rate they ran at.
 
   python benchmarks/sampler.py --arms=noise_augmentation,routed,window [--variant=default_model]
       [--frames=80]
+  python benchmarks/sampler.py --arms=noise_augmentation,routed@1,routed,routed@4 ...
 
 times instead the sampler of each arm (a variant of configs/bouncing_rf.py, with its model's
 routing and its sampler's window as the arm trained them; random weights) in one run, the arms
 taking turns: milliseconds per generated frame over a stream of --frames frames, the routing
-study's sampling cost (docs/results.md, "History routing"). Past the training length every arm's
-KV cache is full, so the cost per frame stays level from there on.
+study's sampling cost (docs/results.md, "History routing"). `routed@K` and `window@K` are those
+arms with K frames instead of the config's 25 % (model.routing_top_k, forcing.history_window:
+what videoar.sweep's --set gives them). Past the training length every arm's KV cache is full,
+so the cost per frame stays level from there on.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ flags.DEFINE_integer("video_frames_per_frame", 1, "Video frames a model frame de
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 flags.DEFINE_integer("chunks", 8, "Chunks streamed each time.")
 flags.DEFINE_list("arms", None, "Variants of configs/bouncing_rf.py whose samplers to time per"
-                  " frame, side by side; each arm's config sets the model and sampler, so"
-                  " --config, --impls and --chunks do not apply.")
+                  " frame, side by side (routed@K, window@K: with K history frames); each arm's"
+                  " config sets the model and sampler, so --config, --impls and --chunks do not"
+                  " apply.")
 flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 10x training).")
 flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).")
 flags.DEFINE_string("variant", "", "With --arms: variants of configs/bouncing_rf.py added to every"
@@ -75,6 +79,29 @@ FLAGS = flags.FLAGS
 CPU_FLOP_LIMIT = 1e12
 
 
+# The config key an arm's `@K` sets: the number of history frames the arm attends to.
+ARM_FRAMES_KEY = {"routed": ("model", "routing_top_k"), "window": ("forcing", "history_window")}
+
+
+def arm_config(arm: str):
+  """The config of an arm of --arms: `NAME` (a variant of configs/bouncing_rf.py) or `NAME@K`
+  (routed or window with K history frames), plus --variant.
+
+  Raises SystemExit naming the arm when the variant or K is not allowed."""
+  name, at, frames = arm.partition("@")
+  try:
+    config = bouncing_rf.get_config(",".join(filter(None, (name, FLAGS.variant))))
+  except ValueError as e:
+    raise SystemExit(f"--arms={arm} --variant={FLAGS.variant}: {e}") from None
+  if at:
+    if name not in ARM_FRAMES_KEY or not frames.isdigit() or int(frames) < 1:
+      raise SystemExit(f"--arms={arm}: @K needs an arm in {sorted(ARM_FRAMES_KEY)} and a whole"
+                       " number of frames K >= 1")
+    group, key = ARM_FRAMES_KEY[name]
+    config[group][key] = int(frames)
+  return config
+
+
 def time_arms(arms: list[str]) -> None:
   """Milliseconds per generated frame of each arm's sampler, timed in turns
   (benchmarks.time_interleaved) over streams of --frames frames from an empty cache, batch 1."""
@@ -82,10 +109,7 @@ def time_arms(arms: list[str]) -> None:
     raise SystemExit(f"--arms={','.join(arms)} must name distinct arms")
   streams, rows = {}, []
   for arm in arms:
-    try:
-      config = bouncing_rf.get_config(",".join(filter(None, (arm, FLAGS.variant))))
-    except ValueError as e:
-      raise SystemExit(f"--arms={arm} --variant={FLAGS.variant}: {e}") from None
+    config = arm_config(arm)
     size = config.data.options.size
     exp = experiment.build_for_shapes(config, (size, size, 3))
     params = experiment.init_params(exp, jax.random.key(0))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from benchmarks import runners
 from configs import atari_pong, bouncing_rf
@@ -48,15 +49,29 @@ def test_sampler_benchmark_streams_the_configs_sampler(tmp_path):
 
 def test_sampler_benchmark_times_the_routing_arms_on_a_variant(tmp_path):
   """--arms with --variant: each arm's sampler is the arm's config with the variant added, as
-  videoar.sweep builds them (routing k and window from the arm, the model from the variant)."""
+  videoar.sweep builds them (routing k and window from the arm, the model from the variant);
+  routed@K and window@K set the arm's K."""
   out = tmp_path / "arms.json"
   subprocess.run(
-      [sys.executable, "benchmarks/sampler.py", "--arms=noise_augmentation,routed,window",
-       "--variant=test", "--frames=4", "--repeats=1", f"--json={out}"],
+      [sys.executable, "benchmarks/sampler.py", "--arms=noise_augmentation,routed,routed@1,window,"
+       "window@1", "--variant=test", "--frames=4", "--repeats=1", f"--json={out}"],
       check=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   rows = {row["arm"]: row for row in json.loads(out.read_text())["arms"]}
   steps = bouncing_rf.get_config("routed,test").sample.num_steps
   assert steps != bouncing_rf.get_config("routed").sample.num_steps  # the variant shows
   assert all(row["num_steps"] == steps and row["ms_per_frame"] > 0 for row in rows.values())
-  assert rows["routed"]["routing_top_k"] > 0 == rows["noise_augmentation"]["routing_top_k"]
-  assert rows["window"]["kv_cache_frames"] < rows["noise_augmentation"]["kv_cache_frames"]
+  assert rows["routed"]["routing_top_k"] == 2 and rows["routed@1"]["routing_top_k"] == 1
+  assert rows["noise_augmentation"]["routing_top_k"] == 0
+  cache = {arm: rows[arm]["kv_cache_frames"] for arm in ("noise_augmentation", "window", "window@1")}
+  assert cache["window@1"] < cache["window"] < cache["noise_augmentation"]
+
+
+@pytest.mark.parametrize("arm", ["noise_augmentation@2", "routed@0", "window@x"])
+def test_sampler_benchmark_refuses_an_arm_k_it_cannot_set(arm):
+  """@K only on routed and window, with K a whole number >= 1: one line naming the arm, before
+  any model is built."""
+  result = subprocess.run(
+      [sys.executable, "benchmarks/sampler.py", f"--arms={arm}", "--variant=test"],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
+  assert result.returncode != 0
+  assert f"--arms={arm}: @K needs" in result.stderr.strip().splitlines()[-1]
