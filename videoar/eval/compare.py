@@ -61,6 +61,12 @@ def eval_json_path(run: str) -> str:
   return run if run.endswith(".json") else os.path.join(run, "eval.json")
 
 
+def _tables(run: str) -> dict[str, list[dict]]:
+  """The tables of `run`'s eval.json ({"model": rows, "copy_last": rows, ...})."""
+  with open(eval_json_path(run)) as f:
+    return json.load(f)["tables"]
+
+
 def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
   """The model tables of several arms from their runs' eval.json, side by side.
 
@@ -75,10 +81,7 @@ def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
   """
   combined, baselines = {}, None
   for name, seed_runs in runs.items():
-    results = []
-    for run in seed_runs:
-      with open(eval_json_path(run)) as f:
-        results.append(json.load(f)["tables"])
+    results = [_tables(run) for run in seed_runs]
     combined[name] = _mean_tables([r["model"] for r in results])
     if len(results) > 1:
       combined[name + SPREAD_SUFFIX] = [
@@ -105,10 +108,7 @@ def paired(first: list[str], second: list[str]) -> dict[str, dict[str, int]]:
     raise ValueError(f"paired arms need as many runs each; got {len(first)} and {len(second)}")
   counts: dict[str, dict[str, int]] = {}
   for run_a, run_b in zip(first, second):
-    tables = []
-    for run in (run_a, run_b):
-      with open(eval_json_path(run)) as f:
-        tables.append(json.load(f)["tables"]["model"])
+    tables = [_tables(run)["model"] for run in (run_a, run_b)]
     if len(tables[0]) != len(tables[1]):
       raise ValueError(f"{run_a} has {len(tables[0])} segments and {run_b} {len(tables[1])}")
     for row_a, row_b in zip(*tables):
