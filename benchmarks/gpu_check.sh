@@ -8,7 +8,7 @@
 # seconds (default 540): the environment; the streaming sampler at the Wan-1.3B shape
 # (configs/wan_1p3b.py:sampler, cuDNN against dense attention); the cuDNN tests (against the
 # dense reference); the training masks' attention at Wan's frames, cuDNN against dense; the
-# other attention tests on the GPU; the routed sampler (rf_routed,sampler); the same attention
+# other attention and routing tests on the GPU; the routed sampler (rf_routed,sampler); the same attention
 # benchmark for blocked; the attention benchmark at the CPU targets' shapes. A stage that fails
 # or runs out of time does not stop the next; STAGES="sampler tests_cudnn" runs only those.
 # OUT_DIR gets one log, a summary and the benchmarks' JSON (seven files).
@@ -75,8 +75,12 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests_cudnn 100 "${TESTS[@]}" -k "cudn
 stage attention_wan_cudnn 60 python3 benchmarks/attention.py --shape=wan --impl=cudnn \
   --json="$OUT_DIR/attention_wan_cudnn.json"
 
-XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests_attention 120 "${TESTS[@]}" \
-  -k "not pallas and not cudnn and not fused"
+# Four pytest workers share the GPU (each compiles its own programs), where pytest-xdist is
+# installed.
+PARALLEL=()
+python3 -c "import xdist" 2>/dev/null && PARALLEL=(-n 4)
+XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests_attention 120 "${TESTS[@]}" "${PARALLEL[@]}" \
+  tests/test_routing.py -k "not pallas and not cudnn and not fused"
 
 stage routed_sampler 150 python3 benchmarks/sampler.py \
   --config="configs/wan_1p3b.py:rf_routed,sampler$VARIANT_EXTRA" --frame_shape="$FRAME_SHAPE" \

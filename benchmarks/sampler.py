@@ -13,11 +13,13 @@ model gets a random text embedding of --text_tokens tokens. Latency counts from 
 `stream` to its first chunk, cold (compiling included) and warm (a second stream). frames/s
 counts the chunks after the first of the warm stream, steady frames/s those that see a full KV
 cache, each times --video_frames_per_frame (4 for Wan's VAE latents; the DiT only, no VAE
-decoding). Each implementation in --impls streams in turn with the same weights. The profile
+decoding). Each implementation in --impls streams in turn with the same weights; one that fails
+is reported (its error, and under "failed" in the JSON) and the others still run. The profile
 beside it, over the steady chunk time (chunks that see a full KV cache; if none do, those after
 the first): one attention call at the chunk's shape over a full KV cache, timed alone, and its
 share of a chunk (calls per chunk x that time); the model's FLOPs per chunk (attention, and the
-per-token matrix multiplies) and the rate they ran at.
+per-token matrix multiplies) and the rate they ran at, beside a square matmul's rate in the
+model's dtype measured in the same run.
 
   python benchmarks/sampler.py --arms=noise_augmentation,routed,window [--variant=default_model]
       [--frames=80]
@@ -37,6 +39,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 
 from absl import app, flags
 import jax
@@ -245,12 +248,29 @@ def main(argv):
       lambda p: p.astype(model.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
       experiment.init_params(exp, rng)))(jax.random.key(0))
   num_params = sum(p.size for p in jax.tree.leaves(params))
-  rows = [stream_impl(config, impl, params) for impl in impls]
+  # The device's matrix rate in the model's dtype, measured in this run: the yardstick for the
+  # model's TFLOP/s (an 8192-cube product on an accelerator, 1024 on a CPU).
+  size = 1024 if jax.default_backend() == "cpu" else 8192
+  matmul, matmul_flops = benchmarks.matmul_runner(size, model.dtype)
+  matmul_tflops = matmul_flops / benchmarks.time_interleaved({"matmul": matmul}, 10)["matmul"] / 1e12
+  rows, failed = [], {}
+  for impl in impls:
+    # One impl that fails (cudnn on a mask or platform it does not serve) leaves the others'
+    # figures: its error is printed and written to the JSON, and the exit status is 1.
+    try:
+      rows.append(stream_impl(config, impl, params))
+    except Exception as e:  # noqa: BLE001 - reported, then the run exits 1
+      traceback.print_exc()
+      failed[impl] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      print(f"--impls: {impl} failed: {failed[impl]}", flush=True)
+  if not rows:
+    raise SystemExit(f"every impl failed: {failed}")
   title = (f"Streaming sampler ({num_params / 1e6:.1f}M parameters, {model.dtype.name}, depth"
            f" {model.depth}, {tokens} tokens/frame, chunks of {rows[0]['chunk']},"
            f" {rows[0]['num_steps']} {rows[0]['solver']} steps, KV cache"
            f" {rows[0]['kv_cache_frames']} frames (sink {rows[0]['sink_frames']}), routing"
-           f" top-k {rows[0]['routing_top_k'] or '-'}; {benchmarks.machine()['device']})")
+           f" top-k {rows[0]['routing_top_k'] or '-'}; {benchmarks.machine()['device']},"
+           f" {size}-cube matmul {matmul_tflops:.3g} TFLOP/s)")
   benchmarks.print_table(
       title, ["impl", "first chunk cold s", "first chunk warm ms", "ms per chunk", "frames/s",
               "steady frames/s", "attention ms/call", "attention share", "attention TFLOP/s",
@@ -265,7 +285,10 @@ def main(argv):
   benchmarks.write_json(FLAGS.json, params=num_params, dtype=model.dtype.name,
                         tokens_per_frame=tokens, depth=model.depth, width=model.width,
                         video_frames_per_frame=FLAGS.video_frames_per_frame,
-                        chunks=FLAGS.chunks, impls=rows)
+                        chunks=FLAGS.chunks, matmul_size=size, matmul_tflops=matmul_tflops,
+                        impls=rows, failed=failed)
+  if failed:
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,20 @@ def test_train_step_runner_needs_no_data_and_steps(tmp_path):
 
 def test_sampler_benchmark_streams_the_configs_sampler(tmp_path):
   """The GPU benchmark's code path (configs/wan_1p3b.py: latents, text, scanned blocks, sink)
-  at the tiny shape: each impl streams, timings per chunk, the profile's figures."""
+  at the tiny shape: each impl streams, timings per chunk, the profile's figures. cudnn, which
+  needs a GPU, fails on the CPU without taking the impls after it: exit 1, its error recorded."""
   out = tmp_path / "sampler.json"
-  subprocess.run(
+  proc = subprocess.run(
       [sys.executable, "benchmarks/sampler.py", "--config=configs/wan_1p3b.py:sampler,tiny",
-       "--frame_shape=8,8,4", "--chunks=3", "--impls=auto,dense", "--text_tokens=4",
+       "--frame_shape=8,8,4", "--chunks=3", "--impls=auto,cudnn,dense", "--text_tokens=4",
        "--video_frames_per_frame=4", f"--json={out}"],
-      check=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "--impls: cudnn failed: ValueError: attention impl='cudnn' needs a GPU" in proc.stdout
   result = json.loads(out.read_text())
   assert [row["impl"] for row in result["impls"]] == ["auto", "dense"]
+  assert list(result["failed"]) == ["cudnn"]
+  assert result["matmul_tflops"] > 0
   for row in result["impls"]:
     # Window 9 frames in chunks of 3: a cache of 6 frames, 3 of them the sink, full from the
     # third chunk on.
