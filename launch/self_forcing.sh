@@ -8,31 +8,43 @@
 #      evaluation on the world;
 #   4. Self Forcing (DMD against the teacher, an online critic), then its 4-step samples and
 #      evaluation.
-# A stage whose workdir holds a finished run is not trained again.
+# A stage whose workdir holds a finished run is not trained again. SEED=S (default 0) runs every
+# stage with config.seed S under runs/bouncing_sf_seedS/ (the teacher, its pairs and both
+# students of that seed: a seed of the whole pipeline).
 #
 #   bash launch/self_forcing.sh            # about 43 min on 2 loaded cores, the sum of its stages (docs/results.md); VARIANT=test for the smoke run
 set -euo pipefail
 VARIANT=${VARIANT:-}
+SEED=${SEED:-0}
 PYTHON=${PYTHON:-python}
 SUFFIX=${VARIANT:+,$VARIANT}
 RUNS=runs/bouncing_sf${VARIANT:+_$VARIANT}
+[ "$SEED" = 0 ] || RUNS=${RUNS}_seed$SEED
+# The stages read each other from $RUNS, which the config names only for seed 0.
+SEEDED=(--config.seed="$SEED")
 PAIRS=${PAIRS:-2048}
 config() { echo "configs/bouncing_sf.py:$1$SUFFIX"; }
 config_main() { if [ -n "$VARIANT" ]; then echo "configs/bouncing_sf.py:$VARIANT"; else echo "configs/bouncing_sf.py"; fi; }
 finished() { [ -f "$1/eval.json" ] || [ -f "$1/.trained" ]; }
 
 if ! finished "$RUNS/teacher"; then
-  $PYTHON -m videoar.main --config="$(config teacher)" --workdir="$RUNS/teacher" --mode=train
+  $PYTHON -m videoar.main --config="$(config teacher)" "${SEEDED[@]}" --workdir="$RUNS/teacher" \
+    --mode=train
   touch "$RUNS/teacher/.trained"
 fi
 if [ ! -f "$RUNS/ode_pairs/ode_pairs.json" ]; then
-  $PYTHON -m videoar.ode_pairs --config="$(config teacher)" --teacher_workdir="$RUNS/teacher" \
+  $PYTHON -m videoar.ode_pairs --config="$(config teacher)" "${SEEDED[@]}" \
+    --teacher_workdir="$RUNS/teacher" \
     --output="$RUNS/ode_pairs" --num_sequences="$PAIRS" --solver_steps=16
 fi
 if ! finished "$RUNS/ode"; then
-  $PYTHON -m videoar.main --config="$(config ode)" --workdir="$RUNS/ode" --mode=train
-  $PYTHON -m videoar.main --config="$(config ode,world)" --workdir="$RUNS/ode" --mode=evaluate
+  $PYTHON -m videoar.main --config="$(config ode)" "${SEEDED[@]}" \
+    --config.data.path="$RUNS/ode_pairs" --workdir="$RUNS/ode" --mode=train
+  $PYTHON -m videoar.main --config="$(config ode,world)" "${SEEDED[@]}" --workdir="$RUNS/ode" \
+    --mode=evaluate
 fi
 if ! finished "$RUNS/self_forcing"; then
-  $PYTHON -m videoar.main --config="$(config_main)" --workdir="$RUNS/self_forcing"
+  $PYTHON -m videoar.main --config="$(config_main)" "${SEEDED[@]}" \
+    --config.forcing.teacher_workdir="$RUNS/teacher" --config.forcing.generator_workdir="$RUNS/ode" \
+    --workdir="$RUNS/self_forcing"
 fi
