@@ -8,9 +8,10 @@
 # seconds (default 540): the environment; the streaming sampler at the Wan-1.3B shape
 # (configs/wan_1p3b.py:sampler, cuDNN against dense attention); the cuDNN tests (against the
 # dense reference); the training masks' attention at Wan's frames, cuDNN against dense; the
-# other attention and routing tests on the GPU; the routed sampler (rf_routed,sampler); the same attention
-# benchmark for blocked; the attention benchmark at the CPU targets' shapes. A stage that fails
-# or runs out of time does not stop the next; STAGES="sampler tests_cudnn" runs only those.
+# other attention and routing tests on the GPU; the routed sampler (rf_routed,sampler); the same
+# attention benchmark for blocked; the attention benchmark at the CPU targets' shapes. A stage
+# that fails or runs out of time does not stop the next; STAGES="sampler tests_cudnn" runs only
+# those.
 # OUT_DIR gets one log, a summary and the benchmarks' JSON (seven files).
 #
 # Python packages the GPU image lacks (grain, ml_collections, tensorboardX and their needs)

@@ -252,7 +252,8 @@ def main(argv):
   # model's TFLOP/s (an 8192-cube product on an accelerator, 1024 on a CPU).
   size = 1024 if jax.default_backend() == "cpu" else 8192
   matmul, matmul_flops = benchmarks.matmul_runner(size, model.dtype)
-  matmul_tflops = matmul_flops / benchmarks.time_interleaved({"matmul": matmul}, 10)["matmul"] / 1e12
+  matmul_s = benchmarks.time_interleaved({"matmul": matmul}, 10)["matmul"]
+  matmul_tflops = matmul_flops / matmul_s / 1e12
   rows, failed = [], {}
   for impl in impls:
     # One impl that fails (cudnn on a mask or platform it does not serve) leaves the others'

@@ -45,6 +45,6 @@ if ! finished "$RUNS/ode"; then
 fi
 if ! finished "$RUNS/self_forcing"; then
   $PYTHON -m videoar.main --config="$(config_main)" "${SEEDED[@]}" \
-    --config.forcing.teacher_workdir="$RUNS/teacher" --config.forcing.generator_workdir="$RUNS/ode" \
-    --workdir="$RUNS/self_forcing"
+    --config.forcing.teacher_workdir="$RUNS/teacher" \
+    --config.forcing.generator_workdir="$RUNS/ode" --workdir="$RUNS/self_forcing"
 fi
