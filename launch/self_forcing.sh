@@ -12,7 +12,8 @@
 # stage with config.seed S under runs/bouncing_sf_seedS/ (the teacher, its pairs and both
 # students of that seed: a seed of the whole pipeline).
 #
-#   bash launch/self_forcing.sh            # about 43 min on 2 loaded cores, the sum of its stages (docs/results.md); VARIANT=test for the smoke run
+#   bash launch/self_forcing.sh   # 43 min on 2 loaded cores, 20 min idle (docs/results.md)
+#   VARIANT=test bash launch/self_forcing.sh   # the smoke run
 set -euo pipefail
 VARIANT=${VARIANT:-}
 SEED=${SEED:-0}
