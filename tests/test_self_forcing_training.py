@@ -4,6 +4,7 @@ with the critic), and each stage reads the one before."""
 
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -115,3 +116,28 @@ def test_the_teacher_samples_as_many_unconditional_clips_as_asked(teacher_workdi
   params = experiment.restore_params(exp, str(teacher_workdir), use_ema=True)
   clips, generated = run.continue_clips(exp, params, 3, jax.random.key(0))
   assert generated.shape == clips["video"].shape == (3, exp.config.data.num_frames) + exp.frame_shape
+
+
+def test_the_launch_script_runs_a_seed_of_the_pipeline_in_its_own_workdirs(tmp_path):
+  """launch/self_forcing.sh with SEED=1 (test shapes): every stage runs with config.seed 1 under
+  runs/bouncing_sf_test_seed1/ and reads the stage before from there, not from seed 0's
+  workdirs (which the configs name)."""
+  root = os.path.join(os.path.dirname(__file__), "..")
+  os.symlink(os.path.join(root, "configs"), tmp_path / "configs")
+  subprocess.run(["bash", os.path.join(root, "launch", "self_forcing.sh")], cwd=tmp_path,
+                 check=True, capture_output=True,
+                 env=dict(os.environ, VARIANT="test", SEED="1", PYTHON=sys.executable,
+                          JAX_PLATFORMS="cpu"))
+  runs = tmp_path / "runs"
+  assert sorted(p.name for p in runs.iterdir()) == ["bouncing_sf_test_seed1"]
+  seed_runs = "runs/bouncing_sf_test_seed1"
+  configs = {}
+  for stage in ("teacher", "ode", "self_forcing"):
+    with open(runs / "bouncing_sf_test_seed1" / stage / "run.json") as f:
+      configs[stage] = json.load(f)["config"]
+    assert configs[stage]["seed"] == 1, stage
+  assert configs["ode"]["data"]["path"] == f"{seed_runs}/ode_pairs"
+  assert (configs["self_forcing"]["forcing"]["teacher_workdir"],
+          configs["self_forcing"]["forcing"]["generator_workdir"]) == (
+              f"{seed_runs}/teacher", f"{seed_runs}/ode")
+  assert (runs / "bouncing_sf_test_seed1" / "self_forcing" / "eval.json").exists()
