@@ -14,7 +14,8 @@ model gets a random text embedding of --text_tokens tokens. Latency counts from 
 counts the chunks after the first of the warm stream, steady frames/s those that see a full KV
 cache, each times --video_frames_per_frame (4 for Wan's VAE latents; the DiT only, no VAE
 decoding). Each implementation in --impls streams in turn with the same weights; one that fails
-is reported (its error, and under "failed" in the JSON) and the others still run. The profile
+is reported (the dispatcher's refusal in one line, any other error with its traceback; under
+"failed" in the JSON) and the others still run. The profile
 beside it, over the steady chunk time (chunks that see a full KV cache; if none do, those after
 the first): one attention call at the chunk's shape over a full KV cache, timed alone, and its
 share of a chunk (calls per chunk x that time); the model's FLOPs per chunk (attention, and the
@@ -261,7 +262,10 @@ def main(argv):
     try:
       rows.append(stream_impl(config, impl, params))
     except Exception as e:  # noqa: BLE001 - reported, then the run exits 1
-      traceback.print_exc()
+      # The dispatcher's refusals (ValueError: an impl that does not serve this platform or
+      # mask) say all in their one line; anything else keeps its traceback for diagnosis.
+      if not isinstance(e, ValueError):
+        traceback.print_exc()
       failed[impl] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
       print(f"--impls: {impl} failed: {failed[impl]}", flush=True)
   if not rows:

@@ -34,7 +34,7 @@ import os
 import sys
 from typing import Iterable, Iterator
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
@@ -150,6 +150,7 @@ def write_pairs(path: str, model: dit.CausalDiT, params, batches: Iterable[dict]
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax's INFO lines on restoring the teacher are noise
   args = flags.FLAGS
   config = args.config
   if config.forcing.paradigm != "bidirectional":

@@ -229,6 +229,9 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   c = exp.config
   sampler = experiment.make_sampler(exp)
   rng = jax.random.key(c.seed + 2)
+  # Generation and scoring print nothing until the table: say what the minutes are for.
+  print(f"evaluating: {c.eval.num_clips} held-out clips continued, then scored"
+        f"{' (FVD among them: minutes on a CPU)' if c.eval.fvd else ''}", flush=True)
   clips, generated = continue_clips(exp, params, c.eval.num_clips, rng, sampler)
   on_true_history = (continue_on_true_history(exp, params, clips, rng, sampler)
                      if c.sample.solver == "euler" else None)
