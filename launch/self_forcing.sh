@@ -21,7 +21,8 @@ PYTHON=${PYTHON:-python}
 SUFFIX=${VARIANT:+,$VARIANT}
 RUNS=runs/bouncing_sf${VARIANT:+_$VARIANT}
 [ "$SEED" = 0 ] || RUNS=${RUNS}_seed$SEED
-# The stages read each other from $RUNS, which the config names only for seed 0.
+# Every stage gets the seed, and the workdirs of the stages before it are passed from $RUNS:
+# configs/bouncing_sf.py names only seed 0's.
 SEEDED=(--config.seed="$SEED")
 PAIRS=${PAIRS:-2048}
 config() { echo "configs/bouncing_sf.py:$1$SUFFIX"; }
