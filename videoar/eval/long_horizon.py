@@ -28,6 +28,7 @@ METRIC_TITLES = {
     "lost_never_overlapped": "Objects lost, of those that have not overlapped another (fraction, lower is better)",
     "recovered": "Objects recovered after occlusion (fraction of those back in view found in their colour within 3.5 px; higher is better)",
     "digit_accuracy": "Clear digits read as their true label (fraction, higher is better; truth is the ceiling)",
+    "digit_accuracy_seen": "Clear digits read as their true label, of those the context frames showed clear (fraction)",
     "ink_ratio": "Ink drawn over the truth's (pixels brighter than mid-grey; 1 is right, above 1 digits swell, below it they fade)",
     "ball_position_error": "Ball position error (px, lower is better)",
     "ball_missed": "Ball missed, per frame with a true ball (lower is better)",
@@ -41,6 +42,7 @@ METRIC_FORMATS = {
     "color_drift": "{:.3f}",
     "recovered": "{:.3f}",
     "digit_accuracy": "{:.3f}",
+    "digit_accuracy_seen": "{:.3f}",
 }
 DEFAULT_FORMAT = "{:.2f}"
 # Averaged over every clip-frame, so that an exact frame's infinite PSNR shows as such; the other

@@ -87,9 +87,11 @@ def frame_scorers(exp: experiment.Experiment, clips: dict) -> list[long_horizon.
                                             clips["color_ids"], returned, source.palette_array()))
     return scorers
   if isinstance(source, MovingMnist):
-    return [digits.DigitScorer(positions=clips["positions"][:, exp.config.sample.context_frames:],
-                               labels=clips["labels"],
-                               classifier=digits.digit_classifier(source.digit_size))]
+    num_context = exp.config.sample.context_frames
+    return [digits.DigitScorer(
+        positions=clips["positions"][:, num_context:], labels=clips["labels"],
+        seen=digits.seen_in_context(clips["positions"][:, :num_context], source.digit_size),
+        classifier=digits.digit_classifier(source.digit_size))]
   if (isinstance(source, pipeline.RecordedClips) and isinstance(source.recording, AtariEpisodes)
       and source.recording.game == "pong"):
     return [pong.pong_frame_scores]
