@@ -63,13 +63,13 @@ def test_no_gradient_reaches_the_degraded_history(mode):
   batch, params = _setup(1)
   rng = jax.random.key(4)
   options = dict(chunk=1, mode=mode, resample_shift=2.0, resample_steps=2)
-  history = resampling.degrade_history(MODEL, params, batch["video"], {},
-                                       jax.random.fold_in(rng, 1), **options)
+  history, _ = resampling.degrade_history(MODEL, params, batch["video"], {},
+                                          jax.random.fold_in(rng, 1), **options)
   assert float(jnp.abs(history - batch["video"]).max()) > 1e-3
 
   def grad_through(p):
-    h = resampling.degrade_history(MODEL, p, batch["video"], {},
-                                   jax.random.fold_in(rng, 1), **options)
+    h, _ = resampling.degrade_history(MODEL, p, batch["video"], {},
+                                      jax.random.fold_in(rng, 1), **options)
     return jnp.sum(h ** 2)
 
   for g in jax.tree.leaves(jax.grad(grad_through)(params)):
@@ -88,9 +88,9 @@ def test_autoregressive_resampling_equals_the_sampler_from_x_ts():
   rng = jax.random.key(5)
   video = batch["video"]
   steps, shift = 3, 0.6
-  history = resampling.degrade_history(MODEL, params, video, {}, rng, chunk=1,
-                                       mode="autoregressive", resample_shift=shift,
-                                       resample_steps=steps)
+  history, _ = resampling.degrade_history(MODEL, params, video, {}, rng, chunk=1,
+                                          mode="autoregressive", resample_shift=shift,
+                                          resample_steps=steps)
   # The same draws, then the streaming sampler frame by frame from x_ts.
   time_rng, noise_rng = jax.random.split(rng)
   t_s = flow.sample_time(time_rng, (2,), shift)
@@ -163,3 +163,64 @@ def test_two_n_layout_outputs_equal_the_noisy_half_of_the_whole_output(fine_patc
   assert noisy.shape == video.shape
   np.testing.assert_allclose(np.asarray(noisy), np.asarray(whole[:, N:]), atol=1e-5, rtol=0)
   np.testing.assert_array_equal(np.asarray(kv[0]), np.asarray(whole_kv[0]))
+
+
+def test_history_time_input_labels_the_noised_history_with_its_level():
+  """With history_time_input the loss is the history-conditioned loss on the noise-augmented
+  history with its level t_s (the draw degrade_history makes) as its time; the label changes
+  the loss; in the warm-up the history is clean and labelled 0, Teacher Forcing's."""
+  batch, params = _setup()
+  rng = jax.random.key(9)
+  options = dict(resample_mode="noise_augmentation", resample_shift=2.0, **OPTIONS)
+  loss = lambda labelled, step=1: resampling.loss_fn(
+      MODEL, params, batch, rng, step=jnp.asarray(step), warmup_steps=1,
+      history_time_input=labelled, **options)[0]
+  history, t_s = resampling.degrade_history(MODEL, params, batch["video"], {},
+                                            jax.random.fold_in(rng, 1), chunk=1,
+                                            mode="noise_augmentation", resample_shift=2.0,
+                                            resample_steps=3)
+  assert float(t_s.min()) > 0.0
+  expected = teacher.history_conditioned_loss(
+      MODEL, params, history, batch["video"], {}, jax.random.split(rng)[1], chunk=1,
+      time_shift=1.0, history_t_b=t_s)[0]
+  np.testing.assert_allclose(loss(True), expected, rtol=1e-6)
+  assert abs(float(loss(True)) - float(loss(False))) > 1e-4
+  np.testing.assert_allclose(loss(True, step=0), teacher.loss_fn(MODEL, params, batch, rng,
+                                                                 **OPTIONS)[0], rtol=1e-6)
+  with pytest.raises(ValueError, match="noise_augmentation"):
+    resampling.loss_fn(MODEL, params, batch, rng, step=jnp.asarray(1), history_time_input=True,
+                       resample_mode="parallel", **OPTIONS)
+
+
+def test_a_labelled_history_in_training_is_the_samplers_cache_at_its_history_time():
+  """Training rollout == sampler, with labels: noisy frame i of the 2N layout over a history
+  labelled t_c (apply_two_n's history_t_bf) gets the velocity the sampler gives it over a cache
+  whose frames were generated and written at history_time t_c; at t_c = 0 it would differ."""
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
+                        previous_frame_input=True)
+  params = model.init(jax.random.key(1), jnp.zeros((2, 2 * N, 8, 8, 3)), jnp.zeros((2, 2 * N)),
+                      frame_pos_f=jnp.tile(jnp.arange(N), 2), mask=masks.TeacherForcing(N),
+                      previous_bfhwc=jnp.zeros((2, 2 * N, 8, 8, 3)))
+  params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.key(4), p.shape), params)
+  t_c, steps = 0.3, 2
+  times = jnp.broadcast_to(flow.step_times(steps, 1.0), (2, steps + 1))
+  noise = jax.random.normal(jax.random.key(5), (2, N, 8, 8, 3))
+  x_t = jax.random.normal(jax.random.key(6), (2, N, 8, 8, 3))
+  t = jnp.full((2, N), 0.7)
+
+  def sampler_velocities(history_time):
+    sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=1, window=N,
+                               history_time=history_time)
+    frames, cache, velocities = [], sampler.init_cache(2), []
+    for i in range(N):
+      velocities.append(sampler.velocity(params, cache, x_t[:, i:i + 1], t[:, i:i + 1]))
+      x0, cache = sampler.chunk_step(params, cache, noise[:, i:i + 1], times)
+      frames.append(x0)
+    return jnp.concatenate(frames, 1), jnp.concatenate(velocities, 1)
+
+  generated, cached = sampler_velocities(t_c)
+  two_n, _ = teacher.apply_two_n(model, params, generated, x_t, t, {}, chunk=1,
+                                 history_t_bf=jnp.full((2, N), t_c))
+  np.testing.assert_allclose(np.asarray(cached), np.asarray(two_n), atol=1e-4, rtol=0)
+  unlabelled, _ = teacher.apply_two_n(model, params, generated, x_t, t, {}, chunk=1)
+  assert float(jnp.abs(unlabelled - two_n)[:, 1:].max()) > 1e-3

@@ -133,6 +133,9 @@ BAD_CONFIGS = [
      "config.model.prediction='residual'"),
     ({"forcing.loss_weighting": "snr"}, "config.forcing.loss_weighting='snr'"),
     ({"eval.every": -1}, "config.eval.every=-1"),
+    ({"forcing.resample_mode": "parallel", "forcing.history_time_input": True},
+     "config.forcing.history_time_input=True"),
+    ({"sample.history_time": 0.2}, "config.sample.history_time=0.2"),
 ]
 
 

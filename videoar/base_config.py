@@ -80,6 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.forcing.resample_shift = 0.6
   config.forcing.resample_steps = 3
   config.forcing.warmup_steps = 0
+  # Noise augmentation only: the noised history carries its level t_s as its time, not t = 0
+  # (forcing/resampling.py; GameNGen's conditioning augmentation).
+  config.forcing.history_time_input = False
   # Self Forcing (configs/bouncing_sf.py explains each): the few-step list, the score networks,
   # the critic, and the stages it starts from.
   config.forcing.num_steps = 4
@@ -129,6 +132,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.num_videos = 4
   config.sample.length_multiple = 3
   config.sample.context_frames = 2
+  # The time each generated frame is labelled with in the KV cache (sampling.Sampler): above 0
+  # a model trained with forcing.history_time_input (or Diffusion Forcing) treats its own frames
+  # as that noisy. The context frames stay at 0.
+  config.sample.history_time = 0.0
   config.sample.use_ema = True
 
   config.eval = ml_collections.ConfigDict()

@@ -370,4 +370,5 @@ def make_sampler(exp: Experiment) -> sampling.Sampler:
                           solver=c.sample.solver, sink_frames=c.forcing.sink_frames,
                           train_frames=c.data.num_frames,
                           guide_history=c.sample.guide_history,
-                          guidance_interval=c.sample.guidance_interval)
+                          guidance_interval=c.sample.guidance_interval,
+                          history_time=c.sample.history_time)

@@ -79,6 +79,11 @@ class Sampler:
       (kv_cache.init); the model must have been trained with the same sink (masks).
     train_frames: the training clip's length N (default `window`): past it, a chunk takes the
       positions of a training clip's last chunk (kv_cache.init's span, N - chunk).
+    history_time: the time (noise level) each generated chunk is labelled with when it is
+      written to the cache; a prefilled context stays at t = 0. A model trained on a history
+      labelled with its noise level (forcing.history_time_input) then treats its own frames as
+      that noisy and corrects their small errors instead of copying them (Diffusion Forcing's
+      stabilisation of autoregressive rollouts, Chen et al. 2024). 0: clean, as in training.
 
   Raises ValueError for a window that is not whole chunks, a sink that is not, or an unknown
   solver.
@@ -87,7 +92,8 @@ class Sampler:
   def __init__(self, model: dit.CausalDiT, *, frame_shape: tuple[int, int, int], chunk: int,
                window: int, guidance_scale: float = 1.0, solver: str = "euler",
                sink_frames: int = 0, train_frames: int | None = None,
-               guide_history: bool = False, guidance_interval: tuple[float, float] = (0.0, 1.0)):
+               guide_history: bool = False, guidance_interval: tuple[float, float] = (0.0, 1.0),
+               history_time: float = 0.0):
     if window % chunk:
       raise ValueError(f"sampler window={window} must be a multiple of chunk={chunk}")
     if solver not in SOLVERS:
@@ -105,6 +111,7 @@ class Sampler:
     self.guidance_scale = guidance_scale
     self.guide_history = guide_history
     self.guidance_interval = tuple(guidance_interval)
+    self.history_time = history_time
     self.guided = guidance_scale != 1.0 and (guide_history or bool(model.conditioning_keys()))
     self._jit_chunk_step = jax.jit(self.chunk_step)
     self._jit_prefill = jax.jit(self.prefill)
@@ -175,9 +182,9 @@ class Sampler:
 
     return jax.lax.fori_loop(0, times_bs.shape[1] - 1, step, x_start_bchwc)
 
-  def write_chunk(self, params, cache, x0_bchwc, cond=None):
-    """Runs the clean chunk at t = 0 and appends its keys and values to the cache."""
-    t0 = jnp.zeros(x0_bchwc.shape[:2], jnp.float32)
+  def write_chunk(self, params, cache, x0_bchwc, cond=None, t=0.0):
+    """Runs the chunk at time `t` (0: clean) and appends its keys and values to the cache."""
+    t0 = jnp.full(x0_bchwc.shape[:2], t, jnp.float32)
     last = self._cache_rows(cache.last_frame)[:, None]
     previous = jnp.concatenate([last, x0_bchwc[:, :-1]], axis=1)
     _, (k, v) = self._apply(params, cache, x0_bchwc, t0, previous, cond, clean=True)
@@ -219,14 +226,15 @@ class Sampler:
       if rng is not None or exit_step is not None:
         raise ValueError("the euler solver takes no rng or exit_step; they are few_step's")
       x0 = self.denoise_chunk(params, cache, x_start_bchwc, times_bs, cond)
-      return x0, self.write_chunk(params, cache, x0, cond)
+      return x0, self.write_chunk(params, cache, x0, cond, self.history_time)
     if rng is None:
       raise ValueError("the few_step solver needs an rng for its re-noising")
     if exit_step is None:
       exit_step = times_bs.shape[1] - 2
     x0 = self.few_step_chunk(params, cache, x_start_bchwc, times_bs, rng, exit_step, cond)
     frozen, x0_detached = jax.lax.stop_gradient((params, x0))
-    return x0, self.write_chunk(frozen, jax.lax.stop_gradient(cache), x0_detached, cond)
+    return x0, self.write_chunk(frozen, jax.lax.stop_gradient(cache), x0_detached, cond,
+                                self.history_time)
 
   # --- whole videos ----------------------------------------------------------------------------
 

@@ -116,6 +116,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.forcing.loss_weighting not in flow.LOSS_WEIGHTINGS:
     fail("forcing.loss_weighting", config.forcing.loss_weighting,
          f"allowed: {', '.join(flow.LOSS_WEIGHTINGS)}")
+  if config.forcing.history_time_input and config.forcing.resample_mode != "noise_augmentation":
+    fail("forcing.history_time_input", True, "labels a noised history with its noise level: it"
+         " needs forcing.resample_mode='noise_augmentation'")
+  if not 0.0 <= config.sample.history_time < 1.0:
+    fail("sample.history_time", config.sample.history_time, "must be in [0, 1)")
+  if config.sample.history_time and not (config.forcing.history_time_input
+                                         or config.forcing.paradigm == "diffusion_forcing"):
+    fail("sample.history_time", config.sample.history_time, "needs a model trained on a history"
+         " labelled with its noise level: forcing.history_time_input=True or paradigm"
+         " diffusion_forcing")
   if config.forcing.resample_shift <= 0:
     fail("forcing.resample_shift", config.forcing.resample_shift, "must be > 0")
   if config.model.attention_impl not in ops.IMPLS:

@@ -16,6 +16,12 @@ The first `warmup_steps` steps are plain Teacher Forcing: an untrained model's e
 Ablation arms (`resample_mode`): `noise_augmentation` uses x_ts itself as history; `parallel`
 denoises every x_ts^i in one parallel pass conditioned on the clean history x^{<i} (intra-frame
 error only).
+
+`history_time_input` (noise augmentation only) labels the noised history with its level t_s as
+its tokens' time instead of t = 0, so the model is told how far to trust its history: GameNGen's
+conditioning augmentation (Valevski et al. 2024, after Ho et al. 2021's cascaded diffusion). The
+sampler then labels what it writes to its KV cache with sample.history_time (0: trusted as
+clean; above 0: its own frames treated as slightly noisy, Diffusion Forcing's stabilisation).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ MODES = ("autoregressive", "parallel", "noise_augmentation")
 def degrade_history(model: dit.CausalDiT, params, video_bfhwc, cond: dict, rng, *,
                     chunk: int, mode: str, resample_shift: float, resample_steps: int,
                     history_window: int = 0, sink_frames: int = 0):
-  """The model's own resampling of `video`, with no gradient to anything."""
+  """The model's own resampling of `video`, with no gradient to anything: (history [B, N, H, W, C],
+  t_s [B], the noise level each video's history was drawn from)."""
   params = jax.lax.stop_gradient(params)
   b, n = video_bfhwc.shape[:2]
   time_rng, noise_rng = jax.random.split(rng)
@@ -55,7 +62,7 @@ def degrade_history(model: dit.CausalDiT, params, video_bfhwc, cond: dict, rng, 
                                  history_window=history_window, sink_frames=sink_frames)
   else:
     raise ValueError(f"forcing.resample_mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
-  return jax.lax.stop_gradient(history)
+  return jax.lax.stop_gradient(history), t_s
 
 
 def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chunk,
@@ -76,23 +83,31 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chun
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
             cond_drop_prob: float, step, loss_weighting: str = "velocity", resample_mode: str = "autoregressive",
             resample_shift: float = 0.6, resample_steps: int = 4, warmup_steps: int = 0,
-            history_window: int = 0, sink_frames: int = 0, history_drop_prob: float = 0.0):
+            history_window: int = 0, sink_frames: int = 0, history_drop_prob: float = 0.0,
+            history_time_input: bool = False):
   # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
   cond_rng, loss_rng = jax.random.split(rng)
   resample_rng = jax.random.fold_in(rng, 1)
   cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)
   video = batch["video"]
 
-  def degraded():
-    return degrade_history(model, params, video, model.conditioning(batch), resample_rng,
-                           chunk=chunk, mode=resample_mode, resample_shift=resample_shift,
-                           resample_steps=resample_steps, history_window=history_window,
-                           sink_frames=sink_frames)
+  if history_time_input and resample_mode != "noise_augmentation":
+    raise ValueError("history_time_input labels a noised history with its level: it needs"
+                     f" resample_mode='noise_augmentation', not {resample_mode!r}")
+  clean_t_b = jnp.zeros(video.shape[:1], jnp.float32)
 
-  history = jax.lax.cond(step < warmup_steps, lambda: video, degraded)
+  def degraded():
+    history, t_s = degrade_history(
+        model, params, video, model.conditioning(batch), resample_rng, chunk=chunk,
+        mode=resample_mode, resample_shift=resample_shift, resample_steps=resample_steps,
+        history_window=history_window, sink_frames=sink_frames)
+    return history, t_s if history_time_input else clean_t_b
+
+  history, history_t_b = jax.lax.cond(step < warmup_steps, lambda: (video, clean_t_b), degraded)
   loss, metrics = teacher.history_conditioned_loss(
       model, params, history, video, cond, loss_rng, chunk=chunk,
       time_shift=time_shift, loss_weighting=loss_weighting, history_window=history_window,
-      sink_frames=sink_frames, history_drop_prob=history_drop_prob)
+      sink_frames=sink_frames, history_drop_prob=history_drop_prob,
+      history_t_b=history_t_b if history_time_input else None)
   metrics["history_mse"] = common.mse(history, video)
   return loss, metrics
