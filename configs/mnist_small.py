@@ -26,7 +26,11 @@ training clips, nor a stochastic sampler closed that gap. The evaluation's ink_r
 (2026-12-03): guided, one step from the true history draws 8 % more ink than the truth, and the
 rollout compounds it, about 6 % a frame, to 1.75x by the 8th generated frame; unguided, the
 digits thin and break up. Noise on the history at sampling, guidance rescale, clean context
-frames in training and dropping the previous-frame input did not change it.
+frames in training and dropping the previous-frame input did not change it. Nor is it the
+digits the context never showed clear (2026-12-04): those the 2 context frames did show read
+0.59 / 0.18 / 0.06 (eval's digit_accuracy_seen); and noise augmentation with its level as
+input (forcing.history_time_input), sampled at any sample.history_time, read 0.32-0.33 in the
+first segment.
 """
 
 import ml_collections
