@@ -5,7 +5,7 @@ import pytest
 
 from videoar.eval.long_horizon import baselines, format_table, segment_table
 from videoar.eval.metrics import frame_difference_energy, intensity_histogram_distance, psnr, ssim
-from videoar.eval.objects import compare_objects, detect_objects
+from videoar.eval.objects import compare_objects, detect_objects, object_speed
 
 PALETTE = np.array(
     [
@@ -221,6 +221,36 @@ def test_segment_table_keeps_a_partial_last_segment_and_reports_objects():
 
     with pytest.raises(ValueError, match="together"):
         segment_table(generated, truth, segment_len=8, positions=positions)
+
+
+def test_object_speed_is_the_true_speed_on_true_frames_and_zero_for_a_frozen_copy():
+    """Whole-pixel steps keep the drawn centroids exact: the truth moves sqrt(5) and 1 px a frame;
+    a continuation that freezes after frame 3 (as copying does) moves 0 from frame 4 on; an object
+    missing from a frame is left out of the two steps it would take part in."""
+    color_ids = np.array([1, 4])
+    steps = np.array([[1.0, 2.0], [0.0, -1.0]])
+    positions = np.array([8.0, 6.0]), np.array([22.0, 25.0])
+    positions = np.stack([np.stack([positions[k] + f * steps[k] for k in range(2)]) for f in range(6)])
+    truth = np.stack([draw_frame([(*positions[f, k], PALETTE[color_ids[k]], "square") for k in range(2)])
+                      for f in range(6)])[None]
+    speed = object_speed(detect_objects(truth, PALETTE), color_ids)
+    assert speed.shape == (1, 6) and np.isnan(speed[0, 0])
+    np.testing.assert_allclose(speed[0, 1:], (np.sqrt(5.0) + 1.0) / 2, rtol=1e-9)
+
+    frozen = truth.copy()
+    frozen[:, 4:] = truth[:, 3:4]
+    np.testing.assert_allclose(object_speed(detect_objects(frozen, PALETTE), color_ids)[0, 4:], 0.0)
+
+    one_gone = truth.copy()
+    one_gone[0, 2] = draw_frame([(*positions[2, 1], PALETTE[4], "square")])  # object 0 missing
+    speed = object_speed(detect_objects(one_gone, PALETTE), color_ids)
+    np.testing.assert_allclose(speed[0, [2, 3]], 1.0, rtol=1e-9)
+    np.testing.assert_allclose(speed[0, [1, 4, 5]], (np.sqrt(5.0) + 1.0) / 2, rtol=1e-9)
+
+    rows = segment_table(frozen, truth, segment_len=3, positions=positions[None], color_ids=color_ids,
+                         palette=PALETTE)
+    assert rows[0]["speed"] == pytest.approx((np.sqrt(5.0) + 1.0) / 2)  # frames 1-2; 0 has no step
+    assert rows[1]["speed"] == pytest.approx(0.0)  # frames 4-5: the frozen copy
 
 
 def test_baselines_shapes_and_values():

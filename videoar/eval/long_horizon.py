@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from videoar.eval.metrics import psnr, ssim
-from videoar.eval.objects import BACKGROUND_VALUE, compare_objects, detect_objects
+from videoar.eval.objects import BACKGROUND_VALUE, compare_objects, detect_objects, object_speed
 
 METRIC_TITLES = {
     "psnr": "PSNR (dB, higher is better)",
@@ -21,6 +21,7 @@ METRIC_TITLES = {
     "lpips": "LPIPS (AlexNet, frames upsampled to at least 64 px; lower is better)",
     "fvd": "FVD of the segment's clips (I3D logits, lower is better; not comparable with published FVD)",
     "position_error": "Object position error (px, lower is better)",
+    "speed": "Object speed (px a frame moved since the frame before, within the segment; the truth's is right, copying the last frame gives 0)",
     "lost": "Objects lost per frame (lower is better)",
     "invented": "Objects invented per frame (lower is better)",
     "color_drift": "Object colour drift (RGB distance, lower is better)",
@@ -121,6 +122,7 @@ def segment_table(
       psnr, ssim: means over clips and frames (PSNR is inf for a frame reproduced exactly).
       With the object inputs also:
       position_error, color_drift: means over the clip-frames where any true object was found.
+      speed: objects.object_speed's mean over the segment's frames after its first.
       lost, invented: mean counts per frame.
       Each scorer's metrics, e.g. lpips, digit_accuracy; ball_position_error, ball_missed,
       paddle_row_error; then each segment scorer's, e.g. fvd.
@@ -155,6 +157,7 @@ def segment_table(
         if with_objects:
             detected = detect_objects(segment_generated, palette)
             values.update(compare_objects(detected, positions[:, frames], color_ids, palette))
+            values["speed"] = object_speed(detected, color_ids)
         for scorer in scorers:
             values.update(scorer(segment_generated, segment_truth, frames))
         row = {"segment": f"{start}-{stop - 1}", "frames": stop - start}

@@ -140,6 +140,34 @@ def compare_objects(
     }
 
 
+def object_speed(detected: dict[str, np.ndarray], true_color_ids: np.ndarray) -> np.ndarray:
+    """How far the true objects' colours moved since the frame before: float [B, F], the mean over
+    the objects present in both frames of the distance (px) between their centroids; NaN at frame
+    0 and where no object is present in both.
+
+    A model can keep its objects (few lost) by copying its last frame: copying the last context
+    frame gives 0 here, the truth about 1.5 px a frame, so a model that freezes shows as a speed
+    far below the truth's.
+
+    Args:
+      detected: detect_objects on frames [B, F, H, W, 3].
+      true_color_ids: [B, K] or [K], the palette index of each true object.
+    """
+    present, centroid = detected["present"], detected["centroid"]
+    if present.ndim != 3:
+        raise ValueError(f"object_speed needs detections of frames [B, F, H, W, 3], got {present.shape}")
+    num_objects = np.shape(true_color_ids)[-1]
+    ids = _align_color_ids(true_color_ids, present.shape[:-1], num_objects)
+    found = np.take_along_axis(present, ids, axis=-1)  # [B, F, K]
+    centres = np.take_along_axis(centroid, ids[..., None], axis=-2)  # [B, F, K, 2]
+    both = found[:, 1:] & found[:, :-1]
+    moved = np.where(both, np.linalg.norm(centres[:, 1:] - centres[:, :-1], axis=-1), 0.0)
+    count = both.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        speed = np.where(count > 0, moved.sum(axis=-1) / count, np.nan)
+    return np.concatenate([np.full(speed.shape[:1] + (1,), np.nan), speed], axis=1)
+
+
 # An object counts as hidden below this visible fraction of its own coverage (a 7x7 square shows
 # under 5 pixels: too little to place it) and as back in view from RETURNED_FROM, where the
 # centroid of what shows lies within a pixel of the true centre.
