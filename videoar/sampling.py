@@ -81,9 +81,9 @@ class Sampler:
       positions of a training clip's last chunk (kv_cache.init's span, N - chunk).
     history_time: the time (noise level) each generated chunk is labelled with when it is
       written to the cache; a prefilled context stays at t = 0. A model trained on a history
-      labelled with its noise level (forcing.history_time_input) then treats its own frames as
-      that noisy and corrects their small errors instead of copying them (Diffusion Forcing's
-      stabilisation of autoregressive rollouts, Chen et al. 2024). 0: clean, as in training.
+      labelled with its noise level (forcing.history_time_input) is told to trust its own
+      frames that much less, which Diffusion Forcing (Chen et al. 2024) uses to stabilise long
+      rollouts (on our worlds it did not help: docs/results.md). 0: clean, as in training.
 
   Raises ValueError for a window that is not whole chunks, a sink that is not, or an unknown
   solver.

@@ -22,9 +22,9 @@ def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, co
   """The model on the 2N layout [history ; noisy frames]: the one place the sequence is built.
 
   history_bfhwc, x_t_bfhwc: [B, N, H, W, C]; t_bf: [B, N], the noisy frames' times; history_t_bf:
-  [B, N], the history's (default t = 0: clean). Both halves take positions 0..N-1; noisy frame i sees the history before its chunk
-  and the noisy frames of its own chunk (masks.TeacherForcing, windowed by `history_window`
-  after `sink_frames`).
+  [B, N], the history's (default t = 0: clean). Both halves take positions 0..N-1; noisy frame i
+  sees the history before its chunk and the noisy frames of its own chunk (masks.TeacherForcing,
+  windowed by `history_window` after `sink_frames`).
   Returns the model's velocity of the N noisy frames [B, N, H, W, C] and its new KV (over all 2N
   frames) and, with `mutable`, its collections.
   """
