@@ -252,13 +252,19 @@ def digit_accuracy(
     Returns float64 [B, F] in [0, 1], NaN in a frame with no clear digit. Raises ValueError
     on shapes that do not fit.
     """
+    return _share_right(*_reads(frames, positions, labels, classifier))
+
+
+def _reads(frames, positions, labels, classifier: DigitClassifier):
+    """(whether each digit reads as its label, whether it is clear): bool [B, F, K] each, for
+    digit_accuracy's arguments; raises its ValueError."""
     labels = np.asarray(labels)
     if labels.shape != np.shape(positions)[:1] + np.shape(positions)[2:3]:
         raise ValueError(
             f"labels must be [B, K] for positions {np.shape(positions)}, got {labels.shape}"
         )
     read = classifier.predict(crop_digits(frames, positions, classifier.digit_size))
-    return _share_right(read == labels[:, None, :], clear_digits(positions, classifier.digit_size))
+    return read == labels[:, None, :], clear_digits(positions, classifier.digit_size)
 
 
 def seen_in_context(context_positions: np.ndarray, digit_size: int) -> np.ndarray:
@@ -316,10 +322,7 @@ class DigitScorer:
     classifier: DigitClassifier
 
     def __call__(self, generated: np.ndarray, truth: np.ndarray, frames: slice) -> dict[str, np.ndarray]:
-        positions = self.positions[:, frames]
-        read = self.classifier.predict(crop_digits(generated, positions, self.classifier.digit_size))
-        correct = read == np.asarray(self.labels)[:, None, :]
-        clear = clear_digits(positions, self.classifier.digit_size)
+        correct, clear = _reads(generated, self.positions[:, frames], self.labels, self.classifier)
         return {
             "digit_accuracy": _share_right(correct, clear),
             "digit_accuracy_seen": _share_right(correct, clear & self.seen[:, None, :]),

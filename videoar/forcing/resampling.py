@@ -108,6 +108,6 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
       model, params, history, video, cond, loss_rng, chunk=chunk,
       time_shift=time_shift, loss_weighting=loss_weighting, history_window=history_window,
       sink_frames=sink_frames, history_drop_prob=history_drop_prob,
-      history_t_b=history_t_b if history_time_input else None)
+      history_t_b=history_t_b)
   metrics["history_mse"] = common.mse(history, video)
   return loss, metrics
