@@ -28,8 +28,10 @@ objects lost 0.05 / 0.09 / 0.11 a frame (sd 0.02-0.04), invented 0.02-0.04, colo
 (the truth's 0.033-0.034), position error below copying the last frame in every segment of every
 seed. Without the FineDecoder (8x8 linear unpatchify, guidance 1.5, 2000 steps: the default
 until 2026-12-02) they were 0.12 / 0.20 / 0.25 lost and 0.071-0.076 drift. The failures left:
-shapes soften or stretch, and an object half hidden in the context frames can come back in the
-other object's colour.
+shapes soften or stretch, an object half hidden in the context frames can come back in the
+other object's colour, and objects slow down (0.93 / 0.73 / 0.67 px a frame over 3 seeds against
+the truth's 1.5; configs/bouncing_rf.py:autoregressive,default_model keeps 1.0 at about 1.45x
+the time: docs/results.md, "Why the default's objects slow down").
 
 Variants (`--config=configs/bouncing_tiny.py:VARIANT`):
   patch4  4x4 patches in the trunk itself (64 tokens a frame) at width 96, no FineDecoder,
