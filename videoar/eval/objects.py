@@ -84,6 +84,27 @@ def _align_color_ids(true_color_ids: np.ndarray, frame_shape: tuple[int, ...], n
     return np.broadcast_to(per_frame, frame_shape + (num_objects,))
 
 
+def _true_objects(detected: dict[str, np.ndarray], true_color_ids: np.ndarray, num_objects: int):
+    """The true objects' detections: (ids [S, K], present [S, K], centroid [S, K, 2]) for
+    detections over frames [S] and ids as compare_objects takes them; raises ValueError for ids
+    that do not fit the frames or the palette."""
+    present = detected["present"]
+    ids = _align_color_ids(true_color_ids, present.shape[:-1], num_objects)
+    if ids.size and (ids.min() < 0 or ids.max() >= present.shape[-1]):
+        raise ValueError(f"true_color_ids must index the {present.shape[-1]} palette colours, got {np.unique(ids)}")
+    found = np.take_along_axis(present, ids, axis=-1)
+    return ids, found, np.take_along_axis(detected["centroid"], ids[..., None], axis=-2)
+
+
+def _mean_where(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The mean of `values` over the last axis where `mask` holds; NaN where it holds nowhere
+    (values there may be NaN: an absent object's centroid)."""
+    count = mask.sum(axis=-1)
+    total = np.where(mask, values, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
 def compare_objects(
     detected: dict[str, np.ndarray],
     true_positions: np.ndarray,
@@ -116,20 +137,12 @@ def compare_objects(
     if positions.ndim < 2 or positions.shape[:-2] != frame_shape or positions.shape[-1] != 2:
         raise ValueError(f"true_positions must be {frame_shape} + [K, 2], got {positions.shape}")
     num_objects = positions.shape[-2]
-    ids = _align_color_ids(true_color_ids, frame_shape, num_objects)
-    if ids.size and (ids.min() < 0 or ids.max() >= num_colours):
-        raise ValueError(f"true_color_ids must index the {num_colours} palette colours, got {np.unique(ids)}")
-
-    found = np.take_along_axis(present, ids, axis=-1)
+    ids, found, found_centroids = _true_objects(detected, true_color_ids, num_objects)
     num_found = found.sum(axis=-1)
-    found_centroids = np.take_along_axis(detected["centroid"], ids[..., None], axis=-2)
     found_colours = np.take_along_axis(detected["mean_color"], ids[..., None], axis=-2)
     true_colours = np.asarray(palette, np.float64)[ids]
-    centre_distance = np.where(found, np.linalg.norm(found_centroids - positions, axis=-1), 0.0)
-    colour_distance = np.where(found, np.linalg.norm(found_colours - true_colours, axis=-1), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        position_error = np.where(num_found > 0, centre_distance.sum(axis=-1) / num_found, np.nan)
-        color_drift = np.where(num_found > 0, colour_distance.sum(axis=-1) / num_found, np.nan)
+    position_error = _mean_where(found, np.linalg.norm(found_centroids - positions, axis=-1))
+    color_drift = _mean_where(found, np.linalg.norm(found_colours - true_colours, axis=-1))
 
     is_true_colour = (ids[..., None] == np.arange(num_colours)).any(axis=-2)
     return {
@@ -152,19 +165,16 @@ def object_speed(detected: dict[str, np.ndarray], true_color_ids: np.ndarray) ->
     Args:
       detected: detect_objects on frames [B, F, H, W, 3].
       true_color_ids: [B, K] or [K], the palette index of each true object.
+
+    Raises ValueError for detections that are not [B, F] frames, or ids that do not fit them or
+    the palette.
     """
-    present, centroid = detected["present"], detected["centroid"]
+    present = detected["present"]
     if present.ndim != 3:
         raise ValueError(f"object_speed needs detections of frames [B, F, H, W, 3], got {present.shape}")
-    num_objects = np.shape(true_color_ids)[-1]
-    ids = _align_color_ids(true_color_ids, present.shape[:-1], num_objects)
-    found = np.take_along_axis(present, ids, axis=-1)  # [B, F, K]
-    centres = np.take_along_axis(centroid, ids[..., None], axis=-2)  # [B, F, K, 2]
-    both = found[:, 1:] & found[:, :-1]
-    moved = np.where(both, np.linalg.norm(centres[:, 1:] - centres[:, :-1], axis=-1), 0.0)
-    count = both.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        speed = np.where(count > 0, moved.sum(axis=-1) / count, np.nan)
+    _, found, centres = _true_objects(detected, true_color_ids, np.shape(true_color_ids)[-1])
+    speed = _mean_where(found[:, 1:] & found[:, :-1],
+                        np.linalg.norm(centres[:, 1:] - centres[:, :-1], axis=-1))
     return np.concatenate([np.full(speed.shape[:1] + (1,), np.nan), speed], axis=1)
 
 
@@ -226,14 +236,10 @@ def recovered(
             f"true_positions {positions.shape} and returned {returned.shape} must be {frame_shape}"
             " + [K, 2] and + [K]"
         )
-    ids = _align_color_ids(true_color_ids, frame_shape, returned.shape[-1])
-    found = np.take_along_axis(present, ids, axis=-1)
-    centroids = np.take_along_axis(detected["centroid"], ids[..., None], axis=-2)
+    _, found, centroids = _true_objects(detected, true_color_ids, returned.shape[-1])
     with np.errstate(invalid="ignore"):  # NaN centroids of colours not present
         close = found & (np.linalg.norm(centroids - positions, axis=-1) <= max_error)
-    count = returned.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, (close & returned).sum(axis=-1) / count, np.nan)
+    return _mean_where(returned, close)
 
 
 class RecoveryScorer:
@@ -303,9 +309,5 @@ class OverlapScorer:
         present = detect_objects(generated, self.palette)["present"]
         ids = _align_color_ids(self.color_ids, present.shape[:-1], overlapped.shape[-1])
         lost = ~np.take_along_axis(present, ids, axis=-1)  # [B, f, K]
-        scores = {}
-        for name, group in (("lost_after_overlap", overlapped), ("lost_never_overlapped", ~overlapped)):
-            count = group.sum(axis=-1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                scores[name] = np.where(count > 0, (lost & group).sum(axis=-1) / count, np.nan)
-        return scores
+        return {"lost_after_overlap": _mean_where(overlapped, lost),
+                "lost_never_overlapped": _mean_where(~overlapped, lost)}
