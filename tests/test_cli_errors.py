@@ -104,6 +104,31 @@ def test_bad_input_is_one_line_and_touches_nothing(tmp_path, args, line):
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize("inside", [False, True], ids=["a file", "under a file"])
+def test_a_workdir_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, inside):
+  existing = tmp_path / "notes.txt"
+  existing.write_text("kept")
+  workdir = existing / "run" if inside else existing
+  result = run_cli(workdir, TINY, "--mode=train")
+  assert result.returncode == 2, result.stderr[-2000:]
+  where = f" ({existing} is a file)" if inside else ""
+  assert last_line(result) == f"error: --workdir={workdir}: not a directory{where}"
+  assert "Traceback" not in result.stderr
+  assert existing.read_text() == "kept"
+
+
+@pytest.mark.parametrize("mode", ["evaluate", "sample"])
+def test_sampling_a_workdir_without_checkpoints_is_one_line_and_writes_nothing(tmp_path, mode):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  result = run_cli(workdir, TINY, f"--mode={mode}")
+  assert result.returncode == 2, result.stderr[-2000:]
+  # The whole of stderr: orbax's cleanup thread printed a traceback after this line.
+  assert result.stderr.strip() == (f"error: no checkpoint in {workdir}/checkpoints: train first"
+                                   " (--mode=train or --mode=all)")
+  assert os.listdir(workdir) == []
+
+
 # --- a workdir that already holds a run ------------------------------------------------------
 
 SHORT = [TINY, "--mode=train", "--config.train.num_steps=2", "--config.train.checkpoint_every=2"]

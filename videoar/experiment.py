@@ -325,6 +325,11 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   another model or damaged ones.
   """
   config = exp.config
+  directory = os.path.join(workdir, "checkpoints")
+  # Said before orbax opens (and would create) the directory.
+  if not checkpoint_lib.finished_steps(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory}: train first"
+                            " (--mode=train or --mode=all)")
   generator_critic = config.forcing.paradigm == "self_forcing" and not single_network
   optimizer = state_lib.make_optimizer(config)
 
@@ -341,14 +346,13 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                       jax.eval_shape(create))
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                             keep=config.train.keep_checkpoints)
+  checkpointer = checkpoint_lib.Checkpointer(directory, keep=config.train.keep_checkpoints)
   try:
     state = checkpointer.restore_latest(like)
   finally:
     checkpointer.close()
   if state is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first"
+    raise FileNotFoundError(f"no readable checkpoint in {directory}: train first"
                             " (--mode=train or --mode=all)")
   return sampled_params(state, use_ema, generator_critic)
 

@@ -67,12 +67,12 @@ def _exit_with_error(message: str):
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with a bad flag or config override (an unknown key, a value of the wrong
-  type, a config file or variant that fails) reported in one line."""
+  type, a config file or variant that fails, a workdir that is not a directory) reported in one
+  line."""
   try:
     remaining = FLAGS(argv)
     # A config file that cannot be loaded fails here, when the config is first read.
     FLAGS.config.keys()
-    return remaining
   except flags.Error as e:
     # A config file that raised comes wrapped with its traceback: its last line says why.
     first, *rest = str(e).strip().splitlines()
@@ -81,6 +81,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _exit_with_error(_unknown_key(argv, e))
   except OSError as e:  # a config file that cannot be read: the last line names it
     _exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+  _check_workdir(FLAGS.workdir)
+  return remaining
+
+
+def _check_workdir(workdir: str) -> None:
+  """Exits with one line when WORKDIR, or the nearest of its parents that exists, is not a
+  directory: the run could not create or write it."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    where = "" if path == os.path.abspath(workdir) else f" ({path} is a file)"
+    _exit_with_error(f"--workdir={workdir}: not a directory{where}")
 
 
 def _unknown_key(argv: list[str], error: Exception) -> str:

@@ -216,6 +216,12 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.wait_until_finished()
+    # The manager cleans up unfinished temporary directories on a thread of its own, which its
+    # close() does not wait for (orbax 0.12.8): a process that exits right after (an evaluation
+    # that finds nothing to restore, a run refused at once) printed that thread's traceback.
+    cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+    if cleanup is not None:
+      cleanup.result()
     self.manager.close()
     self._metadata_reader.close()
 
