@@ -88,6 +88,8 @@ BAD_INPUTS = [
      "error: config.optim.b2=1.0 is invalid: must be in [0, 1)"),
     ("a retention that would delete every checkpoint", [TINY, "--config.train.keep_checkpoints=0"],
      "error: config.train.keep_checkpoints=0 is invalid: must be an integer >= 1"),
+    ("a negative seed (was an error naming config.data, not the seed)", [TINY, "--config.seed=-1"],
+     "error: config.seed=-1 is invalid: must be an integer >= 0"),
     ("a negative retention", [TINY, "--config.train.keep_checkpoints=-1"],
      "error: config.train.keep_checkpoints=-1 is invalid: must be an integer >= 1"),
 ]

@@ -157,6 +157,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     if not isinstance(value, int) or value < 0:
       fail(key, value, "must be an integer >= 0 (0 turns it off)")
+  if not isinstance(config.seed, int) or config.seed < 0:
+    # It seeds the data streams too, whose seeds are unsigned.
+    fail("seed", config.seed, "must be an integer >= 0")
 
   if config.model.previous_frame_input and config.forcing.paradigm in (
       "diffusion_forcing", "bidirectional"):
