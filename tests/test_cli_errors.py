@@ -113,8 +113,7 @@ def test_a_workdir_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, ins
   workdir = existing / "run" if inside else existing
   result = run_cli(workdir, TINY, "--mode=train")
   assert result.returncode == 2, result.stderr[-2000:]
-  where = f" ({existing} is a file)" if inside else ""
-  assert last_line(result) == f"error: --workdir={workdir}: not a directory{where}"
+  assert last_line(result) == f"error: --workdir={workdir}: not a directory ({existing} is a file)"
   assert "Traceback" not in result.stderr
   assert existing.read_text() == "kept"
 

@@ -145,6 +145,17 @@ def test_bad_flags_stop_with_one_line(tmp_path, capsys, flags, message):
   assert not list(tmp_path.iterdir())
 
 
+def test_a_root_under_a_file_stops_with_one_line_and_keeps_the_file(tmp_path, capsys):
+  existing = tmp_path / "notes.txt"
+  existing.write_text("kept")
+  with pytest.raises(SystemExit) as stopped:
+    sweep.main([f"--config={CONFIG}", f"--root={existing}/sweep", "--arms=parallel"])
+  assert stopped.value.code == 2
+  line = f"--root={existing}/sweep: not a directory ({existing} is a file)"
+  assert line in capsys.readouterr().err
+  assert existing.read_text() == "kept"
+
+
 @pytest.mark.slow
 def test_sweep_trains_evaluates_and_resumes_end_to_end(tmp_path):
   """2 arms x 2 seeds of the tiny config, each a real videoar.main run (about 4 min on one

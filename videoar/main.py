@@ -81,19 +81,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _exit_with_error(_unknown_key(argv, e))
   except OSError as e:  # a config file that cannot be read: the last line names it
     _exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")
-  _check_workdir(FLAGS.workdir)
+  blocking = workdir_lib.blocking_file(FLAGS.workdir)
+  if blocking:
+    _exit_with_error(f"--workdir={FLAGS.workdir}: not a directory ({blocking} is a file)")
   return remaining
-
-
-def _check_workdir(workdir: str) -> None:
-  """Exits with one line when WORKDIR, or the nearest of its parents that exists, is not a
-  directory: the run could not create or write it."""
-  path = os.path.abspath(workdir)
-  while not os.path.exists(path):
-    path = os.path.dirname(path)
-  if not os.path.isdir(path):
-    where = "" if path == os.path.abspath(workdir) else f" ({path} is a file)"
-    _exit_with_error(f"--workdir={workdir}: not a directory{where}")
 
 
 def _unknown_key(argv: list[str], error: Exception) -> str:
