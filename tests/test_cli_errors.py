@@ -130,6 +130,23 @@ def test_sampling_a_workdir_without_checkpoints_is_one_line_and_writes_nothing(t
   assert os.listdir(workdir) == []
 
 
+@pytest.mark.parametrize("config,line", [
+    ("configs/bouncing_rf.py:routed,test",
+     "error: no checkpoint in {w}/checkpoints: train first (--mode=train or --mode=all)"),
+    ("configs/bouncing_rf.py:test",
+     "error: config.model.routing_top_k=0: this figure is of a routed model (e.g."
+     " configs/bouncing_rf.py:routed)"),
+], ids=["no checkpoint", "not routed"])
+def test_the_routing_figure_refuses_in_one_line(tmp_path, config, line):
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.eval.routing_figure", f"--config={config}",
+       f"--workdir={tmp_path}", f"--out={tmp_path}/figure.png"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 1
+  assert result.stderr.strip() == line.format(w=tmp_path)
+  assert os.listdir(tmp_path) == []
+
+
 # --- a workdir that already holds a run ------------------------------------------------------
 
 SHORT = [TINY, "--mode=train", "--config.train.num_steps=2", "--config.train.checkpoint_every=2"]

@@ -10,12 +10,16 @@ layer, the fraction of query tokens x heads of each noisy frame i that routed to
 
 from __future__ import annotations
 
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 
 from videoar import experiment
 from videoar.data import pipeline
+from videoar.errors import ConfigError
 from videoar.forcing import teacher
+from videoar.train import checkpoint as checkpoint_lib
 
 
 def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
@@ -53,8 +57,14 @@ def main(argv):
   from absl import flags
 
   config = flags.FLAGS.config
-  exp = experiment.build(config)
-  params = experiment.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
+  if not config.model.routing_top_k:
+    sys.exit("error: config.model.routing_top_k=0: this figure is of a routed model (e.g."
+             " configs/bouncing_rf.py:routed)")
+  try:
+    exp = experiment.build(config)
+    params = experiment.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
+  except (ConfigError, FileNotFoundError, checkpoint_lib.CheckpointError) as e:
+    sys.exit(f"error: {e}")
   clips = pipeline.eval_clips(exp.source, num_clips=16, num_frames=config.data.num_frames,
                               seed=config.seed)
   frequencies = teacher.routing_frequencies(exp.model, params, jnp.asarray(clips["video"]),
