@@ -42,7 +42,7 @@ import sys
 import time
 import traceback
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,10 +51,9 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
 from configs import bouncing_rf, bouncing_tiny  # noqa: E402
-from videoar import experiment  # noqa: E402
+from videoar import errors, experiment  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
 from videoar.attention import routing as routing_lib  # noqa: E402
-from videoar.errors import ConfigError  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[:VARIANT]);"
                                 " default configs/bouncing_tiny.py.")
@@ -232,12 +231,9 @@ def main(argv):
   for impl in impls:
     if impl not in ops.IMPLS:
       raise SystemExit(f"--impls: {impl!r} is unknown; allowed: {', '.join(ops.IMPLS)}")
-  try:
-    # Initialised with the config's own attention: the init call runs a training mask, which an
-    # impl named in --impls may not serve (cudnn at frames of a few tokens).
-    exp = build(config, config.model.attention_impl)
-  except ConfigError as e:
-    raise SystemExit(str(e)) from None
+  # Initialised with the config's own attention: the init call runs a training mask, which an
+  # impl named in --impls may not serve (cudnn at frames of a few tokens).
+  exp = build(config, config.model.attention_impl)
   model = exp.model
   tokens = model.tokens_per_frame(*exp.frame_shape[:2])
   chunk_tokens = config.forcing.chunk * tokens
@@ -297,4 +293,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

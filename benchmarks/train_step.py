@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 
@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
 from benchmarks import runners  # noqa: E402
 from configs import bouncing_tiny  # noqa: E402
+from videoar import errors  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
@@ -156,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

@@ -23,14 +23,14 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from videoar import experiment, media  # noqa: E402
+from videoar import errors, experiment, media  # noqa: E402
 from videoar.data import atari, pipeline  # noqa: E402
 from videoar.eval import run  # noqa: E402
 
@@ -167,4 +167,4 @@ def write_figure(path: str, videos: np.ndarray, result: dict, num_context: int) 
   plt.close(figure)
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

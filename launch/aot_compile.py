@@ -19,12 +19,11 @@ import sys
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 from jax.experimental import topologies
 from ml_collections import config_flags
 
-from videoar import experiment
-from videoar.errors import ConfigError
+from videoar import errors, experiment
 from videoar.train import sharding as sharding_lib
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[:VARIANT]).",
@@ -43,15 +42,15 @@ def main(argv):
   config = FLAGS.config
   try:
     devices = topologies.get_topology_desc(platform="tpu", topology_name=FLAGS.topology).devices
-    if FLAGS.frame_shape:
-      # No source: this compiles, it reads no data.
-      exp = experiment.build_for_shapes(config, tuple(int(n) for n in FLAGS.frame_shape))
-    else:
-      exp = experiment.build(config)
-    train_step = experiment.make_train_step(
-        exp, sharding_lib.Layout.from_config(config.mesh, devices=devices))
-  except ConfigError as e:
-    raise app.UsageError(str(e)) from e
+  except jax.errors.JaxRuntimeError as e:  # a name libtpu does not know, or no libtpu
+    raise errors.UserError(f"--topology={FLAGS.topology}: {str(e).splitlines()[0]}") from e
+  if FLAGS.frame_shape:
+    # No source: this compiles, it reads no data.
+    exp = experiment.build_for_shapes(config, tuple(int(n) for n in FLAGS.frame_shape))
+  else:
+    exp = experiment.build(config)
+  train_step = experiment.make_train_step(
+      exp, sharding_lib.Layout.from_config(config.mesh, devices=devices))
   layout = train_step.layout
   state = train_step.abstract_state()
   key = jax.eval_shape(lambda: jax.random.key(0))
@@ -98,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

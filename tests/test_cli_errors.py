@@ -130,20 +130,52 @@ def test_sampling_a_workdir_without_checkpoints_is_one_line_and_writes_nothing(t
   assert os.listdir(workdir) == []
 
 
-@pytest.mark.parametrize("config,line", [
-    ("configs/bouncing_rf.py:routed,test",
-     "error: no checkpoint in {w}/checkpoints: train first (--mode=train or --mode=all)"),
-    ("configs/bouncing_rf.py:test",
+# (what the user did, the command after `python`, the start of the one line it prints); W is an
+# empty directory
+TOOLS_BAD_INPUTS = [
+    ("routing figure of a workdir without checkpoints",
+     ["-m", "videoar.eval.routing_figure", "--config=configs/bouncing_rf.py:routed,test",
+      "--workdir=W", "--out=W/figure.png"],
+     "error: no checkpoint in W/checkpoints: train first (--mode=train or --mode=all)"),
+    ("routing figure of a model without routing",
+     ["-m", "videoar.eval.routing_figure", "--config=configs/bouncing_rf.py:test",
+      "--workdir=W", "--out=W/figure.png"],
      "error: config.model.routing_top_k=0: this figure is of a routed model (e.g."
      " configs/bouncing_rf.py:routed)"),
-], ids=["no checkpoint", "not routed"])
-def test_the_routing_figure_refuses_in_one_line(tmp_path, config, line):
-  result = subprocess.run(
-      [sys.executable, "-m", "videoar.eval.routing_figure", f"--config={config}",
-       f"--workdir={tmp_path}", f"--out={tmp_path}/figure.png"],
-      capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert result.returncode == 1
-  assert result.stderr.strip() == line.format(w=tmp_path)
+    ("Pong action figure of a workdir without checkpoints",
+     ["docs/pong_actions.py", "--config=configs/atari_pong.py", "--workdir=W", "--out=W/a.png"],
+     "error: no checkpoint in W/checkpoints: train first (--mode=train or --mode=all)"),
+    ("ODE pairs from a teacher config that is not bidirectional",
+     ["-m", "videoar.ode_pairs", "--config=configs/bouncing_tiny.py:test", "--teacher_workdir=W",
+      "--output=W/pairs", "--num_sequences=2"],
+     "error: --config has forcing.paradigm='resampling': the ODE teacher is a bidirectional"
+     " model; pass the config it was trained with"),
+    ("FVD check of an unknown source",
+     ["-m", "videoar.eval.fvd_check", "--config=configs/bouncing_tiny.py:test",
+      "--config.data.source=bogus"],
+     "error: config.data.source='bogus' is invalid: allowed: "),
+    ("AOT compile for a topology libtpu does not know",
+     ["launch/aot_compile.py", "--config=configs/wan_1p3b.py:tiny", "--topology=bogus"],
+     "error: --topology=bogus: "),
+    ("sampler benchmark of a config file that does not exist",
+     ["benchmarks/sampler.py", "--config=configs/nope.py"],
+     "error: --config: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    ("train step benchmark with an unknown attention implementation",
+     ["benchmarks/train_step.py", "--impls=bogus", "--steps=1"],
+     "error: config.model.attention_impl='bogus' is invalid: allowed: "),
+]
+
+
+@pytest.mark.parametrize("args,line", [row[1:] for row in TOOLS_BAD_INPUTS],
+                         ids=[row[0] for row in TOOLS_BAD_INPUTS])
+def test_every_tool_reports_bad_input_in_one_line(tmp_path, args, line):
+  result = subprocess.run([sys.executable, *(a.replace("W", str(tmp_path), 1) if "=W" in a else a
+                                             for a in args)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 2, result.stderr[-2000:]
+  # libtpu logs its own warnings on stderr before the line; nothing else may come before it.
+  assert "Traceback" not in result.stderr
+  assert last_line(result).startswith(line.replace("W", str(tmp_path)))
   assert os.listdir(tmp_path) == []
 
 

@@ -1,13 +1,89 @@
-"""The errors a user can act on: each is one line naming what is wrong and what is allowed.
+"""The errors a user can act on, and how every command line reports them: one line naming what
+is wrong and what is allowed, `error: ...` on stderr, exit status 2, no traceback.
 
-The entry point prints them as `error: ...` and exits nonzero, without a traceback.
+`UserError` is the base of every such error in the library (ConfigError here; the checkpoint
+and workdir errors in videoar/train). A command runs its `main` through `run`, which parses the
+flags with `parse_flags` (a bad flag, config file, variant or override in one line) and reports
+the USER_ERRORS that `main` raises. Anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
 
-class ConfigError(ValueError):
+import functools
+import re
+import sys
+from typing import Callable, NoReturn
+
+from absl import app, flags
+
+
+class UserError(Exception):
+  """Bad input, or a state on disk, that the user can act on; the message is one line."""
+
+
+class ConfigError(UserError, ValueError):
   """A config value, data option or input that cannot run; raised before anything compiles."""
+
+
+# FileNotFoundError: a path the user gave (a config file, a workdir without checkpoints).
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def fail(key: str, value, allowed: str):
   """Raises ConfigError("config.KEY=VALUE is invalid: ALLOWED")."""
   raise ConfigError(f"config.{key}={value!r} is invalid: {allowed}")
+
+
+def exit_with_error(message: str) -> NoReturn:
+  """Prints `error: MESSAGE` to stderr and exits with status 2 (a usage error)."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, for `app.run(..., flags_parser=parse_flags)`, with a bad flag or config
+  override (an unknown key, a value of the wrong type, a config file or variant that fails)
+  reported in one line; the arguments absl leaves."""
+  try:
+    remaining = flags.FLAGS(argv)
+    # A config file that cannot be loaded fails here, when the config is first read.
+    if "config" in flags.FLAGS:
+      flags.FLAGS.config.keys()
+    return remaining
+  except flags.Error as e:
+    # A config file that raised comes wrapped with its traceback: its last line says why.
+    first, *rest = str(e).strip().splitlines()
+    exit_with_error(f"{first.split(': Error whilst')[0]}: {rest[-1]}" if rest else first)
+  except (AttributeError, KeyError) as e:
+    exit_with_error(_unknown_key(argv, e))
+  except OSError as e:  # a config file that cannot be read: the last line names it
+    exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+
+
+def _unknown_key(argv: list[str], error: Exception) -> str:
+  """One line for an override of a key the config does not have."""
+  names = re.findall(r"[\w]+", str(error).replace("\\n", " "))
+  key = names[0] if names else str(error)
+  for arg in argv[1:]:
+    name = arg.split("=", 1)[0].removeprefix("--")
+    if name.startswith("config.") and name.rsplit(".", 1)[-1] == key:
+      key = name
+      break
+  hint = re.search(r'Did you mean "(\w+)"', str(error))
+  suggestion = f"; did you mean {key.rsplit('.', 1)[0]}.{hint.group(1)}?" if hint else ""
+  return (f"--{key}: the config has no such key{suggestion} (every key is in"
+          " videoar/base_config.py; data.options holds the data source's options)")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """absl's app.run(main) for a command of this project: flags parsed by `parse_flags`, and a
+  USER_ERRORS raised by `main` printed as one line (exit status 2)."""
+
+  @functools.wraps(main)
+  def reported(argv):
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      exit_with_error(str(e))
+
+  app.run(reported, flags_parser=parse_flags)

@@ -25,7 +25,6 @@ sample and evaluate from its checkpoints in one process.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import time
@@ -34,16 +33,14 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videoar import experiment, trainer
-from videoar.errors import ConfigError
+from videoar import errors, experiment, trainer
 from videoar.eval import run
-from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import workdir as workdir_lib
 
 MODES = ("all", "train", "sample", "evaluate")
 # What a user can act on, printed as one line; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, FileNotFoundError, FloatingPointError, checkpoint_lib.CheckpointError,
-               workdir_lib.WorkdirBusy, workdir_lib.RunRefused)
+# A step that is not finite (FloatingPointError) names its cause too.
+USER_ERRORS = errors.USER_ERRORS + (FloatingPointError,)
 
 config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/NAME.py[:VARIANT]).", lock_config=True)
@@ -59,47 +56,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def _exit_with_error(message: str):
-  """Prints `error: MESSAGE` to stderr and exits with status 2 (a usage error)."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a bad flag or config override (an unknown key, a value of the wrong
-  type, a config file or variant that fails, a workdir that is not a directory) reported in one
-  line."""
-  try:
-    remaining = FLAGS(argv)
-    # A config file that cannot be loaded fails here, when the config is first read.
-    FLAGS.config.keys()
-  except flags.Error as e:
-    # A config file that raised comes wrapped with its traceback: its last line says why.
-    first, *rest = str(e).strip().splitlines()
-    _exit_with_error(f"{first.split(': Error whilst')[0]}: {rest[-1]}" if rest else first)
-  except (AttributeError, KeyError) as e:
-    _exit_with_error(_unknown_key(argv, e))
-  except OSError as e:  # a config file that cannot be read: the last line names it
-    _exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+  """errors.parse_flags, and a workdir that cannot be a directory in one line."""
+  remaining = errors.parse_flags(argv)
   blocking = workdir_lib.blocking_file(FLAGS.workdir)
   if blocking:
-    _exit_with_error(f"--workdir={FLAGS.workdir}: not a directory ({blocking} is a file)")
+    errors.exit_with_error(f"--workdir={FLAGS.workdir}: not a directory ({blocking} is a file)")
   return remaining
-
-
-def _unknown_key(argv: list[str], error: Exception) -> str:
-  """One line for an override of a key the config does not have."""
-  names = re.findall(r"[\w]+", str(error).replace("\\n", " "))
-  key = names[0] if names else str(error)
-  for arg in argv[1:]:
-    name = arg.split("=", 1)[0].removeprefix("--")
-    if name.startswith("config.") and name.rsplit(".", 1)[-1] == key:
-      key = name
-      break
-  hint = re.search(r'Did you mean "(\w+)"', str(error))
-  suggestion = f"; did you mean {key.rsplit('.', 1)[0]}.{hint.group(1)}?" if hint else ""
-  return (f"--{key}: the config has no such key{suggestion} (every key is in"
-          " videoar/base_config.py; data.options holds the data source's options)")
 
 
 def _join_processes() -> None:
@@ -129,12 +92,12 @@ def main(argv):
   if FLAGS.distributed:
     _join_processes()
     if jax.process_count() > 1 and FLAGS.mode != "train":
-      _exit_with_error(f"--mode={FLAGS.mode} samples and evaluates in one process; with"
+      errors.exit_with_error(f"--mode={FLAGS.mode} samples and evaluates in one process; with"
                        f" {jax.process_count()} processes run --mode=train")
   try:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except USER_ERRORS as e:
-    _exit_with_error(str(e))
+    errors.exit_with_error(str(e))
   except trainer.RunFailed as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

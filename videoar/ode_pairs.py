@@ -31,21 +31,20 @@ import functools
 import itertools
 import json
 import os
-import sys
 from typing import Iterable, Iterator
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from videoar import experiment
+from videoar import errors, experiment
 from videoar.attention import masks
 from videoar.data import array_record, pipeline
 from videoar.diffusion import flow
-from videoar.errors import ConfigError
+from videoar.errors import UserError
 from videoar.forcing import ode_regression
 from videoar.models import dit
 
@@ -154,18 +153,15 @@ def main(argv):
   args = flags.FLAGS
   config = args.config
   if config.forcing.paradigm != "bidirectional":
-    raise app.UsageError(f"--config has forcing.paradigm={config.forcing.paradigm!r}: the ODE"
-                         " teacher is a bidirectional model; pass the config it was trained with")
+    raise UserError(f"--config has forcing.paradigm={config.forcing.paradigm!r}: the ODE"
+                    " teacher is a bidirectional model; pass the config it was trained with")
   if args.num_sequences < 1:
-    raise app.UsageError(f"--num_sequences={args.num_sequences} must be >= 1")
+    raise UserError(f"--num_sequences={args.num_sequences} must be >= 1")
   if args.num_steps < 1 or args.solver_steps % args.num_steps:
-    raise app.UsageError(f"--solver_steps={args.solver_steps} must be a multiple of"
-                         f" --num_steps={args.num_steps} >= 1")
-  try:
-    exp = experiment.build(config)
-    params = experiment.restore_params(exp, args.teacher_workdir, config.sample.use_ema)
-  except (ConfigError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+    raise UserError(f"--solver_steps={args.solver_steps} must be a multiple of"
+                    f" --num_steps={args.num_steps} >= 1")
+  exp = experiment.build(config)
+  params = experiment.restore_params(exp, args.teacher_workdir, config.sample.use_ema)
   batches = pipeline.train_batches(exp.source, batch_size=args.batch_size,
                                    num_frames=config.data.num_frames, seed=config.seed)
   written = write_pairs(
@@ -195,4 +191,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  errors.run(main)

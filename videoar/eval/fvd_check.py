@@ -17,7 +17,7 @@ import time
 import ml_collections
 import numpy as np
 
-from videoar import validate
+from videoar import errors, validate
 from videoar.data import pipeline
 from videoar.eval import perceptual
 
@@ -59,7 +59,8 @@ def sanity_figures(source: pipeline.ClipSource, *, num_clips: int, num_frames: i
 
 def run(config: ml_collections.ConfigDict, num_clips: int) -> dict[str, float]:
   """sanity_figures of the held-out clips of config's data source (eval.segment_len frames,
-  config.seed), printed one a line."""
+  config.seed), printed one a line. Raises ConfigError (errors.py) for a config that cannot run."""
+  validate.validate(config)
   source = pipeline.make_source(config.data.source, path=config.data.path,
                                 **validate.source_options(config))
   figures = sanity_figures(source, num_clips=num_clips, num_frames=config.eval.segment_len,
@@ -79,10 +80,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   flags.DEFINE_integer("num_clips", 16, "Clips in each set (2 x num_clips held-out clips).")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  errors.run(main)

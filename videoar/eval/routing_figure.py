@@ -10,16 +10,12 @@ layer, the fraction of query tokens x heads of each noisy frame i that routed to
 
 from __future__ import annotations
 
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 
-from videoar import experiment
+from videoar import errors, experiment
 from videoar.data import pipeline
-from videoar.errors import ConfigError
 from videoar.forcing import teacher
-from videoar.train import checkpoint as checkpoint_lib
 
 
 def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
@@ -58,13 +54,10 @@ def main(argv):
 
   config = flags.FLAGS.config
   if not config.model.routing_top_k:
-    sys.exit("error: config.model.routing_top_k=0: this figure is of a routed model (e.g."
-             " configs/bouncing_rf.py:routed)")
-  try:
-    exp = experiment.build(config)
-    params = experiment.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
-  except (ConfigError, FileNotFoundError, checkpoint_lib.CheckpointError) as e:
-    sys.exit(f"error: {e}")
+    raise errors.UserError("config.model.routing_top_k=0: this figure is of a routed model"
+                           " (e.g. configs/bouncing_rf.py:routed)")
+  exp = experiment.build(config)
+  params = experiment.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
   clips = pipeline.eval_clips(exp.source, num_clips=16, num_frames=config.data.num_frames,
                               seed=config.seed)
   frequencies = teacher.routing_frequencies(exp.model, params, jnp.asarray(clips["video"]),
@@ -79,10 +72,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
   flags.DEFINE_string("out", "docs/routing_frequency.png", "Where to write the figure.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  errors.run(main)

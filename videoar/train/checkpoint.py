@@ -41,6 +41,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from videoar.errors import UserError
 from videoar.models import dit
 from videoar.train import state as state_lib
 
@@ -51,7 +52,7 @@ _DAMAGE_STATUSES = ("NOT_FOUND:", "OUT_OF_RANGE:", "DATA_LOSS:", "FAILED_PRECOND
 _ORBAX_DIR = os.path.dirname(ocp.__file__)
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
   """A checkpoint directory that a run cannot go on from; the message is one line."""
 
 

@@ -36,6 +36,8 @@ import socket
 import tempfile
 from typing import Any, Mapping
 
+from videoar.errors import UserError
+
 LOCK_NAME = ".lock"
 RECORD_NAME = "run.json"
 # The flag that starts a new run from a workdir's weights; the entry point defines it.
@@ -64,11 +66,11 @@ def blocking_file(path: str) -> str | None:
   return None if os.path.isdir(existing) else existing
 
 
-class WorkdirBusy(RuntimeError):
+class WorkdirBusy(UserError, RuntimeError):
   """Another live process holds the workdir's lock."""
 
 
-class RunRefused(RuntimeError):
+class RunRefused(UserError, RuntimeError):
   """The command cannot resume the run in its workdir; the message says why and how to go on."""
 
 
