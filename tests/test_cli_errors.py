@@ -90,6 +90,10 @@ BAD_INPUTS = [
      "error: config.train.keep_checkpoints=0 is invalid: must be an integer >= 1"),
     ("a negative seed (was an error naming config.data, not the seed)", [TINY, "--config.seed=-1"],
      "error: config.seed=-1 is invalid: must be an integer >= 0"),
+    ("an Atari game ale-py does not ship (was a traceback from the emulator)",
+     ["--config=configs/atari_pong.py:test", "--config.data.options.game=pongg"],
+     "error: config.data: AtariEpisodes.game='pongg' is not a ROM ale-py ships (pong, breakout,"
+     " ...: ale_py.roms.get_all_rom_ids())"),
     ("a negative retention", [TINY, "--config.train.keep_checkpoints=-1"],
      "error: config.train.keep_checkpoints=-1 is invalid: must be an integer >= 1"),
 ]

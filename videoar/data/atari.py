@@ -73,6 +73,11 @@ class AtariEpisodes:
         raise ValueError(f"AtariEpisodes.{name}={value!r} must be an integer >= 1")
     if not 0.0 <= self.sticky < 1.0:
       raise ValueError(f"AtariEpisodes.sticky={self.sticky!r} must be in [0, 1)")
+    from ale_py import roms  # the ROM list is ale-py's; without this the emulator fails to load
+
+    if self.game not in roms.get_all_rom_ids():
+      raise ValueError(f"AtariEpisodes.game={self.game!r} is not a ROM ale-py ships (pong,"
+                       " breakout, ...: ale_py.roms.get_all_rom_ids())")
 
   @property
   def directory(self) -> str:
