@@ -46,8 +46,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   reported in one line; the arguments absl leaves."""
   try:
     remaining = flags.FLAGS(argv)
-    # A config file that cannot be loaded fails here, when the config is first read.
-    if "config" in flags.FLAGS:
+    # A config file that cannot be loaded fails here, when the config is first read (some
+    # commands take none: their --config defaults to None).
+    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
       flags.FLAGS.config.keys()
     return remaining
   except flags.Error as e:
