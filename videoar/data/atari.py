@@ -73,7 +73,9 @@ class AtariEpisodes:
         raise ValueError(f"AtariEpisodes.{name}={value!r} must be an integer >= 1")
     if not 0.0 <= self.sticky < 1.0:
       raise ValueError(f"AtariEpisodes.sticky={self.sticky!r} must be in [0, 1)")
-    from ale_py import roms  # the ROM list is ale-py's; without this the emulator fails to load
+    # Checked here, not when the emulator loads the ROM: that fails in a traceback, after the
+    # cache directory is made.
+    from ale_py import roms
 
     if self.game not in roms.get_all_rom_ids():
       raise ValueError(f"AtariEpisodes.game={self.game!r} is not a ROM ale-py ships (pong,"
