@@ -134,24 +134,24 @@ def test_sampling_a_workdir_without_checkpoints_is_one_line_and_writes_nothing(t
   assert os.listdir(workdir) == []
 
 
-# (what the user did, the command after `python`, the start of the one line it prints); W is an
-# empty directory
+# (what the user did, the command after `python`, the start of the one line it prints); {w} is
+# an empty directory
 TOOLS_BAD_INPUTS = [
     ("routing figure of a workdir without checkpoints",
      ["-m", "videoar.eval.routing_figure", "--config=configs/bouncing_rf.py:routed,test",
-      "--workdir=W", "--out=W/figure.png"],
-     "error: no checkpoint in W/checkpoints: train first (--mode=train or --mode=all)"),
+      "--workdir={w}", "--out={w}/figure.png"],
+     "error: no checkpoint in {w}/checkpoints: train first (--mode=train or --mode=all)"),
     ("routing figure of a model without routing",
      ["-m", "videoar.eval.routing_figure", "--config=configs/bouncing_rf.py:test",
-      "--workdir=W", "--out=W/figure.png"],
+      "--workdir={w}", "--out={w}/figure.png"],
      "error: config.model.routing_top_k=0: this figure is of a routed model (e.g."
      " configs/bouncing_rf.py:routed)"),
     ("Pong action figure of a workdir without checkpoints",
-     ["docs/pong_actions.py", "--config=configs/atari_pong.py", "--workdir=W", "--out=W/a.png"],
-     "error: no checkpoint in W/checkpoints: train first (--mode=train or --mode=all)"),
+     ["docs/pong_actions.py", "--config=configs/atari_pong.py", "--workdir={w}", "--out={w}/a.png"],
+     "error: no checkpoint in {w}/checkpoints: train first (--mode=train or --mode=all)"),
     ("ODE pairs from a teacher config that is not bidirectional",
-     ["-m", "videoar.ode_pairs", "--config=configs/bouncing_tiny.py:test", "--teacher_workdir=W",
-      "--output=W/pairs", "--num_sequences=2"],
+     ["-m", "videoar.ode_pairs", "--config=configs/bouncing_tiny.py:test", "--teacher_workdir={w}",
+      "--output={w}/pairs", "--num_sequences=2"],
      "error: --config has forcing.paradigm='resampling': the ODE teacher is a bidirectional"
      " model; pass the config it was trained with"),
     ("FVD check of an unknown source",
@@ -173,13 +173,12 @@ TOOLS_BAD_INPUTS = [
 @pytest.mark.parametrize("args,line", [row[1:] for row in TOOLS_BAD_INPUTS],
                          ids=[row[0] for row in TOOLS_BAD_INPUTS])
 def test_every_tool_reports_bad_input_in_one_line(tmp_path, args, line):
-  result = subprocess.run([sys.executable, *(a.replace("W", str(tmp_path), 1) if "=W" in a else a
-                                             for a in args)],
+  result = subprocess.run([sys.executable, *(a.format(w=tmp_path) for a in args)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert result.returncode == 2, result.stderr[-2000:]
-  # libtpu logs its own warnings on stderr before the line; nothing else may come before it.
+  # The line is the last one, not the only one: libtpu logs its own warnings before it.
   assert "Traceback" not in result.stderr
-  assert last_line(result).startswith(line.replace("W", str(tmp_path)))
+  assert last_line(result).startswith(line.format(w=tmp_path))
   assert os.listdir(tmp_path) == []
 
 
