@@ -22,12 +22,13 @@ import os
 import sys
 from typing import NamedTuple
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
+from videoar import errors  # noqa: E402
 from videoar.attention import blocked, masks, ops, routing  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
@@ -129,7 +130,7 @@ def main(argv):
   del argv
   shape = SHAPES[FLAGS.shape]
   if FLAGS.shape == "wan" and jax.default_backend() == "cpu":
-    raise SystemExit("--shape=wan is a GPU benchmark: its dense reference is 100s of GFLOP")
+    raise errors.UserError("--shape=wan is a GPU benchmark: its dense reference is 100s of GFLOP")
   layout = layout_rows(shape, FLAGS.impl, FLAGS.repeats)
   tokens, heads, head_dim = shape.tokens, shape.heads, shape.head_dim
   benchmarks.print_table(
@@ -154,4 +155,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

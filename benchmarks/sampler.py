@@ -90,16 +90,16 @@ def arm_config(arm: str):
   """The config of an arm of --arms: `NAME` (a variant of configs/bouncing_rf.py) or `NAME@K`
   (routed or window with K history frames), plus --variant.
 
-  Raises SystemExit naming the arm when the variant or K is not allowed."""
+  Raises errors.UserError naming the arm when the variant or K is not allowed."""
   name, at, frames = arm.partition("@")
   try:
     config = bouncing_rf.get_config(",".join(filter(None, (name, FLAGS.variant))))
   except ValueError as e:
-    raise SystemExit(f"--arms={arm} --variant={FLAGS.variant}: {e}") from None
+    raise errors.UserError(f"--arms={arm} --variant={FLAGS.variant}: {e}") from None
   if at:
     if name not in ARM_FRAMES_KEY or not frames.isdigit() or int(frames) < 1:
-      raise SystemExit(f"--arms={arm}: @K needs an arm in {sorted(ARM_FRAMES_KEY)} and a whole"
-                       " number of frames K >= 1")
+      raise errors.UserError(f"--arms={arm}: @K needs an arm in {sorted(ARM_FRAMES_KEY)} and a"
+                             " whole number of frames K >= 1")
     group, key = ARM_FRAMES_KEY[name]
     config[group][key] = int(frames)
   return config
@@ -109,7 +109,7 @@ def time_arms(arms: list[str]) -> None:
   """Milliseconds per generated frame of each arm's sampler, timed in turns
   (benchmarks.time_interleaved) over streams of --frames frames from an empty cache, batch 1."""
   if len(set(arms)) < len(arms):
-    raise SystemExit(f"--arms={','.join(arms)} must name distinct arms")
+    raise errors.UserError(f"--arms={','.join(arms)} must name distinct arms")
   streams, rows = {}, []
   for arm in arms:
     config = arm_config(arm)
@@ -118,7 +118,8 @@ def time_arms(arms: list[str]) -> None:
     params = experiment.init_params(exp, jax.random.key(0))
     sampler = experiment.make_sampler(exp)
     if FLAGS.frames % sampler.chunk:
-      raise SystemExit(f"--frames={FLAGS.frames} must be a multiple of the chunk {sampler.chunk}")
+      raise errors.UserError(f"--frames={FLAGS.frames} must be a multiple of the chunk"
+                             f" {sampler.chunk}")
 
     def stream(sampler=sampler, params=params, config=config):
       *_, last = sampler.stream(params, jax.random.key(1), FLAGS.frames, config.sample.num_steps,
@@ -230,7 +231,7 @@ def main(argv):
   impls = FLAGS.impls or [config.model.attention_impl]
   for impl in impls:
     if impl not in ops.IMPLS:
-      raise SystemExit(f"--impls: {impl!r} is unknown; allowed: {', '.join(ops.IMPLS)}")
+      raise errors.UserError(f"--impls: {impl!r} is unknown; allowed: {', '.join(ops.IMPLS)}")
   # Initialised with the config's own attention: the init call runs a training mask, which an
   # impl named in --impls may not serve (cudnn at frames of a few tokens).
   exp = build(config, config.model.attention_impl)
@@ -239,8 +240,8 @@ def main(argv):
   chunk_tokens = config.forcing.chunk * tokens
   if (jax.default_backend() == "cpu"
       and benchmarks.block_matmul_flops(model, chunk_tokens) > CPU_FLOP_LIMIT):
-    raise SystemExit(f"{model.depth} blocks of width {model.width} on {chunk_tokens} tokens a"
-                     " chunk is a GPU benchmark: one model call is over a TFLOP")
+    raise errors.UserError(f"{model.depth} blocks of width {model.width} on {chunk_tokens} tokens"
+                           " a chunk is a GPU benchmark: one model call is over a TFLOP")
   params = jax.jit(lambda rng: jax.tree.map(
       lambda p: p.astype(model.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
       experiment.init_params(exp, rng)))(jax.random.key(0))

@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 import numpy as np
+
+from videoar import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", None, "The run's workdir, or several runs' (comma-separated).",
@@ -92,26 +94,26 @@ def _cell(value: float, sd: float | None) -> str:
 def main(argv):
   del argv
   if not FLAGS.workdir or len(set(FLAGS.workdir)) < len(FLAGS.workdir):
-    raise SystemExit(f"error: --workdir={','.join(FLAGS.workdir)} must name one or more distinct"
-                     " workdirs")
+    raise errors.UserError(f"--workdir={','.join(FLAGS.workdir)} must name one or more distinct"
+                           " workdirs")
   runs = []
   for workdir in FLAGS.workdir:
     try:
       runs.append(read(workdir))
     except FileNotFoundError:
-      raise SystemExit(f"error: --workdir={workdir} holds no metrics.jsonl") from None
+      raise errors.UserError(f"--workdir={workdir} holds no metrics.jsonl") from None
     if not runs[-1][0]:
-      raise SystemExit(f"error: {workdir}/metrics.jsonl holds no evaluation: train with"
-                       " --config.eval.every=N")
+      raise errors.UserError(f"{workdir}/metrics.jsonl holds no evaluation: train with"
+                             " --config.eval.every=N")
   if len(runs) == 1:
     print(tables(*runs[0], FLAGS.metrics))
   else:
     mean, sd, minutes = over_runs(runs)
     if not mean:
-      raise SystemExit("error: the workdirs have no evaluated step in common (eval.every must"
-                       " match)")
+      raise errors.UserError("the workdirs have no evaluated step in common (eval.every must"
+                             " match)")
     print(tables(mean, minutes, FLAGS.metrics, sd))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)
