@@ -88,6 +88,7 @@ def _cell(value) -> str:
 
 def write_json(path: str | None, **results) -> None:
   if path:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
       json.dump(dict(machine=machine(), **results), f, indent=2)
     print(f"\nwrote {path}")

@@ -163,6 +163,7 @@ def write_figure(path: str, videos: np.ndarray, result: dict, num_context: int) 
   plot.set_ylabel("agent's paddle row (px, top = 0)")
   plot.legend(fontsize=9)
   figure.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # the JSON goes beside it
   figure.savefig(path, dpi=110)
   plt.close(figure)
 

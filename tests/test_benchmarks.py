@@ -79,5 +79,12 @@ def test_sampler_benchmark_refuses_an_arm_k_it_cannot_set(arm):
   result = subprocess.run(
       [sys.executable, "benchmarks/sampler.py", f"--arms={arm}", "--variant=test"],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
-  assert result.returncode != 0
-  assert f"--arms={arm}: @K needs" in result.stderr.strip().splitlines()[-1]
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: --arms={arm}: @K needs")
+
+
+def test_write_json_creates_the_directory_it_is_given(tmp_path):
+  import benchmarks
+  path = tmp_path / "new" / "dir" / "figures.json"
+  benchmarks.write_json(str(path), speedup=9.5)
+  assert json.loads(path.read_text())["speedup"] == 9.5

@@ -192,6 +192,25 @@ def test_every_tool_reports_bad_input_in_one_line(tmp_path, args, line):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("raised,status,stderr_has", [
+    ("errors.MissingInput('no checkpoint in W/checkpoints')", 2,
+     "error: no checkpoint in W/checkpoints"),
+    # The library's own missing file is a bug, not bad input: it keeps its traceback.
+    ("FileNotFoundError('a file the library itself lost')", 1, "Traceback"),
+])
+def test_a_command_reports_a_missing_input_and_keeps_other_missing_files_tracebacks(
+    raised, status, stderr_has):
+  program = ("from videoar import errors\n"
+             f"def main(argv):\n  raise {raised}\n"
+             "errors.run(main)\n")
+  result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+  assert result.returncode == status, result.stderr[-2000:]
+  assert stderr_has in result.stderr
+  if status == 2:
+    assert result.stderr.strip() == stderr_has
+
+
 # --- a workdir that already holds a run ------------------------------------------------------
 
 SHORT = [TINY, "--mode=train", "--config.train.num_steps=2", "--config.train.checkpoint_every=2"]

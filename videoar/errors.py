@@ -1,8 +1,8 @@
 """The errors a user can act on, and how every command line reports them: one line naming what
 is wrong and what is allowed, `error: ...` on stderr, exit status 2, no traceback.
 
-`UserError` is the base of every such error in the library (ConfigError here; the checkpoint
-and workdir errors in videoar/train). A command runs its `main` through `run`, which parses the
+`UserError` is the base of every such error in the library (ConfigError and MissingInput here;
+the checkpoint and workdir errors in videoar/train). A command runs its `main` through `run`, which parses the
 flags with `parse_flags` (a bad flag, config file, variant or override in one line) and reports
 the USER_ERRORS that `main` raises. Anything else is a bug and keeps its traceback.
 """
@@ -25,8 +25,13 @@ class ConfigError(UserError, ValueError):
   """A config value, data option or input that cannot run; raised before anything compiles."""
 
 
-# FileNotFoundError: a path the user gave (a config file, a workdir without checkpoints).
-USER_ERRORS = (UserError, FileNotFoundError)
+class MissingInput(UserError, FileNotFoundError):
+  """A file or directory the user named that is not there (a workdir without checkpoints); a
+  FileNotFoundError too, so that code catching that catches it."""
+
+
+# A FileNotFoundError that is not a MissingInput is the library's own, a bug: its traceback stays.
+USER_ERRORS = (UserError,)
 
 
 def fail(key: str, value, allowed: str):

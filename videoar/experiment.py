@@ -26,7 +26,7 @@ import numpy as np
 from videoar import sampling, validate
 from videoar.attention import masks
 from videoar.data import pipeline
-from videoar.errors import ConfigError, fail
+from videoar.errors import ConfigError, MissingInput, fail
 from videoar.forcing import PARADIGMS, self_forcing
 from videoar.models import discriminator, dit
 from videoar.train import checkpoint as checkpoint_lib
@@ -321,15 +321,14 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   network of `model` (default exp.model; a Self Forcing stage before the last) whatever exp's
   paradigm.
 
-  Raises FileNotFoundError when there is none, and the Checkpointer's errors for checkpoints of
-  another model or damaged ones.
+  Raises errors.MissingInput (a FileNotFoundError) when there is none, and the Checkpointer's
+  errors for checkpoints of another model or damaged ones.
   """
   config = exp.config
   directory = os.path.join(workdir, "checkpoints")
   # Said before orbax opens (and would create) the directory.
   if not checkpoint_lib.finished_steps(directory):
-    raise FileNotFoundError(f"no checkpoint in {directory}: train first"
-                            " (--mode=train or --mode=all)")
+    raise MissingInput(f"no checkpoint in {directory}: train first (--mode=train or --mode=all)")
   generator_critic = config.forcing.paradigm == "self_forcing" and not single_network
   optimizer = state_lib.make_optimizer(config)
 
@@ -352,8 +351,8 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   finally:
     checkpointer.close()
   if state is None:
-    raise FileNotFoundError(f"no readable checkpoint in {directory}: train first"
-                            " (--mode=train or --mode=all)")
+    raise MissingInput(f"no readable checkpoint in {directory}: train first"
+                       " (--mode=train or --mode=all)")
   return sampled_params(state, use_ema, generator_critic)
 
 

@@ -10,6 +10,8 @@ layer, the fraction of query tokens x heads of each noisy frame i that routed to
 
 from __future__ import annotations
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -44,6 +46,7 @@ def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
   ax_dist.set_ylim(0, 1)
   ax_dist.legend()
   fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
