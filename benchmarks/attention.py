@@ -130,7 +130,8 @@ def main(argv):
   del argv
   shape = SHAPES[FLAGS.shape]
   if FLAGS.shape == "wan" and jax.default_backend() == "cpu":
-    raise errors.UserError("--shape=wan is a GPU benchmark: its dense reference is 100s of GFLOP")
+    raise errors.UserError("--shape=wan is a GPU benchmark: its dense reference is 100s of GFLOP;"
+                           " on a CPU leave --shape at cpu")
   layout = layout_rows(shape, FLAGS.impl, FLAGS.repeats)
   tokens, heads, head_dim = shape.tokens, shape.heads, shape.head_dim
   benchmarks.print_table(

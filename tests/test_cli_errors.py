@@ -170,7 +170,8 @@ TOOLS_BAD_INPUTS = [
      " frames K >= 1"),
     ("attention benchmark at the Wan shape on a CPU",
      ["benchmarks/attention.py", "--shape=wan"],
-     "error: --shape=wan is a GPU benchmark: its dense reference is 100s of GFLOP"),
+     "error: --shape=wan is a GPU benchmark: its dense reference is 100s of GFLOP; on a CPU"
+     " leave --shape at cpu"),
     ("learning curve of a workdir without metrics",
      ["-m", "videoar.eval.learning_curve", "--workdir={w}"],
      "error: --workdir={w} holds no metrics.jsonl"),
