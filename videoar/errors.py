@@ -2,9 +2,10 @@
 is wrong and what is allowed, `error: ...` on stderr, exit status 2, no traceback.
 
 `UserError` is the base of every such error in the library (ConfigError and MissingInput here;
-the checkpoint and workdir errors in videoar/train). A command runs its `main` through `run`, which parses the
-flags with `parse_flags` (a bad flag, config file, variant or override in one line) and reports
-the USER_ERRORS that `main` raises. Anything else is a bug and keeps its traceback.
+the checkpoint and workdir errors in videoar/train). A command runs its `main` through `run`,
+which parses the flags with `parse_flags` (a bad flag, config file, variant or override in one
+line) and reports the USER_ERRORS that `main` raises. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations

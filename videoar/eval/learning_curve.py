@@ -101,7 +101,7 @@ def main(argv):
     try:
       runs.append(read(workdir))
     except FileNotFoundError:
-      raise errors.UserError(f"--workdir={workdir} holds no metrics.jsonl") from None
+      raise errors.MissingInput(f"--workdir={workdir} holds no metrics.jsonl") from None
     if not runs[-1][0]:
       raise errors.UserError(f"{workdir}/metrics.jsonl holds no evaluation: train with"
                              " --config.eval.every=N")
