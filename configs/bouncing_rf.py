@@ -48,6 +48,9 @@ Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
                                   again (eval/objects.py); of the 32 held-out clips (seed 0), 0,
                                   8 and 18 hold such an object in the three segments (it takes
                                   more than the 2 context frames to be seen, hidden and back)
+  moving_mnist                    the arms on Moving-MNIST instead of the bouncing world
+                                  (base_config.moving_mnist, configs/mnist_small.py's world and
+                                  batch): digits, whose strokes a noisy history hides
   test                            a tiny smoke run
 """
 
@@ -57,7 +60,9 @@ from videoar import base_config
 def get_config(variant: str = ""):
   variants = base_config.variants(
       variant, ("noise_augmentation", "parallel", "autoregressive", "teacher_forcing", "routed",
-                "window", "default_model", "occluded", "test"))
+                "window", "default_model", "occluded", "moving_mnist", "test"))
+  if {"occluded", "moving_mnist"} <= set(variants):
+    raise ValueError("config variants occluded and moving_mnist are two worlds; name one")
   config = base_config.get_config()
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "autoregressive"
@@ -72,6 +77,8 @@ def get_config(variant: str = ""):
       config.forcing = base_config.get_config().forcing
     elif v == "occluded":
       config.data.options.occluders = ((0, 11, 32, 10),)
+    elif v == "moving_mnist":
+      base_config.moving_mnist(config)
     elif v == "routed":
       config.model.routing_top_k = k
     elif v == "window":

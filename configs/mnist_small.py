@@ -33,16 +33,11 @@ input (forcing.history_time_input), sampled at any sample.history_time, read 0.3
 first segment.
 """
 
-import ml_collections
-
 from videoar import base_config
 
 
 def get_config(variant: str = ""):
-  config = base_config.get_config()
-  config.data.source = "moving_mnist"
-  config.data.options = ml_collections.ConfigDict(dict(size=32, num_digits=2))
-  config.data.batch_size = 16  # the batch its run in docs/results.md was measured at
+  config = base_config.moving_mnist(base_config.get_config())
   config.train.num_steps = 2000
   if base_config.variants(variant, ("test",)):
     base_config.tiny(config)

