@@ -9,14 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from videoar import sweep
-from videoar.eval import compare
+from videoar import experiment, sweep
+from videoar.data import pipeline
+from videoar.eval import compare, digits, run
 
 CONFIG = "configs/bouncing_rf.py"
 ROOT_DIR = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(ROOT_DIR, "configs"))
 import bouncing_rf  # noqa: E402
 import bouncing_tiny  # noqa: E402
+import mnist_small  # noqa: E402
 
 
 def _fake_eval(workdir, psnr, lost):
@@ -136,6 +138,8 @@ def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
     (["--arms=parallel", "--set=sample.guidance_interval=(0.7,0.2)"],
      "arm parallel: config.sample.guidance_interval=(0.7, 0.2) is invalid"),
     (["--arms=parallel", "--variant=nope"], "--variant=nope: config variant 'nope' is unknown"),
+    (["--arms=parallel", "--variant=occluded,moving_mnist"],
+     "--variant=occluded,moving_mnist: config variants occluded and moving_mnist are two worlds"),
 ])
 def test_bad_flags_stop_with_one_line(tmp_path, capsys, flags, message):
   with pytest.raises(SystemExit) as stopped:
@@ -189,6 +193,19 @@ def test_default_model_arms_differ_from_the_default_run_only_in_their_forcing_an
       {k: v for k, v in default.items() if k != "forcing"}
   if arm == "noise_augmentation":
     assert config == default
+
+
+@pytest.mark.parametrize("arm", ["teacher_forcing", "noise_augmentation", "parallel",
+                                 "autoregressive"])
+def test_moving_mnist_arms_train_on_mnist_smalls_world_and_are_scored_on_digits(arm):
+  config = bouncing_rf.get_config(f"{arm},moving_mnist")
+  assert config.data.to_dict() == mnist_small.get_config().data.to_dict()
+  bouncing = bouncing_rf.get_config(arm).to_dict()
+  assert {k: v for k, v in config.to_dict().items() if k != "data"} == \
+      {k: v for k, v in bouncing.items() if k != "data"}
+  exp = experiment.build(bouncing_rf.get_config(f"{arm},moving_mnist,test"))
+  clips = pipeline.eval_clips(exp.source, num_clips=2, num_frames=10, seed=0)
+  assert [type(s) for s in run.frame_scorers(exp, clips)] == [digits.DigitScorer]
 
 
 def test_paired_counts_each_seed_against_the_same_seed(tmp_path, capsys):
