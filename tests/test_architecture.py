@@ -3,12 +3,15 @@
 import os
 import shutil
 import subprocess
+import sys
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_import_contracts_are_kept():
-  lint_imports = shutil.which("lint-imports")
+  # Beside this interpreter first: a virtual environment's python run without activating it.
+  lint_imports = (shutil.which("lint-imports", path=os.path.dirname(sys.executable))
+                  or shutil.which("lint-imports"))
   assert lint_imports, "import-linter is a test dependency: pip install -e '.[test]'"
   result = subprocess.run([lint_imports, "--no-cache"], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
