@@ -44,6 +44,9 @@ BAD_INPUTS = [
     ("an unknown config variant", ["--config=configs/bouncing_tiny.py:huge"],
      "error: flag --config=configs/bouncing_tiny.py:huge: ValueError: config variant 'huge' is"
      " unknown; allowed: patch4, test"),
+    ("two worlds' variants", ["--config=configs/bouncing_rf.py:occluded,moving_mnist,test"],
+     "error: flag --config=configs/bouncing_rf.py:occluded,moving_mnist,test: ValueError: config"
+     " variants occluded and moving_mnist are two worlds; name one"),
     ("a config file that does not exist", ["--config=configs/bouncing_tinny.py"],
      "error: --config: [Errno 2] No such file or directory: 'configs/bouncing_tinny.py'"),
     ("a patch that does not divide the source's frames", [TINY, "--config.data.options.size=36"],
