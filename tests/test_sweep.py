@@ -105,7 +105,9 @@ def test_compare_reads_a_kept_eval_json_as_its_workdir_and_names_a_missing_run(t
   with pytest.raises(SystemExit) as stopped:
     compare.main([f"a={tmp_path}/a/seed0,{tmp_path}/gone"])
   assert stopped.value.code == 2
-  assert f"a={tmp_path}/gone: no {tmp_path}/gone/eval.json" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: a={tmp_path}/gone: no {tmp_path}/gone/eval.json") and \
+      err.count("\n") == 1, err
 
 
 def test_local_runs_each_command_and_names_the_failed_ones(tmp_path, capsys):
@@ -145,7 +147,8 @@ def test_bad_flags_stop_with_one_line(tmp_path, capsys, flags, message):
   with pytest.raises(SystemExit) as stopped:
     sweep.main([f"--config={CONFIG}", f"--root={tmp_path}", *flags])
   assert stopped.value.code == 2
-  assert message in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert message in err and err.startswith("error: ") and err.count("\n") == 1, err
   assert not list(tmp_path.iterdir())
 
 

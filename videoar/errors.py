@@ -4,12 +4,13 @@ is wrong and what is allowed, `error: ...` on stderr, exit status 2, no tracebac
 `UserError` is the base of every such error in the library (ConfigError and MissingInput here;
 the checkpoint and workdir errors in videoar/train). A command runs its `main` through `run`,
 which parses the flags with `parse_flags` (a bad flag, config file, variant or override in one
-line) and reports the USER_ERRORS that `main` raises. Anything else is a bug and keeps its
-traceback.
+line) and reports the USER_ERRORS that `main` raises; a command on argparse uses `ArgumentParser`
+here. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 import sys
@@ -44,6 +45,15 @@ def exit_with_error(message: str) -> NoReturn:
   """Prints `error: MESSAGE` to stderr and exits with status 2 (a usage error)."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse's parser for the commands that use argparse (the sweep, compare): a bad flag is
+  `error: ...` in one line and exit status 2, as `exit_with_error`, not argparse's usage block
+  first (`--help` still prints the usage)."""
+
+  def error(self, message: str) -> NoReturn:
+    exit_with_error(message)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

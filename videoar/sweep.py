@@ -47,7 +47,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from videoar import validate
+from videoar import errors, validate
 from videoar.errors import ConfigError
 from videoar.eval import compare
 from videoar.train import checkpoint as checkpoint_lib
@@ -222,8 +222,8 @@ def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m videoar.sweep",
-                                   description=__doc__.splitlines()[0])
+  parser = errors.ArgumentParser(prog="python -m videoar.sweep",
+                                 description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True, help="configs/NAME.py")
   parser.add_argument("--arms", required=True, help="comma-separated variants of the config")
   parser.add_argument("--seeds", default="0", help="comma-separated config.seed values")

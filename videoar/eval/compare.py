@@ -16,13 +16,13 @@ them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 
 import numpy as np
 
+from videoar import errors
 from videoar.eval import long_horizon
 
 
@@ -156,7 +156,7 @@ def markdown(combined: dict[str, list[dict]]) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("runs", nargs="+", help="NAME=RUN[,RUN...], each RUN a workdir or eval.json")
   parser.add_argument("--json", help="also write the combined tables here")
   parser.add_argument("--markdown", help="also write them here as Markdown (mean ± sd)")
