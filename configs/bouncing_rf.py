@@ -48,9 +48,10 @@ Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
                                   again (eval/objects.py); of the 32 held-out clips (seed 0), 0,
                                   8 and 18 hold such an object in the three segments (it takes
                                   more than the 2 context frames to be seen, hidden and back)
-  moving_mnist                    the arms on Moving-MNIST instead of the bouncing world
-                                  (base_config.moving_mnist, configs/mnist_small.py's world and
-                                  batch): digits, whose strokes a noisy history hides
+  moving_mnist                    the arms on Moving-MNIST instead of the bouncing world: two
+                                  real digits in 32x32 grey frames at batch 16
+                                  (base_config.moving_mnist, configs/mnist_small.py's world),
+                                  whose strokes a noisy history hides; not with occluded
   test                            a tiny smoke run
 """
 

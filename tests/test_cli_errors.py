@@ -44,6 +44,11 @@ BAD_INPUTS = [
     ("an unknown config variant", ["--config=configs/bouncing_tiny.py:huge"],
      "error: flag --config=configs/bouncing_tiny.py:huge: ValueError: config variant 'huge' is"
      " unknown; allowed: patch4, test"),
+    ("a misspelt config variant", ["--config=configs/bouncing_rf.py:moving_mnsit,test"],
+     "error: flag --config=configs/bouncing_rf.py:moving_mnsit,test: ValueError: config variant"
+     " 'moving_mnsit' is unknown (did you mean moving_mnist?); allowed: noise_augmentation,"
+     " parallel, autoregressive, teacher_forcing, routed, window, default_model, occluded,"
+     " moving_mnist, test"),
     ("two worlds' variants", ["--config=configs/bouncing_rf.py:occluded,moving_mnist,test"],
      "error: flag --config=configs/bouncing_rf.py:occluded,moving_mnist,test: ValueError: config"
      " variants occluded and moving_mnist are two worlds; name one"),

@@ -15,6 +15,8 @@ checks its keys against the source's.
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 
@@ -222,9 +224,11 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def variants(variant: str, allowed: tuple[str, ...]) -> list[str]:
   """The comma-separated variants of `--config=FILE:VARIANT`; raises ValueError naming an unknown
-  one and the allowed ones."""
+  one, the closest allowed one if any is close, and the allowed ones."""
   names = [v for v in variant.split(",") if v]
   for name in names:
     if name not in allowed:
-      raise ValueError(f"config variant {name!r} is unknown; allowed: {', '.join(allowed)}")
+      close = difflib.get_close_matches(name, allowed, n=1)
+      hint = f" (did you mean {close[0]}?)" if close else ""
+      raise ValueError(f"config variant {name!r} is unknown{hint}; allowed: {', '.join(allowed)}")
   return names
