@@ -48,7 +48,6 @@ import ml_collections
 from ml_collections import config_flags
 
 from videoar import errors, validate
-from videoar.errors import ConfigError
 from videoar.eval import compare
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import workdir as workdir_lib
@@ -207,7 +206,7 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
       validate.validate(flag_values.config)
     except flags.Error as e:  # a value of the wrong type: "flag --config.KEY=VALUE: why"
       parser.error(str(e).splitlines()[0].replace("flag --config.", "--set=", 1))
-    except ConfigError as e:
+    except errors.ConfigError as e:
       parser.error(f"arm {arm}: {e}")
 
 
