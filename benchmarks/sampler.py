@@ -59,6 +59,10 @@ config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[
                                 " default configs/bouncing_tiny.py.")
 flags.DEFINE_list("frame_shape", None, "H,W,C of a frame as the model sees it (default: the"
                   " config's data source).")
+flags.register_validator(
+    "frame_shape", lambda shape: shape is None or (
+        len(shape) == 3 and all(n.isdigit() and int(n) > 0 for n in shape)),
+    "must be three positive integers H,W,C (e.g. 60,104,16)")
 flags.DEFINE_list("impls", None, "Attention implementations to stream with, in turn (default:"
                   " the config's model.attention_impl); allowed: " + ", ".join(ops.IMPLS))
 flags.DEFINE_integer("text_tokens", 512, "Tokens of the random text embedding (text models).")

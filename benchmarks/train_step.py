@@ -41,8 +41,12 @@ from videoar.attention import masks, ops  # noqa: E402
 flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 flags.DEFINE_integer("patch", 8, "Patch side: 8 is the default config, 4 gives 64 tokens a frame"
                      " (and no FineDecoder).")
-flags.DEFINE_list("impls", ["dense", "auto"], "Attention implementations to run the step with.")
-flags.DEFINE_integer("steps", 3, "Timed steps per implementation; the best counts.")
+flags.DEFINE_list("impls", ["dense", "auto"], "Attention implementations to run the step with;"
+                  " allowed: " + ", ".join(ops.IMPLS))
+flags.DEFINE_integer("steps", 3, "Timed steps per implementation; the best counts.", lower_bound=1)
+# Checked when the flags are parsed: a bad name is reported before any step compiles.
+flags.register_validator("impls", lambda impls: impls and set(impls) <= set(ops.IMPLS),
+                         "allowed: " + ", ".join(ops.IMPLS))
 flags.DEFINE_integer("matmul_size", 2048, "Side of the reference matmul (float32; bf16 on a GPU).")
 FLAGS = flags.FLAGS
 

@@ -88,6 +88,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
+  if config.data.source != "atari":
+    raise errors.UserError(f"--config: data.source={config.data.source!r} has no actions; this"
+                           " figure is of an Atari model (configs/atari_pong.py)")
   exp = experiment.build(config)
   params = experiment.restore_params(exp, FLAGS.workdir, use_ema=config.sample.use_ema)
   names = exp.source.recording.action_names()

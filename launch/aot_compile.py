@@ -15,16 +15,21 @@ command and the output for a Wan-1.3B-sized model.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-import jax
-from absl import flags
-from jax.experimental import topologies
-from ml_collections import config_flags
+# This only compiles, it never runs on a chip: libtpu's one-process-per-host lock (taken by any
+# JAX process on this host that found libtpu, a CPU training run included) must not stop it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-from videoar import errors, experiment
-from videoar.train import sharding as sharding_lib
+import jax  # noqa: E402  (after the environment libtpu reads when jax loads it)
+from absl import flags  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from videoar import errors, experiment  # noqa: E402
+from videoar.train import sharding as sharding_lib  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[:VARIANT]).",
                                 lock_config=True)

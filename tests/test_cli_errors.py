@@ -4,6 +4,7 @@ library entry points, named there)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,22 @@ BAD_INPUTS = [
      " ...: ale_py.roms.get_all_rom_ids())"),
     ("a negative retention", [TINY, "--config.train.keep_checkpoints=-1"],
      "error: config.train.keep_checkpoints=-1 is invalid: must be an integer >= 1"),
+    ("an MLP of no width (was a ZeroDivisionError after the model was built)",
+     [TINY, "--config.model.mlp_ratio=0"],
+     "error: config.model.mlp_ratio=0.0 is invalid: must be > 0"),
+    ("a sampling time shift of 0 (was NaN samples and exit status 0)",
+     [TINY, "--config.sample.time_shift=0"],
+     "error: config.sample.time_shift=0.0 is invalid: must be > 0"),
+    ("a negative guidance scale", [TINY, "--config.sample.guidance_scale=-2"],
+     "error: config.sample.guidance_scale=-2.0 is invalid: must be >= 0 (1 is no guidance)"),
+    ("a segment longer than what evaluation generates (was one short segment, silently)",
+     [TINY, "--config.eval.segment_len=100"],
+     "error: config.eval.segment_len=100 is invalid: must be at most the 24 frames evaluation"
+     " generates (sample.length_multiple=3 x data.num_frames=8)"),
+    ("a width the heads leave the decoder no head dim for (named only fine_width before)",
+     [TINY, "--config.model.width=30"],
+     "error: config.model.fine_width=32 is invalid: must be a multiple of the trunk's head dim 15"
+     " (model.width=30 / model.num_heads=2)"),
 ]
 
 
@@ -116,6 +133,41 @@ def test_bad_input_is_one_line_and_touches_nothing(tmp_path, args, line):
   assert last_line(result) == line
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+# (what the config file holds, the line); the file is written to {f}
+BAD_CONFIG_FILES = [
+    ("from videoar import base_config\ndef get_config():\n  c = base_config.get_config(\n",
+     "error: --config: {f}, line 3: SyntaxError: '(' was never closed"),
+    ("def get_config():\n  return {'seed': 0}\n",
+     "error: --config: get_config() returned a dict; it must return an ml_collections.ConfigDict"
+     " (e.g. base_config.get_config())"),
+    ("SEED = 0\n", "error: --config: the file defines no get_config(variant='') returning its"
+     " config"),
+]
+
+
+@pytest.mark.parametrize("text,line", BAD_CONFIG_FILES, ids=["syntax error", "a dict", "no get_config"])
+def test_a_config_file_that_cannot_give_a_config_is_one_line(tmp_path, text, line):
+  config_file = tmp_path / "my_config.py"
+  config_file.write_text(text)
+  result = run_cli(tmp_path / "run", f"--config={config_file}", "--mode=train")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert last_line(result) == line.format(f=config_file)
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("workdir,line", [
+    ("/proc/videoar_test_run", "error: cannot create the workdir /proc/videoar_test_run: No such"
+     " file or directory"),
+    ("", "error: --workdir is empty: name the run's directory"),
+], ids=["cannot be created", "empty"])
+def test_a_workdir_that_cannot_be_made_is_one_line(workdir, line):
+  result = run_cli(workdir, TINY, "--mode=train")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert last_line(result) == line
 
 
 @pytest.mark.parametrize("inside", [False, True], ids=["a file", "under a file"])
@@ -183,9 +235,31 @@ TOOLS_BAD_INPUTS = [
     ("learning curve of a workdir without metrics",
      ["-m", "videoar.eval.learning_curve", "--workdir={w}"],
      "error: --workdir={w} holds no metrics.jsonl"),
-    ("train step benchmark with an unknown attention implementation",
-     ["benchmarks/train_step.py", "--impls=bogus", "--steps=1"],
-     "error: config.model.attention_impl='bogus' is invalid: allowed: "),
+    ("train step benchmark with an unknown attention implementation (was found after the"
+     " first implementation's step compiled)",
+     ["benchmarks/train_step.py", "--impls=dense,bogus", "--steps=1"],
+     "error: flag --impls=['dense', 'bogus']: allowed: auto, dense, "),
+    ("train step benchmark of no steps (was a ZeroDivisionError after compiling)",
+     ["benchmarks/train_step.py", "--steps=0"],
+     "error: flag --steps=0: 0 is not a positive integer"),
+    ("attention benchmark of no rounds (was a table of inf and nan)",
+     ["benchmarks/attention.py", "--repeats=0"],
+     "error: flag --repeats=0: 0 is not a positive integer"),
+    ("sampler benchmark with a frame shape of two numbers",
+     ["benchmarks/sampler.py", "--frame_shape=32,32"],
+     "error: flag --frame_shape=['32', '32']: must be three positive integers H,W,C"),
+    ("Pong action figure of a model without actions",
+     ["docs/pong_actions.py", "--config=configs/bouncing_tiny.py:test", "--workdir={w}",
+      "--out={w}/a.png"],
+     "error: --config: data.source='bouncing' has no actions; this figure is of an Atari model"),
+    ("a sweep over a negative seed (was one failed run per arm)",
+     ["-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=test", "--seeds=0,-1",
+      "--root={w}/sweep"],
+     "error: --seeds='0,-1': a seed is an integer >= 0"),
+    ("a sweep whose --set names the seed (every run would have had that seed)",
+     ["-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=test", "--seeds=0,1",
+      "--set=seed=5", "--root={w}/sweep"],
+     "error: --set=seed=5: each run's seed comes from --seeds"),
 ]
 
 
@@ -317,3 +391,83 @@ def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tmp_path):
   assert first.returncode == 0
   steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
   assert steps == sorted(set(steps)), "one run wrote the log, each step once"
+
+
+def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figure_refuses(
+    finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  sampled = run_cli(workdir, TINY, "--mode=sample", "--config.data.options.num_objects=3")
+  assert sampled.returncode == 0, sampled.stderr[-2000:]
+  assert (f"note: {workdir} was trained with other values (its run.json -> this command):"
+          " data.options.num_objects 2 -> 3; samples and evaluation use this command's"
+          in sampled.stderr.splitlines())
+  same = run_cli(workdir, TINY, "--mode=sample", "--config.sample.length_multiple=2")
+  assert same.returncode == 0, same.stderr[-2000:]
+  assert "note:" not in same.stderr  # how it samples is the command's to choose
+  # Routing has no parameters, so the dense run's checkpoint would load under routing.
+  figure = subprocess.run(
+      [sys.executable, "-m", "videoar.eval.routing_figure", TINY,
+       "--config.model.routing_top_k=2", f"--workdir={workdir}", f"--out={tmp_path}/f.png"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert figure.returncode == 2, figure.stderr[-2000:]
+  assert last_line(figure) == (f"error: {workdir} was trained with another model:"
+                               " model.routing_top_k 0 -> 2 (its run.json -> --config); pass the"
+                               " config it was trained with")
+  assert not (tmp_path / "f.png").exists()
+
+
+# --- files a tool reads that are not what they should be --------------------------------------
+
+def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and_the_sweep(
+    tmp_path):
+  (tmp_path / "garbage.json").write_text("garbage")
+  (tmp_path / "other.json").write_text('{"a": 1}')
+  (tmp_path / "syntax.py").write_text("def get_config(:\n")
+  seed0 = tmp_path / "sweep" / "test" / "seed0"
+  seed0.mkdir(parents=True)
+  (seed0 / "eval.json").write_text('{"tables": {"model": [')  # an evaluation cut short
+  compare = ["-m", "videoar.eval.compare"]
+  sweep = ["-m", "videoar.sweep", "--arms=test", "--seeds=0", f"--root={tmp_path}/sweep"]
+  cases = [
+      (compare + [f"a={tmp_path}/garbage.json"],
+       f"error: a={tmp_path}/garbage.json: {tmp_path}/garbage.json is not valid JSON ("),
+      (compare + [f"a={tmp_path}/other.json"],
+       f"error: a={tmp_path}/other.json: {tmp_path}/other.json is not an eval.json (it has no"
+       ' "tables")'),
+      (compare + ["a=docs/eval_bouncing_tiny.json", "--json", f"{tmp_path}/no/out.json"],
+       f"error: --json={tmp_path}/no/out.json: no folder {tmp_path}/no"),
+      (compare + ["a=docs/eval_bouncing_tiny.json", "a=docs/eval_atari_pong.json"],
+       "error: arm 'a' is named twice"),
+      (sweep + ["--config=configs/bouncing_rf.py", "--executor=print"],
+       f"error: {seed0}/eval.json is not valid JSON ("),
+      (sweep + [f"--config={tmp_path}/syntax.py"],
+       f"error: --config: {tmp_path}/syntax.py, line 1: SyntaxError: "),
+  ]
+  for args, line in cases:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
+    assert result.returncode == 2, (args, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    assert last_line(result).startswith(line), args
+
+
+def test_the_learning_curve_skips_the_line_a_run_is_writing_and_names_any_other_bad_line(
+    tmp_path):
+  from videoar import errors
+  from videoar.eval import learning_curve
+  records = "\n".join(json.dumps(r) for r in [{"step": 100, "steps_per_s": 2.0},
+                                              {"step": 100, "eval/lost/0-7": 0.5}])
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text(records + '\n{"step": 200, "los')
+  assert learning_curve.read(str(tmp_path))[0] == {100: {"lost/0-7": 0.5}}
+  metrics.write_text('{"step": 50, "los\n' + records + "\n")
+  with pytest.raises(errors.UserError, match=f"^{metrics} line 1 is not JSON"):
+    learning_curve.read(str(tmp_path))
+  metrics.write_text(records + "\n")
+  result = subprocess.run([sys.executable, "-m", "videoar.eval.learning_curve",
+                           f"--workdir={tmp_path}", "--metrics=lost,lots"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result) == ("error: --metrics=lost,lots: lots not evaluated in these runs;"
+                               " allowed: lost")

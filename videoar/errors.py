@@ -17,6 +17,7 @@ import sys
 from typing import Callable, NoReturn
 
 from absl import app, flags
+import ml_collections
 
 
 class UserError(Exception):
@@ -65,13 +66,23 @@ def parse_flags(argv: list[str]) -> list[str]:
     # A config file that cannot be loaded fails here, when the config is first read (some
     # commands take none: their --config defaults to None).
     if "config" in flags.FLAGS and flags.FLAGS.config is not None:
-      flags.FLAGS.config.keys()
+      config = flags.FLAGS.config
+      config.keys()  # a file that failed to load raises on first use (config_flags)
+      if not isinstance(config, ml_collections.ConfigDict):
+        exit_with_error(f"--config: get_config() returned a {type(config).__name__}; it must"
+                        " return an ml_collections.ConfigDict (e.g. base_config.get_config())")
     return remaining
   except flags.Error as e:
     # A config file that raised comes wrapped with its traceback: its last line says why.
     first, *rest = str(e).strip().splitlines()
     exit_with_error(f"{first.split(': Error whilst')[0]}: {rest[-1]}" if rest else first)
-  except (AttributeError, KeyError) as e:
+  except SyntaxError as e:  # the config file's own: where, and what Python says
+    exit_with_error(f"--config: {e.filename}, line {e.lineno}: SyntaxError: {e.msg}")
+  except AttributeError as e:
+    if "get_config" in str(e):
+      exit_with_error("--config: the file defines no get_config(variant='') returning its config")
+    exit_with_error(_unknown_key(argv, e))
+  except KeyError as e:
     exit_with_error(_unknown_key(argv, e))
   except OSError as e:  # a config file that cannot be read: the last line names it
     exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")

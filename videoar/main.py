@@ -59,6 +59,8 @@ FLAGS = flags.FLAGS
 def _parse_flags(argv: list[str]) -> list[str]:
   """errors.parse_flags, and a workdir that cannot be a directory in one line."""
   remaining = errors.parse_flags(argv)
+  if not FLAGS.workdir:
+    errors.exit_with_error("--workdir is empty: name the run's directory")
   blocking = workdir_lib.blocking_file(FLAGS.workdir)
   if blocking:
     errors.exit_with_error(f"--workdir={FLAGS.workdir}: not a directory ({blocking} is a file)")
@@ -77,6 +79,10 @@ def _run(config, workdir: str, mode: str) -> None:
   if mode in ("all", "train"):
     trainer.train(exp, workdir, restart_from_weights=FLAGS.restart_from_weights)
   if mode in ("all", "sample", "evaluate"):
+    if mode != "all":  # "all" trained (or resumed) this very run
+      differences = workdir_lib.trained_differently(workdir, config.to_dict())
+      if differences:
+        print(workdir_lib.trained_differently_line(workdir, differences), file=sys.stderr)
     params = experiment.restore_params(exp, workdir, use_ema=config.sample.use_ema)
     if mode in ("all", "sample"):
       print(f"samples: {run.sample(exp, params, workdir)}")

@@ -178,7 +178,12 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
     parser.error(f"--config={config}: no such file")
   spec = importlib.util.spec_from_file_location("sweep_config", config)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    parser.error(f"--config: {e.filename}, line {e.lineno}: SyntaxError: {e.msg}")
+  if not callable(getattr(module, "get_config", None)):
+    parser.error(f"--config={config}: the file defines no get_config(variant='')")
   if variant:
     try:
       module.get_config(variant)
@@ -245,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--seeds={args.seeds!r} must be comma-separated integers")
   if len(set(seeds)) < len(seeds):
     parser.error(f"--seeds={args.seeds!r} repeats a seed")
+  if min(seeds) < 0:
+    parser.error(f"--seeds={args.seeds!r}: a seed is an integer >= 0")
   overrides = _key_values(parser, "set", args.set)
+  if "seed" in overrides:
+    parser.error(f"--set=seed={overrides['seed']}: each run's seed comes from --seeds")
   parameters = _key_values(parser, "slurm", args.slurm)
   if args.executor != "submitit" and (args.slurm or args.cluster):
     parser.error(f"--slurm and --cluster are submitit's; --executor={args.executor}")
@@ -281,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in failures or unfinished:
       print(f"  {line}", file=sys.stderr)
     return 1
-  print(write_table(runs, arms, args.root, command))
+  try:
+    print(write_table(runs, arms, args.root, command))
+  except errors.UserError as e:  # a run's eval.json that is not an evaluation's
+    parser.error(str(e))
   print(f"sweep: {len(pending)} runs in {time.perf_counter() - started:.0f} s; table in"
         f" {os.path.join(args.root, 'sweep.md')} and sweep.json")
   return 0

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import tqdm
 
-from videoar import experiment
+from videoar import errors, experiment
 from videoar.data import pipeline
 from videoar.eval import run as eval_run
 from videoar.forcing import teacher
@@ -114,10 +114,14 @@ def train(exp: experiment.Experiment, workdir: str, *,
   FloatingPointError naming a step that is not finite; RunFailed when the data pipeline or a
   save fails (after saving the last finished step where it can); workdir.WorkdirBusy when
   another run holds the workdir; workdir.RunRefused when the workdir's run is another one, or
-  has no steps left; checkpoint errors for checkpoints of another model or damaged ones.
+  has no steps left; checkpoint errors for checkpoints of another model or damaged ones;
+  errors.UserError when the workdir cannot be created.
   """
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(f"cannot create the workdir {workdir}: {e.strerror}") from None
   lock = workdir_lib.WorkdirLock(workdir)
   if is_main:
     lock.acquire()

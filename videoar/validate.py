@@ -181,7 +181,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   head_dim = config.model.width // config.model.num_heads
   if fine and config.model.fine_width % head_dim:
     fail("model.fine_width", config.model.fine_width,
-         f"must be a multiple of the trunk's head dim {head_dim}")
+         f"must be a multiple of the trunk's head dim {head_dim} (model.width="
+         f"{config.model.width} / model.num_heads={config.model.num_heads})")
+  if not config.model.mlp_ratio > 0:
+    fail("model.mlp_ratio", config.model.mlp_ratio, "must be > 0")
   chunk = config.forcing.chunk
   if config.data.num_frames % chunk:
     fail("forcing.chunk", chunk, f"must divide data.num_frames={config.data.num_frames}")
@@ -193,8 +196,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"must be in [0, data.num_frames={config.data.num_frames})")
   if not 0.0 <= config.forcing.cond_drop_prob < 1.0:
     fail("forcing.cond_drop_prob", config.forcing.cond_drop_prob, "must be in [0, 1)")
-  if config.forcing.time_shift <= 0:
-    fail("forcing.time_shift", config.forcing.time_shift, "must be > 0")
+  for key in ("forcing.time_shift", "sample.time_shift"):
+    if not _get(config, key) > 0:  # flow.shift_time leaves [0, 1] or is 0 for s <= 0
+      fail(key, _get(config, key), "must be > 0")
+  if not config.sample.guidance_scale >= 0:
+    fail("sample.guidance_scale", config.sample.guidance_scale, "must be >= 0 (1 is no guidance)")
+  generated = config.sample.length_multiple * config.data.num_frames
+  if config.eval.segment_len > generated:
+    fail("eval.segment_len", config.eval.segment_len, f"must be at most the {generated} frames"
+         f" evaluation generates (sample.length_multiple={config.sample.length_multiple} x"
+         f" data.num_frames={config.data.num_frames})")
   if not 0.0 <= config.forcing.history_drop_prob < 1.0:
     fail("forcing.history_drop_prob", config.forcing.history_drop_prob, "must be in [0, 1)")
   if config.sample.guide_history and not config.forcing.history_drop_prob:

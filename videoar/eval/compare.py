@@ -62,9 +62,20 @@ def eval_json_path(run: str) -> str:
 
 
 def _tables(run: str) -> dict[str, list[dict]]:
-  """The tables of `run`'s eval.json ({"model": rows, "copy_last": rows, ...})."""
-  with open(eval_json_path(run)) as f:
-    return json.load(f)["tables"]
+  """The tables of `run`'s eval.json ({"model": rows, "copy_last": rows, ...}); raises
+  errors.UserError naming a file that is not JSON or holds no tables (an evaluation cut short,
+  another tool's JSON)."""
+  path = eval_json_path(run)
+  with open(path) as f:
+    try:
+      results = json.load(f)
+    except json.JSONDecodeError as e:
+      raise errors.UserError(f"{path} is not valid JSON ({e}): rerun --mode=evaluate in its"
+                             " workdir") from e
+  if not isinstance(results, dict) or "tables" not in results:
+    raise errors.UserError(f"{path} is not an eval.json (it has no \"tables\"): name the"
+                           " eval.json an evaluate run wrote, or its workdir")
+  return results["tables"]
 
 
 def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
@@ -77,7 +88,8 @@ def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
   Returns {method: segment rows} (long_horizon.segment_table's rows): per arm its mean over the
   seeds (_mean_tables; each row's `seeds` counts them), with several seeds also "NAME sd", each
   figure's standard deviation (n - 1); then the baselines copy_last and background of the first
-  run. Raises FileNotFoundError naming an eval.json that does not exist.
+  run. Raises FileNotFoundError naming an eval.json that does not exist, errors.UserError one
+  that is not an evaluation's.
   """
   combined, baselines = {}, None
   for name, seed_runs in runs.items():
@@ -169,11 +181,20 @@ def main(argv=None):
     name, _, dirs = spec.partition("=")
     if not dirs:
       parser.error(f"run {spec!r} is not NAME=RUN[,RUN...]")
+    if name in runs:
+      parser.error(f"arm {name!r} is named twice; give each arm one NAME=RUN1,RUN2,...")
     runs[name] = dirs.split(",")
     for run in runs[name]:
       if not os.path.isfile(eval_json_path(run)):
         parser.error(f"{name}={run}: no {eval_json_path(run)} (a workdir after `evaluate`, or "
                      "an eval.json)")
+      try:
+        _tables(run)
+      except errors.UserError as e:
+        parser.error(f"{name}={run}: {e}")
+  for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+    if path and not os.path.isdir(os.path.dirname(path) or "."):
+      parser.error(f"{flag}={path}: no folder {os.path.dirname(path)}")
   pairs = []
   for spec in args.paired:
     a, _, b = spec.partition(":")

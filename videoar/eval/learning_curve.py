@@ -30,19 +30,30 @@ flags.DEFINE_list("metrics", ["lost", "invented", "color_drift", "position_error
 
 def read(workdir: str) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
   """({step: {"METRIC/SEGMENT": value}}, {step: training minutes to it}) of a run's
-  metrics.jsonl. Raises FileNotFoundError when the run has no metrics.jsonl."""
+  metrics.jsonl. A last line that is not JSON is left out: the line a running (or killed) run
+  was writing. Raises FileNotFoundError when the run has no metrics.jsonl, errors.UserError
+  naming any other line that is not JSON."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    lines = f.read().splitlines()
+  records = []
+  for number, line in enumerate(lines, 1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number < len(lines):
+        raise errors.UserError(f"{path} line {number} is not JSON ({e})") from e
   evals, minutes, elapsed, last_step = {}, {}, 0.0, 0
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for record in map(json.loads, f):
-      step = record["step"]
-      if record.get("steps_per_s"):
-        elapsed += (step - last_step) / record["steps_per_s"] / 60.0
-        last_step = step
-      evaluated = {key[len("eval/"):]: value for key, value in record.items()
-                   if key.startswith("eval/")}
-      if evaluated:
-        evals[step] = evaluated
-        minutes[step] = elapsed
+  for record in records:
+    step = record["step"]
+    if record.get("steps_per_s"):
+      elapsed += (step - last_step) / record["steps_per_s"] / 60.0
+      last_step = step
+    evaluated = {key[len("eval/"):]: value for key, value in record.items()
+                 if key.startswith("eval/")}
+    if evaluated:
+      evals[step] = evaluated
+      minutes[step] = elapsed
   return evals, minutes
 
 
@@ -105,14 +116,22 @@ def main(argv):
     if not runs[-1][0]:
       raise errors.UserError(f"{workdir}/metrics.jsonl holds no evaluation: train with"
                              " --config.eval.every=N")
+  logged = {key.split("/", 1)[0] for evals, _ in runs for figures in evals.values()
+            for key in figures}
+  metrics = [metric for metric in FLAGS.metrics if metric in logged]
+  # The default list is the bouncing world's: another world's run shows what it has of it.
+  if len(metrics) < len(FLAGS.metrics) and (FLAGS["metrics"].present or not metrics):
+    unknown = sorted(set(FLAGS.metrics) - logged)
+    raise errors.UserError(f"--metrics={','.join(FLAGS.metrics)}: {', '.join(unknown)} not"
+                           f" evaluated in these runs; allowed: {', '.join(sorted(logged))}")
   if len(runs) == 1:
-    print(tables(*runs[0], FLAGS.metrics))
+    print(tables(*runs[0], metrics))
   else:
     mean, sd, minutes = over_runs(runs)
     if not mean:
       raise errors.UserError("the workdirs have no evaluated step in common (eval.every must"
                              " match)")
-    print(tables(mean, minutes, FLAGS.metrics, sd))
+    print(tables(mean, minutes, metrics, sd))
 
 
 if __name__ == "__main__":

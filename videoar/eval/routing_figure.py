@@ -18,6 +18,7 @@ import numpy as np
 from videoar import errors, experiment
 from videoar.data import pipeline
 from videoar.forcing import teacher
+from videoar.train import workdir as workdir_lib
 
 
 def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
@@ -60,6 +61,14 @@ def main(argv):
     raise errors.UserError("config.model.routing_top_k=0: this figure is of a routed model"
                            " (e.g. configs/bouncing_rf.py:routed)")
   exp = experiment.build(config)
+  # Routing has no parameters: a checkpoint of a dense model loads, and the figure would be of
+  # a selection the model never trained with.
+  model_keys = [d for d in workdir_lib.trained_differently(flags.FLAGS.workdir, config.to_dict())
+                if d.path.startswith("model.")]
+  if model_keys:
+    raise errors.UserError(f"{flags.FLAGS.workdir} was trained with another model:"
+                           f" {', '.join(map(str, model_keys))} (its run.json -> --config); pass"
+                           " the config it was trained with")
   params = experiment.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
   clips = pipeline.eval_clips(exp.source, num_clips=16, num_frames=config.data.num_frames,
                               seed=config.seed)
@@ -67,11 +76,12 @@ def main(argv):
                                             chunk=config.forcing.chunk,
                                             history_window=config.forcing.history_window)
   frequencies = np.asarray(frequencies)
-  plot(frequencies, exp.model.routing_top_k, flags.FLAGS.out)
+  out = flags.FLAGS.out or os.path.join(flags.FLAGS.workdir, "routing_frequency.png")
+  plot(frequencies, exp.model.routing_top_k, out)
   np.set_printoptions(precision=2, suppress=True)
   print("mean routing frequency [query frame, history frame]:")
   print(frequencies.mean(axis=0))
-  print(f"figure: {flags.FLAGS.out}")
+  print(f"figure: {out}")
 
 
 if __name__ == "__main__":
@@ -79,6 +89,7 @@ if __name__ == "__main__":
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
-  flags.DEFINE_string("out", "docs/routing_frequency.png", "Where to write the figure.")
+  flags.DEFINE_string("out", None, "Where to write the figure (default:"
+                      " WORKDIR/routing_frequency.png).")
   flags.mark_flags_as_required(["config", "workdir"])
   errors.run(main)

@@ -297,6 +297,28 @@ def allowed_line(workdir: str, differences: Differences) -> str:
   return f"resuming {workdir}; allowed changes: {_listing(differences.harmless)}"
 
 
+def trained_differently(workdir: str, config: Mapping[str, Any]) -> tuple[Difference, ...]:
+  """The keys, other than how the run logs, saves, samples and evaluates, whose values in
+  `config` (a config as a dict) differ from the run recorded in `workdir`: what sampling or
+  evaluating that run with `config` changes about the model, its training or its world. Empty
+  when no run is recorded there.
+
+  Raises:
+    RunRefused: run.json is not a run record.
+  """
+  recorded = RunRecord.load(workdir)
+  if recorded is None:
+    return ()
+  return compare(RunRecord(recorded.config, {}), RunRecord(dict(config), {})).blocking
+
+
+def trained_differently_line(workdir: str, differences: tuple[Difference, ...]) -> str:
+  """The line that says so, e.g. "note: runs/a was trained with other values (its run.json ->
+  this command): data.options.num_objects 2 -> 4; samples and evaluation use this command's"."""
+  return (f"note: {workdir} was trained with other values (its run.json -> this command):"
+          f" {_listing(differences)}; samples and evaluation use this command's")
+
+
 def check_steps_left(workdir: str, checkpoint_step: int, num_steps: int) -> None:
   """Checks that a resumed run has steps left to train.
 
