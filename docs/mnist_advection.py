@@ -11,7 +11,7 @@ max-composite the layers, as the world does. One oracle interpolates bilinearly,
 cubic spline. Each is read by the evaluation's digit classifier (videoar/eval/digits.py: clear
 digits at their true positions) and its ink is compared with the truth's (digits.ink_ratio).
 Prints, per oracle, the share read right per 8-frame segment and at generated frames 0, 1, 3,
-7, 15 and 23, and the ink per segment.
+5, 7 and 23, and the ink per segment.
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ def main(argv):
           read_per_segment=[float(np.nanmean(read[:, a:b])) for a, b in segments],
           read_per_frame=[float(x) for x in per_frame],
           ink_per_segment=[float(np.nanmean(ink[..., a:b])) for a, b in segments])
-      shown = ", ".join(f"{per_frame[f]:.2f}" for f in (0, 1, 3, 7, 15, 23))
+      shown = ", ".join(f"{per_frame[f]:.2f}" for f in (0, 1, 3, 5, 7, 23))
       print(f"{label}: read right per segment"
             f" {' / '.join(f'{x:.2f}' for x in results[label]['read_per_segment'])};"
-            f" at frames 0, 1, 3, 7, 15, 23: {shown}; ink"
+            f" at frames 0, 1, 3, 5, 7, 23: {shown}; ink"
             f" {' / '.join(f'{x:.2f}' for x in results[label]['ink_per_segment'])}")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:

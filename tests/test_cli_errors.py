@@ -106,17 +106,14 @@ BAD_INPUTS = [
     ("a negative retention", [TINY, "--config.train.keep_checkpoints=-1"],
      "error: config.train.keep_checkpoints=-1 is invalid: must be an integer >= 1"),
     ("an MLP of no width (was a ZeroDivisionError after the model was built)",
-     [TINY, "--config.model.mlp_ratio=0"],
-     "error: config.model.mlp_ratio=0.0 is invalid: must be > 0"),
+     [TINY, "--config.model.mlp_ratio=0.01"],
+     "error: config.model.mlp_ratio=0.01 is invalid: leaves the MLP of a block of width 32 no"
+     " unit: int(width x mlp_ratio) must be >= 1"),
     ("a sampling time shift of 0 (was NaN samples and exit status 0)",
      [TINY, "--config.sample.time_shift=0"],
      "error: config.sample.time_shift=0.0 is invalid: must be > 0"),
     ("a negative guidance scale", [TINY, "--config.sample.guidance_scale=-2"],
      "error: config.sample.guidance_scale=-2.0 is invalid: must be >= 0 (1 is no guidance)"),
-    ("a segment longer than what evaluation generates (was one short segment, silently)",
-     [TINY, "--config.eval.segment_len=100"],
-     "error: config.eval.segment_len=100 is invalid: must be at most the 24 frames evaluation"
-     " generates (sample.length_multiple=3 x data.num_frames=8)"),
     ("a width the heads leave the decoder no head dim for (named only fine_width before)",
      [TINY, "--config.model.width=30"],
      "error: config.model.fine_width=32 is invalid: must be a multiple of the trunk's head dim 15"
@@ -144,10 +141,16 @@ BAD_CONFIG_FILES = [
      " (e.g. base_config.get_config())"),
     ("SEED = 0\n", "error: --config: the file defines no get_config(variant='') returning its"
      " config"),
+    ("def get_config():\n  return [0]\n",
+     "error: --config: get_config() returned a list; it must return an ml_collections.ConfigDict"
+     " (e.g. base_config.get_config())"),
+    ("def get_config():\n  return base_config.get_config()\n",
+     "error: --config: {f}: NameError: name 'base_config' is not defined"),
 ]
 
 
-@pytest.mark.parametrize("text,line", BAD_CONFIG_FILES, ids=["syntax error", "a dict", "no get_config"])
+@pytest.mark.parametrize("text,line", BAD_CONFIG_FILES,
+                         ids=["syntax error", "a dict", "no get_config", "a list", "a NameError"])
 def test_a_config_file_that_cannot_give_a_config_is_one_line(tmp_path, text, line):
   config_file = tmp_path / "my_config.py"
   config_file.write_text(text)
@@ -402,9 +405,11 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
   assert (f"note: {workdir} was trained with other values (its run.json -> this command):"
           " data.options.num_objects 2 -> 3; samples and evaluation use this command's"
           in sampled.stderr.splitlines())
-  same = run_cli(workdir, TINY, "--mode=sample", "--config.sample.length_multiple=2")
+  # How it samples is the command's to choose, and the batch and optimizer only train.
+  same = run_cli(workdir, TINY, "--mode=sample", "--config.sample.length_multiple=2",
+                 "--config.data.batch_size=2", "--config.optim.learning_rate=0.01")
   assert same.returncode == 0, same.stderr[-2000:]
-  assert "note:" not in same.stderr  # how it samples is the command's to choose
+  assert "note:" not in same.stderr
   # Routing has no parameters, so the dense run's checkpoint would load under routing.
   figure = subprocess.run(
       [sys.executable, "-m", "videoar.eval.routing_figure", TINY,
@@ -422,7 +427,8 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
 def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and_the_sweep(
     tmp_path):
   (tmp_path / "garbage.json").write_text("garbage")
-  (tmp_path / "other.json").write_text('{"a": 1}')
+  (tmp_path / "other.json").write_text('{"tables": 5}')
+  (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
   (tmp_path / "syntax.py").write_text("def get_config(:\n")
   seed0 = tmp_path / "sweep" / "test" / "seed0"
   seed0.mkdir(parents=True)
@@ -434,7 +440,9 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
        f"error: a={tmp_path}/garbage.json: {tmp_path}/garbage.json is not valid JSON ("),
       (compare + [f"a={tmp_path}/other.json"],
        f"error: a={tmp_path}/other.json: {tmp_path}/other.json is not an eval.json (it has no"
-       ' "tables")'),
+       ' "tables" with a "model" table)'),
+      (compare + [f"a={tmp_path}/binary.json"],
+       f"error: a={tmp_path}/binary.json: {tmp_path}/binary.json is not valid JSON ("),
       (compare + ["a=docs/eval_bouncing_tiny.json", "--json", f"{tmp_path}/no/out.json"],
        f"error: --json={tmp_path}/no/out.json: no folder {tmp_path}/no"),
       (compare + ["a=docs/eval_bouncing_tiny.json", "a=docs/eval_atari_pong.json"],

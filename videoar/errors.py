@@ -59,37 +59,50 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, for `app.run(..., flags_parser=parse_flags)`, with a bad flag or config
-  override (an unknown key, a value of the wrong type, a config file or variant that fails)
-  reported in one line; the arguments absl leaves."""
+  override (an unknown key, a value of the wrong type), or a config file that cannot give a
+  config (missing, a syntax error, an error in its get_config, no get_config, something other
+  than a ConfigDict returned), reported in one line; the arguments absl leaves."""
   try:
     remaining = flags.FLAGS(argv)
-    # A config file that cannot be loaded fails here, when the config is first read (some
-    # commands take none: their --config defaults to None).
-    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
-      config = flags.FLAGS.config
-      config.keys()  # a file that failed to load raises on first use (config_flags)
-      if not isinstance(config, ml_collections.ConfigDict):
-        exit_with_error(f"--config: get_config() returned a {type(config).__name__}; it must"
-                        " return an ml_collections.ConfigDict (e.g. base_config.get_config())")
-    return remaining
   except flags.Error as e:
     # A config file that raised comes wrapped with its traceback: its last line says why.
     first, *rest = str(e).strip().splitlines()
     exit_with_error(f"{first.split(': Error whilst')[0]}: {rest[-1]}" if rest else first)
   except SyntaxError as e:  # the config file's own: where, and what Python says
     exit_with_error(f"--config: {e.filename}, line {e.lineno}: SyntaxError: {e.msg}")
-  except AttributeError as e:
-    if "get_config" in str(e):
-      exit_with_error("--config: the file defines no get_config(variant='') returning its config")
-    exit_with_error(_unknown_key(argv, e))
-  except KeyError as e:
-    exit_with_error(_unknown_key(argv, e))
   except OSError as e:  # a config file that cannot be read: the last line names it
     exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+  except (AttributeError, KeyError) as e:
+    if "get_config" in str(e):
+      exit_with_error("--config: the file defines no get_config(variant='') returning its config")
+    exit_with_error(_unknown_key(argv, e) or _config_file_error(argv, e))
+  except Exception as e:  # pylint: disable=broad-except  # raised by the user's config file
+    exit_with_error(_config_file_error(argv, e))
+  # Some commands take no config: their --config defaults to None.
+  config = flags.FLAGS.config if "config" in flags.FLAGS else None
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    try:
+      config.keys()  # a file that could not be read raises its error on first use (config_flags)
+    except OSError as e:
+      exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+    except AttributeError:
+      pass  # not a ConfigDict: said below
+    exit_with_error(f"--config: get_config() returned a {type(config).__name__}; it must"
+                    " return an ml_collections.ConfigDict (e.g. base_config.get_config())")
+  return remaining
 
 
-def _unknown_key(argv: list[str], error: Exception) -> str:
-  """One line for an override of a key the config does not have."""
+def _config_file_error(argv: list[str], error: Exception) -> str:
+  """One line for an error the config file raised while it built its config."""
+  files = [arg.split("=", 1)[1].split(":", 1)[0] for arg in argv[1:]
+           if arg.startswith("--config=")]
+  where = f" {files[-1]}:" if files else ""
+  return f"--config:{where} {type(error).__name__}: {error}"
+
+
+def _unknown_key(argv: list[str], error: Exception) -> str | None:
+  """One line for an override (--config.KEY=VALUE) of a key the config does not have; None
+  when no override names the key (the error came from the config file itself)."""
   names = re.findall(r"[\w]+", str(error).replace("\\n", " "))
   key = names[0] if names else str(error)
   for arg in argv[1:]:
@@ -97,6 +110,8 @@ def _unknown_key(argv: list[str], error: Exception) -> str:
     if name.startswith("config.") and name.rsplit(".", 1)[-1] == key:
       key = name
       break
+  else:
+    return None
   hint = re.search(r'Did you mean "(\w+)"', str(error))
   suggestion = f"; did you mean {key.rsplit('.', 1)[0]}.{hint.group(1)}?" if hint else ""
   return (f"--{key}: the config has no such key{suggestion} (every key is in"

@@ -153,7 +153,8 @@ def run_submitit(runs: list[Run], folder: str, cluster: str | None,
 
 def write_table(runs: list[Run], arms: list[str], root: str, command: str) -> str:
   """Writes ROOT/sweep.md and ROOT/sweep.json (compare.combine over each arm's seeds, under
-  `command`); returns the Markdown."""
+  `command`); returns the Markdown. Raises errors.UserError naming a run's eval.json that is not
+  an evaluation's (compare.combine)."""
   combined = compare.combine({arm: [run.workdir for run in runs if run.arm == arm]
                               for arm in arms})
   seeds = sorted({run.seed for run in runs})

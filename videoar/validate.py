@@ -183,8 +183,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.fine_width", config.model.fine_width,
          f"must be a multiple of the trunk's head dim {head_dim} (model.width="
          f"{config.model.width} / model.num_heads={config.model.num_heads})")
-  if not config.model.mlp_ratio > 0:
-    fail("model.mlp_ratio", config.model.mlp_ratio, "must be > 0")
+  narrowest = min([config.model.width] + ([config.model.fine_width] if fine else []))
+  if not int(narrowest * config.model.mlp_ratio) >= 1:
+    fail("model.mlp_ratio", config.model.mlp_ratio, f"leaves the MLP of a block of width"
+         f" {narrowest} no unit: int(width x mlp_ratio) must be >= 1")
   chunk = config.forcing.chunk
   if config.data.num_frames % chunk:
     fail("forcing.chunk", chunk, f"must divide data.num_frames={config.data.num_frames}")
@@ -201,11 +203,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(key, _get(config, key), "must be > 0")
   if not config.sample.guidance_scale >= 0:
     fail("sample.guidance_scale", config.sample.guidance_scale, "must be >= 0 (1 is no guidance)")
-  generated = config.sample.length_multiple * config.data.num_frames
-  if config.eval.segment_len > generated:
-    fail("eval.segment_len", config.eval.segment_len, f"must be at most the {generated} frames"
-         f" evaluation generates (sample.length_multiple={config.sample.length_multiple} x"
-         f" data.num_frames={config.data.num_frames})")
   if not 0.0 <= config.forcing.history_drop_prob < 1.0:
     fail("forcing.history_drop_prob", config.forcing.history_drop_prob, "must be in [0, 1)")
   if config.sample.guide_history and not config.forcing.history_drop_prob:

@@ -69,13 +69,14 @@ def _tables(run: str) -> dict[str, list[dict]]:
   with open(path) as f:
     try:
       results = json.load(f)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not text (UnicodeDecodeError)
       raise errors.UserError(f"{path} is not valid JSON ({e}): rerun --mode=evaluate in its"
                              " workdir") from e
-  if not isinstance(results, dict) or "tables" not in results:
-    raise errors.UserError(f"{path} is not an eval.json (it has no \"tables\"): name the"
-                           " eval.json an evaluate run wrote, or its workdir")
-  return results["tables"]
+  tables = results.get("tables") if isinstance(results, dict) else None
+  if not isinstance(tables, dict) or not isinstance(tables.get("model"), list):
+    raise errors.UserError(f"{path} is not an eval.json (it has no \"tables\" with a \"model\""
+                           " table): name the eval.json an evaluate run wrote, or its workdir")
+  return tables
 
 
 def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:

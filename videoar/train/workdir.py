@@ -51,6 +51,11 @@ _HARMLESS_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.
 # The mesh is harmless too: checkpoints are restored onto any mesh, and the batches a step
 # sees do not depend on it.
 _HARMLESS_SECTIONS = ("sample.", "eval.", "mesh.")
+# What sampling and evaluating a run read of its config, besides sample.* and eval.*: the world
+# and its held-out clips, the model, and how the history is cut. The rest only trains.
+SAMPLING_READS = ("data.", "model.", "seed.", "forcing.chunk.", "forcing.history_window.",
+                  "forcing.sink_frames.")
+_TRAINING_ONLY = frozenset({"data.batch_size"})
 # How many differences a one-line message shows before "(and N more)".
 _SHOWN = 3
 # How many characters of a value a message shows (a 40-digit SHA-1 fits).
@@ -298,10 +303,11 @@ def allowed_line(workdir: str, differences: Differences) -> str:
 
 
 def trained_differently(workdir: str, config: Mapping[str, Any]) -> tuple[Difference, ...]:
-  """The keys, other than how the run logs, saves, samples and evaluates, whose values in
-  `config` (a config as a dict) differ from the run recorded in `workdir`: what sampling or
-  evaluating that run with `config` changes about the model, its training or its world. Empty
-  when no run is recorded there.
+  """The keys that sampling and evaluation read (SAMPLING_READS: the world and its held-out
+  clips, the model, how the history is cut), other than sample.* and eval.*, whose values in
+  `config` (a config as a dict) differ from the run recorded in `workdir`. A key one of the two
+  lacks (added to the code after the run) is left out: its value then is not known. Empty when
+  no run is recorded there.
 
   Raises:
     RunRefused: run.json is not a run record.
@@ -309,7 +315,10 @@ def trained_differently(workdir: str, config: Mapping[str, Any]) -> tuple[Differ
   recorded = RunRecord.load(workdir)
   if recorded is None:
     return ()
-  return compare(RunRecord(recorded.config, {}), RunRecord(dict(config), {})).blocking
+  blocking = compare(RunRecord(recorded.config, {}), RunRecord(dict(config), {})).blocking
+  return tuple(d for d in blocking
+               if ABSENT not in (d.old, d.new) and d.path not in _TRAINING_ONLY
+               and (d.path + ".").startswith(SAMPLING_READS))
 
 
 def trained_differently_line(workdir: str, differences: tuple[Difference, ...]) -> str:
