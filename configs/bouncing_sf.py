@@ -10,12 +10,12 @@ them in order):
              python -m videoar.data.ode_pairs --config=configs/bouncing_sf.py:ode ...
            writes from the teacher's 16-step Euler solutions, stored at the student's 4 warped
            times [1, 0.9375, 0.8333, 0.625] and the clean end.
-  (none)   Self Forcing (spec: ../shared/self_forcing_spec.md): the student rolls out whole
-           videos with its own 4-step sampler over the KV cache, chunk by chunk; one exit step
-           per iteration carries gradient; DMD (forcing.loss="sid": SiD) against the teacher;
-           the critic starts from the teacher and takes forcing.critic_updates flow-matching
-           updates per generator update; the EMA of the generator is sampled with the same
-           4-step sampler (sample.solver="few_step").
+  (none)   Self Forcing (spec: the reference code guandeh17/Self-Forcing): the student rolls
+           out whole videos with its own 4-step sampler over the KV cache, chunk by chunk; one
+           exit step per iteration carries gradient; DMD (forcing.loss="sid": SiD) against the
+           teacher; the critic starts from the teacher and takes forcing.critic_updates
+           flow-matching updates per generator update; the EMA of the generator is sampled with
+           the same 4-step sampler (sample.solver="few_step").
   gan      Self Forcing's GAN variant (spec 4; the same as --config.forcing.loss=gan, except that
            with "test" it also puts the one discriminator tap on the tiny model's one block):
            the critic becomes a discriminator, the teacher-initialised backbone plus a

@@ -13,7 +13,9 @@
 # students of that seed: a seed of the whole pipeline).
 #
 #   bash launch/self_forcing.sh   # 43 min on 2 loaded cores, 20 min idle (docs/results.md)
-#   VARIANT=test bash launch/self_forcing.sh   # the smoke run
+#   VARIANT=test PAIRS=8 bash launch/self_forcing.sh   # the smoke run (about 2 min)
+# Its ODE stage is evaluated on the world (configs/bouncing_sf.py:ode,world), not on the pairs it
+# trained on, so that evaluation prints a note naming the data keys that differ.
 set -euo pipefail
 VARIANT=${VARIANT:-}
 SEED=${SEED:-0}

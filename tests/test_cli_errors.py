@@ -259,6 +259,11 @@ TOOLS_BAD_INPUTS = [
      ["-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=test", "--seeds=0,-1",
       "--root={w}/sweep"],
      "error: --seeds='0,-1': a seed is an integer >= 0"),
+    ("a sweep whose --set misspells a key (named no close key)",
+     ["-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=test",
+      "--set=model.routing_topk=1", "--root={w}/sweep"],
+     "error: --set=model.routing_topk=1: the config of arm test has no such key; did you mean"
+     " model.routing_top_k?"),
     ("a sweep whose --set names the seed (every run would have had that seed)",
      ["-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=test", "--seeds=0,1",
       "--set=seed=5", "--root={w}/sweep"],
@@ -427,6 +432,7 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
 def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and_the_sweep(
     tmp_path):
   (tmp_path / "garbage.json").write_text("garbage")
+  (tmp_path / "garbage.txt").write_text('{"step": 1}\n{"step": 2}\n')
   (tmp_path / "other.json").write_text('{"tables": 5}')
   (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
   (tmp_path / "syntax.py").write_text("def get_config(:\n")
@@ -443,6 +449,8 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
        ' "tables" with a "model" table)'),
       (compare + [f"a={tmp_path}/binary.json"],
        f"error: a={tmp_path}/binary.json: {tmp_path}/binary.json is not valid JSON ("),
+      (compare + [f"a={tmp_path}/garbage.txt"],  # a file, not a workdir holding eval.json
+       f"error: a={tmp_path}/garbage.txt: {tmp_path}/garbage.txt is not valid JSON ("),
       (compare + ["a=docs/eval_bouncing_tiny.json", "--json", f"{tmp_path}/no/out.json"],
        f"error: --json={tmp_path}/no/out.json: no folder {tmp_path}/no"),
       (compare + ["a=docs/eval_bouncing_tiny.json", "a=docs/eval_atari_pong.json"],

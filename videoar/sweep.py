@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib.util
 import json
 import os
@@ -197,10 +198,14 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
       parser.error(f"--arms={arm}: {e}")
     for key, value in overrides.items():
       node = arm_config
-      for part in key.split("."):
+      parts = key.split(".")
+      for depth, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-          parser.error(f"--set={key}={value}: the config of arm {arm} has no such key (every key"
-                       " is in videoar/base_config.py)")
+          close = (difflib.get_close_matches(part, list(node.keys()), n=1)
+                   if isinstance(node, ml_collections.ConfigDict) else [])
+          hint = (f"; did you mean {'.'.join(parts[:depth] + close)}?" if close else "")
+          parser.error(f"--set={key}={value}: the config of arm {arm} has no such key{hint} (every"
+                       " key is in videoar/base_config.py)")
         node = node[part]
     argv = ["sweep", f"--config={config}:{_variants(arm, variant)}",
             *(f"--config.{key}={value}" for key, value in overrides.items())]

@@ -57,8 +57,9 @@ SPREAD_SUFFIX = " sd"
 
 
 def eval_json_path(run: str) -> str:
-  """The eval.json of `run`: the file itself if `run` is one, else `run`/eval.json."""
-  return run if run.endswith(".json") else os.path.join(run, "eval.json")
+  """The eval.json of `run`: the file itself if `run` is a file or ends in .json, else
+  `run`/eval.json."""
+  return run if run.endswith(".json") or os.path.isfile(run) else os.path.join(run, "eval.json")
 
 
 def _tables(run: str) -> dict[str, list[dict]]:

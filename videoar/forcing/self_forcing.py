@@ -1,5 +1,6 @@
-"""Self Forcing (spec /work/shared/self_forcing_spec.md): a few-step causal generator trained on
-its own autoregressive rollouts with a video-level distribution-matching loss.
+"""Self Forcing: a few-step causal generator trained on its own autoregressive rollouts with a
+video-level distribution-matching loss (spec: the reference code guandeh17/Self-Forcing at
+33593df3e81f; README, "Self Forcing").
 
 - The training rollout is the streaming sampler itself (sampling.Sampler, solver "few_step"): the
   warped few-step list, chunk by chunk over the KV cache, x0 re-noised with fresh noise between
