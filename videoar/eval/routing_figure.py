@@ -54,8 +54,9 @@ def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
 
 def main(argv):
   del argv
-  from absl import flags
+  from absl import flags, logging
 
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore's steps at INFO
   config = flags.FLAGS.config
   if not config.model.routing_top_k:
     raise errors.UserError("config.model.routing_top_k=0: this figure is of a routed model"
