@@ -76,7 +76,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if "get_config" in str(e):
       exit_with_error("--config: the file defines no get_config(variant='') returning its config")
     exit_with_error(_unknown_key(argv, e) or _config_file_error(argv, e))
-  except Exception as e:  # pylint: disable=broad-except  # raised by the user's config file
+  except (NameError, ImportError) as e:  # raised by the config file's own code
     exit_with_error(_config_file_error(argv, e))
   # Some commands take no config: their --config defaults to None.
   config = flags.FLAGS.config if "config" in flags.FLAGS else None
