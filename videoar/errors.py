@@ -68,8 +68,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     # A config file that raised comes wrapped with its traceback: its last line says why.
     first, *rest = str(e).strip().splitlines()
     exit_with_error(f"{first.split(': Error whilst')[0]}: {rest[-1]}" if rest else first)
-  except SyntaxError as e:  # the config file's own: where, and what Python says
-    exit_with_error(f"--config: {e.filename}, line {e.lineno}: SyntaxError: {e.msg}")
+  except SyntaxError as e:
+    exit_with_error(syntax_error_line(e))
   except OSError as e:  # a config file that cannot be read: the last line names it
     exit_with_error(f"--config: {str(e).strip().splitlines()[-1].strip()}")
   except (AttributeError, KeyError) as e:
@@ -90,6 +90,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     exit_with_error(f"--config: get_config() returned a {type(config).__name__}; it must"
                     " return an ml_collections.ConfigDict (e.g. base_config.get_config())")
   return remaining
+
+
+def syntax_error_line(error: SyntaxError) -> str:
+  """The one line for a config file that is not valid Python: where, and what Python says."""
+  return f"--config: {error.filename}, line {error.lineno}: SyntaxError: {error.msg}"
 
 
 def _config_file_error(argv: list[str], error: Exception) -> str:

@@ -183,7 +183,7 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
   try:
     spec.loader.exec_module(module)
   except SyntaxError as e:
-    parser.error(f"--config: {e.filename}, line {e.lineno}: SyntaxError: {e.msg}")
+    parser.error(errors.syntax_error_line(e))
   if not callable(getattr(module, "get_config", None)):
     parser.error(f"--config={config}: the file defines no get_config(variant='')")
   if variant:
