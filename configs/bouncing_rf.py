@@ -62,9 +62,7 @@ def get_config(variant: str = ""):
   variants = base_config.variants(
       variant, ("noise_augmentation", "parallel", "autoregressive", "teacher_forcing", "routed",
                 "window", "default_model", "occluded", "moving_mnist", "test"))
-  if {"occluded", "moving_mnist"} <= set(variants):
-    raise ValueError("config variants occluded and moving_mnist are two worlds; name one")
-  config = base_config.get_config()
+  config = base_config.world(base_config.get_config(), variants)
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "autoregressive"
   config.forcing.resample_shift = 0.6
@@ -76,10 +74,6 @@ def get_config(variant: str = ""):
       config.forcing.resample_mode = v
     elif v == "teacher_forcing":
       config.forcing = base_config.get_config().forcing
-    elif v == "occluded":
-      config.data.options.occluders = ((0, 11, 32, 10),)
-    elif v == "moving_mnist":
-      base_config.moving_mnist(config)
     elif v == "routed":
       config.model.routing_top_k = k
     elif v == "window":

@@ -23,8 +23,13 @@ them in order):
            the logistic loss between the rollouts and the world's clips (forcing/self_forcing.py
            says why these are "real"); the generator on the non-saturating GAN loss alone.
            Train it in a workdir of its own, e.g. runs/bouncing_sf/self_forcing_gan.
-  world    with "ode": the ODE student sampled and evaluated on the bouncing world (its training
-           data are the pairs, which hold nothing out).
+  world    with "ode": the ODE student sampled and evaluated on the world (its training data are
+           the pairs, which hold nothing out).
+  occluded, moving_mnist
+           the whole pipeline on configs/bouncing_rf.py's other worlds (the same data keys as its
+           variants of those names), so that Self Forcing's rows sit beside the Resampling
+           Forcing arms there; every stage takes the same one (VARIANT=moving_mnist bash
+           launch/self_forcing.sh runs them under runs/bouncing_sf_moving_mnist/).
   test     tiny shapes and a few steps of whichever stage is named with it (e.g. "teacher,test").
 
 The world, model and clip are configs/bouncing_tiny.py's (32x32, 2 objects, width 128, depth 4,
@@ -43,8 +48,9 @@ RUNS = "runs/bouncing_sf"
 
 
 def get_config(variant: str = ""):
-  variants = base_config.variants(variant, ("teacher", "ode", "gan", "world", "test"))
-  config = base_config.get_config()
+  variants = base_config.variants(
+      variant, ("teacher", "ode", "gan", "world", "occluded", "moving_mnist", "test"))
+  config = base_config.world(base_config.get_config(), variants)
   config.data.batch_size = 16  # the batch its stages in docs/results.md were measured at
   config.model.prediction = "data"
   stage = next((v for v in variants if v in ("teacher", "ode")), "self_forcing")
@@ -59,9 +65,10 @@ def get_config(variant: str = ""):
   elif stage == "ode":
     config.forcing.paradigm = "ode_regression"
     config.forcing.chunk = 2
-    config.data.source = "array_record"
-    config.data.path = f"{runs}/ode_pairs"
-    config.data.options = ml_collections.ConfigDict(dict(stride=1, eval_fraction=0.0))
+    if "world" not in variants:  # trained on the teacher's pairs
+      config.data.source = "array_record"
+      config.data.path = f"{runs}/ode_pairs"
+      config.data.options = ml_collections.ConfigDict(dict(stride=1, eval_fraction=0.0))
     config.sample.solver = "few_step"
     config.sample.num_steps = config.forcing.num_steps
     config.sample.time_shift = config.forcing.warp_shift
@@ -89,10 +96,6 @@ def get_config(variant: str = ""):
     if stage != "self_forcing":
       raise ValueError(f"config variant 'gan' is of the Self Forcing stage, not of {stage!r}")
     config.forcing.loss = "gan"
-  if "world" in variants:  # the ODE student sampled and evaluated on the world, not its pairs
-    config.data.source = "bouncing"
-    config.data.path = None
-    config.data.options = base_config.get_config().data.options
   if "test" in variants:
     base_config.tiny(config)
     config.data.num_frames = 4

@@ -10,7 +10,9 @@
 #      evaluation.
 # A stage whose workdir holds a finished run is not trained again. SEED=S (default 0) runs every
 # stage with config.seed S under runs/bouncing_sf_seedS/ (the teacher, its pairs and both
-# students of that seed: a seed of the whole pipeline).
+# students of that seed: a seed of the whole pipeline). VARIANT=occluded or moving_mnist runs
+# every stage on that world, under runs/bouncing_sf_occluded/ or runs/bouncing_sf_moving_mnist/
+# (a VARIANT's commas become underscores in the directory's name).
 #
 #   bash launch/self_forcing.sh   # 43 min on 2 loaded cores, 20 min idle (docs/results.md)
 #   VARIANT=test PAIRS=8 bash launch/self_forcing.sh   # the smoke run (about 2 min)
@@ -21,7 +23,7 @@ VARIANT=${VARIANT:-}
 SEED=${SEED:-0}
 PYTHON=${PYTHON:-python}
 SUFFIX=${VARIANT:+,$VARIANT}
-RUNS=runs/bouncing_sf${VARIANT:+_$VARIANT}
+RUNS=runs/bouncing_sf${VARIANT:+_${VARIANT//,/_}}
 [ "$SEED" = 0 ] || RUNS=${RUNS}_seed$SEED
 # Every stage gets the seed, and the workdirs of the stages before it are passed from $RUNS:
 # configs/bouncing_sf.py names only seed 0's.

@@ -141,3 +141,24 @@ def test_the_launch_script_runs_a_seed_of_the_pipeline_in_its_own_workdirs(tmp_p
           configs["self_forcing"]["forcing"]["generator_workdir"]) == (
               f"{seed_runs}/teacher", f"{seed_runs}/ode")
   assert (runs / "bouncing_sf_test_seed1" / "self_forcing" / "eval.json").exists()
+
+
+@pytest.mark.parametrize("world", ["occluded", "moving_mnist"])
+def test_every_stage_on_another_world_reads_the_clips_of_the_resampling_forcing_study(world):
+  """The Self Forcing pipeline's world variants: the teacher, the Self Forcing stage and the ODE
+  student evaluated with `world` read the same data keys as configs/bouncing_rf.py's variant of
+  that name (their rows sit beside its arms), but at the pipeline's batch of 16 on every world;
+  the ODE student trains on its teacher's pairs."""
+  import bouncing_rf  # noqa: E402  (configs/ is on the path above)
+
+  def clips(config):
+    return {k: v for k, v in config.data.to_dict().items() if k != "batch_size"}
+
+  rf_clips = clips(bouncing_rf.get_config(world))
+  for stage in ("teacher", "ode,world", ""):
+    config = bouncing_sf.get_config(",".join(v for v in (stage, world) if v))
+    assert (clips(config), config.data.batch_size) == (rf_clips, 16), stage
+  assert bouncing_sf.get_config(f"ode,{world}").data.source == "array_record"
+  assert clips(bouncing_sf.get_config("teacher")) != rf_clips
+  with pytest.raises(ValueError, match="two worlds"):
+    bouncing_sf.get_config("teacher,occluded,moving_mnist")

@@ -185,6 +185,20 @@ def moving_mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return config
 
 
+def world(config: ml_collections.ConfigDict, variants: list[str]) -> ml_collections.ConfigDict:
+  """`config` on the world its variants name: "occluded", the bouncing world behind an opaque
+  grey bar, columns 11-20 over the whole height (configs/bouncing_rf.py's variant of that name
+  says what it hides and how evaluation scores it), or "moving_mnist" (`moving_mnist`); neither:
+  the bouncing world. Raises ValueError if both are named."""
+  if {"occluded", "moving_mnist"} <= set(variants):
+    raise ValueError("config variants occluded and moving_mnist are two worlds; name one")
+  if "occluded" in variants:
+    config.data.options.occluders = ((0, 11, 32, 10),)
+  if "moving_mnist" in variants:
+    moving_mnist(config)
+  return config
+
+
 def default_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with the default run's model, history dropout, sampler and training length
   (configs/bouncing_tiny.py says why each): a FineDecoder at 4x4 sub-patches, one video in ten on
