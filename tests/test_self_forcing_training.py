@@ -15,6 +15,7 @@ from videoar import base_config, experiment, trainer
 from videoar.eval import run
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import bouncing_rf  # noqa: E402
 import bouncing_sf  # noqa: E402
 
 
@@ -149,8 +150,6 @@ def test_every_stage_on_another_world_reads_the_clips_of_the_resampling_forcing_
   student evaluated with `world` read the same data keys as configs/bouncing_rf.py's variant of
   that name (their rows sit beside its arms), but at the pipeline's batch of 16 on every world;
   the ODE student trains on its teacher's pairs."""
-  import bouncing_rf  # noqa: E402  (configs/ is on the path above)
-
   def clips(config):
     return {k: v for k, v in config.data.to_dict().items() if k != "batch_size"}
 
