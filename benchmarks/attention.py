@@ -121,7 +121,7 @@ def routing_rows(shape: Shape, repeats: int) -> list[dict]:
     per_history = {h: 1e3 * times[h][name] for h in HISTORIES}
     rows.append(dict(path=name, ms_per_frame=per_history,
                      growth=per_history[HISTORIES[-1]] / per_history[HISTORIES[0]]))
-  auto_gathers = {h: bool(blocked.prefers_gather(masks.Full(1, h + 1), route, shape.head_dim))
+  auto_gathers = {h: bool(blocked.prefers_gather(masks.Full(1, h + 1), route))
                   for h in HISTORIES}
   return rows, auto_gathers
 

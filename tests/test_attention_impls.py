@@ -23,9 +23,11 @@ MASK_CASES = [
     (masks.Full(3), None, 3),
     (masks.Full(2, 6), CACHE_VALID, 32),
 ]
+# BlockCausal(5, chunk=2): its last query frame owns one frame where the others own two.
 ROUTED_CASES = [
     (masks.TeacherForcing(5), None, 3),
     (masks.BlockCausal(6, chunk=2), None, 32),
+    (masks.BlockCausal(5, chunk=2), None, 3),
     (masks.Full(2, 6), CACHE_VALID, 3),
 ]
 
@@ -317,9 +319,10 @@ def test_cudnn_off_a_gpu_or_on_a_frame_causal_mask_raises():
 
 def test_routing_gathers_over_a_long_cache_and_masks_in_training():
   route = routing.Routing(4)
-  assert blocked.prefers_gather(masks.Full(1, 257), route, head_dim=64)
-  assert not blocked.prefers_gather(masks.Full(1, 17), route, head_dim=64)
-  assert not blocked.prefers_gather(masks.TeacherForcing(32), route, head_dim=64)
+  assert blocked.prefers_gather(masks.Full(1, 257), route)
+  assert blocked.prefers_gather(masks.Full(1, 65), route)
+  assert not blocked.prefers_gather(masks.Full(1, 17), route)
+  assert not blocked.prefers_gather(masks.TeacherForcing(32), route)
 
 
 def test_auto_equals_dense_under_jit_with_static_specs():

@@ -362,16 +362,17 @@ def _planned_attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
   return jnp.transpose(out, (1, 0, 3, 2, 4)).reshape(b, tq, h, d)
 
 
-def prefers_gather(mask: masks.MaskSpec, routing: routing_lib.Routing, head_dim: int) -> bool:
+def prefers_gather(mask: masks.MaskSpec, routing: routing_lib.Routing) -> bool:
   """Whether gathering each token's picked frames costs less than masking the allowed blocks.
 
-  Per query token and key, the masked path computes one logit over all the history the mask
-  allows; the gather path copies 2 * head_dim floats (key and value) for top_k frames only. On
-  CPU a copied float costs about 1/6 of a masked logit (calibrated on benchmarks/attention.py's
-  cache of 16, 64 and 256 frames), so gathering wins once the history holds more than
-  top_k * head_dim / 3 frames."""
+  Per query token, the masked path computes attention over all the history the mask allows; the
+  gather path copies top_k frames' keys and values and attends to those. Both scale with the
+  frame's tokens times the head dimension, so the choice is by frame counts: on CPU a gathered
+  frame costs about as much as 8 masked ones (benchmarks/attention.py's shapes, top_k = 2, 4 and
+  8 over caches of 16 to 64 frames: the paths cross at 16, 32 and 64 frames), so gathering wins
+  once the history holds more than 8 * top_k frames."""
   history = mask.frame_mask() & ~mask.own_frame_mask()
-  return history.sum(axis=1).mean() > routing.top_k * head_dim / 3
+  return history.sum(axis=1).mean() > 8 * routing.top_k
 
 
 def routed_gather_attention(q, k, v, mask: masks.MaskSpec, routing: routing_lib.Routing, *,
@@ -380,47 +381,76 @@ def routed_gather_attention(q, k, v, mask: masks.MaskSpec, routing: routing_lib.
   """Routed attention at O(top_k) frames per query token; equal to
   `routing.routed_attention_reference`.
 
-  Each token gathers the keys and values of the frames it selected, own frames included, and
-  attends to those alone: a loop over selection slots (the r-th selected frame of every token),
-  each a gather of one frame per token and two batched matrix-vector products, merged by row
-  maxima. One slot at a time keeps the gathered keys small enough to stay in cache (all slots at
-  once were 2 x 21 MB at 64 query tokens of 4 heads of 64, and 2-5x slower on CPU)."""
+  q [B, Tq, H, D], k and v [B, Tk, H, D] (whole frames of `tokens_per_frame` tokens); returns
+  [B, Tq, H, D] in v's dtype. Every token of a query frame keeps the same own frames (static), so
+  they are one batched attention per query frame over a static slice of the keys. Each token then
+  gathers the keys and values of the history frames it selected and attends to those alone: a
+  `lax.scan` over selection slots (the r-th selected history frame of every token), each a gather
+  of one frame per token and two batched matrix-vector products, folded into a running softmax
+  by row maxima (online softmax). One slot at a time keeps the gathered keys in cache (all slots
+  at once were 2 x 21 MB at 64 query tokens of 4 heads of 64, 2-5x slower on CPU); the running
+  merge replaced a stack of the slots' results reduced after the loop, which XLA:CPU ran as one
+  fusion of 1.8 ms for 82K floats (benchmarks/attention.py's cache of 16 frames)."""
   t = tokens_per_frame
   b, tq, h, d = q.shape
   fk = k.shape[1] // t
-  frame_mask, own = mask.frame_mask(), mask.own_frame_mask()
-  selection = routing_lib.select_frames(q, k, mask, routing, tokens_per_frame=t,
-                                        kv_frame_valid=kv_frame_valid)
-  # The most frames any token selects: static, so every token has that many slots; tokens that
-  # selected fewer (short history, empty cache slots) mask the surplus.
-  width = int((own.sum(axis=1) + np.minimum(routing.top_k, (frame_mask & ~own).sum(axis=1))).max())
-  _, frames = jax.lax.top_k(selection.astype(jnp.float32), width)  # [B, H, Tq, width]
-  selected = jnp.take_along_axis(selection, frames, axis=-1)
-  batch_index = jnp.arange(b)[:, None, None]
-  head_index = jnp.arange(h)[None, :, None]
-  k_frames, v_frames = k.reshape(b, fk, t, h, d), v.reshape(b, fk, t, h, d)
-  q_heads = jnp.moveaxis(q, 2, 1)  # [B, H, Tq, D]
-  # Every token's slot 0 is a frame it selected (its own frames always are), so each row has a
-  # finite shift; surplus slots take the lowest float, which merges to weight 0.
+  fq = tq // t
+  own = mask.own_frame_mask()
+  frames, picked = routing_lib.pick_history_frames(q, k, mask, routing, tokens_per_frame=t,
+                                                   kv_frame_valid=kv_frame_valid)
   lowest = jnp.finfo(jnp.float32).min
-  batch_dims = ((0, 1, 2), (0, 1, 2))
+  k_frames, v_frames = k.reshape(b, fk, t, h, d), v.reshape(b, fk, t, h, d)
+  q = q * np.asarray(1 / np.sqrt(d), q.dtype)
 
-  def one_slot(xs):
-    frame, picked = xs  # [B, H, Tq] each
-    keys = k_frames[batch_index, frame, :, head_index]  # [B, H, Tq, T, D]
-    values = v_frames[batch_index, frame, :, head_index]
-    # The gathered keys as the left operand: a matrix-vector product per token, no transpose.
-    logits = jax.lax.dot_general(keys, q_heads, (((4,), (3,)), batch_dims),
-                                 preferred_element_type=jnp.float32) / np.sqrt(d)
-    logits = jnp.where(picked[..., None], logits, lowest)
-    shift = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
-    weights = jnp.exp(logits - shift)
-    out = jax.lax.dot_general(weights.astype(v.dtype), values, (((3,), (3,)), batch_dims),
-                              preferred_element_type=jnp.float32)
-    return shift, weights.sum(axis=-1, keepdims=True), out
+  # Own frames: each query frame's list padded to the longest by repeating a real one, masked.
+  own_lists = [np.flatnonzero(row) for row in own]
+  num_own = max(len(f) for f in own_lists)
+  own_frames = np.stack([np.pad(f, (0, num_own - len(f)), mode="edge") for f in own_lists])
+  own_real = np.arange(num_own)[None, :] < np.array([len(f) for f in own_lists])[:, None]
+  head_major = lambda x: jnp.moveaxis(x[:, own_frames].reshape(b, fq, num_own * t, h, d), 3, 1)
+  q_frames = jnp.moveaxis(q.reshape(b, fq, t, h, d), 3, 1)  # [B, H, Fq, T, D]
+  logits = jnp.einsum("bhfqd,bhfkd->bhfqk", q_frames, head_major(k_frames),
+                      preferred_element_type=jnp.float32)
+  keep = jnp.asarray(own_real)[None]  # [1 or B, Fq, own frames]
+  if kv_frame_valid is not None:
+    keep = keep & jnp.atleast_2d(kv_frame_valid)[:, own_frames]
+  # A token whose own frames are all hidden keeps finite logits: its shift stays finite, and the
+  # history slots then outweigh them by exp(lowest - shift) = 0.
+  logits = jnp.where(jnp.repeat(keep, t, axis=-1)[:, None, :, None, :], logits, lowest)
+  shift = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+  weights = jnp.exp(logits - shift)
+  out = jnp.einsum("bhfqk,bhfkd->bhfqd", weights.astype(v.dtype), head_major(v_frames),
+                   preferred_element_type=jnp.float32)
+  running = (shift.reshape(b, h, tq, 1), weights.sum(axis=-1, keepdims=True).reshape(b, h, tq, 1),
+             out.reshape(b, h, tq, d))
 
-  shifts, totals, outs = jax.lax.map(one_slot, (jnp.moveaxis(frames, -1, 0),
-                                                jnp.moveaxis(selected, -1, 0)))
-  scales = jnp.exp(shifts - shifts.max(axis=0))  # [width, B, H, Tq, 1]
-  out = (outs * scales).sum(axis=0) / (totals * scales).sum(axis=0)
-  return jnp.moveaxis(out, 1, 2).astype(v.dtype)
+  # Every token has the same number of slots (static); tokens that picked fewer frames (short
+  # history, empty cache slots) mask the surplus.
+  if frames.shape[-1]:
+    batch_index = jnp.arange(b)[:, None, None]
+    head_index = jnp.arange(h)[None, :, None]
+    q_heads = jnp.moveaxis(q, 2, 1)  # [B, H, Tq, D]
+    batch_dims = ((0, 1, 2), (0, 1, 2))
+
+    def one_slot(running, xs):
+      frame, picked = xs  # [B, H, Tq] each
+      keys = k_frames[batch_index, frame, :, head_index]  # [B, H, Tq, T, D]
+      values = v_frames[batch_index, frame, :, head_index]
+      # The gathered keys as the left operand: a matrix-vector product per token, no transpose.
+      logits = jax.lax.dot_general(keys, q_heads, (((4,), (3,)), batch_dims),
+                                   preferred_element_type=jnp.float32)
+      logits = jnp.where(picked[..., None], logits, lowest)
+      shift = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+      weights = jnp.exp(logits - shift)
+      out = jax.lax.dot_general(weights.astype(v.dtype), values, (((3,), (3,)), batch_dims),
+                                preferred_element_type=jnp.float32)
+      old_shift, old_total, old_out = running
+      new_shift = jnp.maximum(old_shift, shift)
+      old_scale, scale = jnp.exp(old_shift - new_shift), jnp.exp(shift - new_shift)
+      return (new_shift, old_total * old_scale + weights.sum(axis=-1, keepdims=True) * scale,
+              old_out * old_scale + out * scale), None
+
+    running, _ = jax.lax.scan(one_slot, running, (jnp.moveaxis(frames, -1, 0),
+                                                  jnp.moveaxis(picked, -1, 0)))
+  _, total, out = running
+  return jnp.moveaxis(out / total, 1, 2).astype(v.dtype)

@@ -125,7 +125,7 @@ def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
     return blocked.blocked_attention(q, k, v, mask, **kwargs)
   if impl == "dense":
     return routing_lib.routed_attention_reference(q, k, v, mask, routing, **kwargs)
-  if blocked.prefers_gather(mask, routing, q.shape[-1]):
+  if blocked.prefers_gather(mask, routing):
     return blocked.routed_gather_attention(q, k, v, mask, routing, **kwargs)
   selection = routing_lib.select_frames(q, k, mask, routing, **kwargs)
   return blocked.blocked_attention(q, k, v, mask, selection=selection, **kwargs)

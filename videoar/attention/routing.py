@@ -30,12 +30,15 @@ class Routing:
       raise ValueError(f"top_k={self.top_k} must be >= 1")
 
 
-def select_frames(q, k, mask: masks.MaskSpec, routing: Routing, *, tokens_per_frame: int,
-                  kv_frame_valid: jax.Array | None = None) -> jax.Array:
-  """[B, H, Tq, Fk] bool: the key frames each query token attends to, per head.
+def pick_history_frames(q, k, mask: masks.MaskSpec, routing: Routing, *, tokens_per_frame: int,
+                        kv_frame_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """The history frames each query token picks, per head, as indices.
 
-  A query token keeps its own frames and the `routing.top_k` history frames with the highest
-  scores (all of them where there are fewer).
+  q [B, Tq, H, D], k [B, Tk, H, D]. Returns (frames, picked), each [B, H, Tq, P] with P =
+  min(top_k, the most history frames any query frame has), possibly 0: frames (int32) are the
+  picks by descending score, and picked says which are real. A token with fewer candidates than
+  P (a short history, empty cache slots) has its surplus slots False. Own frames are not
+  included: every token keeps them (`select_frames`).
   """
   t = tokens_per_frame
   b, _, h, d = k.shape
@@ -46,22 +49,32 @@ def select_frames(q, k, mask: masks.MaskSpec, routing: Routing, *, tokens_per_fr
   frame_keys = jax.lax.stop_gradient(k).astype(jnp.float32).reshape(b, fk, t, h, d).mean(axis=2)
   scores = jnp.einsum("bqhd,bfhd->bhqf", jax.lax.stop_gradient(q).astype(jnp.float32),
                       frame_keys)
-
-  def per_query_token(frame_mask):
-    return jnp.asarray(np.repeat(frame_mask, t, axis=0))[None, None]
-
   valid = jnp.ones((1, fk), bool) if kv_frame_valid is None else jnp.atleast_2d(kv_frame_valid)
-  valid = valid[:, None, None, :]
-  kept = per_query_token(own) & valid
-  candidates = per_query_token(allowed & ~own) & valid
+  candidates = jnp.asarray(np.repeat(allowed & ~own, t, axis=0))[None, None] & valid[:, None, None]
   # lax.top_k needs a static count no larger than the frames on offer.
   num_picks = min(routing.top_k, int((allowed & ~own).sum(axis=1).max()))
-  if num_picks == 0:
-    return jnp.broadcast_to(kept, scores.shape)
-  _, picks = jax.lax.top_k(jnp.where(candidates, scores, -jnp.inf), num_picks)
-  picked = (picks[..., None] == jnp.arange(fk)).any(axis=-2)
+  _, frames = jax.lax.top_k(jnp.where(candidates, scores, -jnp.inf), num_picks)
   # Rows with fewer candidates than picks fill up with non-candidates; those must not leak in.
-  return kept | (picked & candidates)
+  candidates = jnp.broadcast_to(candidates, scores.shape)
+  return frames, jnp.take_along_axis(candidates, frames, axis=-1)
+
+
+def select_frames(q, k, mask: masks.MaskSpec, routing: Routing, *, tokens_per_frame: int,
+                  kv_frame_valid: jax.Array | None = None) -> jax.Array:
+  """[B, H, Tq, Fk] bool: the key frames each query token attends to, per head.
+
+  A query token keeps its own frames and the `routing.top_k` history frames with the highest
+  scores (all of them where there are fewer): `pick_history_frames`.
+  """
+  t = tokens_per_frame
+  own = mask.own_frame_mask()
+  fk = own.shape[1]
+  valid = jnp.ones((1, fk), bool) if kv_frame_valid is None else jnp.atleast_2d(kv_frame_valid)
+  kept = jnp.asarray(np.repeat(own, t, axis=0))[None, None] & valid[:, None, None]
+  frames, picked = pick_history_frames(q, k, mask, routing, tokens_per_frame=t,
+                                       kv_frame_valid=kv_frame_valid)
+  chosen = ((frames[..., None] == jnp.arange(fk)) & picked[..., None]).any(axis=-2)
+  return kept | chosen
 
 
 def routed_attention_reference(q, k, v, mask: masks.MaskSpec, routing: Routing, *,
