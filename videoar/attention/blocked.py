@@ -411,12 +411,13 @@ def routed_gather_attention(q, k, v, mask: masks.MaskSpec, routing: routing_lib.
   q_frames = jnp.moveaxis(q.reshape(b, fq, t, h, d), 3, 1)  # [B, H, Fq, T, D]
   logits = jnp.einsum("bhfqd,bhfkd->bhfqk", q_frames, head_major(k_frames),
                       preferred_element_type=jnp.float32)
-  keep = jnp.asarray(own_real)[None]  # [1 or B, Fq, own frames]
+  # [1 or B, Fq, own tokens]: static numpy unless a cache hides frames.
+  keep = np.repeat(own_real, t, axis=-1)[None]
   if kv_frame_valid is not None:
-    keep = keep & jnp.atleast_2d(kv_frame_valid)[:, own_frames]
+    keep = keep & jnp.repeat(jnp.atleast_2d(kv_frame_valid)[:, own_frames], t, axis=-1)
   # A token whose own frames are all hidden keeps finite logits: its shift stays finite, and the
   # history slots then outweigh them by exp(lowest - shift) = 0.
-  logits = jnp.where(jnp.repeat(keep, t, axis=-1)[:, None, :, None, :], logits, lowest)
+  logits = jnp.where(keep[:, None, :, None, :], logits, lowest)
   shift = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
   weights = jnp.exp(logits - shift)
   out = jnp.einsum("bhfqk,bhfkd->bhfqd", weights.astype(v.dtype), head_major(v_frames),

@@ -30,6 +30,16 @@ class Routing:
       raise ValueError(f"top_k={self.top_k} must be >= 1")
 
 
+def _per_token(frame_mask: np.ndarray, tokens_per_frame: int,
+               kv_frame_valid: jax.Array | None) -> jax.Array | np.ndarray:
+  """[B or 1, 1, Tq, Fk] bool: `frame_mask` [Fq, Fk] for every query token, narrowed to the key
+  frames `kv_frame_valid` keeps; static numpy where there is no kv_frame_valid."""
+  per_token = np.repeat(frame_mask, tokens_per_frame, axis=0)[None, None]
+  if kv_frame_valid is None:
+    return per_token
+  return per_token & jnp.atleast_2d(kv_frame_valid)[:, None, None]
+
+
 def pick_history_frames(q, k, mask: masks.MaskSpec, routing: Routing, *, tokens_per_frame: int,
                         kv_frame_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """The history frames each query token picks, per head, as indices.
@@ -49,8 +59,7 @@ def pick_history_frames(q, k, mask: masks.MaskSpec, routing: Routing, *, tokens_
   frame_keys = jax.lax.stop_gradient(k).astype(jnp.float32).reshape(b, fk, t, h, d).mean(axis=2)
   scores = jnp.einsum("bqhd,bfhd->bhqf", jax.lax.stop_gradient(q).astype(jnp.float32),
                       frame_keys)
-  valid = jnp.ones((1, fk), bool) if kv_frame_valid is None else jnp.atleast_2d(kv_frame_valid)
-  candidates = jnp.asarray(np.repeat(allowed & ~own, t, axis=0))[None, None] & valid[:, None, None]
+  candidates = _per_token(allowed & ~own, t, kv_frame_valid)
   # lax.top_k needs a static count no larger than the frames on offer.
   num_picks = min(routing.top_k, int((allowed & ~own).sum(axis=1).max()))
   _, frames = jax.lax.top_k(jnp.where(candidates, scores, -jnp.inf), num_picks)
@@ -66,14 +75,11 @@ def select_frames(q, k, mask: masks.MaskSpec, routing: Routing, *, tokens_per_fr
   A query token keeps its own frames and the `routing.top_k` history frames with the highest
   scores (all of them where there are fewer): `pick_history_frames`.
   """
-  t = tokens_per_frame
   own = mask.own_frame_mask()
-  fk = own.shape[1]
-  valid = jnp.ones((1, fk), bool) if kv_frame_valid is None else jnp.atleast_2d(kv_frame_valid)
-  kept = jnp.asarray(np.repeat(own, t, axis=0))[None, None] & valid[:, None, None]
-  frames, picked = pick_history_frames(q, k, mask, routing, tokens_per_frame=t,
+  kept = _per_token(own, tokens_per_frame, kv_frame_valid)
+  frames, picked = pick_history_frames(q, k, mask, routing, tokens_per_frame=tokens_per_frame,
                                        kv_frame_valid=kv_frame_valid)
-  chosen = ((frames[..., None] == jnp.arange(fk)) & picked[..., None]).any(axis=-2)
+  chosen = ((frames[..., None] == np.arange(own.shape[1])) & picked[..., None]).any(axis=-2)
   return kept | chosen
 
 
