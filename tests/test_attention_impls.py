@@ -12,6 +12,10 @@ BATCH, HEADS, HEAD_DIM = 2, 2, 8
 # Cache frames partly empty, the chunk's own frames (the last two) always valid.
 CACHE_VALID = np.array([[False, True, True, True, True, True],
                         [False, False, True, False, True, True]])
+# A cache that hides some of the chunk's own frames (row 0) or all of them (row 1): routing then
+# keeps only the picked history frames.
+OWN_HIDDEN = np.array([[True, True, True, True, False, True],
+                       [True, False, True, True, False, False]])
 
 # 32 tokens a frame makes query groups of up to 4 frames in the blocked path (several groups and
 # buckets); 3 tokens puts every query frame in one group.
@@ -29,12 +33,14 @@ ROUTED_CASES = [
     (masks.BlockCausal(6, chunk=2), None, 32),
     (masks.BlockCausal(5, chunk=2), None, 3),
     (masks.Full(2, 6), CACHE_VALID, 3),
+    (masks.Full(2, 6), OWN_HIDDEN, 3),
 ]
 
 
 def case_id(case):
   spec, valid, tokens = case
-  return f"{spec}-T{tokens}" + ("-cache" if valid is not None else "")
+  cache = {id(CACHE_VALID): "-cache", id(OWN_HIDDEN): "-own-hidden"}
+  return f"{spec}-T{tokens}" + ("" if valid is None else cache[id(valid)])
 
 
 def random_qkv(spec, tokens, seed=0):
