@@ -69,31 +69,11 @@ def _same_chunk(num_frames: int, chunk: int) -> np.ndarray:
   return c[:, None] == c[None, :]
 
 
-def _check_history(window: int, sink: int, chunk: int) -> None:
-  if window < 0:
-    raise ValueError(f"window={window} must be >= 0 (0: unlimited)")
-  if sink < 0 or sink % chunk:
-    raise ValueError(f"sink={sink} must be >= 0 and a multiple of chunk={chunk}: the cache keeps"
-                     " or evicts whole chunks")
-  if sink and not window:
-    raise ValueError(f"sink={sink} needs a window > 0: unlimited history already sees the first"
-                     " frames")
-
-
-def _within_reach(num_frames: int, chunk: int, window: int, sink: int) -> np.ndarray:
-  """[F, F] bool, causality aside: key frame j lies in the `window` chunks before query frame i's
-  own (any chunk when window = 0), in i's own chunk or later, or among the first `sink` frames."""
-  if not window:
-    return np.ones((num_frames, num_frames), bool)
-  c = _chunk_ids(num_frames, chunk)
-  return (c[:, None] - c[None, :] <= window) | (np.arange(num_frames)[None, :] < sink)
-
-
 @dataclasses.dataclass(frozen=True)
-class BlockCausal(MaskSpec):
-  """`window` > 0 limits every frame's history to the `window` chunks before its own, plus the
-  first `sink` frames (module docstring); BlockCausal(n, c, w, s) equals
-  SlidingWindow(n, w + 1, s, c).
+class _ChunkedHistory(MaskSpec):
+  """`num_frames` frames in chunks of `chunk`; `window` > 0 limits each chunk's history to the
+  `window` chunks before its own plus the first `sink` frames, as a KV cache of that many chunks
+  with a sink does in sampling (module docstring).
 
   Raises ValueError for a negative window, a sink that is not a multiple of the chunk, or a sink
   without a window."""
@@ -106,11 +86,35 @@ class BlockCausal(MaskSpec):
   def __post_init__(self):
     _check_positive("num_frames", self.num_frames)
     _check_positive("chunk", self.chunk)
-    _check_history(self.window, self.sink, self.chunk)
+    if self.window < 0:
+      raise ValueError(f"window={self.window} must be >= 0 (0: unlimited)")
+    if self.sink < 0 or self.sink % self.chunk:
+      raise ValueError(f"sink={self.sink} must be >= 0 and a multiple of chunk={self.chunk}: the"
+                       " cache keeps or evicts whole chunks")
+    if self.sink and not self.window:
+      raise ValueError(f"sink={self.sink} needs a window > 0: unlimited history already sees the"
+                       " first frames")
+
+  def _within_reach(self) -> np.ndarray:
+    """[F, F] bool, causality aside: key frame j lies in the `window` chunks before query frame
+    i's own (any chunk when window = 0), in i's own chunk or later, or among the first `sink`
+    frames."""
+    if not self.window:
+      return np.ones((self.num_frames, self.num_frames), bool)
+    c = _chunk_ids(self.num_frames, self.chunk)
+    in_sink = np.arange(self.num_frames)[None, :] < self.sink
+    return (c[:, None] - c[None, :] <= self.window) | in_sink
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCausal(_ChunkedHistory):
+  """Each chunk sees its own chunk and the chunks before it (within `window`, plus the `sink`);
+  BlockCausal(n, c, w, s) equals SlidingWindow(n, w + 1, s, c). Raises ValueError as
+  `_ChunkedHistory` does."""
 
   def frame_mask(self) -> np.ndarray:
     c = _chunk_ids(self.num_frames, self.chunk)
-    reach = _within_reach(self.num_frames, self.chunk, self.window, self.sink)
+    reach = self._within_reach()
     return (c[:, None] >= c[None, :]) & reach
 
   def own_frame_mask(self) -> np.ndarray:
@@ -118,30 +122,16 @@ class BlockCausal(MaskSpec):
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherForcing(MaskSpec):
+class TeacherForcing(_ChunkedHistory):
   """The 2N layout; `num_frames` is N (the video length), the sequence holds 2N frames.
 
-  `window` > 0 limits every frame's history to the last `window` chunks before its own, as a
-  KV cache of that many chunks does in sampling (the sliding-window baseline of routing), plus
-  the first `sink` history frames, which the cache never evicts (module docstring).
-
-  Raises ValueError for a negative window, a sink that is not a multiple of the chunk, or a sink
-  without a window."""
-
-  num_frames: int
-  chunk: int = 1
-  window: int = 0
-  sink: int = 0
-
-  def __post_init__(self):
-    _check_positive("num_frames", self.num_frames)
-    _check_positive("chunk", self.chunk)
-    _check_history(self.window, self.sink, self.chunk)
+  `window` and `sink` limit the history of history and noisy frames alike (`_ChunkedHistory`;
+  the sliding-window baseline of routing); raises ValueError as `_ChunkedHistory` does."""
 
   def frame_mask(self) -> np.ndarray:
     c = _chunk_ids(self.num_frames, self.chunk)
     distance = c[:, None] - c[None, :]
-    in_window = _within_reach(self.num_frames, self.chunk, self.window, self.sink)
+    in_window = self._within_reach()
     history_sees_history = (distance >= 0) & in_window
     noisy_sees_history = (distance > 0) & in_window
     noisy_sees_noisy = c[:, None] == c[None, :]
