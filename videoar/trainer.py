@@ -143,7 +143,12 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
   like = jax.eval_shape(train_step.init, init_rng)
   if is_main:
     num_params = sum(x.size for x in jax.tree.leaves(like.params))
-    print(f"CausalDiT with {num_params / 1e6:.2f}M parameters, {config.forcing.paradigm},"
+    # Resampling names its mode: the default's "noise_augmentation" is a baseline, not the
+    # paper's self-resampling, and the banner is where a user first reads what trains.
+    paradigm = config.forcing.paradigm
+    if paradigm == "resampling":
+      paradigm += f" ({config.forcing.resample_mode})"
+    print(f"CausalDiT with {num_params / 1e6:.2f}M parameters, {paradigm},"
           f" mesh {dict(layout.mesh.shape)}")
 
   # --- the run in the workdir: resume it, refuse, or start a new one ---------------------------
