@@ -109,8 +109,8 @@ class _ChunkedHistory(MaskSpec):
 @dataclasses.dataclass(frozen=True)
 class BlockCausal(_ChunkedHistory):
   """Each chunk sees its own chunk and the chunks before it (within `window`, plus the `sink`);
-  BlockCausal(n, c, w, s) equals SlidingWindow(n, w + 1, s, c). Raises ValueError as
-  `_ChunkedHistory` does."""
+  BlockCausal(n, c, w, s) equals SlidingWindow(n, w + 1, s, c). Raises ValueError for a
+  negative window, a sink that is not a multiple of the chunk, or a sink without a window."""
 
   def frame_mask(self) -> np.ndarray:
     c = _chunk_ids(self.num_frames, self.chunk)
@@ -125,8 +125,10 @@ class BlockCausal(_ChunkedHistory):
 class TeacherForcing(_ChunkedHistory):
   """The 2N layout; `num_frames` is N (the video length), the sequence holds 2N frames.
 
-  `window` and `sink` limit the history of history and noisy frames alike (`_ChunkedHistory`;
-  the sliding-window baseline of routing); raises ValueError as `_ChunkedHistory` does."""
+  `window` and `sink` limit the history of history and noisy frames alike, as a KV cache of
+  `window` chunks with a sink does in sampling (the sliding-window baseline of routing). Raises
+  ValueError for a negative window, a sink that is not a multiple of the chunk, or a sink
+  without a window."""
 
   def frame_mask(self) -> np.ndarray:
     c = _chunk_ids(self.num_frames, self.chunk)
