@@ -39,8 +39,8 @@ ROUTED_CASES = [
 
 def case_id(case):
   spec, valid, tokens = case
-  cache = {id(CACHE_VALID): "-cache", id(OWN_HIDDEN): "-own-hidden"}
-  return f"{spec}-T{tokens}" + ("" if valid is None else cache[id(valid)])
+  cache = "" if valid is None else "-own-hidden" if valid is OWN_HIDDEN else "-cache"
+  return f"{spec}-T{tokens}{cache}"
 
 
 def random_qkv(spec, tokens, seed=0):
