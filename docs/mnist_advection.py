@@ -39,7 +39,6 @@ ORDERS = {"bilinear": 1, "cubic spline": 3}
 def continuations(world: moving_mnist.MovingMnist, order: int):
   """(truth, oracle, positions, labels) over the held-out clips: truth and oracle [B, F, H, W, 1]
   in [-1, 1] for the GENERATED frames after the context, positions [B, F, K, 2], labels [B, K]."""
-  one_digit = moving_mnist.MovingMnist(size=world.size, num_digits=1, digit_size=world.digit_size)
   images, all_labels = moving_mnist.mnist_digits(world.digit_size)
   truth, oracle, positions, labels = [], [], [], []
   for i in range(CLIPS):
@@ -50,8 +49,8 @@ def continuations(world: moving_mnist.MovingMnist, order: int):
                                                       replace=False)
     assert (all_labels[chosen] == clip["labels"]).all()
     centres = clip["positions"].astype(np.float64)  # [F, K, 2]
-    layers = [(one_digit._render(centres[CONTEXT - 1:CONTEXT, k:k + 1],  # pylint: disable=protected-access
-                                 images[chosen[k]][None])[0, ..., 0] + 1.0) / 2.0
+    layers = [(world.render(centres[CONTEXT - 1:CONTEXT, k:k + 1],
+                            images[chosen[k]][None])[0, ..., 0] + 1.0) / 2.0
               for k in range(world.num_digits)]
     frames = []
     for f in range(CONTEXT, CONTEXT + GENERATED):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from videoar.data.bouncing import SHAPE_NAMES, BouncingWorld
-from videoar.data.moving_mnist import MovingMnist
+from videoar.data.moving_mnist import MovingMnist, mnist_digits
 from videoar.data.pipeline import (
     EVAL_INDEX_OFFSET,
     eval_clips,
@@ -137,6 +137,18 @@ def test_moving_mnist_digits_stay_inside_and_follow_positions():
         offset = centroid(intensity) - positions
         np.testing.assert_allclose(offset, np.broadcast_to(offset[0], offset.shape), atol=1e-3)
         assert intensity[0].sum() > 10
+
+
+def test_moving_mnist_render_takes_the_brighter_digit_where_digits_overlap():
+    source = MovingMnist()
+    images, _ = mnist_digits(source.digit_size)
+    # Two frames, the digits 3 px apart (overlapping) and then apart, at sub-pixel centres.
+    positions = np.array([[[15.0, 14.5], [15.0, 17.5]], [[8.25, 8.0], [23.0, 23.75]]])
+    both = source.render(positions, images[:2])
+    alone = [source.render(positions[:, k:k + 1], images[k:k + 1]) for k in range(2)]
+    np.testing.assert_array_equal(both, np.maximum(*alone))
+    ink = [image > -1 for image in alone]
+    assert (ink[0] & ink[1])[0].any() and not (ink[0] & ink[1])[1].any()
 
 
 def test_moving_mnist_labels():

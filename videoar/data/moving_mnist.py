@@ -91,13 +91,18 @@ class MovingMnist:
         )
         positions = reflect_trajectories(start, velocity, low, high, num_frames)
         return {
-            "video": self._render(positions, digits[chosen]),
+            "video": self.render(positions, digits[chosen]),
             "positions": positions.astype(np.float32),
             "labels": all_labels[chosen],
         }
 
-    def _render(self, positions: np.ndarray, digits: np.ndarray) -> np.ndarray:
-        """Bilinearly places each digit at its sub-pixel centre; -> [F, H, W, 1]."""
+    def render(self, positions: np.ndarray, digits: np.ndarray) -> np.ndarray:
+        """Frames of `digits` (float [K, digit_size, digit_size] in [0, 1]) at `positions`
+        (float [F, K, 2], each digit's centre as row, col in pixels, sub-pixel allowed).
+
+        Each digit is placed bilinearly; where digits overlap the brighter pixel wins.
+        Returns float32 [F, size, size, 1] in [-1, 1].
+        """
         # Zero border so taps falling outside the digit read black.
         padded = np.pad(digits, ((0, 0), (1, 1), (1, 1)))
         last = self.digit_size + 1
@@ -114,7 +119,7 @@ class MovingMnist:
         row0, row1 = np.clip(row0, 0, last), np.clip(row0 + 1, 0, last)
         col0, col1 = np.clip(col0, 0, last), np.clip(col0 + 1, 0, last)
         row_frac, col_frac = row_frac[..., :, None], col_frac[..., None, :]
-        digit_index = np.arange(self.num_digits)[None, :, None, None]
+        digit_index = np.arange(len(digits))[None, :, None, None]
 
         def tap(rows, cols):
             return padded[digit_index, rows, cols]  # [F, K, size, size]
