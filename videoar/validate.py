@@ -29,6 +29,8 @@ DTYPES = ("float32", "bfloat16")
 # Each batch entry a model can be conditioned on, and the config key that turns it on.
 CONDITIONING_SIZES = {"label": "model.num_classes", "actions": "model.num_actions",
                       "text": "model.text_dim"}
+# The entries among them that are ids into an embedding (the id equal to its size is the null).
+_ID_NAMES = {"label": "class label", "actions": "action id"}
 # The keys every paradigm's loss_fn gets from the trainer rather than from config.forcing.
 _LOSS_ARGUMENTS = frozenset({"model", "params", "batch", "rng", "step"})
 # Self Forcing trains a generator against a critic (experiment.py): its config.forcing keys are
@@ -320,8 +322,9 @@ def source_options(config: ml_collections.ConfigDict) -> dict:
 def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSource,
                     clip: dict) -> None:
   """Checks the config against its data source, given one training `clip` of it: the frame size
-  against the patch, the conditioning the model asks for, and the held-out clips that
-  `sample` and `evaluate` continue."""
+  against the patch, the conditioning the model asks for (ids within its embeddings, where the
+  source knows their range: pipeline.id_counts), and the held-out clips that `sample` and
+  `evaluate` continue."""
   height, width = clip["video"].shape[1:3]
   patch = config.model.patch
   if height % patch or width % patch:
@@ -337,6 +340,11 @@ def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSour
     if entry == "text" and clip["text"].shape[-1] != size:
       fail(key, size, f"data.source={config.data.source!r} gives text embeddings of shape"
            f" {clip['text'].shape}")
+    # A larger id would read past the embedding (NaN at the first step) or as the null id.
+    count = pipeline.id_counts(source).get(entry, 0)
+    if entry in _ID_NAMES and count > size:
+      fail(key, size, f"data.source={config.data.source!r} has {_ID_NAMES[entry]}s up to"
+           f" {count - 1}: must be >= {count} (the id {key.split('.')[-1]} is the null one)")
   if config.forcing.paradigm == "ode_regression":
     # Its data are the teacher's ODE pairs, whole clips with nothing held out; its student is
     # sampled and evaluated on the world (configs/bouncing_sf.py's "ode,world").

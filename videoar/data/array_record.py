@@ -7,7 +7,9 @@ A dataset directory holds
                                       (videoar/ode_pairs.py);
   sequences.array_record              one record per sequence: its `label` and `text` embedding
                                       [tokens, dim], when present;
-  index.json                          each sequence's frame count and first frame record.
+  index.json                          each sequence's frame count and first frame record, and
+                                      the largest `label` and `actions` id written, plus one
+                                      (id_counts).
 Records are a JSON header line and the raw array bytes (to_bytes, from_bytes). Frames are
 records of their own so that a clip reads only its frames. write_sequences() writes this format
 from any encoder; `python -m videoar.data.write_array_record` converts another source into it.
@@ -24,6 +26,8 @@ import numpy as np
 
 FRAME_KEYS = ("video", "actions", "ode_states")
 SEQUENCE_KEYS = ("label", "text")
+# The keys that hold ids into an embedding of the model (CausalDiT.num_classes, num_actions).
+ID_KEYS = ("label", "actions")
 # One record a group: a frame is read without decompressing its neighbours.
 WRITER_OPTIONS = "group_size:1"
 
@@ -63,6 +67,7 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
   shard_sizes = [0] * num_shards
   placement = []  # (shard, first record in it, frames) of each sequence
   keys = None
+  largest_ids = {}
   for i, sequence in enumerate(sequences):
     unknown = set(sequence) - set(FRAME_KEYS) - set(SEQUENCE_KEYS)
     if "video" not in sequence or unknown:
@@ -72,6 +77,9 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
       keys = sorted(sequence)
     elif sorted(sequence) != keys:
       raise ValueError(f"sequence {i} has keys {sorted(sequence)}, sequence 0 had {keys}")
+    for key in ID_KEYS:
+      if key in sequence:
+        largest_ids[key] = max(largest_ids.get(key, 0), int(np.max(sequence[key])))
     shard = i % num_shards
     frame_arrays = {key: np.asarray(sequence[key]) for key in FRAME_KEYS if key in sequence}
     num_frames = len(frame_arrays["video"])
@@ -90,6 +98,7 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
       "frame_shards": shard_names,
       "lengths": [frames for _, _, frames in placement],
       "first_records": [int(shard_starts[shard] + first) for shard, first, _ in placement],
+      "id_counts": {key: largest + 1 for key, largest in largest_ids.items()},
   }
   with open(os.path.join(path, "index.json"), "w") as f:
     json.dump(index, f)
@@ -104,6 +113,11 @@ class ArrayRecordLatents:
 
   def lengths(self) -> np.ndarray:
     return np.asarray(_index(self.path)["lengths"], np.int64)
+
+  def id_counts(self) -> dict[str, int]:
+    """{key: the largest id written + 1} of the ID_KEYS the sequences hold; {} for a directory
+    written before index.json recorded them."""
+    return dict(_index(self.path).get("id_counts", {}))
 
   def read(self, sequence: int, frames: np.ndarray) -> dict[str, np.ndarray]:
     first = _index(self.path)["first_records"][sequence]

@@ -25,6 +25,8 @@ import threading
 
 import numpy as np
 
+from videoar.train import workdir as workdir_lib
+
 # Games that wait for FIRE before play (re)starts: a uniform policy would spend most of an
 # episode on a frozen screen.
 GAMES_NEEDING_FIRE = frozenset({"breakout"})
@@ -93,16 +95,28 @@ class AtariEpisodes:
   def action_names(self) -> list[str]:
     return _index(self)["action_names"]
 
+  def id_counts(self) -> dict[str, int]:
+    """{"actions": the game's minimal action count}: every recorded action id is below it."""
+    return {"actions": len(self.action_names())}
+
   def read(self, sequence: int, frames: np.ndarray) -> dict[str, np.ndarray]:
     return {"video": _episode_array(self.directory, sequence, "frames")[frames],
             "actions": _episode_array(self.directory, sequence, "actions")[frames]}
 
   def generate(self, progress: bool = False) -> None:
-    """Plays and writes every episode, then the index; a finished directory is left alone."""
+    """Plays and writes every episode, then the index; a finished directory is left alone.
+
+    Raises ValueError when a file stands where the cache directory would be made.
+    """
     if os.path.exists(os.path.join(self.directory, "index.json")):
       return
     import tqdm  # only the generation command shows progress
 
+    # os.makedirs would fail in a traceback (NotADirectoryError).
+    blocking = workdir_lib.blocking_file(self.directory)
+    if blocking:
+      raise ValueError(f"data.path={self.path!r}: {blocking} is a file; data.path names the"
+                       " folder the episodes are cached in")
     os.makedirs(self.directory, exist_ok=True)
     lengths = []
     episodes = tqdm.trange(self.num_episodes, desc=f"atari {self.game}", unit="episode",

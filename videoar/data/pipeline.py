@@ -52,6 +52,11 @@ class Recording(Protocol):
     [len(frames), ...] and per-sequence arrays, of the given frames of one sequence."""
     ...
 
+  def id_counts(self) -> dict[str, int]:
+    """{entry: n} for the id entries it gives (`label`, `actions`) whose range it knows: every
+    id of `entry` in the recording is in [0, n)."""
+    ...
+
 
 PROCEDURAL_SOURCES = {"bouncing": BouncingWorld, "moving_mnist": MovingMnist}
 RECORDINGS = {"atari": AtariEpisodes, "video_folder": VideoFolder,
@@ -171,6 +176,12 @@ def make_source(name: str, *, path: str | None = None, **options) -> ClipSource:
   clip_options = {key: options.pop(key) for key in ("stride", "eval_fraction") if key in options}
   return RecordedClips(RECORDINGS[name](path=path, **options), hold_out=HOLD_OUT[name],
                        **clip_options)
+
+
+def id_counts(source: ClipSource) -> dict[str, int]:
+  """The recording's Recording.id_counts() for a recorded source; {} for a procedural one,
+  which gives no ids."""
+  return source.recording.id_counts() if isinstance(source, RecordedClips) else {}
 
 
 def frame_shape(source: ClipSource) -> tuple[int, int, int]:

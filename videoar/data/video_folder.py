@@ -81,6 +81,10 @@ class VideoFolder:
     """The label names, in label order: the top-level subfolders holding a decodable video."""
     return _class_names(self)
 
+  def id_counts(self) -> dict[str, int]:
+    """{"label": the number of classes} with labels, else {}: every label is below it."""
+    return {"label": len(self.class_names())} if self.labels else {}
+
   def skipped(self) -> dict[str, str]:
     """Each video file that could not be decoded, and why."""
     return {file: entry["error"] for file, entry in _index(self).items() if "error" in entry}
@@ -236,7 +240,14 @@ def _class_names(folder: VideoFolder) -> list[str]:
 def _index(folder: VideoFolder) -> dict[str, dict]:
   """{file: {bytes, mtime_ns, decoder, frames, cache} or {bytes, mtime_ns, decoder, error}} for
   every video file, decoding the files the cached index lacks or holds at another size or time
-  or from another DECODER; logs the skipped files every time."""
+  or from another DECODER; logs the skipped files every time. Raises ValueError naming data.path
+  when it is missing, a file, or holds no decodable video."""
+  # os.walk finds no video in either, which would read as an empty folder.
+  if not os.path.exists(folder.path):
+    raise ValueError(
+        f"data.path={folder.path!r} does not exist; data.path names a folder of videos")
+  if not os.path.isdir(folder.path):
+    raise ValueError(f"data.path={folder.path!r} is a file; data.path names a folder of videos")
   index_path = os.path.join(folder.cache_directory, "index.json")
   cached = {}
   if os.path.exists(index_path):
