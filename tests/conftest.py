@@ -24,3 +24,21 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 jax.config.update("jax_compilation_cache_max_size",
                   int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def trained_stage(tmp_path):
+  """make(name, config) -> the path of tmp_path/NAME made to look like the workdir of a finished
+  run of `config` to the checks that read it (validate.stage_problem): a finished checkpoint's
+  directory, empty (nothing here reads its arrays), and the run's run.json."""
+  from videoar.train import workdir
+
+  def make(name, config):
+    path = tmp_path / name
+    os.makedirs(path / "checkpoints" / "1")
+    workdir.RunRecord(config.to_dict(), {}).save(str(path))
+    return str(path)
+
+  return make

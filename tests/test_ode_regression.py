@@ -4,6 +4,8 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,10 @@ from videoar.data import pipeline
 from videoar.diffusion import flow
 from videoar.forcing import PARADIGMS, ode_regression
 from videoar.models import dit
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import bouncing_rf  # noqa: E402
 
 K, M, SHIFT = 4, 8, 5.0
 FRAMES, CHUNK, SHAPE = 6, 2, (8, 8, 3)
@@ -203,3 +209,19 @@ def test_pairs_round_trip_through_array_record_with_states_aligned(model_and_par
     np.testing.assert_array_equal(clip["ode_states"],
                                   expected[s]["ode_states"][start:start + 4])
     np.testing.assert_array_equal(clip["video"], expected[s]["video"][start:start + 4])
+
+
+def test_a_teacher_workdir_of_a_causal_run_is_one_line_naming_the_flag(trained_stage, tmp_path):
+  """The o03 probe: a causal run's workdir as --teacher_workdir was a checkpoint mismatch whose
+  advice was to use a new --workdir, a flag this tool does not have; nothing is written."""
+  teacher = trained_stage("causal", bouncing_rf.get_config("test"))
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.ode_pairs", "--config=configs/bouncing_sf.py:teacher,test",
+       f"--teacher_workdir={teacher}", f"--output={tmp_path / 'pairs'}", "--num_sequences=2",
+       "--solver_steps=8"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --teacher_workdir={teacher!r} is invalid: the run in it is of"
+      " forcing.paradigm='resampling': it must be the workdir of the bidirectional teacher"
+      " (configs/bouncing_sf.py:teacher), trained first")
+  assert sorted(os.listdir(tmp_path)) == ["causal"]

@@ -279,10 +279,11 @@ def test_options_check_the_gan_settings():
     self_forcing.Options(num_frames=F, frame_shape=FRAME, chunk=C, gan_weights=(1.0,))
 
 
-def test_a_gan_train_step_runs_through_the_experiment(tmp_path):
-  os.makedirs(tmp_path / "checkpoints")
+def test_a_gan_train_step_runs_through_the_experiment(trained_stage):
   config = bouncing_sf.get_config("gan,test")
-  config.forcing.teacher_workdir = config.forcing.generator_workdir = str(tmp_path)
+  # Only the stages' kinds are checked: the step starts from init, not from their weights.
+  config.forcing.teacher_workdir = trained_stage("teacher", bouncing_sf.get_config("teacher,test"))
+  config.forcing.generator_workdir = trained_stage("ode", bouncing_sf.get_config("ode,test"))
   config.forcing.r1_weight = config.forcing.r2_weight = 0.1
   config.optim.warmup_steps = 0  # a first step with learning rate 0 would move nothing
   exp = experiment.build(config)

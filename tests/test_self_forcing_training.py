@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from videoar import base_config, experiment, trainer
+from videoar import base_config, experiment, trainer, validate
+from videoar.errors import ConfigError
 from videoar.eval import run
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
@@ -161,3 +162,88 @@ def test_every_stage_on_another_world_reads_the_clips_of_the_resampling_forcing_
   assert clips(bouncing_sf.get_config("teacher")) != rf_clips
   with pytest.raises(ValueError, match="two worlds"):
     bouncing_sf.get_config("teacher,occluded,moving_mnist")
+
+
+TEACHER = "it must be the workdir of the bidirectional teacher (configs/bouncing_sf.py:teacher)"
+STUDENT = "it must be the workdir of the causal student (configs/bouncing_sf.py:ode)"
+
+
+def _wide_teacher():
+  config = bouncing_sf.get_config("teacher,test")
+  config.model.width = 64
+  return config
+
+
+# (what the user named, the stage it is wrong for, what the workdir holds: a config trained in
+# it, "empty checkpoints", "no run.json", "bad run.json", None for nothing, or "unset" for no
+# workdir named, the reason the line gives)
+WRONG_STAGES = [
+    ("no workdir", "generator", "unset", f"not set: {STUDENT}, trained first"),
+    ("a workdir that does not exist", "teacher", None,
+     f"no such directory: {TEACHER}, trained first"),
+    ("a teacher whose checkpoints/ is empty (was 'train first (--mode=train)' after the model was"
+     " built)", "teacher", "empty checkpoints",
+     f"its checkpoints/ holds no finished checkpoint: {TEACHER}, trained first"),
+    ("a checkpoint without its run.json", "teacher", "no run.json",
+     f"it holds no readable run record (run.json): {TEACHER}, trained first"),
+    ("a run.json cut short", "teacher", "bad run.json",
+     f"it holds no readable run record (run.json): {TEACHER}, trained first"),
+    ("a causal run as the teacher (was 'written for another model ... use a new --workdir')",
+     "teacher", lambda: bouncing_rf.get_config("test"),
+     f"the run in it is of forcing.paradigm='resampling': {TEACHER}, trained first"),
+    ("a teacher of another width", "teacher", _wide_teacher,
+     "the run in it trained model.width=64 and this config has 32:"
+     f" {TEACHER}, trained first with this config's model"),
+    ("a Self Forcing run as the generator", "generator", lambda: bouncing_sf.get_config("test"),
+     f"the run in it is of forcing.paradigm='self_forcing': {STUDENT}, trained first"),
+    ("the teacher as the generator, which reads its previous frame", "generator",
+     lambda: bouncing_sf.get_config("teacher,test"),
+     "the run in it trained model.previous_frame_input=False and this config has True:"
+     f" {STUDENT}, trained first with this config's model"),
+]
+
+
+@pytest.mark.parametrize("stage,holds,reason", [row[1:] for row in WRONG_STAGES],
+                         ids=[row[0] for row in WRONG_STAGES])
+def test_a_stage_that_is_not_the_trained_stage_needed_is_one_line_naming_its_key(
+    trained_stage, tmp_path, stage, holds, reason):
+  """Checked before anything is built, from the stage's checkpoints/ and run.json alone."""
+  config = bouncing_sf.get_config("test")
+  config.forcing.teacher_workdir = trained_stage("teacher", bouncing_sf.get_config("teacher,test"))
+  config.forcing.generator_workdir = trained_stage("ode", bouncing_sf.get_config("ode,test"))
+  validate.validate_stages(config)  # the right stages pass
+  wrong = str(tmp_path / "wrong")
+  if holds == "empty checkpoints":
+    os.makedirs(os.path.join(wrong, "checkpoints"))
+  elif holds in ("no run.json", "bad run.json"):
+    os.makedirs(os.path.join(wrong, "checkpoints", "1"))
+    if holds == "bad run.json":
+      with open(os.path.join(wrong, "run.json"), "w") as f:
+        f.write('{"config": {')
+  elif holds == "unset":
+    wrong = None
+  elif holds is not None:
+    trained_stage("wrong", holds())
+  config.forcing[f"{stage}_workdir"] = wrong
+  with pytest.raises(ConfigError) as error:
+    validate.validate_stages(config)
+  assert str(error.value) == f"config.forcing.{stage}_workdir={wrong!r} is invalid: {reason}"
+
+
+def test_self_forcing_from_an_untrained_teacher_stops_before_making_its_workdir(tmp_path):
+  """The CLI's line for a teacher stage with an empty checkpoints/, and the new run's workdir is
+  not made (it was left with .lock and checkpoints/)."""
+  os.makedirs(tmp_path / "teacher" / "checkpoints")
+  workdir = tmp_path / "self_forcing"
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_sf.py:test",
+       "--mode=train", f"--workdir={workdir}",
+       f"--config.forcing.teacher_workdir={tmp_path / 'teacher'}"],
+      capture_output=True, text=True, timeout=300,
+      cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: config.forcing.teacher_workdir='{tmp_path / 'teacher'}' is invalid: its"
+      f" checkpoints/ holds no finished checkpoint: {TEACHER}, trained first")
+  assert not workdir.exists()
+  assert os.listdir(tmp_path / "teacher") == ["checkpoints"]

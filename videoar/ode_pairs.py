@@ -40,7 +40,7 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from videoar import errors, experiment
+from videoar import errors, experiment, validate
 from videoar.attention import masks
 from videoar.data import array_record, pipeline
 from videoar.diffusion import flow
@@ -160,6 +160,11 @@ def main(argv):
   if args.num_steps < 1 or args.solver_steps % args.num_steps:
     raise UserError(f"--solver_steps={args.solver_steps} must be a multiple of"
                     f" --num_steps={args.num_steps} >= 1")
+  # Before the data are opened, and in place of the checkpoint's mismatch, whose advice is
+  # about --workdir.
+  problem = validate.stage_problem(args.teacher_workdir, config, "teacher")
+  if problem:
+    raise UserError(f"--teacher_workdir={args.teacher_workdir!r} is invalid: {problem}")
   exp = experiment.build(config)
   params = experiment.restore_params(exp, args.teacher_workdir, config.sample.use_ema)
   batches = pipeline.train_batches(exp.source, batch_size=args.batch_size,

@@ -23,6 +23,8 @@ from videoar.diffusion import flow
 from videoar.errors import ConfigError, fail
 from videoar.forcing import PARADIGMS, resampling, self_forcing
 from videoar.models import dit
+from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import workdir as workdir_lib
 
 DTYPES = ("float32", "bfloat16")
 
@@ -250,16 +252,67 @@ def _check_optimizer(optim: ml_collections.ConfigDict) -> None:
       fail(f"optim.{key}", optim[key], "must be in [0, 1)")
 
 
+# The stages a Self Forcing run starts from (experiment._generator_critic_train_step) and what
+# each must be: the teacher scores whole clips (the bidirectional stage); the generator starts
+# from one network of this model (the ODE stage; any run but another Self Forcing run fits).
+STAGES = {"teacher": "the bidirectional teacher (configs/bouncing_sf.py:teacher)",
+          "generator": "the causal student (configs/bouncing_sf.py:ode)"}
+# The model keys a stage must have been trained with: they shape its weights or say what its
+# output is. The teacher is read without the previous-frame input (Experiment.score_model); a
+# scan_layers mismatch has its own message (checkpoint.Checkpointer).
+_STAGE_MODEL_KEYS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "num_classes",
+                     "num_actions", "text_dim", "prediction", "fine_patch", "fine_width",
+                     "fine_depth")
+
+
 def validate_stages(config: ml_collections.ConfigDict) -> None:
-  """Checks that the stages a run starts from (Self Forcing's teacher and ODE-initialised
-  generator) have been trained: their workdirs hold checkpoints."""
+  """Checks that the stages a Self Forcing run starts from (forcing.teacher_workdir,
+  forcing.generator_workdir) are trained runs of the right kind (stage_problem); raises
+  ConfigError naming the key."""
   if config.forcing.paradigm != SELF_FORCING:
     return
-  for key in ("teacher_workdir", "generator_workdir"):
-    workdir = config.forcing[key]
-    if not workdir or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-      fail(f"forcing.{key}", workdir, "must be the workdir of a trained stage (it has no"
-           " checkpoints/): run the stages of configs/bouncing_sf.py in order")
+  for stage in STAGES:
+    workdir = config.forcing[f"{stage}_workdir"]
+    problem = stage_problem(workdir, config, stage)
+    if problem:
+      fail(f"forcing.{stage}_workdir", workdir, problem)
+
+
+def stage_problem(workdir: str | None, config: ml_collections.ConfigDict,
+                  stage: str) -> str | None:
+  """What keeps `workdir` from being the `stage` (a key of STAGES) that a run of `config` reads,
+  worded to follow "KEY=WORKDIR is invalid: "; None when nothing does. The stage must hold a
+  finished checkpoint and a run.json whose run is of the stage's kind (the teacher
+  bidirectional, the generator anything but Self Forcing) and of config's model
+  (_STAGE_MODEL_KEYS; for the generator previous_frame_input too). Reads no checkpoint."""
+  needed = f"it must be the workdir of {STAGES[stage]}, trained first"
+  if not workdir:
+    return f"not set: {needed}"
+  if not os.path.isdir(workdir):
+    return f"no such directory: {needed}"
+  if not checkpoint_lib.finished_steps(os.path.join(workdir, "checkpoints")):
+    return f"its checkpoints/ holds no finished checkpoint: {needed}"
+  try:
+    record = workdir_lib.RunRecord.load(workdir)
+  except workdir_lib.RunRefused:  # its message's advice is about --workdir
+    record = None
+  if record is None:
+    return f"it holds no readable run record ({workdir_lib.RECORD_NAME}): {needed}"
+  paradigm = record.config.get("forcing", {}).get("paradigm")
+  wrong_kind = paradigm != "bidirectional" if stage == "teacher" else paradigm == SELF_FORCING
+  if wrong_kind:
+    return f"the run in it is of forcing.paradigm={paradigm!r}: {needed}"
+  trained = record.config.get("model", {})
+  keys = _STAGE_MODEL_KEYS + (("previous_frame_input",) if stage == "generator" else ())
+  for key in keys:
+    # The fine decoder's width and depth are read only with a fine patch. A key the record
+    # lacks (a run from before the key existed) is left to the checkpoint's own check.
+    if key.startswith("fine_") and key != "fine_patch" and not config.model.fine_patch:
+      continue
+    if key in trained and trained[key] != config.model[key]:
+      return (f"the run in it trained model.{key}={trained[key]!r} and this config has"
+              f" {config.model[key]!r}: {needed} with this config's model")
+  return None
 
 
 def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
