@@ -32,7 +32,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from videoar import errors, experiment, media  # noqa: E402
 from videoar.data import atari, pipeline  # noqa: E402
-from videoar.eval import run  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "The Pong model's config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "The trained run's directory.")

@@ -197,7 +197,6 @@ def _unit_causal_pieces(q, k, v) -> list[_Piece]:
   docstring). Padded query units (past U, in the last block of a level) compute rows that
   `place` drops."""
   b, h, u, tq, d = q.shape
-  tk = k.shape[3]
   pieces = [_Piece(*_partial_softmax(q, k, v), take=lambda x: x, place=lambda x, _: x)]
   s = 1
   while s < u:
