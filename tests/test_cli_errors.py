@@ -73,6 +73,9 @@ BAD_INPUTS = [
      " model.patch=8"),
     ("a chunk that does not divide the clip", [TINY, "--config.forcing.chunk=3"],
      "error: config.forcing.chunk=3 is invalid: must divide data.num_frames=8"),
+    ("a restart without weights", [TINY, "--restart_from_weights"],
+     "error: --restart_from_weights: {w}/checkpoints holds no finished checkpoint to take the"
+     " weights from; without the flag the run trains from scratch"),
     ("a key the paradigm does not read", [TINY, "--config.forcing.paradigm=teacher_forcing"],
      "error: config.forcing.resample_mode='noise_augmentation' is invalid: paradigm"
      " 'teacher_forcing' does not"
@@ -127,7 +130,7 @@ def test_bad_input_is_one_line_and_touches_nothing(tmp_path, args, line):
   workdir = tmp_path / "run"
   result = run_cli(workdir, "--mode=train", *args)
   assert result.returncode == 2, result.stderr[-2000:]
-  assert last_line(result) == line
+  assert last_line(result) == line.format(w=workdir)
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
 
@@ -238,6 +241,9 @@ TOOLS_BAD_INPUTS = [
     ("learning curve of a workdir without metrics",
      ["-m", "videoar.eval.learning_curve", "--workdir={w}"],
      "error: --workdir={w} holds no metrics.jsonl"),
+    ("learning curve of a file (was a NotADirectoryError)",
+     ["-m", "videoar.eval.learning_curve", "--workdir=README.md"],
+     "error: --workdir=README.md is a file; name the run's workdir"),
     ("train step benchmark with an unknown attention implementation (was found after the"
      " first implementation's step compiled)",
      ["benchmarks/train_step.py", "--impls=dense,bogus", "--steps=1"],
@@ -330,10 +336,10 @@ def listing(workdir) -> list[str]:
      " --restart_from_weights to start a new run from its weights"),
     (["--config.data.source=moving_mnist", "--config.data.options={'size': 32, 'num_digits': 2}",
       "--config.train.num_steps=4"],
-     "{w} was started with a different run: data.options.num_digits (absent) -> 2,"
-     " data.options.num_objects 2 -> (absent), data.source bouncing -> moving_mnist (and 1 more);"
-     " to go on use a new --workdir, or pass --restart_from_weights to start a new run from its"
-     " weights"),
+     "{w} was started with a different run: data.options.max_speed 2.0 -> (absent),"
+     " data.options.min_speed 1.0 -> (absent), data.options.num_digits (absent) -> 2 (and 6"
+     " more); to go on use a new --workdir, or pass --restart_from_weights to start a new run"
+     " from its weights"),
     ([], "{w} already reached step 2 >= train.num_steps=2: nothing to train; raise"
          " --config.train.num_steps or use --mode=sample or --mode=evaluate"),
     (["--config.train.num_steps=1"],
@@ -365,10 +371,17 @@ def test_harmless_changes_resume_and_are_listed(finished_run, tmp_path):
 def test_restart_from_weights_starts_a_new_run_and_keeps_the_old_one(finished_run, tmp_path):
   workdir = tmp_path / "run"
   subprocess.run(["cp", "-r", str(finished_run), str(workdir)], check=True)
+  # The old run's evaluation and samples, which would otherwise pass for the new run's.
+  (workdir / "eval.json").write_text("{}")
+  (workdir / "samples").mkdir()
+  (workdir / "samples" / "strip.png").write_bytes(b"png")
   result = run_cli(workdir, *SHORT, "--config.data.batch_size=2", "--restart_from_weights")
   assert result.returncode == 0, result.stderr[-2000:]
   (aside,) = os.listdir(workdir / "previous")
   assert os.listdir(workdir / "previous" / aside / "checkpoints") == ["2"]
+  assert (workdir / "previous" / aside / "eval.json").read_text() == "{}"
+  assert os.listdir(workdir / "previous" / aside / "samples") == ["strip.png"]
+  assert not (workdir / "eval.json").exists() and not (workdir / "samples").exists()
   assert os.listdir(workdir / "checkpoints") == ["2"]
   assert "a new run from the weights of step 2" in result.stdout
 
@@ -415,6 +428,11 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
                  "--config.data.batch_size=2", "--config.optim.learning_rate=0.01")
   assert same.returncode == 0, same.stderr[-2000:]
   assert "note:" not in same.stderr
+  # The first command's samples are kept, not overwritten by the second's.
+  (aside,) = os.listdir(workdir / "previous")
+  assert f"the earlier samples moved to {workdir}/previous/{aside}" in same.stdout
+  assert "strip.png" in os.listdir(workdir / "previous" / aside / "samples")
+  assert "strip.png" in os.listdir(workdir / "samples")
   # Routing has no parameters, so the dense run's checkpoint would load under routing.
   figure = subprocess.run(
       [sys.executable, "-m", "videoar.eval.routing_figure", TINY,
@@ -439,6 +457,8 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
   seed0 = tmp_path / "sweep" / "test" / "seed0"
   seed0.mkdir(parents=True)
   (seed0 / "eval.json").write_text('{"tables": {"model": [')  # an evaluation cut short
+  kept = os.path.join(ROOT, "docs", "eval_bouncing_tiny.json")
+  shutil.copy(kept, seed0.parent / "kept.json")
   compare = ["-m", "videoar.eval.compare"]
   sweep = ["-m", "videoar.sweep", "--arms=test", "--seeds=0", f"--root={tmp_path}/sweep"]
   cases = [
@@ -455,6 +475,14 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
        f"error: --json={tmp_path}/no/out.json: no folder {tmp_path}/no"),
       (compare + ["a=docs/eval_bouncing_tiny.json", "a=docs/eval_atari_pong.json"],
        "error: arm 'a' is named twice"),
+      (compare + ["a=docs/eval_bouncing_tiny.json", f"--markdown={tmp_path}"],
+       f"error: --markdown={tmp_path} is a folder; name the file to write"),
+      # An output over an input would destroy the run's evaluation.
+      (compare + [f"a={seed0.parent}/kept.json", f"--json={seed0.parent}/kept.json"],
+       f"error: --json={seed0.parent}/kept.json is one of the runs' eval.json; name another"
+       " file"),
+      (compare + ["=docs/eval_bouncing_tiny.json"],
+       "error: run '=docs/eval_bouncing_tiny.json' is not NAME=RUN[,RUN...]"),
       (sweep + ["--config=configs/bouncing_rf.py", "--executor=print"],
        f"error: {seed0}/eval.json is not valid JSON ("),
       (sweep + [f"--config={tmp_path}/syntax.py"],
@@ -466,6 +494,7 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
     assert result.returncode == 2, (args, result.stderr[-2000:])
     assert "Traceback" not in result.stderr
     assert last_line(result).startswith(line), args
+  assert (seed0.parent / "kept.json").read_bytes() == open(kept, "rb").read()
 
 
 def test_the_learning_curve_skips_the_line_a_run_is_writing_and_names_any_other_bad_line(

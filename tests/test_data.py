@@ -1,6 +1,9 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
+from videoar import base_config
 from videoar.data.bouncing import SHAPE_NAMES, BouncingWorld
 from videoar.data.moving_mnist import MovingMnist, mnist_digits
 from videoar.data.pipeline import (
@@ -149,6 +152,15 @@ def test_moving_mnist_render_takes_the_brighter_digit_where_digits_overlap():
     np.testing.assert_array_equal(both, np.maximum(*alone))
     ink = [image > -1 for image in alone]
     assert (ink[0] & ink[1])[0].any() and not (ink[0] & ink[1])[1].any()
+
+
+def test_the_base_configs_world_options_are_the_worlds_defaults():
+    """Every option of the built-in worlds can be set from the command line (but the palette)."""
+    bouncing = {f.name: f.default for f in dataclasses.fields(BouncingWorld)}
+    del bouncing["palette"]
+    assert base_config.BOUNCING_OPTIONS == bouncing
+    assert base_config.MOVING_MNIST_OPTIONS == {
+        f.name: f.default for f in dataclasses.fields(MovingMnist)}
 
 
 def test_moving_mnist_labels():

@@ -182,6 +182,45 @@ def test_sweep_trains_evaluates_and_resumes_end_to_end(tmp_path):
   again = subprocess.run(command, cwd=ROOT_DIR, capture_output=True, text=True)
   assert again.returncode == 0 and "4 finished already" in again.stdout
   assert [os.stat(p).st_mtime_ns for p in evals] == mtimes
+  # The same root under another --set holds no result of that command: refused, nothing rerun.
+  other = subprocess.run(command[:-1] + ["--set=sample.length_multiple=3"], cwd=ROOT_DIR,
+                         capture_output=True, text=True)
+  assert other.returncode == 2, other.stderr[-2000:]
+  assert other.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path}/teacher_forcing/seed0 holds the results of other values (recorded ->"
+      " this command): sample.length_multiple 2 -> 3; use a new --root, or move that workdir"
+      " away to run it again")
+  assert [os.stat(p).st_mtime_ns for p in evals] == mtimes
+
+
+def test_a_workdir_of_other_values_is_named_not_passed_off_as_the_commands(tmp_path):
+  config = bouncing_rf.get_config("parallel").to_dict()
+  [run] = sweep.plan(CONFIG, ["parallel"], [1], str(tmp_path))
+  assert sweep.recorded_differently(run, config) is None  # nothing there yet
+  record = json.loads(json.dumps(dict(config, seed=1)))
+  (tmp_path / "parallel" / "seed1").mkdir(parents=True)
+  (tmp_path / "parallel" / "seed1" / "run.json").write_text(json.dumps(
+      {"config": dict(record, model=dict(record["model"], width=64)), "dataset": {}}))
+  # Unfinished: refused where videoar.main would refuse to resume it ...
+  assert sweep.recorded_differently(run, config) == (
+      f"{run.workdir} holds a run of other values (recorded -> this command): model.width 64 ->"
+      f" {config['model']['width']}; use a new --root, or move that workdir away to run it again")
+  # ... and a longer run or another sampler would resume it.
+  (tmp_path / "parallel" / "seed1" / "run.json").write_text(json.dumps(
+      {"config": dict(record, sample=dict(record["sample"], num_steps=3)), "dataset": {}}))
+  assert sweep.recorded_differently(run, config) is None
+  # Finished: its evaluation's own config decides, the sampler included; how often it logged
+  # does not count.
+  _fake_eval(run.workdir, 20.0, 1.0)
+  assert "sample.num_steps 3 -> " in sweep.recorded_differently(run, config)  # from run.json
+  evaluation = json.loads((tmp_path / "parallel" / "seed1" / "eval.json").read_text())
+  evaluation["config"] = dict(record, train=dict(record["train"], log_every=1))
+  (tmp_path / "parallel" / "seed1" / "eval.json").write_text(json.dumps(evaluation))
+  assert sweep.recorded_differently(run, config) is None
+  evaluation["config"] = dict(record, seed=2)
+  (tmp_path / "parallel" / "seed1" / "eval.json").write_text(json.dumps(evaluation))
+  assert sweep.recorded_differently(run, config).startswith(
+      f"{run.workdir} holds the results of other values (recorded -> this command): seed 2 -> 1;")
 
 
 @pytest.mark.parametrize("arm", ["teacher_forcing", "noise_augmentation", "parallel",

@@ -263,3 +263,29 @@ def test_a_run_with_no_steps_left_refuses_in_one_line():
     assert str(refused.value) == (
         f"runs/a already reached step {step} >= train.num_steps=600: nothing to train; raise"
         " --config.train.num_steps or use --mode=sample or --mode=evaluate")
+
+
+def test_moving_aside_keeps_each_earlier_output_in_a_folder_of_its_own(tmp_path):
+  assert workdir_lib.move_aside(str(tmp_path), ("eval.json",)) is None  # nothing to keep
+  assert not (tmp_path / "previous").exists()
+  folders = []
+  for content in ("first", "second"):  # within the same second: a second folder, not a merge
+    (tmp_path / "eval.json").write_text(content)
+    (tmp_path / "samples").mkdir()
+    folders.append(workdir_lib.move_aside(str(tmp_path), ("eval.json", "samples", "eval.txt")))
+  assert len(set(folders)) == 2
+  assert [open(os.path.join(f, "eval.json")).read() for f in folders] == ["first", "second"]
+  assert all(sorted(os.listdir(f)) == ["eval.json", "samples"] for f in folders)
+  assert os.listdir(tmp_path) == ["previous"]
+
+
+def test_a_result_of_other_values_differs_in_all_but_how_the_run_logs_and_is_laid_out():
+  recorded = {"seed": 0, "sample": {"num_steps": 20}, "train": {"log_every": 50, "num_steps": 9},
+              "mesh": {"data": 1}}
+  same = copy.deepcopy(recorded)
+  same["train"]["log_every"], same["mesh"]["data"] = 1, -1
+  assert workdir_lib.result_differences(recorded, same) == ()
+  other = copy.deepcopy(recorded)
+  other["sample"]["num_steps"], other["train"]["num_steps"], other["new_key"] = 4, 10, 1
+  assert [str(d) for d in workdir_lib.result_differences(recorded, other)] == [
+      "sample.num_steps 20 -> 4", "train.num_steps 9 -> 10"]

@@ -10,7 +10,9 @@ test suite use.
 
 `data.options` is the one open-ended group: it holds the keyword arguments of the data source
 (`videoar/data/pipeline.py`), so a config that changes `data.source` replaces it whole; validation
-checks its keys against the source's.
+checks its keys against the source's. For the two built-in worlds it holds every option but the
+bouncing world's colour palette, at the worlds' own defaults, so that each can be set from the
+command line (`--config.data.options.max_speed=3`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ import difflib
 import ml_collections
 
 
+# The options of the built-in worlds (data/bouncing.py BouncingWorld, data/moving_mnist.py
+# MovingMnist) at their defaults; tests/test_data.py keeps them equal to the classes'.
+BOUNCING_OPTIONS = dict(size=32, num_objects=2, radius=3.5, min_speed=1.0, max_speed=2.0,
+                        shapes=("square", "disc"), occluders=())
+MOVING_MNIST_OPTIONS = dict(size=32, num_digits=2, digit_size=16, min_speed=1.0, max_speed=2.0)
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -27,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.source = "bouncing"
   config.data.path = ml_collections.config_dict.placeholder(str)  # recorded sources read files
-  config.data.options = ml_collections.ConfigDict(dict(size=32, num_objects=2))
+  config.data.options = ml_collections.ConfigDict(BOUNCING_OPTIONS)
   config.data.num_frames = 8
   # Measured at equal time on the default run: batch 8 for 2000 steps lost fewer objects than
   # 16 for 1200 (docs/results.md); smaller batches step faster on 2 cores than they shrink.
@@ -180,7 +189,7 @@ def moving_mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   batch 16 (configs/mnist_small.py, where its runs are measured; configs/bouncing_rf.py's
   moving_mnist variant for the studies)."""
   config.data.source = "moving_mnist"
-  config.data.options = ml_collections.ConfigDict(dict(size=32, num_digits=2))
+  config.data.options = ml_collections.ConfigDict(MOVING_MNIST_OPTIONS)
   config.data.batch_size = 16
   return config
 

@@ -19,7 +19,11 @@ prints them, for a launcher of its own (a TPU pod's). There is no scheduler here
 
 Resumable: an arm x seed whose workdir holds an eval.json is finished and not run again; one
 whose training finished but whose evaluation did not (a job stopped during it) runs
-`--mode=evaluate`; any other resumes training from its newest checkpoint (videoar.main). Once
+`--mode=evaluate`; any other resumes training from its newest checkpoint (videoar.main). A
+workdir whose eval.json (or, unfinished, whose run.json) records other values than the arm's
+command now gives (another --set, a changed config file) stops the sweep before anything runs,
+in one line naming the workdir and the values, rather than passing an old result off as the
+new command's. Once
 every arm x seed is finished, the sweep writes ROOT/sweep.md and ROOT/sweep.json: per metric and
 segment, each arm's mean over the seeds and standard deviation (videoar.eval.compare.combine, the
 same figures as `python -m videoar.eval.compare`), with the baselines of the first run, under the
@@ -28,7 +32,7 @@ table once all have finished.
 
 Exit status: 0 when the table is written (or, with `print`, the commands printed); 1 when a run
 failed or is unfinished (each named); 2 for bad flags, a config variant the config does not
-have, or a --set key or value it rejects.
+have, a --set key or value it rejects, or a workdir that holds other values.
 """
 
 from __future__ import annotations
@@ -172,10 +176,11 @@ def write_table(runs: list[Run], arms: list[str], root: str, command: str) -> st
 
 
 def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], variant: str,
-                overrides: dict) -> None:
+                overrides: dict) -> dict[str, dict]:
   """Loads CONFIG once per arm with the --set overrides, parsed as videoar.main parses them, and
   validates it (videoar.validate), so that an unknown variant, a --set key the config lacks or a
-  value it cannot take fails here in one line, not in every run of the sweep."""
+  value it cannot take fails here in one line, not in every run of the sweep. Returns each arm's
+  config as a dict (its seed the config's own)."""
   if not os.path.isfile(config):
     parser.error(f"--config={config}: no such file")
   spec = importlib.util.spec_from_file_location("sweep_config", config)
@@ -186,6 +191,7 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
     parser.error(errors.syntax_error_line(e))
   if not callable(getattr(module, "get_config", None)):
     parser.error(f"--config={config}: the file defines no get_config(variant='')")
+  configs = {}
   if variant:
     try:
       module.get_config(variant)
@@ -219,6 +225,39 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
       parser.error(str(e).splitlines()[0].replace("flag --config.", "--set=", 1))
     except errors.ConfigError as e:
       parser.error(f"arm {arm}: {e}")
+    configs[arm] = flag_values.config.to_dict()
+  return configs
+
+
+def recorded_differently(run: Run, config: dict) -> str | None:
+  """The line saying that `run`'s workdir holds a result or a run of other values than `config`
+  (its arm's, as a dict) at its seed, or None. A finished run is compared through its
+  eval.json's config (its run.json's where an older eval.json has none): any value that changes
+  what it computes, sampling and evaluation included, makes its result another command's. An
+  unfinished one is compared through its run.json as videoar.main would resume it
+  (workdir.compare's blocking differences).
+
+  Raises:
+    errors.UserError: the eval.json or run.json cannot be read.
+  """
+  config = dict(config, seed=run.seed)
+  record = workdir_lib.RunRecord.load(run.workdir)
+  if run.finished:
+    recorded = compare.recorded_config(run.workdir)
+    if recorded is None and record is not None:
+      recorded = record.config
+    differences = workdir_lib.result_differences(recorded, config) if recorded else ()
+    what = "the results"
+  elif record is not None:
+    current = workdir_lib.RunRecord(config, record.dataset)
+    differences = workdir_lib.compare(record, current).blocking
+    what = "a run"
+  else:
+    return None
+  if not differences:
+    return None
+  return (f"{workdir_lib.other_values_line(run.workdir, what, differences)}; use a new --root,"
+          " or move that workdir away to run it again")
 
 
 def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict:
@@ -264,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
   parameters = _key_values(parser, "slurm", args.slurm)
   if args.executor != "submitit" and (args.slurm or args.cluster):
     parser.error(f"--slurm and --cluster are submitit's; --executor={args.executor}")
-  _check_arms(parser, args.config, arms, args.variant, overrides)
+  configs = _check_arms(parser, args.config, arms, args.variant, overrides)
   blocking = workdir_lib.blocking_file(args.root)
   if blocking:
     parser.error(f"--root={args.root}: not a directory ({blocking} is a file)")
@@ -272,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
   command = shlex.join(["python", "-m", "videoar.sweep"] + list(
       sys.argv[1:] if argv is None else argv))
   runs = plan(args.config, arms, seeds, args.root, args.variant, tuple(args.set))
+  for run in runs:
+    try:
+      line = recorded_differently(run, configs[run.arm])
+    except errors.UserError as e:
+      parser.error(str(e))
+    if line:
+      parser.error(line)
   pending = [run for run in runs if not run.finished]
   print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} finished already"
         f" ({args.root})", flush=True)

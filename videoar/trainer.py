@@ -18,7 +18,6 @@ command that would continue it as a different run refuses in one line (RunRefuse
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import time
@@ -91,33 +90,28 @@ def _routing_frequencies(exp: experiment.Experiment, layout):
       history_window=c.forcing.history_window).mean(axis=0), out_shardings=layout.replicated)
 
 
-def _move_run_aside(workdir: str) -> str:
-  """Moves the finished or abandoned run's checkpoints and logs to WORKDIR/previous/TIME/."""
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  aside = os.path.join(workdir, "previous", stamp)
-  os.makedirs(aside)
-  for name in ("checkpoints", "metrics.jsonl", "tensorboard", workdir_lib.RECORD_NAME):
-    if os.path.exists(os.path.join(workdir, name)):
-      os.rename(os.path.join(workdir, name), os.path.join(aside, name))
-  return aside
-
-
 def train(exp: experiment.Experiment, workdir: str, *,
           restart_from_weights: bool = False) -> state_lib.TrainState:
   """Trains `exp` in `workdir` from its newest checkpoint (or from scratch) to train.num_steps.
 
   With `restart_from_weights`, a workdir's checkpoints start a new run: its parameters and EMA
-  parameters are loaded, the step and the optimizer start afresh, and the old run's checkpoints
-  and logs are moved to WORKDIR/previous/TIME/.
+  parameters are loaded, the step and the optimizer start afresh, and the old run's checkpoints,
+  logs, evaluation and samples are moved to WORKDIR/previous/TIME/ (workdir.move_aside).
 
   Returns the final state. Raises Interrupted (after saving) on a SIGTERM or a first SIGINT;
   FloatingPointError naming a step that is not finite; RunFailed when the data pipeline or a
   save fails (after saving the last finished step where it can); workdir.WorkdirBusy when
-  another run holds the workdir; workdir.RunRefused when the workdir's run is another one, or
-  has no steps left; checkpoint errors for checkpoints of another model or damaged ones;
-  errors.UserError when the workdir cannot be created.
+  another run holds the workdir; workdir.RunRefused when the workdir's run is another one, has
+  no steps left, or has no checkpoint to restart from (checked before the workdir is made);
+  checkpoint errors for checkpoints of another model or damaged ones; errors.UserError when the
+  workdir cannot be created.
   """
   is_main = jax.process_index() == 0
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if restart_from_weights and not checkpoint_lib.finished_steps(checkpoints):
+    raise workdir_lib.RunRefused(
+        f"{workdir_lib.RESTART_FLAG}: {checkpoints} holds no finished checkpoint to take the"
+        " weights from; without the flag the run trains from scratch")
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -173,7 +167,10 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
     state = train_step.init(init_rng).replace(params=resumed.state.params,
                                                ema_params=resumed.state.ema_params)
     if is_main:
-      aside = _move_run_aside(workdir)
+      # Its evaluation and samples too: they describe the old run, not the new one.
+      aside = workdir_lib.move_aside(
+          workdir, ("checkpoints", "metrics.jsonl", "tensorboard", workdir_lib.RECORD_NAME,
+                    *workdir_lib.EVAL_OUTPUTS, workdir_lib.SAMPLES_NAME))
       print(f"a new run from the weights of step {resumed.data['step']}; the old run is in"
             f" {aside}")
     checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.train.keep_checkpoints)

@@ -62,10 +62,9 @@ def eval_json_path(run: str) -> str:
   return run if run.endswith(".json") or os.path.isfile(run) else os.path.join(run, "eval.json")
 
 
-def _tables(run: str) -> dict[str, list[dict]]:
-  """The tables of `run`'s eval.json ({"model": rows, "copy_last": rows, ...}); raises
-  errors.UserError naming a file that is not JSON or holds no tables (an evaluation cut short,
-  another tool's JSON)."""
+def _evaluation(run: str) -> dict:
+  """`run`'s eval.json as a dict; raises errors.UserError naming a file that is not JSON or
+  holds no tables (an evaluation cut short, another tool's JSON)."""
   path = eval_json_path(run)
   with open(path) as f:
     try:
@@ -77,7 +76,21 @@ def _tables(run: str) -> dict[str, list[dict]]:
   if not isinstance(tables, dict) or not isinstance(tables.get("model"), list):
     raise errors.UserError(f"{path} is not an eval.json (it has no \"tables\" with a \"model\""
                            " table): name the eval.json an evaluate run wrote, or its workdir")
-  return tables
+  return results
+
+
+def _tables(run: str) -> dict[str, list[dict]]:
+  """The tables of `run`'s eval.json ({"model": rows, "copy_last": rows, ...}); raises
+  errors.UserError as _evaluation does."""
+  return _evaluation(run)["tables"]
+
+
+def recorded_config(run: str) -> dict | None:
+  """The config `run`'s evaluation ran with (its eval.json's "config", as a dict), or None for
+  an eval.json written before evaluations recorded it. Raises errors.UserError as _evaluation
+  does."""
+  config = _evaluation(run).get("config")
+  return config if isinstance(config, dict) else None
 
 
 def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
@@ -181,7 +194,7 @@ def main(argv=None):
   runs = {}
   for spec in args.runs:
     name, _, dirs = spec.partition("=")
-    if not dirs:
+    if not name or not dirs:
       parser.error(f"run {spec!r} is not NAME=RUN[,RUN...]")
     if name in runs:
       parser.error(f"arm {name!r} is named twice; give each arm one NAME=RUN1,RUN2,...")
@@ -194,9 +207,16 @@ def main(argv=None):
         _tables(run)
       except errors.UserError as e:
         parser.error(f"{name}={run}: {e}")
+  inputs = {os.path.realpath(eval_json_path(run)) for dirs in runs.values() for run in dirs}
   for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
-    if path and not os.path.isdir(os.path.dirname(path) or "."):
+    if not path:
+      continue
+    if not os.path.isdir(os.path.dirname(path) or "."):
       parser.error(f"{flag}={path}: no folder {os.path.dirname(path)}")
+    if os.path.isdir(path):
+      parser.error(f"{flag}={path} is a folder; name the file to write")
+    if os.path.realpath(path) in inputs:
+      parser.error(f"{flag}={path} is one of the runs' eval.json; name another file")
   pairs = []
   for spec in args.paired:
     a, _, b = spec.partition(":")

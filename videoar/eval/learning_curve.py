@@ -109,6 +109,8 @@ def main(argv):
                            " workdirs")
   runs = []
   for workdir in FLAGS.workdir:
+    if os.path.isfile(workdir):
+      raise errors.UserError(f"--workdir={workdir} is a file; name the run's workdir")
     try:
       runs.append(read(workdir))
     except FileNotFoundError:

@@ -22,6 +22,7 @@ from videoar.data.bouncing import BouncingWorld
 from videoar.data.moving_mnist import MovingMnist
 from videoar.eval import digits, long_horizon, objects, perceptual, pong
 from videoar.train import metrics_log
+from videoar.train import workdir as workdir_lib
 
 # FVD fits a 400-d Gaussian to each set of clips: from fewer clips than this the fit is mostly
 # sampling noise, not worth I3D's passes (about 1.5 s a clip on one CPU core); tiny smoke runs
@@ -200,11 +201,15 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
   """Writes WORKDIR/samples/sample_*.mp4 (context, then generated) and a PNG strip whose rows
   alternate truth and model; returns the strip's path. Frames that are not images (latents:
   neither 1 nor 3 channels, and no decoder here) go to WORKDIR/samples/samples.npz instead, as
-  `model` and `truth` [B, F, H, W, C] (context included); returns its path."""
+  `model` and `truth` [B, F, H, W, C] (context included); returns its path. Earlier samples
+  move to WORKDIR/previous/TIME/ (workdir.move_aside) once the new ones are generated."""
   c = exp.config
-  out = os.path.join(workdir, "samples")
-  os.makedirs(out, exist_ok=True)
   clips, generated = continue_clips(exp, params, c.sample.num_videos, jax.random.key(c.seed + 1))
+  aside = workdir_lib.move_aside(workdir, (workdir_lib.SAMPLES_NAME,))
+  if aside:
+    print(f"the earlier samples moved to {aside}")
+  out = os.path.join(workdir, workdir_lib.SAMPLES_NAME)
+  os.makedirs(out)
   num_context = c.sample.context_frames
   model_videos = with_context(clips, generated, num_context)
   if not perceptual.is_pixels(model_videos):
@@ -225,9 +230,11 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   is what accumulates over the model's own history), printed and written to WORKDIR/eval.json
   (strict JSON: a figure that is not finite, such as the PSNR of identical frames, is null) and
   eval.txt; each per-frame metric against the frame index, a line per method, to
-  WORKDIR/eval_per_frame.png. With eval.fvd, FVD is computed here,
-  not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
-  (eval.json's fvd_clips says how many; null without FVD)."""
+  WORKDIR/eval_per_frame.png; eval.json also holds the config it ran with ("config"). With
+  eval.fvd, FVD is computed here, not while training, over all eval.num_clips clips when there
+  are at least FVD_MIN_CLIPS (eval.json's fvd_clips says how many; null without FVD). An
+  earlier evaluation's files move to WORKDIR/previous/TIME/ (workdir.move_aside) once the new
+  one is scored."""
   c = exp.config
   sampler = experiment.make_sampler(exp)
   rng = jax.random.key(c.seed + 2)
@@ -260,7 +267,13 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
                 training_frames=c.data.num_frames, num_clips=c.eval.num_clips,
                 fvd_clips=c.eval.num_clips if with_fvd else None, tables=tables,
                 per_frame={method: {name: values.tolist() for name, values in metrics.items()}
-                           for method, metrics in curves.items()})
+                           for method, metrics in curves.items()},
+                # What made these figures (sampler included), so that a sweep can tell a result
+                # of its command from one of another.
+                config=workdir_lib.RunRecord(c.to_dict(), {}).config)
+  aside = workdir_lib.move_aside(workdir, workdir_lib.EVAL_OUTPUTS)
+  if aside:
+    print(f"the earlier evaluation moved to {aside}")
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(metrics_log.strict(result), f, indent=1, allow_nan=False)
   with open(os.path.join(workdir, "eval.txt"), "w") as f:

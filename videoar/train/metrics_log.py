@@ -10,13 +10,14 @@ import io
 import json
 import math
 import os
+import tempfile
 
 import numpy as np
 from PIL import Image
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 
-from videoar import media
+from videoar import errors, media
 
 # Frames per second of the sample videos; the bouncing world moves 1-2 px a frame, so 4 fps shows
 # the motion without a blur of frames.
@@ -119,12 +120,31 @@ def video_summary(tag: str, videos_bthwc: np.ndarray, fps: int = VIDEO_FPS) -> S
 
 def _drop_metrics_after(path: str, step: int) -> None:
   """A resumed run logs the steps after its checkpoint again: drops what a killed run logged past
-  it, and a last line cut short by the kill."""
+  it, and a last line cut short by the kill. The file is replaced whole (a rename), so a crash
+  here leaves the old log.
+
+  Raises:
+    errors.UserError: a whole line that is not a record with a "step" (the file was edited or
+      damaged): nothing is dropped, the line is named.
+  """
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = f.readlines()
-  kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
+  kept = []
+  for number, line in enumerate(lines, 1):
+    if not line.endswith("\n"):  # cut short by a kill: only the last line can be
+      continue
+    try:
+      logged = json.loads(line)["step"]
+    except (ValueError, TypeError, KeyError):
+      raise errors.UserError(
+          f"{path}, line {number}, is not a metrics record ({line.strip()[:40]!r}): mend or"
+          " delete that line, then resume") from None
+    if logged <= step:
+      kept.append(line)
   if len(kept) < len(lines):
-    with open(path, "w") as f:
+    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".tmp",
+                                     delete=False) as f:
       f.writelines(kept)
+    os.replace(f.name, path)

@@ -40,6 +40,12 @@ from videoar.errors import UserError
 
 LOCK_NAME = ".lock"
 RECORD_NAME = "run.json"
+# What evaluating a run writes into its workdir (videoar.eval.run.evaluate), and what sampling
+# writes (videoar.eval.run.sample).
+EVAL_OUTPUTS = ("eval.json", "eval.txt", "eval_per_frame.png")
+SAMPLES_NAME = "samples"
+# Where move_aside keeps what a new run or a new evaluation would replace.
+PREVIOUS_NAME = "previous"
 # The flag that starts a new run from a workdir's weights; the entry point defines it.
 RESTART_FLAG = "--restart_from_weights"
 
@@ -69,6 +75,33 @@ def blocking_file(path: str) -> str | None:
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
   return None if os.path.isdir(existing) else existing
+
+
+def move_aside(workdir: str, names: tuple[str, ...]) -> str | None:
+  """Moves those of `names` (files or folders in `workdir`) that exist into a new folder
+  WORKDIR/previous/TIME (the local time to the second, then -2, -3, ... when that is taken), so
+  that a new run or evaluation never overwrites an old one's. Returns that folder, or None when
+  none of them existed.
+
+  Raises:
+    OSError: the folder cannot be made or a name cannot be moved (what moved before stays
+      there).
+  """
+  present = [name for name in names if os.path.lexists(os.path.join(workdir, name))]
+  if not present:
+    return None
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  aside, attempt = os.path.join(workdir, PREVIOUS_NAME, stamp), 1
+  while True:
+    try:
+      os.makedirs(aside)
+      break
+    except FileExistsError:
+      attempt += 1
+      aside = os.path.join(workdir, PREVIOUS_NAME, f"{stamp}-{attempt}")
+  for name in present:
+    os.rename(os.path.join(workdir, name), os.path.join(aside, name))
+  return aside
 
 
 class WorkdirBusy(UserError, RuntimeError):
@@ -326,6 +359,27 @@ def trained_differently_line(workdir: str, differences: tuple[Difference, ...]) 
   this command): data.options.num_objects 2 -> 4; samples and evaluation use this command's"."""
   return (f"note: {workdir} was trained with other values (its run.json -> this command):"
           f" {_listing(differences)}; samples and evaluation use this command's")
+
+
+def result_differences(recorded: Mapping[str, Any],
+                       config: Mapping[str, Any]) -> tuple[Difference, ...]:
+  """The keys whose values differ between the config that produced a workdir's result
+  (`recorded`, e.g. its eval.json's "config") and `config` (both configs as dicts), other than
+  those that only say how to log, save, feed and lay out the run (the harmless keys but
+  train.num_steps, and mesh.*): each one means the result is not `config`'s. A key one of the
+  two lacks (added to the code after the result) is left out."""
+  differences = compare(RunRecord(dict(recorded), {}), RunRecord(dict(config), {}))
+  return tuple(sorted((d for d in differences.harmless + differences.blocking
+                      if ABSENT not in (d.old, d.new) and d.path not in _HARMLESS_KEYS
+                      and not d.path.startswith("mesh.")), key=lambda d: d.path))
+
+
+def other_values_line(workdir: str, what: str, differences: tuple[Difference, ...]) -> str:
+  """The line saying that `workdir` holds `what` ("the results", "a run") of other values,
+  e.g. "runs/s/a/seed0 holds the results of other values (recorded -> this command):
+  model.width 32 -> 64"."""
+  return (f"{workdir} holds {what} of other values (recorded -> this command):"
+          f" {_listing(differences)}")
 
 
 def check_steps_left(workdir: str, checkpoint_step: int, num_steps: int) -> None:
