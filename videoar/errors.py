@@ -5,19 +5,30 @@ is wrong and what is allowed, `error: ...` on stderr, exit status 2, no tracebac
 the checkpoint and workdir errors in videoar/train). A command runs its `main` through `run`,
 which parses the flags with `parse_flags` (a bad flag, config file, variant or override in one
 line) and reports the USER_ERRORS that `main` raises; a command on argparse uses `ArgumentParser`
-here. Anything else is a bug and keeps its traceback.
+here. Anything else is a bug and keeps its traceback. `blocking_file` finds the file that keeps
+a path (a workdir, a sweep's root, a data cache) from being a directory, for such a line.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 import sys
 from typing import Callable, NoReturn
 
 from absl import app, flags
 import ml_collections
+
+
+def blocking_file(path: str) -> str | None:
+  """The absolute path of PATH, or of the nearest of its parents that exists, when that is not a
+  directory: a file that keeps PATH from being a directory a run can create. None otherwise."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  return None if os.path.isdir(existing) else existing
 
 
 class UserError(Exception):

@@ -61,7 +61,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   remaining = errors.parse_flags(argv)
   if not FLAGS.workdir:
     errors.exit_with_error("--workdir is empty: name the run's directory")
-  blocking = workdir_lib.blocking_file(FLAGS.workdir)
+  blocking = errors.blocking_file(FLAGS.workdir)
   if blocking:
     errors.exit_with_error(f"--workdir={FLAGS.workdir}: not a directory ({blocking} is a file)")
   return remaining

@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.executor != "submitit" and (args.slurm or args.cluster):
     parser.error(f"--slurm and --cluster are submitit's; --executor={args.executor}")
   configs = _check_arms(parser, args.config, arms, args.variant, overrides)
-  blocking = workdir_lib.blocking_file(args.root)
+  blocking = errors.blocking_file(args.root)
   if blocking:
     parser.error(f"--root={args.root}: not a directory ({blocking} is a file)")
 

@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from videoar.train import workdir as workdir_lib
+from videoar import errors
 
 # Games that wait for FIRE before play (re)starts: a uniform policy would spend most of an
 # episode on a frozen screen.
@@ -113,7 +113,7 @@ class AtariEpisodes:
     import tqdm  # only the generation command shows progress
 
     # os.makedirs would fail in a traceback (NotADirectoryError).
-    blocking = workdir_lib.blocking_file(self.directory)
+    blocking = errors.blocking_file(self.directory)
     if blocking:
       raise ValueError(f"data.path={self.path!r}: {blocking} is a file; data.path names the"
                        " folder the episodes are cached in")

@@ -68,15 +68,6 @@ _SHOWN = 3
 _VALUE_CHARS = 48
 
 
-def blocking_file(path: str) -> str | None:
-  """The absolute path of PATH, or of the nearest of its parents that exists, when that is not a
-  directory: a file that keeps PATH from being a directory a run can create. None otherwise."""
-  existing = os.path.abspath(path)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  return None if os.path.isdir(existing) else existing
-
-
 def move_aside(workdir: str, names: tuple[str, ...]) -> str | None:
   """Moves those of `names` (files or folders in `workdir`) that exist into a new folder
   WORKDIR/previous/TIME (the local time to the second, then -2, -3, ... when that is taken), so
