@@ -428,6 +428,13 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
                  "--config.data.batch_size=2", "--config.optim.learning_rate=0.01")
   assert same.returncode == 0, same.stderr[-2000:]
   assert "note:" not in same.stderr
+  # Weights of another shape: said from the record, before any checkpoint is read.
+  deeper = run_cli(workdir, TINY, "--mode=evaluate", "--config.model.depth=3")
+  assert deeper.returncode == 2, deeper.stderr[-2000:]
+  assert last_line(deeper).startswith(f"error: {workdir} was trained with another model:"
+                                      " model.depth ")
+  assert last_line(deeper).endswith("-> 3 (its run.json -> this command); pass the values it"
+                                    " was trained with")
   # The first command's samples are kept, not overwritten by the second's.
   (aside,) = os.listdir(workdir / "previous")
   assert f"the earlier samples moved to {workdir}/previous/{aside}" in same.stdout

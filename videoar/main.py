@@ -33,7 +33,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videoar import errors, experiment, trainer
+from videoar import errors, experiment, trainer, validate
 from videoar.eval import run
 from videoar.train import workdir as workdir_lib
 
@@ -81,6 +81,14 @@ def _run(config, workdir: str, mode: str) -> None:
   if mode in ("all", "sample", "evaluate"):
     if mode != "all":  # "all" trained (or resumed) this very run
       differences = workdir_lib.trained_differently(workdir, config.to_dict())
+      # Weights of another shape would be refused by the checkpoint's restore anyway, with
+      # advice for training; the record says it first, and what to pass instead.
+      weights = [d for d in differences
+                 if d.path.removeprefix("model.") in validate.TRAINED_MODEL_KEYS]
+      if weights:
+        raise workdir_lib.RunRefused(
+            f"{workdir} was trained with another model: {', '.join(map(str, weights))} (its"
+            f" run.json -> this command); pass the values it was trained with")
       if differences:
         print(workdir_lib.trained_differently_line(workdir, differences), file=sys.stderr)
     params = experiment.restore_params(exp, workdir, use_ema=config.sample.use_ema)

@@ -257,10 +257,11 @@ def _check_optimizer(optim: ml_collections.ConfigDict) -> None:
 # from one network of this model (the ODE stage; any run but another Self Forcing run fits).
 STAGES = {"teacher": "the bidirectional teacher (configs/bouncing_sf.py:teacher)",
           "generator": "the causal student (configs/bouncing_sf.py:ode)"}
-# The model keys a stage must have been trained with: they shape its weights or say what its
-# output is. The teacher is read without the previous-frame input (Experiment.score_model); a
-# scan_layers mismatch has its own message (checkpoint.Checkpointer).
-_STAGE_MODEL_KEYS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "num_classes",
+# The model keys whose trained values a checkpoint must be read with: they shape its weights or
+# say what its output is (a Self Forcing stage, a run sampled or evaluated). The teacher is read
+# without the previous-frame input (Experiment.score_model); a scan_layers mismatch has its own
+# message (checkpoint.Checkpointer).
+TRAINED_MODEL_KEYS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "num_classes",
                      "num_actions", "text_dim", "prediction", "fine_patch", "fine_width",
                      "fine_depth")
 
@@ -284,7 +285,7 @@ def stage_problem(workdir: str | None, config: ml_collections.ConfigDict,
   worded to follow "KEY=WORKDIR is invalid: "; None when nothing does. The stage must hold a
   finished checkpoint and a run.json whose run is of the stage's kind (the teacher
   bidirectional, the generator anything but Self Forcing) and of config's model
-  (_STAGE_MODEL_KEYS; for the generator previous_frame_input too). Reads no checkpoint."""
+  (TRAINED_MODEL_KEYS; for the generator previous_frame_input too). Reads no checkpoint."""
   needed = f"it must be the workdir of {STAGES[stage]}, trained first"
   if not workdir:
     return f"not set: {needed}"
@@ -303,7 +304,7 @@ def stage_problem(workdir: str | None, config: ml_collections.ConfigDict,
   if wrong_kind:
     return f"the run in it is of forcing.paradigm={paradigm!r}: {needed}"
   trained = record.config.get("model", {})
-  keys = _STAGE_MODEL_KEYS + (("previous_frame_input",) if stage == "generator" else ())
+  keys = TRAINED_MODEL_KEYS + (("previous_frame_input",) if stage == "generator" else ())
   for key in keys:
     # The fine decoder's width and depth are read only with a fine patch. A key the record
     # lacks (a run from before the key existed) is left to the checkpoint's own check.
