@@ -8,9 +8,10 @@ several runs start. Episodes already on disk are left alone.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from videoar import errors
 from videoar.data import pipeline
 
 config_flags.DEFINE_config_file("config", None, "A config with data.source='atari'.",
@@ -23,14 +24,17 @@ def main(argv):
   del argv
   config = FLAGS.config
   if config.data.source != "atari":
-    raise app.UsageError(f"config.data.source={config.data.source!r}: this generates 'atari'")
-  episodes = pipeline.make_source("atari", path=config.data.path,
-                                  **config.data.options.to_dict()).recording
-  episodes.generate(progress=True)
+    raise errors.ConfigError(f"config.data.source={config.data.source!r}: this generates 'atari'")
+  try:
+    episodes = pipeline.make_source("atari", path=config.data.path,
+                                    **config.data.options.to_dict()).recording
+    episodes.generate(progress=True)
+  except ValueError as e:  # an option or data.path the source refuses, as in training
+    raise errors.ConfigError(f"config.data: {e}") from None
   lengths = episodes.lengths()
   print(f"{len(lengths)} episodes, {lengths.sum()} frames, actions {episodes.action_names()},"
         f" in {episodes.directory}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)
