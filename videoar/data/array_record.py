@@ -24,6 +24,8 @@ from typing import Iterable
 import grain
 import numpy as np
 
+from videoar import errors
+
 FRAME_KEYS = ("video", "actions", "ode_states")
 SEQUENCE_KEYS = ("label", "text")
 # The keys that hold ids into an embedding of the model (CausalDiT.num_classes, num_actions).
@@ -55,9 +57,16 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
                     num_shards: int = 1) -> int:
   """Writes sequences ({video [T, h, w, c], optionally actions [T], ode_states
   [T, K + 1, h, w, c], label [], text [L, D]}) to the dataset directory `path`, dealing them to
-  `num_shards` frame shards in turn; returns how many were written."""
+  `num_shards` frame shards in turn; returns how many were written.
+
+  Raises errors.UserError, before anything is written, when `path` already holds a finished
+  dataset (its index.json): a new one would overwrite it.
+  """
   from array_record.python import array_record_module  # only writing needs the writer
 
+  if os.path.exists(os.path.join(path, "index.json")):
+    raise errors.UserError(f"{path} already holds a dataset (index.json): write to a new folder,"
+                           " or move that one away")
   os.makedirs(path, exist_ok=True)
   shard_names = [f"frames-{k:05d}-of-{num_shards:05d}.array_record" for k in range(num_shards)]
   shards = [array_record_module.ArrayRecordWriter(os.path.join(path, name), WRITER_OPTIONS)

@@ -13,11 +13,12 @@ Train on the result with --config.data.source=array_record --config.data.path=DI
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 import numpy as np
 import tqdm
 
+from videoar import errors
 from videoar.data import array_record, pipeline
 
 config_flags.DEFINE_config_file("config", None, "The config whose data.source to convert.",
@@ -45,7 +46,7 @@ def sequences(source: pipeline.ClipSource, seed: int, num_sequences: int | None,
     return len(lengths), (_kept(recording.read(i, np.arange(length)))
                           for i, length in enumerate(lengths))
   if not num_sequences or not sequence_frames:
-    raise app.UsageError("a procedural source needs --num_sequences and --sequence_frames")
+    raise errors.UserError("a procedural source needs --num_sequences and --sequence_frames")
   return num_sequences, (_kept(source.clip(seed, i, sequence_frames))
                          for i in range(num_sequences))
 
@@ -63,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)
