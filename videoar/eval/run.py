@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 
 import jax
@@ -274,10 +275,13 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   aside = workdir_lib.move_aside(workdir, workdir_lib.EVAL_OUTPUTS)
   if aside:
     print(f"the earlier evaluation moved to {aside}")
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(metrics_log.strict(result), f, indent=1, allow_nan=False)
   with open(os.path.join(workdir, "eval.txt"), "w") as f:
     f.write(text + "\n")
   long_horizon.plot_per_frame(curves, os.path.join(workdir, "eval_per_frame.png"),
                               c.eval.segment_len)
+  # Last and whole (a rename): an eval.json is what marks a run evaluated (videoar.sweep), so a
+  # crash before here leaves none rather than a cut-short one.
+  with tempfile.NamedTemporaryFile("w", dir=workdir, suffix=".tmp", delete=False) as f:
+    json.dump(metrics_log.strict(result), f, indent=1, allow_nan=False)
+  os.replace(f.name, os.path.join(workdir, "eval.json"))
   return result
