@@ -139,6 +139,8 @@ def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
     (["--arms=parallel", "--set=model.width=abc"], "--set=model.width=abc: invalid literal for int"),
     (["--arms=parallel", "--set=sample.guidance_interval=(0.7,0.2)"],
      "arm parallel: config.sample.guidance_interval=(0.7, 0.2) is invalid"),
+    (["--arms=parallel", "--set=model.patch=5"],  # only the world's frames refuse it
+     "arm parallel: config.model.patch=5 is invalid: must divide the frame size 32x32"),
     (["--arms=parallel", "--variant=nope"], "--variant=nope: config variant 'nope' is unknown"),
     (["--arms=parallel", "--variant=occluded,moving_mnist"],
      "--variant=occluded,moving_mnist: config variants occluded and moving_mnist are two worlds"),

@@ -52,7 +52,8 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from videoar import errors, validate
+from videoar import errors, experiment, validate
+from videoar.data import pipeline
 from videoar.eval import compare
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import workdir as workdir_lib
@@ -178,8 +179,9 @@ def write_table(runs: list[Run], arms: list[str], root: str, command: str) -> st
 def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], variant: str,
                 overrides: dict) -> dict[str, dict]:
   """Loads CONFIG once per arm with the --set overrides, parsed as videoar.main parses them, and
-  validates it (videoar.validate), so that an unknown variant, a --set key the config lacks or a
-  value it cannot take fails here in one line, not in every run of the sweep. Returns each arm's
+  validates it (videoar.validate; and builds it, videoar.experiment.build, when its data is a
+  procedural world), so that an unknown variant, a --set key the config lacks or a value it or
+  its frames cannot take fails here in one line, not in every run of the sweep. Returns each arm's
   config as a dict (its seed the config's own)."""
   if not os.path.isfile(config):
     parser.error(f"--config={config}: no such file")
@@ -221,6 +223,11 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
     try:
       flag_values(argv)
       validate.validate(flag_values.config)
+      # A procedural world costs milliseconds to build, so what only its frames refuse (a patch
+      # that does not divide them) fails here too; a recording is left to the runs, as opening
+      # one can mean generating it.
+      if flag_values.config.data.source in pipeline.PROCEDURAL_SOURCES:
+        experiment.build(flag_values.config)
     except flags.Error as e:  # a value of the wrong type: "flag --config.KEY=VALUE: why"
       parser.error(str(e).splitlines()[0].replace("flag --config.", "--set=", 1))
     except errors.ConfigError as e:
