@@ -353,8 +353,8 @@ def listing(workdir) -> list[str]:
      "{w} already reached step 2 >= train.num_steps=1: nothing to train; raise"
      " --config.train.num_steps or use --mode=sample or --mode=evaluate"),
     (["--config.model.width=64", "--config.train.num_steps=4"],
-     "{w} was started with a different run: model.width 32 -> 64; to go on use a new --workdir,"
-     " or pass --restart_from_weights to start a new run from its weights"),
+     "{w} was started with a different run: model.width 32 -> 64; its weights do not fit this"
+     " model: to go on use a new --workdir"),
 ], ids=["batch_size", "seed", "source", "num_steps equal", "num_steps below", "model"])
 def test_a_different_run_on_a_workdir_refuses_in_one_line(finished_run, args, line):
   before = listing(finished_run)

@@ -234,6 +234,12 @@ def test_blocking_changes_refuse_in_one_line_naming_old_and_new():
   assert workdir_lib.refusal_line("runs/a", two).startswith(
       "runs/a was started with a different run: model.width 128 -> 64, optim.learning_rate"
       " 0.001 -> 0.0003; to go on")
+  # A restart from weights of another shape could not load them: not offered.
+  with pytest.raises(RunRefused) as refused:
+    workdir_lib.check_same_run("runs/a", changed(), changed(model__width=64),
+                               weight_keys=frozenset({"model.width"}))
+  assert str(refused.value) == ("runs/a was started with a different run: model.width 128 -> 64;"
+                                " its weights do not fit this model: to go on use a new --workdir")
 
 
 def test_absent_keys_and_changed_types_are_differences():

@@ -298,24 +298,33 @@ def compare(recorded: RunRecord, current: RunRecord) -> Differences:
   return Differences(harmless=tuple(harmless), blocking=tuple(blocking))
 
 
-def check_same_run(workdir: str, recorded: RunRecord, current: RunRecord) -> Differences:
+def check_same_run(workdir: str, recorded: RunRecord, current: RunRecord, *,
+                   weight_keys: frozenset[str] = frozenset()) -> Differences:
   """The differences between the run in `workdir` and the current one, when it may resume.
+  `weight_keys` are the dotted keys whose change gives the weights another shape or meaning
+  (validate.TRAINED_MODEL_KEYS under "model."): the refusal then offers no restart from them.
 
   Raises:
     RunRefused: a blocking difference; the message is refusal_line's.
   """
   differences = compare(recorded, current)
   if differences.blocking:
-    raise RunRefused(refusal_line(workdir, differences))
+    raise RunRefused(refusal_line(
+        workdir, differences,
+        weights_fit=not any(d.path in weight_keys for d in differences.blocking)))
   return differences
 
 
-def refusal_line(workdir: str, differences: Differences) -> str:
+def refusal_line(workdir: str, differences: Differences, *, weights_fit: bool = True) -> str:
   """The one line refusing to resume a run with blocking differences, e.g. "runs/a was started
   with a different run: data.batch_size 16 -> 32, seed 0 -> 1 (and 2 more); to go on use a new
-  --workdir, or pass --restart_from_weights to start a new run from its weights"."""
-  return (f"{workdir} was started with a different run: {_listing(differences.blocking)}; to go"
-          f" on use a new --workdir, or pass {RESTART_FLAG} to start a new run from its weights")
+  --workdir, or pass --restart_from_weights to start a new run from its weights"; without the
+  restart when its weights would not fit the current model (`weights_fit` false)."""
+  line = f"{workdir} was started with a different run: {_listing(differences.blocking)}"
+  if not weights_fit:
+    return f"{line}; its weights do not fit this model: to go on use a new --workdir"
+  return (f"{line}; to go on use a new --workdir, or pass {RESTART_FLAG} to start a new run from"
+          " its weights")
 
 
 def allowed_line(workdir: str, differences: Differences) -> str:
