@@ -83,8 +83,7 @@ def _run(config, workdir: str, mode: str) -> None:
       differences = workdir_lib.trained_differently(workdir, config.to_dict())
       # Weights of another shape would be refused by the checkpoint's restore anyway, with
       # advice for training; the record says it first, and what to pass instead.
-      weights = [d for d in differences
-                 if d.path.removeprefix("model.") in validate.TRAINED_MODEL_KEYS]
+      weights = [d for d in differences if d.path in validate.TRAINED_MODEL_PATHS]
       if weights:
         raise workdir_lib.RunRefused(
             f"{workdir} was trained with another model: {', '.join(map(str, weights))} (its"

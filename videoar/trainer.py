@@ -155,9 +155,8 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
   if newest is not None and not restart_from_weights:
     workdir_lib.check_steps_left(workdir, newest, config.train.num_steps)
     if recorded is not None:
-      differences = workdir_lib.check_same_run(
-          workdir, recorded, record,
-          weight_keys=frozenset(f"model.{key}" for key in validate.TRAINED_MODEL_KEYS))
+      differences = workdir_lib.check_same_run(workdir, recorded, record,
+                                               weight_keys=validate.TRAINED_MODEL_PATHS)
   checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.train.keep_checkpoints)
   try:
     resumed = checkpointer.restore_latest_run(like, train_rng)

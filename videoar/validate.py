@@ -264,6 +264,8 @@ STAGES = {"teacher": "the bidirectional teacher (configs/bouncing_sf.py:teacher)
 TRAINED_MODEL_KEYS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "num_classes",
                      "num_actions", "text_dim", "prediction", "fine_patch", "fine_width",
                      "fine_depth")
+# The same as dotted config paths, as a run record's differences name them.
+TRAINED_MODEL_PATHS = frozenset(f"model.{key}" for key in TRAINED_MODEL_KEYS)
 
 
 def validate_stages(config: ml_collections.ConfigDict) -> None:
