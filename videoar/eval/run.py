@@ -110,9 +110,10 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
   latents) get LPIPS per frame, and every source its frame_scorers.
 
   With `fvd` (pixel frames only; B >= 2), each segment also gets its FVD against the true
-  segment over all B clips (perceptual.FvdScorer): I3D costs about 1.5 s of one CPU core per
-  distinct clip-segment: for the default 32 clips x 3 segments 5.5 min on one core, 2 min 33 s
-  on two (measured 2026-12-01), so only the final evaluation asks. The true segments' features
+  segment over all B clips (perceptual.FvdScorer): I3D costs about 0.5 s of 2 CPU cores per
+  distinct clip-segment (perceptual.i3d_features): the default's 32 clips x 3 segments, with
+  the truth's and the baselines' (225 clip-segments), take about 2 minutes, so only the final
+  evaluation asks. The true segments' features
   are kept in $VIDEOAR_CACHE/i3d (digits.cache_directory), so a later run on the same clips
   (another arm of a sweep at the same seed) computes only its own.
   With `per_frame`, returns ({method: rows}, {method: {metric: float64 [F]}}), the second each
