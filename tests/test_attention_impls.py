@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videoar.attention import blocked, fused, masks, ops, routing
+from videoar.attention import blocked, fused, masks, ops, reference, routing
 from videoar.attention.kernels import splash
 
 BATCH, HEADS, HEAD_DIM = 2, 2, 8
@@ -73,6 +73,20 @@ def test_blocked_equals_dense(case):
   attend = lambda impl: lambda q, k, v: ops.attention(
       q, k, v, spec, tokens_per_frame=tokens, kv_frame_valid=valid, impl=impl)
   assert_matches_reference(attend("blocked"), attend("dense"), q, k, v, cotangent)
+
+
+@pytest.mark.parametrize("impl", ["auto", "dense", "blocked"])
+@pytest.mark.parametrize("spec", [masks.SlidingWindow(4, 1), masks.SlidingWindow(6, 1, chunk=2)],
+                         ids=str)
+def test_chunks_that_see_only_themselves_equal_the_reference(spec, impl):
+  """Such masks (a FineDecoder's) run as a batch of Full attentions, one per chunk: outputs and
+  gradients equal the reference's, which masks the whole sequence."""
+  q, k, v, cotangent = random_qkv(spec, 3)
+  assert masks.diagonal_chunk(spec)
+  assert_matches_reference(
+      lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=3, impl=impl),
+      lambda q, k, v: reference.dense_attention(q, k, v, spec, tokens_per_frame=3),
+      q, k, v, cotangent)
 
 
 @pytest.mark.parametrize("top_k", [1, 2])

@@ -61,6 +61,22 @@ def test_mask_equals_brute_force(spec):
     assert dense[i, j] == spec.frame_mask()[i // 3, j // 3]
 
 
+@pytest.mark.parametrize("spec", SPECS + [masks.SlidingWindow(4, 1), masks.SlidingWindow(6, 1, chunk=2),
+                                  masks.SlidingWindow(1, 1)], ids=str)
+def test_diagonal_chunk_finds_exactly_the_masks_whose_chunks_see_only_themselves(spec):
+  """By brute force: the chunk c for which the frame mask is c x c blocks on the diagonal."""
+  allowed = spec.frame_mask()
+  n = allowed.shape[0]
+  expected = 0
+  if allowed.shape == (n, n):
+    for c in range(1, n + 1):
+      blocks = np.kron(np.eye(n // c, dtype=bool), np.ones((c, c), bool))
+      if n % c == 0 and np.array_equal(allowed, blocks):
+        expected = c
+  assert masks.diagonal_chunk(spec) == expected
+  assert expected or not isinstance(spec, masks.SlidingWindow) or spec.window > 1
+
+
 def test_specs_are_hashable_values():
   assert masks.TeacherForcing(4) == masks.TeacherForcing(4)
   assert hash(masks.SlidingWindow(8, 2, 1)) == hash(masks.SlidingWindow(8, 2, 1))

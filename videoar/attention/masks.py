@@ -60,6 +60,19 @@ class MaskSpec:
     return 1.0 - float(self.frame_mask().mean())
 
 
+def diagonal_chunk(mask: MaskSpec) -> int:
+  """c > 0 if `mask` is square and each chunk of c frames sees exactly its own frames
+  (SlidingWindow(n, 1, chunk=c): a FineDecoder's frames; c = n for a square mask that allows
+  everything); 0 otherwise. Attention under such a mask is a batch of independent Full(c)
+  attentions."""
+  allowed = mask.frame_mask()
+  n = allowed.shape[0]
+  chunk = int(allowed[0].sum())
+  if allowed.shape != (n, n) or not chunk or n % chunk:
+    return 0
+  return chunk if np.array_equal(allowed, _same_chunk(n, chunk)) else 0
+
+
 def _chunk_ids(num_frames: int, chunk: int) -> np.ndarray:
   return np.arange(num_frames) // chunk
 

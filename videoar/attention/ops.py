@@ -23,6 +23,9 @@ Implementations (`impl`), all equal to the dense reference up to float rounding:
            where it serves the call; elsewhere, and for routing everywhere, dense under a Full
            mask without routing and blocked otherwise (docs/performance.md).
 
+A mask whose chunks see only themselves (masks.diagonal_chunk; a FineDecoder's frames) runs,
+under every impl, as a batch of Full attentions, one per chunk.
+
 The platform is the one the computation is compiled for (`target_platform`): the devices of the
 mesh in scope while tracing, so that a train step compiled ahead of time for a TPU topology on a
 CPU host (launch/aot_compile.py) gets the TPU kernel, not the host's.
@@ -97,6 +100,15 @@ def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
   if impl not in IMPLS:
     raise ValueError(f"attention impl={impl!r} is unknown; allowed: {', '.join(IMPLS)}")
   _check_shapes(q, k, v, mask, tokens_per_frame)
+  chunk = masks.diagonal_chunk(mask)
+  if chunk and not isinstance(mask, masks.Full) and routing is None and kv_frame_valid is None:
+    # Chunks that see only themselves are a batch of Full attentions: nothing to mask or skip.
+    b, tokens, heads, head_dim = q.shape
+    per_chunk = chunk * tokens_per_frame
+    fold = lambda x: x.reshape(b * (tokens // per_chunk), per_chunk, heads, head_dim)
+    out = attention(fold(q), fold(k), fold(v), masks.Full(chunk),
+                    tokens_per_frame=tokens_per_frame, impl=impl)
+    return out.reshape(q.shape)
   platform = target_platform()
   if impl == "auto":
     impl = choose_impl(mask, routing, platform, tokens_per_frame, dtype=q.dtype,
