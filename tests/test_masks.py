@@ -61,8 +61,9 @@ def test_mask_equals_brute_force(spec):
     assert dense[i, j] == spec.frame_mask()[i // 3, j // 3]
 
 
-@pytest.mark.parametrize("spec", SPECS + [masks.SlidingWindow(4, 1), masks.SlidingWindow(6, 1, chunk=2),
-                                  masks.SlidingWindow(1, 1)], ids=str)
+@pytest.mark.parametrize("spec", SPECS + [masks.SlidingWindow(4, 1),
+                                  masks.SlidingWindow(6, 1, chunk=2), masks.SlidingWindow(1, 1)],
+                         ids=str)
 def test_diagonal_chunk_finds_exactly_the_masks_whose_chunks_see_only_themselves(spec):
   """By brute force: the chunk c for which the frame mask is c x c blocks on the diagonal."""
   allowed = spec.frame_mask()

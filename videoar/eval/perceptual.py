@@ -208,10 +208,10 @@ def _i3d_batch(variables: dict, videos: jax.Array) -> jax.Array:
 
 def i3d_features(videos: np.ndarray) -> np.ndarray:
   """The Kinetics-400 I3D logits of clips [N, F, H, W, C] (any F >= 1, C 1 or 3), float64
-  [N, 400], computed I3D_BATCH clips at a time as described in the module docstring. About 2 clips/s on
-  2 CPU cores (1.95 in `fvd_check` with 32 clips a set, compilation included, against 1.04
-  through the library's 3D convolutions, 2026-12-06), whatever the input size: the cost is
-  I3D's at 224x224x16.
+  [N, 400], computed I3D_BATCH clips at a time as described in the module docstring. About 2
+  clips/s on 2 CPU cores (1.95 in `fvd_check` with 32 clips a set, compilation included,
+  against 1.04 through the library's 3D convolutions, 2026-12-06), whatever the input size: the
+  cost is I3D's at 224x224x16.
 
   Raises ValueError unless videos is [N, F, H, W, C] with C 1 or 3.
   """
