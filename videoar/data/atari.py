@@ -20,12 +20,11 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 import threading
 
 import numpy as np
 
-from videoar import errors
+from videoar import errors, files
 
 # Games that wait for FIRE before play (re)starts: a uniform policy would spend most of an
 # episode on a frozen screen.
@@ -271,12 +270,10 @@ def _episode_array(directory: str, episode: int, name: str) -> np.ndarray:
 
 
 def _atomic_save(path: str, array: np.ndarray) -> None:
-  with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".npy", delete=False) as f:
+  with files.replaced(path, "wb") as f:
     np.save(f, array)
-  os.replace(f.name, path)
 
 
 def _atomic_write(path: str, text: str) -> None:
-  with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as f:
+  with files.replaced(path) as f:
     f.write(text)
-  os.replace(f.name, path)

@@ -24,11 +24,12 @@ import json
 import multiprocessing
 import os
 import re
-import tempfile
 import threading
 
 import numpy as np
 from absl import logging
+
+from videoar import files
 
 VIDEO_EXTENSIONS = frozenset({
     ".avi", ".flv", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm",
@@ -100,9 +101,9 @@ class VideoFolder:
 def video_files(path: str) -> list[str]:
   """Paths relative to `path` of the files with a video extension under it, sorted."""
   found = []
-  for directory, subdirectories, files in os.walk(path):
+  for directory, subdirectories, names in os.walk(path):
     subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
-    found += [os.path.relpath(os.path.join(directory, name), path) for name in files
+    found += [os.path.relpath(os.path.join(directory, name), path) for name in names
               if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS]
   return sorted(found)
 
@@ -253,9 +254,9 @@ def _index(folder: VideoFolder) -> dict[str, dict]:
   if os.path.exists(index_path):
     with open(index_path) as f:
       cached = json.load(f)
-  files = video_files(folder.path)
+  paths = video_files(folder.path)
   index, changed = {}, False
-  for file in files:
+  for file in paths:
     stat = os.stat(os.path.join(folder.path, file))
     entry = cached.get(file)
     # Indexes written before DECODER existed have no "decoder".
@@ -269,7 +270,7 @@ def _index(folder: VideoFolder) -> dict[str, dict]:
   skipped = {file: entry["error"] for file, entry in index.items() if "error" in entry}
   decoded = [entry for entry in index.values() if "error" not in entry]
   if not decoded:
-    reason = f"all {len(files)} video files failed to decode" if files else "no video file"
+    reason = f"all {len(paths)} video files failed to decode" if paths else "no video file"
     raise ValueError(f"data.path={folder.path!r}: {reason} (extensions:"
                      f" {', '.join(sorted(VIDEO_EXTENSIONS))})")
   # Process-prefetch workers load the same index; the main process has reported it.
@@ -289,9 +290,8 @@ def _decode_to_cache(folder: VideoFolder, file: str, stat: os.stat_result) -> di
     return entry | {"error": str(e)}
   cache = hashlib.sha1(file.encode()).hexdigest()[:16] + ".npy"
   os.makedirs(folder.cache_directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=folder.cache_directory, suffix=".npy", delete=False) as f:
+  with files.replaced(os.path.join(folder.cache_directory, cache), "wb") as f:
     np.save(f, frames)
-  os.replace(f.name, os.path.join(folder.cache_directory, cache))
   return entry | {"frames": len(frames), "cache": cache}
 
 
@@ -319,6 +319,5 @@ def _frames(cache_path: str) -> np.ndarray:
 
 def _atomic_write(path: str, text: str) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as f:
+  with files.replaced(path) as f:
     f.write(text)
-  os.replace(f.name, path)

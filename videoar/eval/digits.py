@@ -21,12 +21,12 @@ import dataclasses
 import functools
 import hashlib
 import os
-import tempfile
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from videoar import files
 from videoar.data.moving_mnist import mnist_digits
 
 # scikit-learn and joblib are imported where they are used: they add most of a second to the start
@@ -123,9 +123,8 @@ def load_or_train(digit_size: int, directory: str | None = None) -> DigitClassif
         classifier = _train(digits, labels, digit_size)
         how = f"trained in {time.perf_counter() - started:.1f} s, written to"
         os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+        with files.replaced(path, "wb") as f:
             joblib.dump(classifier, f)
-        os.replace(f.name, path)
     print(
         f"digit classifier ({digit_size}x{digit_size} px): held-out accuracy"
         f" {classifier.held_out_accuracy:.3f} on {HELD_OUT} digits; {how} {path}"

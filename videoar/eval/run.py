@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videoar import experiment, media, sampling
+from videoar import experiment, files, media, sampling
 from videoar.data import pipeline
 from videoar.data.atari import AtariEpisodes
 from videoar.data.bouncing import BouncingWorld
@@ -282,7 +281,6 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
                               c.eval.segment_len)
   # Last and whole (a rename): an eval.json is what marks a run evaluated (videoar.sweep), so a
   # crash before here leaves none rather than a cut-short one.
-  with tempfile.NamedTemporaryFile("w", dir=workdir, suffix=".tmp", delete=False) as f:
+  with files.replaced(os.path.join(workdir, "eval.json")) as f:
     json.dump(metrics_log.strict(result), f, indent=1, allow_nan=False)
-  os.replace(f.name, os.path.join(workdir, "eval.json"))
   return result

@@ -10,14 +10,13 @@ import io
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 
-from videoar import errors, media
+from videoar import errors, files, media
 
 # Frames per second of the sample videos; the bouncing world moves 1-2 px a frame, so 4 fps shows
 # the motion without a blur of frames.
@@ -144,7 +143,5 @@ def _drop_metrics_after(path: str, step: int) -> None:
     if logged <= step:
       kept.append(line)
   if len(kept) < len(lines):
-    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".tmp",
-                                     delete=False) as f:
+    with files.replaced(path) as f:
       f.writelines(kept)
-    os.replace(f.name, path)

@@ -33,9 +33,9 @@ import json
 import math
 import os
 import socket
-import tempfile
 from typing import Any, Mapping
 
+from videoar import files
 from videoar.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -203,17 +203,9 @@ class RunRecord:
     Save the current record after a resume passes check_same_run, so that run.json describes
     the newest command (its allowed changes included).
     """
-    fd, temp = tempfile.mkstemp(dir=workdir, prefix=f".{RECORD_NAME}.", suffix=".tmp")
-    try:
-      with os.fdopen(fd, "w") as f:
-        json.dump({"config": self.config, "dataset": self.dataset}, f, indent=2, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(temp, os.path.join(workdir, RECORD_NAME))
-    except BaseException:
-      os.unlink(temp)
-      raise
+    with files.replaced(os.path.join(workdir, RECORD_NAME)) as f:
+      json.dump({"config": self.config, "dataset": self.dataset}, f, indent=2, allow_nan=False)
+      f.write("\n")
 
   @classmethod
   def load(cls, workdir: str) -> RunRecord | None:
