@@ -37,3 +37,16 @@ def test_bytes_mode_writes_arrays(tmp_path):
   with files.replaced(path, "wb") as f:
     np.save(f, np.arange(3))
   assert np.load(path).tolist() == [0, 1, 2]
+
+
+def test_a_rename_that_fails_removes_the_temporary(tmp_path, monkeypatch):
+  path = str(tmp_path / "metrics.jsonl")
+
+  def crash(*args):
+    raise OSError("disk gone")
+
+  monkeypatch.setattr(os, "replace", crash)
+  with pytest.raises(OSError, match="disk gone"):
+    with files.replaced(path) as f:
+      f.write("{}\n")
+  assert not os.listdir(tmp_path)

@@ -20,18 +20,19 @@ FILE_MODE = 0o644
 @contextlib.contextmanager
 def replaced(path: str, mode: str = "w") -> Iterator[IO]:
   """A temporary file beside `path`, open for writing in `mode` ("w" text, "wb" bytes). When the
-  block ends normally it is flushed to disk and renamed to `path`; when the block raises, it is
-  removed and `path` keeps what it held (or stays absent). The directory must exist."""
+  block ends normally it is flushed to disk and renamed to `path`; when the block or the rename
+  raises, it is removed and `path` keeps what it held (or stays absent). The directory must
+  exist."""
   directory = os.path.dirname(path) or "."
-  with tempfile.NamedTemporaryFile(mode, dir=directory, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp", delete=False) as f:
-    try:
+  f = tempfile.NamedTemporaryFile(mode, dir=directory, prefix=f".{os.path.basename(path)}.",
+                                  suffix=".tmp", delete=False)
+  try:
+    with f:
       yield f
       f.flush()
       os.fsync(f.fileno())
-    except BaseException:
-      f.close()
-      os.unlink(f.name)
-      raise
-  os.chmod(f.name, FILE_MODE)
-  os.replace(f.name, path)
+    os.chmod(f.name, FILE_MODE)
+    os.replace(f.name, path)
+  except BaseException:
+    os.unlink(f.name)
+    raise
