@@ -3,6 +3,7 @@
 import os
 import stat
 
+import numpy as np
 import pytest
 
 from videoar import files
@@ -32,7 +33,6 @@ def test_a_write_that_fails_keeps_the_old_file_and_removes_the_temporary(tmp_pat
 
 
 def test_bytes_mode_writes_arrays(tmp_path):
-  np = pytest.importorskip("numpy")
   path = str(tmp_path / "feature.npy")
   with files.replaced(path, "wb") as f:
     np.save(f, np.arange(3))

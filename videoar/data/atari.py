@@ -123,12 +123,15 @@ class AtariEpisodes:
     for episode in episodes:
       frames, actions, action_names = play_episode(self, episode)
       for name, array in (("frames", frames), ("actions", actions)):
-        _atomic_save(os.path.join(self.directory, f"episode_{episode:05d}_{name}.npy"), array)
+        with files.replaced(os.path.join(self.directory, f"episode_{episode:05d}_{name}.npy"),
+                            "wb") as f:
+          np.save(f, array)
       lengths.append(len(frames))
       episodes.set_postfix(frames=sum(lengths))
     index = dict(dataclasses.asdict(self), lengths=lengths, action_names=action_names)
     del index["path"]
-    _atomic_write(os.path.join(self.directory, "index.json"), json.dumps(index, indent=1))
+    with files.replaced(os.path.join(self.directory, "index.json")) as f:
+      json.dump(index, f, indent=1)
 
 
 def play_episode(episodes: AtariEpisodes, episode: int):
@@ -267,13 +270,3 @@ _NPY_HEADER_LOCK = threading.Lock()
 def _episode_array(directory: str, episode: int, name: str) -> np.ndarray:
   with _NPY_HEADER_LOCK:
     return np.load(os.path.join(directory, f"episode_{episode:05d}_{name}.npy"), mmap_mode="r")
-
-
-def _atomic_save(path: str, array: np.ndarray) -> None:
-  with files.replaced(path, "wb") as f:
-    np.save(f, array)
-
-
-def _atomic_write(path: str, text: str) -> None:
-  with files.replaced(path) as f:
-    f.write(text)

@@ -266,7 +266,9 @@ def _index(folder: VideoFolder) -> dict[str, dict]:
       changed = True
     index[file] = entry
   if changed or set(cached) != set(index):
-    _atomic_write(index_path, json.dumps(index, indent=1))
+    os.makedirs(folder.cache_directory, exist_ok=True)
+    with files.replaced(index_path) as f:
+      json.dump(index, f, indent=1)
   skipped = {file: entry["error"] for file, entry in index.items() if "error" in entry}
   decoded = [entry for entry in index.values() if "error" not in entry]
   if not decoded:
@@ -315,9 +317,3 @@ _NPY_HEADER_LOCK = threading.Lock()
 def _frames(cache_path: str) -> np.ndarray:
   with _NPY_HEADER_LOCK:
     return np.load(cache_path, mmap_mode="r")
-
-
-def _atomic_write(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with files.replaced(path) as f:
-    f.write(text)

@@ -183,11 +183,14 @@ def _i3d_conv_as_2d(next_fun, args, kwargs, context):
   if (context.method_name != "__call__" or not isinstance(module, nn.Conv)
       or len(module.kernel_size) != 3 or module.kernel_size[0] == 1):
     return next_fun(*args, **kwargs)
-  if module.padding != "SAME" or module.feature_group_count != 1:
-    raise ValueError(f"I3D convolution {module.name}: only SAME, ungrouped convolutions are"
-                     " computed as 2D convolutions")
-  strides = module.strides or (1, 1, 1)
-  out = temporal_taps_conv(args[0], module.get_variable("params", "kernel"), tuple(strides))
+  as_triple = lambda value: (value,) * 3 if value is None or isinstance(value, int) else value
+  if (module.padding != "SAME" or module.feature_group_count != 1
+      or tuple(as_triple(module.kernel_dilation)) not in ((None,) * 3, (1, 1, 1))
+      or tuple(as_triple(module.input_dilation)) not in ((None,) * 3, (1, 1, 1))):
+    raise ValueError(f"I3D convolution {module.name}: only SAME, ungrouped, undilated"
+                     " convolutions are computed as 2D convolutions")
+  strides = tuple(as_triple(module.strides or 1))
+  out = temporal_taps_conv(args[0], module.get_variable("params", "kernel"), strides)
   if module.use_bias:
     out = out + module.get_variable("params", "bias")
   return out

@@ -294,7 +294,7 @@ def check_same_run(workdir: str, recorded: RunRecord, current: RunRecord, *,
                    weight_keys: frozenset[str] = frozenset()) -> Differences:
   """The differences between the run in `workdir` and the current one, when it may resume.
   `weight_keys` are the dotted keys whose change gives the weights another shape or meaning
-  (validate.TRAINED_MODEL_KEYS under "model."): the refusal then offers no restart from them.
+  (validate.TRAINED_MODEL_PATHS): the refusal then offers no restart from them.
 
   Raises:
     RunRefused: a blocking difference; the message is refusal_line's.
