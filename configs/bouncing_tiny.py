@@ -25,11 +25,12 @@ Measured on 2 idle CPU cores, 2026-12-02 (docs/results.md has the tables and the
 this recipe): the whole job took 9 min 46 s, of which 1800 steps 7 min 19 s and the
 evaluation's scoring 1.7 min, nearly all of it FVD; on another machine, 2026-12-06, with no
 I3D features cached, 12 min 32 s (1800 steps in 9 min 19 s, scoring 2.0 min); on a third,
-15 min 4 s (1800 steps in 11 min 29 s, scoring 2.1 min; 1200 steps would fit ten minutes there
-but leave the objects still and merged: docs/results.md, "Fewer steps"). Three seeds,
-per 8-frame segment at 3x: objects lost 0.05 / 0.09 / 0.11 a frame (sd 0.02-0.04), invented
-0.02-0.04, colour drift 0.043 (the truth's 0.033-0.034), position error below copying the last
-frame in every segment of every seed. Without the FineDecoder (8x8 linear unpatchify, guidance 1.5, 2000 steps: the default
+15 min 4 s (1800 steps in 11 min 29 s, scoring 2.1 min; 1200 steps would fit ten minutes there,
+but seed 0 then invents objects and keeps them still, and seed 1 sits at the targets' edge:
+docs/results.md, "Fewer steps"). Three seeds, per 8-frame segment at 3x: objects lost 0.05 /
+0.09 / 0.11 a frame (sd 0.02-0.04), invented 0.02-0.04, colour drift 0.043 (the truth's
+0.033-0.034), position error below copying the last frame in every segment of every seed.
+Without the FineDecoder (8x8 linear unpatchify, guidance 1.5, 2000 steps: the default
 until 2026-12-02) they were 0.12 / 0.20 / 0.25 lost and 0.071-0.076 drift. The failures left:
 shapes soften or stretch, an object half hidden in the context frames can come back in the
 other object's colour, and objects slow down (0.93 / 0.73 / 0.67 px a frame over 3 seeds against

@@ -153,7 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_clips = 32
   config.eval.segment_len = 8  # one training length per segment
   # FVD in the final evaluation (eval/perceptual.py): I3D on 224x224 of every generated and true
-  # clip segment, 2.5 min of the default run's 32 clips x 3 segments on 2 cores and about 3x
+  # clip segment, about 2 min of the default run's 32 clips x 3 segments on 2 cores and about 3x
   # that at 10x the training length, so the default run (configs/bouncing_tiny.py) pays it and
   # other runs ask for it.
   config.eval.fvd = False

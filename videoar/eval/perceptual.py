@@ -206,7 +206,7 @@ def separable_max_pool(inputs: jax.Array, window_shape: Sequence[int],
   with len(spatial) == len(window_shape); strides default to 1.
 
   Why: XLA:CPU runs a max-pool (reduce_window) element by element; I3D's eleven took 0.85 s of
-  its 3.7 s per 8 clips, 0.15 s as maxima of slices (2026-12-06, 2 cores).
+  its 3.7 s per 8 clips, about 0.15 s as maxima of slices (2026-12-06, 2 cores).
   Raises ValueError for a padding other than "SAME" or "VALID"."""
   if padding not in ("SAME", "VALID"):
     raise ValueError(f"max-pool padding {padding!r}: only 'SAME' and 'VALID' are computed"
