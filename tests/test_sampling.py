@@ -51,7 +51,8 @@ def recompute_sample(model, params, noise_bfhwc, times, chunk, cond=None):
     "chunk,prediction,previous_frame_input,routing_top_k,fine_patch",
     [(1, "velocity", False, 0, 0), (2, "velocity", False, 0, 0), (2, "data", True, 0, 0),
      (1, "data", True, 0, 0), (1, "velocity", False, 2, 0), (2, "data", True, 1, 0),
-     (2, "residual", True, 0, 0), (2, "data", True, 0, 2)])
+     (2, "residual", True, 0, 0), (2, "data", True, 0, 2), (1, "warp", True, 0, 0),
+     (2, "warp", True, 1, 2)])
 def test_cached_sampling_equals_recomputation(chunk, prediction, previous_frame_input,
                                               routing_top_k, fine_patch):
   """Also with history routing: over the cache a chunk routes among the same frames, with the
@@ -67,7 +68,10 @@ def test_cached_sampling_equals_recomputation(chunk, prediction, previous_frame_
   cached, _ = jax.jit(sampler.rollout)(params, sampler.init_cache(2), noise,
                                        jnp.broadcast_to(times, (2, steps + 1)))
   reference = recompute_sample(model, params, noise, times, chunk)
-  np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=1e-5, rtol=0)
+  # A warp reads the frame before at the large displacements random weights give, where the
+  # kernel is steep: rounding grows about 3x a frame (1e-6 in the first, 1e-4 by the sixth).
+  atol = 1e-4 * float(jnp.abs(reference).max()) if prediction == "warp" else 1e-5
+  np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=atol, rtol=0)
   assert float(jnp.abs(cached).max()) > 0.1
 
 

@@ -131,6 +131,8 @@ BAD_CONFIGS = [
     ({"model.text_dim": -1}, "config.model.text_dim=-1"),
     ({"model.prediction": "residual", "model.previous_frame_input": False},
      "config.model.prediction='residual'"),
+    ({"model.prediction": "warp", "model.previous_frame_input": False},
+     "config.model.prediction='warp'"),
     ({"forcing.loss_weighting": "snr"}, "config.forcing.loss_weighting='snr'"),
     ({"eval.every": -1}, "config.eval.every=-1"),
     ({"forcing.resample_mode": "parallel", "forcing.history_time_input": True},

@@ -40,8 +40,8 @@ SOLVERS = ("euler", "few_step")
 
 def data_prediction(model: dit.CausalDiT, velocity, x_t, t_bf):
   """The clean frames x0 [B, F, H, W, C] that `model`'s velocity at (x_t, t_bf [B, F]) stands
-  for (a "residual" model outputs data, relative to the previous frame)."""
-  prediction = "data" if model.prediction == "residual" else model.prediction
+  for (a "residual" or "warp" model outputs data, relative to the previous frame)."""
+  prediction = "data" if model.prediction in dit.PREDICTIONS_FROM_PREVIOUS else model.prediction
   return flow.data_from_velocity(prediction, velocity, x_t, t_bf)
 
 

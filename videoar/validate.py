@@ -139,8 +139,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          " use auto or blocked")
   if config.model.prediction not in dit.PREDICTIONS:
     fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
-  if config.model.prediction == "residual" and not config.model.previous_frame_input:
-    fail("model.prediction", "residual", "needs model.previous_frame_input=True")
+  if (config.model.prediction in dit.PREDICTIONS_FROM_PREVIOUS
+      and not config.model.previous_frame_input):
+    fail("model.prediction", config.model.prediction, "needs model.previous_frame_input=True")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
   if config.model.remat_policy not in dit.REMAT_POLICIES:

@@ -14,8 +14,11 @@ from videoar.attention import masks
 from videoar.diffusion import flow
 from videoar.models import kv_cache as kv_cache_lib
 from videoar.models import layers
+from videoar.models import warp as warp_lib
 
-PREDICTIONS = flow.PREDICTIONS + ("residual",)
+PREDICTIONS = flow.PREDICTIONS + ("residual", "warp")
+# What a CausalDiT predicts from the frame before its chunk (previous_frame_input).
+PREDICTIONS_FROM_PREVIOUS = ("residual", "warp")
 # The batch entries a model can be conditioned on, and the CausalDiT argument each becomes.
 CONDITIONING_INPUTS = {"label": "labels_b", "actions": "actions_bf", "text": "text_bld"}
 # Those given per frame: a sampler hands each chunk its own frames of them.
@@ -104,6 +107,12 @@ class CausalDiT(nn.Module):
       "residual" is the clean frame's change from the frame before its chunk (with
       previous_frame_input): an untrained model copies the previous frame, so small objects
       persist from the first steps and the network spends itself on what moves.
+      "warp" is motion-compensated: the clean frame is the previous frame resampled at every
+      pixel plus a predicted displacement (warp.warp: cubic convolution), plus a residual; the
+      last layer outputs the residual's C channels and the displacement's 2 (rows, columns, in
+      pixels) per pixel. Untrained it copies the previous frame, as "residual" does; trained it
+      moves content by resampling it rather than redrawing it, which keeps detail over a rollout
+      (Moving-MNIST: docs/results.md).
     previous_frame_input: every token also reads the co-located patch of the clean frame before
       its chunk (`previous_frames`), next to its own. Through attention alone a small model
       learns to use its context slowly; most motion is local, and this direct path makes the
@@ -187,8 +196,8 @@ class CausalDiT(nn.Module):
     p = self.patch
     gh, gw = self.grid(h, w)
     tokens = patchify(x_bfhwc, p)
-    if self.prediction == "residual" and not self.previous_frame_input:
-      raise ValueError("CausalDiT(prediction='residual') needs previous_frame_input=True")
+    if self.prediction in PREDICTIONS_FROM_PREVIOUS and not self.previous_frame_input:
+      raise ValueError(f"CausalDiT(prediction={self.prediction!r}) needs previous_frame_input=True")
     if self.previous_frame_input:
       if previous_bfhwc is None:
         raise ValueError("CausalDiT(previous_frame_input=True) needs previous_bfhwc")
@@ -264,16 +273,22 @@ class CausalDiT(nn.Module):
     x_bfhwc, t_bf = x_bfhwc[:, outputs_from:], t_bf[:, outputs_from:]
     if previous_bfhwc is not None:
       previous_bfhwc = previous_bfhwc[:, outputs_from:]
+    # A warp also outputs each pixel's displacement (rows, columns).
+    out_channels = c + 2 if self.prediction == "warp" else c
     if self.fine_patch:
       x = FineDecoder(p, self.fine_patch, self.fine_width, self.fine_depth, self.head_dim,
-                      self.mlp_ratio, self.attention_impl, self.dtype, name="fine_decoder")(
+                      self.mlp_ratio, self.attention_impl, self.dtype, out_channels,
+                      name="fine_decoder")(
           x, cond, x_bfhwc, previous_bfhwc if self.previous_frame_input else None)
     else:
-      x = unpatchify(final_layer(x, cond, p * p * c, self.dtype), p, h, w)
+      x = unpatchify(final_layer(x, cond, p * p * out_channels, self.dtype), p, h, w)
     x = x.astype(jnp.float32)
     prediction = self.prediction
     if prediction == "residual":
       x, prediction = x + previous_bfhwc.astype(jnp.float32), "data"
+    elif prediction == "warp":
+      x = x[..., :c] + warp_lib.warp(previous_bfhwc, x[..., c:])
+      prediction = "data"
     velocity = flow.velocity_from_prediction(prediction, x, x_bfhwc, t_bf)
     return velocity, new_kv
 
@@ -330,11 +345,12 @@ class FineDecoder(nn.Module):
   mlp_ratio: float
   attention_impl: str
   dtype: jnp.dtype
+  out_channels: int
 
   @nn.compact
   def __call__(self, x_bftd, cond_bfd, x_t_bfhwc, previous_bfhwc=None):
     """x_bftd [B, F, gh * gw, trunk width], cond_bfd [B, F, trunk width], x_t_bfhwc (and, if
-    given, previous_bfhwc) [B, F, H, W, C] -> [B, F, H, W, C] in the compute dtype."""
+    given, previous_bfhwc) [B, F, H, W, C] -> [B, F, H, W, out_channels] in the compute dtype."""
     b, f, h, w, c = x_t_bfhwc.shape
     fp, r = self.fine_patch, self.patch // self.fine_patch
     gh, gw = h // self.patch, w // self.patch
@@ -356,7 +372,7 @@ class FineDecoder(nn.Module):
       x, _ = Block(self.width, self.width // self.head_dim, self.mlp_ratio, self.attention_impl,
                    0, self.dtype, masks.SlidingWindow(f, 1), name=f"block_{i}")(
           x, None, cond, None, positions, None, None)
-    x = final_layer(x, cond, fp * fp * c, self.dtype)
+    x = final_layer(x, cond, fp * fp * self.out_channels, self.dtype)
     return unpatchify(x, fp, h, w)
 
 
