@@ -8,7 +8,8 @@ sub-pixel centre. The oracles start from each digit's own layer at the last cont
 move it, frame after frame, by the digit's true displacement: they resample the layer they made
 the frame before, as a model that draws frame t + 1 from its own frame t does. Then they
 max-composite the layers, as the world does. One oracle interpolates bilinearly, one with a
-cubic spline. Each is read by the evaluation's digit classifier (videoar/eval/digits.py: clear
+cubic spline, two by Keys' cubic convolution (videoar/models/warp.py's kernel, at a = -0.5 and at
+a = -0.75, the value model.prediction="warp" uses). Each is read by the evaluation's digit classifier (videoar/eval/digits.py: clear
 digits at their true positions) and its ink is compared with the truth's (digits.ink_ratio).
 Prints, per oracle, the share read right per 8-frame segment and at generated frames 0, 1, 3,
 5, 7 and 23, and the ink per segment.
@@ -27,13 +28,34 @@ from scipy import ndimage
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from videoar.data import moving_mnist, pipeline  # noqa: E402
 from videoar.eval import digits as digits_lib  # noqa: E402
+from videoar.models import warp  # noqa: E402
 
 flags.DEFINE_string("json", None, "Also write the figures here as JSON.")
 FLAGS = flags.FLAGS
 
 CONTEXT, GENERATED, CLIPS, SEGMENT = 2, 24, 32, 8
-# scipy's spline orders: 1 is bilinear, 3 a cubic spline.
-ORDERS = {"bilinear": 1, "cubic spline": 3}
+# scipy's spline orders (1 is bilinear, 3 a cubic spline), or Keys' cubic convolution at its a.
+ORDERS = {"bilinear": 1, "cubic spline": 3, "Keys cubic convolution, a = -0.5": ("keys", -0.5),
+          "Keys cubic convolution, a = -0.75": ("keys", -0.75)}
+
+
+def _shift(layer, displacement, order):
+  """`layer` [H, W] moved by `displacement` (rows, columns; ndimage.shift's sense), zero outside."""
+  if not isinstance(order, tuple):
+    return ndimage.shift(layer, displacement, order=order, mode="constant")
+  a = order[1]
+  for axis, d in enumerate(displacement):
+    size = layer.shape[axis]
+    source = np.arange(size) - d
+    floor = np.floor(source)
+    moved = np.zeros_like(layer)
+    for k in (-1, 0, 1, 2):
+      index = floor.astype(int) + k
+      weight = np.asarray(warp.cubic_kernel(source - index, a)) * ((index >= 0) & (index < size))
+      taken = np.take(layer, np.clip(index, 0, size - 1), axis=axis)
+      moved += taken * (weight[:, None] if axis == 0 else weight[None, :])
+    layer = moved
+  return layer
 
 
 def continuations(world: moving_mnist.MovingMnist, order: int):
@@ -54,8 +76,7 @@ def continuations(world: moving_mnist.MovingMnist, order: int):
               for k in range(world.num_digits)]
     frames = []
     for f in range(CONTEXT, CONTEXT + GENERATED):
-      layers = [np.clip(ndimage.shift(layer, centres[f, k] - centres[f - 1, k], order=order,
-                                      mode="constant"), 0.0, 1.0)
+      layers = [np.clip(_shift(layer, centres[f, k] - centres[f - 1, k], order), 0.0, 1.0)
                 for k, layer in enumerate(layers)]
       frames.append(2.0 * np.max(layers, axis=0) - 1.0)
     truth.append(clip["video"][CONTEXT:])

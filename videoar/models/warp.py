@@ -19,11 +19,11 @@ CUBIC_A = -0.75
 _TAPS = (-1, 0, 1, 2)
 
 
-def cubic_kernel(s):
-  """Keys (1981) cubic convolution kernel with a = CUBIC_A at offsets `s` (any shape): 1 at 0, 0 at
-  the other integers, zero beyond |s| = 2."""
+def cubic_kernel(s, a: float = CUBIC_A):
+  """Keys (1981) cubic convolution kernel at offsets `s` (any shape): 1 at 0, 0 at the other
+  integers, zero beyond |s| = 2. `a` other than CUBIC_A only for docs/mnist_advection.py's
+  comparison."""
   s = jnp.abs(s)
-  a = CUBIC_A
   inner = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
   outer = ((a * s - 5.0 * a) * s + 8.0 * a) * s - 4.0 * a
   return jnp.where(s <= 1.0, inner, jnp.where(s < 2.0, outer, 0.0))
