@@ -32,9 +32,10 @@ digits the context never showed clear (2026-12-04): those the 2 context frames d
 input (forcing.history_time_input), sampled at any sample.history_time, read 0.32-0.33 in the
 first segment. Motion-compensated prediction (model.prediction="warp", 2026-12-06: the previous
 frame resampled by cubic convolution along a predicted displacement, plus a residual) with the
-FineDecoder and guidance 3 reads 0.61 / 0.12 / 0.12 (guidance 2: 0.65 / 0.13 / 0.11), one step
-from the true history 0.90 / 0.84 / 0.83: the first frames hold longer, the rollout still loses
-the digits by the sixth generated frame, and overlapping digits move as one shape.
+FineDecoder and guidance 3 reads 0.61 / 0.12 / 0.12 (seed 1: 0.57 / 0.08 / 0.10), one step from
+the true history 0.90 / 0.84 / 0.83 (0.92 / 0.93 / 0.97): the first frames hold longer, the
+rollout still loses the digits by the sixth generated frame, and overlapping digits move as one
+shape.
 """
 
 from videoar import base_config
