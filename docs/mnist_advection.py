@@ -9,8 +9,9 @@ move it, frame after frame, by the digit's true displacement: they resample the 
 the frame before, as a model that draws frame t + 1 from its own frame t does. Then they
 max-composite the layers, as the world does. One oracle interpolates bilinearly, one with a
 cubic spline, two by Keys' cubic convolution (videoar/models/warp.py's kernel, at a = -0.5 and at
-a = -0.75, the value model.prediction="warp" uses). Each is read by the evaluation's digit classifier (videoar/eval/digits.py: clear
-digits at their true positions) and its ink is compared with the truth's (digits.ink_ratio).
+a = -0.75, the value model.prediction="warp" uses). Each is read by the evaluation's digit
+classifier (videoar/eval/digits.py: clear digits at their true positions) and its ink is
+compared with the truth's (digits.ink_ratio).
 Prints, per oracle, the share read right per 8-frame segment and at generated frames 0, 1, 3,
 5, 7 and 23, and the ink per segment.
 """

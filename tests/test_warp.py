@@ -36,7 +36,8 @@ def test_kernel_is_keys_cubic_convolution_at_minus_three_quarters():
   1/2 and a / 8 at 3/2; the four taps around any point sum to 1 (a constant stays constant)."""
   s = jnp.asarray([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, -0.5])
   a = -0.75
-  expected = [1.0, (a + 2) / 8 - (a + 3) / 4 + 1, 0.0, a / 8, 0.0, 0.0, (a + 2) / 8 - (a + 3) / 4 + 1]
+  half = (a + 2) / 8 - (a + 3) / 4 + 1
+  expected = [1.0, half, 0.0, a / 8, 0.0, 0.0, half]
   np.testing.assert_allclose(np.asarray(warp.cubic_kernel(s)), expected, atol=1e-7)
   frac = jnp.linspace(0.0, 0.99, 23)
   taps = sum(warp.cubic_kernel(frac - k) for k in (-1, 0, 1, 2))

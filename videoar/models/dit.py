@@ -331,9 +331,10 @@ class FineDecoder(nn.Module):
   `width`, one per `fine_patch`-side sub-patch, to which the sub-patch of the noisy input (and of
   the previous frame) is added; `depth` blocks then attend within the frame only
   (SlidingWindow(F, 1) over its sub-patch tokens, 2D RoPE) and a final layer maps each to its
-  pixels. Why: where two objects overlap, one 8x8 token holds both and its linear unpatchify gives a blur, even at low
-  noise where the noisy input nearly is the answer (docs/overlap_denoising.py); sub-patch tokens
-  that read the input at their own resolution can keep the two apart. It works frame by frame,
+  pixels, `out_channels` each (C, or C + 2 with a warp's displacement). Why: where two objects
+  overlap, one 8x8 token holds both and its linear unpatchify gives a blur, even at low noise
+  where the noisy input nearly is the answer (docs/overlap_denoising.py); sub-patch tokens that
+  read the input at their own resolution can keep the two apart. It works frame by frame,
   so causality, the KV cache (trunk tokens only) and routing are unchanged.
   """
 
