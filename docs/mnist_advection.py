@@ -23,6 +23,7 @@ import os
 import sys
 
 from absl import app, flags
+import jax
 import numpy as np
 from scipy import ndimage
 
@@ -41,22 +42,16 @@ ORDERS = {"bilinear": 1, "cubic spline": 3, "Keys cubic convolution, a = -0.5": 
 
 
 def _shift(layer, displacement, order):
-  """`layer` [H, W] moved by `displacement` (rows, columns; ndimage.shift's sense), zero outside."""
+  """`layer` [H, W] moved by `displacement` (rows, columns; ndimage.shift's sense): scipy's spline
+  (zero outside), or videoar.models.warp's cubic convolution at its a (the edge value outside)."""
   if not isinstance(order, tuple):
     return ndimage.shift(layer, displacement, order=order, mode="constant")
-  a = order[1]
-  for axis, d in enumerate(displacement):
-    size = layer.shape[axis]
-    source = np.arange(size) - d
-    floor = np.floor(source)
-    moved = np.zeros_like(layer)
-    for k in (-1, 0, 1, 2):
-      index = floor.astype(int) + k
-      weight = np.asarray(warp.cubic_kernel(source - index, a)) * ((index >= 0) & (index < size))
-      taken = np.take(layer, np.clip(index, 0, size - 1), axis=axis)
-      moved += taken * (weight[:, None] if axis == 0 else weight[None, :])
-    layer = moved
-  return layer
+  backward = np.broadcast_to(-np.asarray(displacement, np.float32), layer.shape + (2,))
+  moved = _warp(layer[None, None, ..., None], backward[None, None], order[1])
+  return np.asarray(moved)[0, 0, ..., 0]
+
+
+_warp = jax.jit(warp.warp, static_argnames="a")
 
 
 def continuations(world: moving_mnist.MovingMnist, order: int):

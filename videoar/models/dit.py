@@ -352,7 +352,7 @@ class FineDecoder(nn.Module):
   def __call__(self, x_bftd, cond_bfd, x_t_bfhwc, previous_bfhwc=None):
     """x_bftd [B, F, gh * gw, trunk width], cond_bfd [B, F, trunk width], x_t_bfhwc (and, if
     given, previous_bfhwc) [B, F, H, W, C] -> [B, F, H, W, out_channels] in the compute dtype."""
-    b, f, h, w, c = x_t_bfhwc.shape
+    b, f, h, w, _ = x_t_bfhwc.shape
     fp, r = self.fine_patch, self.patch // self.fine_patch
     gh, gw = h // self.patch, w // self.patch
     fh, fw = gh * r, gw * r

@@ -11,6 +11,7 @@ sharper kernel here.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 # Keys' free parameter: -0.75 (OpenCV's bicubic) keeps detail over many resamplings, where the
 # interpolating optimum -0.5 blurs (see the module docstring).
@@ -22,29 +23,29 @@ _TAPS = (-1, 0, 1, 2)
 def cubic_kernel(s, a: float = CUBIC_A):
   """Keys (1981) cubic convolution kernel at offsets `s` (any shape): 1 at 0, 0 at the other
   integers, zero beyond |s| = 2. `a` other than CUBIC_A only for docs/mnist_advection.py's
-  comparison."""
+  comparison of kernels."""
   s = jnp.abs(s)
   inner = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
   outer = ((a * s - 5.0 * a) * s + 8.0 * a) * s - 4.0 * a
   return jnp.where(s <= 1.0, inner, jnp.where(s < 2.0, outer, 0.0))
 
 
-def warp(image_bfhwc, displacement_bfhw2):
+def warp(image_bfhwc, displacement_bfhw2, a: float = CUBIC_A):
   """The image sampled at every pixel plus its displacement (a backward warp), by cubic convolution.
 
   image_bfhwc [B, F, H, W, C]; displacement_bfhw2 [B, F, H, W, 2] in pixels, (rows, columns):
   output pixel (y, x) reads the image at (y + dy, x + dx), the edge pixel's value beyond the
   border. Returns float32 [B, F, H, W, C]. Differentiable in the displacement (and the image).
-  A zero displacement returns the image exactly.
+  A zero displacement returns the image exactly. `a`: as in cubic_kernel.
   """
   b, f, h, w, c = image_bfhwc.shape
   image = image_bfhwc.astype(jnp.float32).reshape(b, f, h * w, c)
   displacement = displacement_bfhw2.astype(jnp.float32)
-  rows = jnp.arange(h, dtype=jnp.float32)[:, None] + displacement[..., 0]
-  cols = jnp.arange(w, dtype=jnp.float32)[None, :] + displacement[..., 1]
+  rows = np.arange(h, dtype=np.float32)[:, None] + displacement[..., 0]
+  cols = np.arange(w, dtype=np.float32)[None, :] + displacement[..., 1]
   row0, col0 = jnp.floor(rows), jnp.floor(cols)
-  row_weights = [cubic_kernel(rows - (row0 + k)) for k in _TAPS]
-  col_weights = [cubic_kernel(cols - (col0 + k)) for k in _TAPS]
+  row_weights = [cubic_kernel(rows - (row0 + k), a) for k in _TAPS]
+  col_weights = [cubic_kernel(cols - (col0 + k), a) for k in _TAPS]
   row_index = [jnp.clip(row0.astype(jnp.int32) + k, 0, h - 1) for k in _TAPS]
   col_index = [jnp.clip(col0.astype(jnp.int32) + k, 0, w - 1) for k in _TAPS]
   out = jnp.zeros((b, f, h * w, c), jnp.float32)
