@@ -224,3 +224,58 @@ def test_a_labelled_history_in_training_is_the_samplers_cache_at_its_history_tim
   np.testing.assert_allclose(np.asarray(cached), np.asarray(two_n), atol=1e-4, rtol=0)
   unlabelled, _ = teacher.apply_two_n(model, params, generated, x_t, t, {}, chunk=1)
   assert float(jnp.abs(unlabelled - two_n)[:, 1:].max()) > 1e-3
+
+
+def test_previous_frame_target_degrades_the_previous_frame_input_only():
+  """resample_target="previous_frame": the noisy frames read the degraded history through their
+  previous-frame input only. The history's keys are Teacher Forcing's on the clean video, the
+  noisy outputs are the whole-sequence model's with that input built by hand, and the loss is
+  the history-conditioned loss on the clean history with the degraded frames as the source
+  (the same degradation the "history" target puts in attention, which changes the loss)."""
+  model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
+                        previous_frame_input=True)
+  video = jax.random.normal(jax.random.key(0), (2, N, 8, 8, 3))
+  params = model.init(jax.random.key(1), video, jnp.zeros((2, N)), frame_pos_f=jnp.arange(N),
+                      mask=masks.BlockCausal(N), previous_bfhwc=video)
+  params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.key(2), p.shape),
+                        params)
+  degraded = jax.random.normal(jax.random.key(3), video.shape)
+  x_t = jax.random.normal(jax.random.key(4), video.shape)
+  t = jax.random.uniform(jax.random.key(5), (2, N))
+  noisy, kv = teacher.apply_two_n(model, params, video, x_t, t, {}, chunk=1,
+                                  previous_source_bfhwc=degraded)
+  _, clean_kv = teacher.apply_two_n(model, params, video, x_t, t, {}, chunk=1)
+  np.testing.assert_array_equal(np.asarray(kv[0][:, :, :N]), np.asarray(clean_kv[0][:, :, :N]))
+  shifted = lambda a: jnp.concatenate([jnp.zeros_like(a[:, :1]), a[:, :-1]], axis=1)
+  whole, _ = model.apply(params, jnp.concatenate([video, x_t], 1),
+                         jnp.concatenate([jnp.zeros_like(t), t], 1),
+                         frame_pos_f=jnp.tile(jnp.arange(N), 2), mask=masks.TeacherForcing(N),
+                         previous_bfhwc=jnp.concatenate([shifted(video), shifted(degraded)], 1))
+  # Velocities up to ~100 here: float32 rounding of differently fused sums.
+  np.testing.assert_allclose(np.asarray(noisy), np.asarray(whole[:, N:]), rtol=1e-5,
+                             atol=1e-6 * float(jnp.abs(whole).max()))
+
+  batch, rng = {"video": video}, jax.random.key(9)
+  options = dict(resample_mode="noise_augmentation", resample_shift=2.0, warmup_steps=1,
+                 **OPTIONS)
+  loss = lambda target, step=1: resampling.loss_fn(
+      model, params, batch, rng, step=jnp.asarray(step), resample_target=target, **options)
+  history, _ = resampling.degrade_history(model, params, video, {}, jax.random.fold_in(rng, 1),
+                                          chunk=1, mode="noise_augmentation",
+                                          resample_shift=2.0, resample_steps=3)
+  expected = teacher.history_conditioned_loss(
+      model, params, video, video, {}, jax.random.split(rng)[1], chunk=1, time_shift=1.0,
+      previous_source_bfhwc=history)[0]
+  got, metrics = loss("previous_frame")
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  np.testing.assert_allclose(metrics["history_mse"], jnp.mean((history - video) ** 2), rtol=1e-6)
+  assert abs(float(got) - float(loss("history")[0])) > 1e-4
+  np.testing.assert_allclose(loss("previous_frame", step=0)[0],
+                             teacher.loss_fn(model, params, batch, rng, **OPTIONS)[0], rtol=1e-6)
+  # A dropped history drops the degraded previous frames with it: the null history is all zeros.
+  dropped = teacher.history_conditioned_loss(
+      model, params, video, video, {}, rng, chunk=1, time_shift=1.0, history_drop_prob=1.0,
+      previous_source_bfhwc=history)[0]
+  null = teacher.history_conditioned_loss(model, params, jnp.zeros_like(video), video, {}, rng,
+                                          chunk=1, time_shift=1.0)[0]
+  np.testing.assert_allclose(dropped, null, rtol=1e-6)
