@@ -205,6 +205,36 @@ def test_rollout_on_true_history_equals_a_fresh_prefill_of_the_truth_before_each
   assert whole.shape == noise.shape
 
 
+@pytest.mark.parametrize("guide_history", [False, True])
+def test_own_frames_along_one_path_of_the_rollout_on_true_history(guide_history):
+  """rollout_on_true_history with the model's own frames let back in: along both paths it is
+  `rollout`; for a model without the previous-frame input, the own cache alone is `rollout` and
+  the own previous frame alone changes nothing; with it, each path alone differs from both."""
+  window, context, generated, steps = 4, 2, 4, 2
+  truth = jax.random.uniform(jax.random.key(3), (2, context + generated, 8, 8, 3), minval=-1)
+  noise = jax.random.normal(jax.random.key(4), (2, generated, 8, 8, 3))
+  times = jnp.broadcast_to(flow.step_times(steps, 2.0), (2, steps + 1))
+  for previous_frame_input in (True, False):
+    model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
+                          previous_frame_input=previous_frame_input)
+    params = _random_params(model, window, 1)
+    sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=1, window=window,
+                               guide_history=guide_history, guidance_scale=2.0)
+    cache = sampler.prefill(params, sampler.init_cache(2), truth[:, :context])
+    run = jax.jit(sampler.rollout_on_true_history, static_argnums=(6, 7))
+    on = {(c, p): np.asarray(run(params, cache, noise, times, truth[:, context:], None, c, p))
+          for c in (False, True) for p in (False, True)}
+    own = np.asarray(sampler.rollout(params, cache, noise, times)[0])
+    np.testing.assert_allclose(on[True, True], own, atol=1e-5, rtol=0)
+    if previous_frame_input:
+      for one_path in (on[True, False], on[False, True]):
+        assert np.abs(one_path - own).max() > 1e-3
+        assert np.abs(one_path - on[False, False]).max() > 1e-3
+    else:
+      np.testing.assert_allclose(on[True, False], own, atol=1e-5, rtol=0)
+      np.testing.assert_allclose(on[False, True], on[False, False], atol=1e-5, rtol=0)
+
+
 def test_rollout_on_true_history_rejects_the_few_step_solver():
   model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2)
   params = _random_params(model, 4, 1)

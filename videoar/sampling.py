@@ -293,7 +293,7 @@ class Sampler:
     return self._unchunk(frames), cache
 
   def rollout_on_true_history(self, params, cache, x_start_bfhwc, times_bs, true_bfhwc,
-                              cond=None):
+                              cond=None, own_cache=False, own_previous_frame=False):
     """Generates len(x_start) frames after what the cache holds, each chunk over a cache of the
     TRUE frames before it (`true_bfhwc`, the same shape, is written to the cache after each
     chunk in place of what was generated); returns the generated frames.
@@ -301,23 +301,45 @@ class Sampler:
     Chunk i is what `rollout` gives as its first chunk after a prefill of the true frames before
     it: the model's one-chunk quality with its own errors kept out of its history, so that
     set beside `rollout` it separates what one step gets wrong from what accumulates over many
-    (the exposure bias that Resampling Forcing and Self Forcing address). Euler solver only;
-    raises ValueError for the few-step one, whose rollout re-noises from keys this call does
-    not take, and for frames that are not whole chunks."""
+    (the exposure bias that Resampling Forcing and Self Forcing address).
+
+    own_cache, own_previous_frame: let the model's own frames back in along one path, to find
+    which one carries the accumulated error: `own_cache` writes the generated chunks to the KV
+    cache (keyed over the model's own frame before each, as `rollout` writes them),
+    `own_previous_frame` gives the next chunk the last generated frame as its previous-frame
+    input (models with previous_frame_input; the model reads the truth along the other path).
+    Both: exactly `rollout`.
+
+    Euler solver only; raises ValueError for the few-step one, whose rollout re-noises from
+    keys this call does not take, and for frames that are not whole chunks."""
     if self.solver != "euler":
       raise ValueError("rollout_on_true_history runs the euler solver only; this sampler's is"
                        f" {self.solver!r}")
     per_video, per_frame = self._per_frame(cond or {})
 
-    def body(cache, xs):
+    def body(carry, xs):
+      cache, own_last, true_last = carry
       x_start, true_chunk, chunk_cond = xs
       chunk_cond = per_video | chunk_cond
       x0 = self.denoise_chunk(params, cache, x_start, times_bs, chunk_cond)
-      return self.write_chunk(params, cache, true_chunk, chunk_cond), x0
+      cache = self._with_last_frame(cache, own_last if own_cache else true_last)
+      cache = self.write_chunk(params, cache, x0 if own_cache else true_chunk, chunk_cond)
+      own_last, true_last = x0[:, -1], true_chunk[:, -1]
+      cache = self._with_last_frame(cache, own_last if own_previous_frame else true_last)
+      return (cache, own_last, true_last), x0
 
-    _, frames = jax.lax.scan(body, cache, (self._chunks(x_start_bfhwc), self._chunks(true_bfhwc),
-                                           per_frame))
+    last = self._cache_rows(cache.last_frame)
+    _, frames = jax.lax.scan(body, (cache, last, last), (
+        self._chunks(x_start_bfhwc), self._chunks(true_bfhwc), per_frame))
     return self._unchunk(frames)
+
+  def _with_last_frame(self, cache, frame_bhwc):
+    """`cache` whose previous frame for the next chunk is `frame_bhwc` (the null rows' as
+    write_chunk leaves them)."""
+    if self.guided:
+      frame_bhwc = jnp.concatenate(
+          [frame_bhwc, jnp.zeros_like(frame_bhwc) if self.guide_history else frame_bhwc])
+    return cache.replace(last_frame=frame_bhwc.astype(cache.last_frame.dtype))
 
   def _start(self, prefill, params, batch, num_steps, time_shift, context_bfhwc, cond):
     """An empty cache with the context prefilled, the context length, and the Euler grid."""
@@ -349,21 +371,24 @@ class Sampler:
                              self._renoise_rng(rng))
     return frames
 
-  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6),
+                     static_argnames=("own_cache", "own_previous_frame"))
   def generate_on_true_history(self, params, rng, video_bfhwc, num_context: int, num_steps: int,
-                               time_shift: float, cond=None):
+                               time_shift: float, cond=None, own_cache=False,
+                               own_previous_frame=False):
     """Frames num_context.. of `video_bfhwc` [B, F, H, W, C] generated each chunk over the true
-    frames before it (rollout_on_true_history), after a prefill of the first num_context; returns
-    [B, F - num_context, H, W, C]. The start noise is normal(rng) of that shape, what `generate`
-    draws for as many frames, so the first chunk is generate's. Conditioning as in `generate`,
-    over all F frames."""
+    frames before it (rollout_on_true_history, with its own_cache and own_previous_frame), after
+    a prefill of the first num_context; returns [B, F - num_context, H, W, C]. The start noise
+    is normal(rng) of that shape, what `generate` draws for as many frames, so the first chunk
+    is generate's. Conditioning as in `generate`, over all F frames."""
     cond = cond or {}
     batch, num_frames = video_bfhwc.shape[:2]
     cache, _, times = self._start(self.prefill, params, batch, num_steps, time_shift,
                                   video_bfhwc[:, :num_context] if num_context else None, cond)
     noise = jax.random.normal(rng, (batch, num_frames - num_context) + self.frame_shape)
     return self.rollout_on_true_history(params, cache, noise, times, video_bfhwc[:, num_context:],
-                                        _frames(cond, num_context, num_frames))
+                                        _frames(cond, num_context, num_frames), own_cache,
+                                        own_previous_frame)
 
   def _renoise_rng(self, rng):
     """The few-step solver's re-noising key next to start noise drawn from `rng`."""

@@ -56,17 +56,20 @@ def continue_clips(exp: experiment.Experiment, params, num_clips: int, rng: jax.
 
 
 def continue_on_true_history(exp: experiment.Experiment, params, clips: dict, rng: jax.Array,
-                             sampler: sampling.Sampler | None = None) -> np.ndarray:
+                             sampler: sampling.Sampler | None = None, own_cache: bool = False,
+                             own_previous_frame: bool = False) -> np.ndarray:
   """The continuation of `clips` (continue_clips) generated each chunk over the TRUE frames
   before it (Sampler.generate_on_true_history) from the start noise continue_clips draws from
   the same `rng`: [B, F, H, W, C] after the context. Set beside the model's own continuation it
-  tells what one step gets wrong from what accumulates over its own history."""
+  tells what one step gets wrong from what accumulates over its own history; `own_cache` or
+  `own_previous_frame` lets the model's own frames back in along one path
+  (Sampler.rollout_on_true_history)."""
   c = exp.config
   sampler = sampler or experiment.make_sampler(exp)
   cond = {key: jnp.asarray(value) for key, value in exp.model.conditioning(clips).items()}
   generated = sampler.generate_on_true_history(
       params, rng, jnp.asarray(clips["video"]), c.sample.context_frames, c.sample.num_steps,
-      c.sample.time_shift, cond)
+      c.sample.time_shift, cond, own_cache=own_cache, own_previous_frame=own_previous_frame)
   return np.asarray(generated)
 
 

@@ -1,0 +1,78 @@
+"""Which path carries a rollout's accumulated error: the KV cache or the previous-frame input?
+
+  python docs/rollout_paths.py --config=CONFIG --workdir=W [--config.KEY=VALUE ...] [--json=PATH]
+
+A model with the previous-frame input (model.previous_frame_input) reads its history along two
+paths: attention over the KV cache, and the frame just before each chunk, fed into every token
+(and, for model.prediction="residual" or "warp", the frame its output is built from). The
+evaluation's held-out clips (its clips, noise and guidance: run.evaluate's) are continued four
+ways (Sampler.rollout_on_true_history): the model's own rollout, each chunk over the true
+frames, and with its own frames let back in along one path only (the KV cache holding the
+generated frames with the true previous frame, or the true frames in the KV cache with the last
+generated frame as the previous frame). Prints each way's per-segment figures of the source's
+metrics and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from videoar import experiment  # noqa: E402
+from videoar.eval import run  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "The trained model's config (with the flags it"
+                                " was trained and is sampled with).", lock_config=True)
+flags.DEFINE_string("workdir", None, "The trained run's directory.")
+flags.DEFINE_list("metrics", ["digit_accuracy", "ink_ratio", "lost", "color_drift",
+                              "ball_position_error", "lpips"],
+                  "Metrics to print, those the source has.")
+flags.DEFINE_string("json", None, "Also write {way: per-segment rows} here.")
+FLAGS = flags.FLAGS
+
+# (own KV cache, own previous frame) of each way.
+WAYS = {"rollout": (True, True), "true history": (False, False),
+        "own KV cache, true previous frame": (True, False),
+        "true KV cache, own previous frame": (False, True)}
+
+
+def main(argv):
+  del argv
+  c = FLAGS.config
+  if not c.model.previous_frame_input:
+    raise SystemExit("model.previous_frame_input=False: the model reads its history through"
+                     " the KV cache alone; there is no second path to separate")
+  exp = experiment.build(c)
+  params = experiment.restore_params(exp, FLAGS.workdir, use_ema=c.sample.use_ema)
+  sampler = experiment.make_sampler(exp)
+  rng = jax.random.key(c.seed + 2)
+  clips, _ = run.continue_clips(exp, params, c.eval.num_clips, rng, sampler)
+  tables = {}
+  for way, (own_cache, own_previous_frame) in WAYS.items():
+    generated = run.continue_on_true_history(exp, params, clips, rng, sampler,
+                                             own_cache=own_cache,
+                                             own_previous_frame=own_previous_frame)
+    tables[way] = run.score(exp, clips, generated, baselines=False)["model"]
+  metrics = [m for m in FLAGS.metrics if m in tables["rollout"][0]]
+  print(f"{c.eval.num_clips} held-out clips, per segment "
+        + " / ".join(str(row["segment"]) for row in tables["rollout"]))
+  for metric in metrics:
+    print(metric)
+    for way, rows in tables.items():
+      print(f"  {way:36s} " + " / ".join(f"{row[metric]:.3f}" for row in rows))
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump({way: [{k: row[k] for k in ("segment", *metrics)} for row in rows]
+                 for way, rows in tables.items()}, f, indent=1)
+    print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
