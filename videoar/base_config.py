@@ -91,9 +91,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.forcing.resample_shift = 0.6
   config.forcing.resample_steps = 3
   config.forcing.warmup_steps = 0
-  # What the degraded history replaces: "history" (all of it, the paper's method) or
-  # "previous_frame" (only a model's previous-frame input; forcing/resampling.py TARGETS).
-  config.forcing.resample_target = "history"
   # Noise augmentation only: the noised history carries its level t_s as its time, not t = 0
   # (forcing/resampling.py; GameNGen's conditioning augmentation).
   config.forcing.history_time_input = False

@@ -117,16 +117,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.forcing.resample_mode not in resampling.MODES:
     fail("forcing.resample_mode", config.forcing.resample_mode,
          f"allowed: {', '.join(resampling.MODES)}")
-  if config.forcing.resample_target not in resampling.TARGETS:
-    fail("forcing.resample_target", config.forcing.resample_target,
-         f"allowed: {', '.join(resampling.TARGETS)}")
-  if (config.forcing.resample_target == "previous_frame"
-      and not config.model.previous_frame_input):
-    fail("forcing.resample_target", "previous_frame", "degrades the previous-frame input: it"
-         " needs model.previous_frame_input=True")
-  if config.forcing.history_time_input and config.forcing.resample_target != "history":
-    fail("forcing.history_time_input", True, "labels the history in attention with its noise"
-         " level: it needs forcing.resample_target='history'")
   if config.forcing.loss_weighting not in flow.LOSS_WEIGHTINGS:
     fail("forcing.loss_weighting", config.forcing.loss_weighting,
          f"allowed: {', '.join(flow.LOSS_WEIGHTINGS)}")

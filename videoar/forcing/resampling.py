@@ -35,13 +35,6 @@ from videoar.forcing import common, teacher
 from videoar.models import dit
 
 MODES = ("autoregressive", "parallel", "noise_augmentation")
-# What the degraded history replaces (`resample_target`): "history", the whole history the noisy
-# frames read, attention and previous-frame input alike (the paper's method); "previous_frame",
-# only the previous-frame input of a model that reads it (model.previous_frame_input), the
-# history in attention staying clean. Why the second: on Moving-MNIST a model's rollout lost its
-# digits when its own frames reached it through the previous-frame input with a true KV cache,
-# and kept most of them with its own KV cache and the true previous frame (docs/results.md).
-TARGETS = ("history", "previous_frame")
 
 
 def degrade_history(model: dit.CausalDiT, params, video_bfhwc, cond: dict, rng, *,
@@ -91,7 +84,7 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
             cond_drop_prob: float, step, loss_weighting: str = "velocity", resample_mode: str = "autoregressive",
             resample_shift: float = 0.6, resample_steps: int = 4, warmup_steps: int = 0,
             history_window: int = 0, sink_frames: int = 0, history_drop_prob: float = 0.0,
-            history_time_input: bool = False, resample_target: str = "history"):
+            history_time_input: bool = False):
   # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
   cond_rng, loss_rng = jax.random.split(rng)
   resample_rng = jax.random.fold_in(rng, 1)
@@ -110,21 +103,11 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
         history_window=history_window, sink_frames=sink_frames)
     return history, t_s if history_time_input else clean_t_b
 
-  if resample_target not in TARGETS:
-    raise ValueError(f"forcing.resample_target={resample_target!r} is unknown; allowed:"
-                     f" {', '.join(TARGETS)}")
-  if history_time_input and resample_target != "history":
-    raise ValueError("history_time_input labels the history in attention with its noise level:"
-                     f" it needs resample_target='history', not {resample_target!r}")
   history, history_t_b = jax.lax.cond(step < warmup_steps, lambda: (video, clean_t_b), degraded)
-  previous_source = None
-  if resample_target == "previous_frame":
-    history, previous_source = video, history
   loss, metrics = teacher.history_conditioned_loss(
       model, params, history, video, cond, loss_rng, chunk=chunk,
       time_shift=time_shift, loss_weighting=loss_weighting, history_window=history_window,
       sink_frames=sink_frames, history_drop_prob=history_drop_prob,
-      history_t_b=history_t_b, previous_source_bfhwc=previous_source)
-  metrics["history_mse"] = common.mse(history if previous_source is None else previous_source,
-                                      video)
+      history_t_b=history_t_b)
+  metrics["history_mse"] = common.mse(history, video)
   return loss, metrics

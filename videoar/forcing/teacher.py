@@ -18,13 +18,11 @@ from videoar.models import dit
 
 def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, cond: dict, *,
                 chunk: int, history_window: int = 0, sink_frames: int = 0, mutable=False,
-                history_t_bf=None, previous_source_bfhwc=None):
+                history_t_bf=None):
   """The model on the 2N layout [history ; noisy frames]: the one place the sequence is built.
 
   history_bfhwc, x_t_bfhwc: [B, N, H, W, C]; t_bf: [B, N], the noisy frames' times; history_t_bf:
-  [B, N], the history's (default t = 0: clean). previous_source_bfhwc [B, N, H, W, C]: where the
-  noisy frames' previous-frame input comes from (default the history; the history frames read
-  the history itself). Both halves take positions 0..N-1; noisy frame i
+  [B, N], the history's (default t = 0: clean). Both halves take positions 0..N-1; noisy frame i
   sees the history before its chunk and the noisy frames of its own chunk (masks.TeacherForcing,
   windowed by `history_window` after `sink_frames`).
   Returns the model's velocity of the N noisy frames [B, N, H, W, C] and its new KV (over all 2N
@@ -35,8 +33,7 @@ def apply_two_n(model: dit.CausalDiT, params, history_bfhwc, x_t_bfhwc, t_bf, co
   if model.previous_frame_input:
     previous = jnp.concatenate(
         [dit.previous_frames(history_bfhwc, chunk, within_history=True),
-         dit.previous_frames(history_bfhwc if previous_source_bfhwc is None
-                             else previous_source_bfhwc, chunk, within_history=False)], axis=1)
+         dit.previous_frames(history_bfhwc, chunk, within_history=False)], axis=1)
   if history_t_bf is None:
     history_t_bf = jnp.zeros_like(t_bf)
   return model.apply(params, jnp.concatenate([history_bfhwc, x_t_bfhwc], axis=1),
@@ -60,19 +57,15 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
                              cond: dict, rng, *, chunk: int, time_shift: float,
                              loss_weighting: str = "velocity", history_window: int = 0,
                              sink_frames: int = 0, history_drop_prob: float = 0.0,
-                             history_t_b=None, previous_source_bfhwc=None):
+                             history_t_b=None):
   """Flow-matching loss of every frame of `video`, each conditioned on `history` before it
   (dropped to the null history per video with probability `history_drop_prob`). history_t_b
   [B]: the noise level each video's history frames are labelled with (default 0: clean); a
-  dropped history keeps its label, its zeros tell it apart. previous_source_bfhwc: where the
-  noisy frames' previous-frame input comes from (apply_two_n; dropped with the history)."""
+  dropped history keeps its label, its zeros tell it apart."""
   b, n = video_bfhwc.shape[:2]
   if history_drop_prob:
     # Its own stream: with no dropout the loss draws what it always drew.
-    drop_rng = jax.random.fold_in(rng, 1)
-    history_bfhwc = drop_history(history_bfhwc, drop_rng, history_drop_prob)
-    if previous_source_bfhwc is not None:
-      previous_source_bfhwc = drop_history(previous_source_bfhwc, drop_rng, history_drop_prob)
+    history_bfhwc = drop_history(history_bfhwc, jax.random.fold_in(rng, 1), history_drop_prob)
   time_rng, noise_rng = jax.random.split(rng)
   t_bf = common.per_chunk_time(time_rng, b, n, chunk, time_shift)
   eps = jax.random.normal(noise_rng, video_bfhwc.shape)
@@ -80,7 +73,7 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
   history_t_bf = None if history_t_b is None else jnp.broadcast_to(history_t_b[:, None], (b, n))
   v, _ = apply_two_n(model, params, history_bfhwc, x_t, t_bf, cond, chunk=chunk,
                      history_window=history_window, sink_frames=sink_frames,
-                     history_t_bf=history_t_bf, previous_source_bfhwc=previous_source_bfhwc)
+                     history_t_bf=history_t_bf)
   loss = common.flow_loss(v, video_bfhwc, eps, t_bf, loss_weighting)
   return loss, {"loss": loss}
 
