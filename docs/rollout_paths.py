@@ -52,7 +52,7 @@ def main(argv):
   params = experiment.restore_params(exp, FLAGS.workdir, use_ema=c.sample.use_ema)
   sampler = experiment.make_sampler(exp)
   rng = jax.random.key(c.seed + 2)
-  clips, _ = run.continue_clips(exp, params, c.eval.num_clips, rng, sampler)
+  clips = run.held_out_clips(exp, c.eval.num_clips)
   tables = {}
   for way, (own_cache, own_previous_frame) in WAYS.items():
     generated = run.continue_on_true_history(exp, params, clips, rng, sampler,

@@ -208,8 +208,10 @@ def test_rollout_on_true_history_equals_a_fresh_prefill_of_the_truth_before_each
 @pytest.mark.parametrize("guide_history", [False, True])
 def test_own_frames_along_one_path_of_the_rollout_on_true_history(guide_history):
   """rollout_on_true_history with the model's own frames let back in: along both paths it is
-  `rollout`; for a model without the previous-frame input, the own cache alone is `rollout` and
-  the own previous frame alone changes nothing; with it, each path alone differs from both."""
+  `rollout`; along one, each frame is the first one `rollout` generates over that path's cache
+  with that path's previous frame set by hand; for a model without the previous-frame input, the
+  own cache alone is `rollout` and the own previous frame alone changes nothing; with it, each
+  path alone differs from both."""
   window, context, generated, steps = 4, 2, 4, 2
   truth = jax.random.uniform(jax.random.key(3), (2, context + generated, 8, 8, 3), minval=-1)
   noise = jax.random.normal(jax.random.key(4), (2, generated, 8, 8, 3))
@@ -226,6 +228,27 @@ def test_own_frames_along_one_path_of_the_rollout_on_true_history(guide_history)
           for c in (False, True) for p in (False, True)}
     own = np.asarray(sampler.rollout(params, cache, noise, times)[0])
     np.testing.assert_allclose(on[True, True], own, atol=1e-5, rtol=0)
+
+    def with_previous(cache, frame):  # the cache's previous frame set, null rows as it keeps them
+      if sampler.guided:
+        frame = jnp.concatenate([frame, jnp.zeros_like(frame) if guide_history else frame])
+      return cache.replace(last_frame=frame)
+
+    for i in range(1, generated):
+      # Own cache: frame i is the first frame generated over the context and the i frames
+      # generated before it (written as a rollout writes them), with the true frame before it
+      # as the previous frame.
+      own_cache = sampler.prefill(params, cache, jnp.asarray(on[True, False][:, :i]))
+      first, _ = sampler.rollout(params, with_previous(own_cache, truth[:, context + i - 1]),
+                                 noise[:, i:i + 1], times)
+      np.testing.assert_allclose(on[True, False][:, i:i + 1], np.asarray(first), atol=1e-5,
+                                 rtol=0)
+      # Own previous frame: over a prefill of the true frames, with the generated frame before.
+      fresh = sampler.prefill(params, sampler.init_cache(2), truth[:, :context + i])
+      previous = jnp.asarray(on[False, True][:, i - 1])
+      first, _ = sampler.rollout(params, with_previous(fresh, previous), noise[:, i:i + 1], times)
+      np.testing.assert_allclose(on[False, True][:, i:i + 1], np.asarray(first), atol=1e-5,
+                                 rtol=0)
     if previous_frame_input:
       for one_path in (on[True, False], on[False, True]):
         assert np.abs(one_path - own).max() > 1e-3

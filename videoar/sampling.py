@@ -188,10 +188,14 @@ class Sampler:
     last = self._cache_rows(cache.last_frame)[:, None]
     previous = jnp.concatenate([last, x0_bchwc[:, :-1]], axis=1)
     _, (k, v) = self._apply(params, cache, x0_bchwc, t0, previous, cond, clean=True)
-    if self.guided:
-      x0_null = jnp.zeros_like(x0_bchwc) if self.guide_history else x0_bchwc
-      x0_bchwc = jnp.concatenate([x0_bchwc, x0_null])
-    return kv_cache_lib.write(cache, k, v, x0_bchwc)
+    return kv_cache_lib.write(cache, k, v, self._with_null_rows(x0_bchwc))
+
+  def _with_null_rows(self, frames):
+    """Clean frames as the cache keeps them: under guidance the null pass's rows follow (the
+    null history's zeros with guide_history)."""
+    if not self.guided:
+      return frames
+    return jnp.concatenate([frames, jnp.zeros_like(frames) if self.guide_history else frames])
 
   def few_step_chunk(self, params, cache, x_start_bchwc, times_bs, rng, exit_step, cond=None):
     """The few-step solver on one chunk up to `exit_step` s (spec 1.4-1.6): returns the x0
@@ -317,15 +321,22 @@ class Sampler:
                        f" {self.solver!r}")
     per_video, per_frame = self._per_frame(cond or {})
 
+    # The cache's previous frame is the last one written; only where the paths read different
+    # frames must it be set, before the write (the written chunk's keys read the frame before it
+    # along the cache's path) and after it (the next chunk reads the previous-frame path's).
+    mixed = own_cache != own_previous_frame
+
     def body(carry, xs):
       cache, own_last, true_last = carry
       x_start, true_chunk, chunk_cond = xs
       chunk_cond = per_video | chunk_cond
       x0 = self.denoise_chunk(params, cache, x_start, times_bs, chunk_cond)
-      cache = self._with_last_frame(cache, own_last if own_cache else true_last)
+      if mixed:
+        cache = self._with_last_frame(cache, own_last if own_cache else true_last)
       cache = self.write_chunk(params, cache, x0 if own_cache else true_chunk, chunk_cond)
       own_last, true_last = x0[:, -1], true_chunk[:, -1]
-      cache = self._with_last_frame(cache, own_last if own_previous_frame else true_last)
+      if mixed:
+        cache = self._with_last_frame(cache, own_last if own_previous_frame else true_last)
       return (cache, own_last, true_last), x0
 
     last = self._cache_rows(cache.last_frame)
@@ -334,12 +345,9 @@ class Sampler:
     return self._unchunk(frames)
 
   def _with_last_frame(self, cache, frame_bhwc):
-    """`cache` whose previous frame for the next chunk is `frame_bhwc` (the null rows' as
-    write_chunk leaves them)."""
-    if self.guided:
-      frame_bhwc = jnp.concatenate(
-          [frame_bhwc, jnp.zeros_like(frame_bhwc) if self.guide_history else frame_bhwc])
-    return cache.replace(last_frame=frame_bhwc.astype(cache.last_frame.dtype))
+    """`cache` whose previous frame for the next chunk is `frame_bhwc` [B, H, W, C]."""
+    return cache.replace(
+        last_frame=self._with_null_rows(frame_bhwc).astype(cache.last_frame.dtype))
 
   def _start(self, prefill, params, batch, num_steps, time_shift, context_bfhwc, cond):
     """An empty cache with the context prefilled, the context length, and the Euler grid."""
