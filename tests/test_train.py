@@ -133,6 +133,7 @@ BAD_CONFIGS = [
      "config.model.prediction='residual'"),
     ({"model.prediction": "warp", "model.previous_frame_input": False},
      "config.model.prediction='warp'"),
+    ({"model.prediction": "warp", "model.warp_sigma": -1.0}, "config.model.warp_sigma=-1.0"),
     ({"forcing.loss_weighting": "snr"}, "config.forcing.loss_weighting='snr'"),
     ({"eval.every": -1}, "config.eval.every=-1"),
     ({"forcing.resample_mode": "parallel", "forcing.history_time_input": True},

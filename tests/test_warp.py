@@ -84,3 +84,48 @@ def test_untrained_warp_model_copies_the_previous_frame_and_learns_a_displacemen
   kernel = grads["params"]["fine_decoder"]["unpatch"]["kernel"]  # [width, fine_patch^2 * (3 + 2)]
   per_channel = np.abs(np.asarray(kernel)).reshape(32, 2 * 2, 5).sum(axis=(0, 1))
   assert per_channel[3:].min() > 0.0  # both displacement channels
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.5, 3.0])
+def test_smooth_is_a_gaussian_filter_with_edges_repeated(sigma):
+  """Against scipy's separable Gaussian (truncated at 3 sigma, 'nearest' = the edge repeated)
+  over rows and columns only, each frame and displacement component on its own."""
+  ndimage = pytest.importorskip("scipy.ndimage")
+  field = np.random.default_rng(0).normal(size=(2, 3, 12, 10, 2)).astype(np.float32)
+  expected = ndimage.gaussian_filter(field, sigma=(0, 0, sigma, sigma, 0), mode="nearest",
+                                     truncate=3.0)
+  got = np.asarray(warp.smooth(jnp.asarray(field), sigma))
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  with pytest.raises(ValueError, match="sigma=0"):
+    warp.smooth(jnp.asarray(field), 0.0)
+
+
+def test_warp_without_residual_only_moves_the_previous_frame():
+  """With warp_residual=False the clean-frame prediction is a warp of the previous frame, so a
+  uniform previous frame stays that colour whatever the weights and however the displacement is
+  smoothed (a residual would add the network's output); a checkerboard keeps its values within
+  the cubic kernel's overshoot of [0, 1]."""
+  model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2, prediction="warp",
+                        previous_frame_input=True, warp_sigma=1.5, warp_residual=False)
+  x_t = jax.random.normal(jax.random.key(0), (1, 2, 8, 8, 3))
+  t = jnp.full((1, 2), 0.5)
+  kwargs = dict(frame_pos_f=jnp.arange(2), mask=dit.masks.BlockCausal(2, 1))
+  colour = jnp.asarray([0.2, -0.4, 0.7])
+  uniform = jnp.broadcast_to(colour, (1, 2, 8, 8, 3))
+  params = nn.meta.unbox(model.init(jax.random.key(2), x_t, t, previous_bfhwc=uniform, **kwargs))
+  # Random weights everywhere, the zero-initialised output layer included, so the displacement
+  # is far from zero.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree.unflatten(tree, [0.5 * jax.random.normal(k, l.shape) for k, l in
+                                     zip(keys, leaves)])
+  velocity, _ = model.apply(params, x_t, t, previous_bfhwc=uniform, **kwargs)
+  clean = x_t - 0.5 * velocity
+  np.testing.assert_allclose(np.asarray(clean), np.broadcast_to(colour, clean.shape), atol=1e-5)
+
+  checker = (np.indices((8, 8)).sum(0) % 2).astype(np.float32)
+  board = jnp.broadcast_to(jnp.asarray(checker)[None, None, :, :, None], (1, 2, 8, 8, 3))
+  velocity, _ = model.apply(params, x_t, t, previous_bfhwc=board, **kwargs)
+  clean = np.asarray(x_t - 0.5 * velocity)
+  assert np.abs(clean - np.asarray(board)).max() > 0.05  # it moved
+  assert clean.min() > -0.3 and clean.max() < 1.3

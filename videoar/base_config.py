@@ -58,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fine_patch = 0  # > 0: decode at this finer patch side (dit.FineDecoder); 0: linear
   config.model.fine_width = 64
   config.model.fine_depth = 2
+  config.model.warp_sigma = 0.0  # > 0: a warp's displacement smoothed (px; dit.CausalDiT)
+  config.model.warp_residual = True  # False: a warp only moves the previous frame
   config.model.attention_impl = "auto"
   config.model.routing_top_k = 0  # 0: dense attention over the history
   config.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32

@@ -142,6 +142,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if (config.model.prediction in dit.PREDICTIONS_FROM_PREVIOUS
       and not config.model.previous_frame_input):
     fail("model.prediction", config.model.prediction, "needs model.previous_frame_input=True")
+  if config.model.warp_sigma < 0:
+    fail("model.warp_sigma", config.model.warp_sigma, "must be >= 0 (pixels; 0: not smoothed)")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
   if config.model.remat_policy not in dit.REMAT_POLICIES:
@@ -264,7 +266,7 @@ STAGES = {"teacher": "the bidirectional teacher (configs/bouncing_sf.py:teacher)
 # message (checkpoint.Checkpointer).
 TRAINED_MODEL_KEYS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "num_classes",
                      "num_actions", "text_dim", "prediction", "fine_patch", "fine_width",
-                     "fine_depth")
+                     "fine_depth", "warp_sigma", "warp_residual")
 # The same as dotted config paths, as a run record's differences name them.
 TRAINED_MODEL_PATHS = frozenset(f"model.{key}" for key in TRAINED_MODEL_KEYS)
 

@@ -113,6 +113,12 @@ class CausalDiT(nn.Module):
       pixels) per pixel. Untrained it copies the previous frame, as "residual" does; trained it
       moves content by resampling it rather than redrawing it, which keeps detail over a rollout
       (Moving-MNIST: docs/results.md).
+    warp_sigma: > 0 smooths a warp's displacement with a Gaussian of this standard deviation in
+      pixels (warp.smooth) before it moves the frame: patches decoded separately disagree at
+      their edges, and an unsmoothed warp tears the frame there (Pong: docs/results.md).
+    warp_residual: a warp adds a residual (True) or is only the previous frame moved (False: the
+      last layer outputs just the displacement, and a frame can hold only what the one before
+      held, moved; no patch of it is redrawn).
     previous_frame_input: every token also reads the co-located patch of the clean frame before
       its chunk (`previous_frames`), next to its own. Through attention alone a small model
       learns to use its context slowly; most motion is local, and this direct path makes the
@@ -149,6 +155,8 @@ class CausalDiT(nn.Module):
   fine_patch: int = 0
   fine_width: int = 64
   fine_depth: int = 2
+  warp_sigma: float = 0.0
+  warp_residual: bool = True
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
     return height // self.patch, width // self.patch
@@ -273,8 +281,10 @@ class CausalDiT(nn.Module):
     x_bfhwc, t_bf = x_bfhwc[:, outputs_from:], t_bf[:, outputs_from:]
     if previous_bfhwc is not None:
       previous_bfhwc = previous_bfhwc[:, outputs_from:]
-    # A warp also outputs each pixel's displacement (rows, columns).
-    out_channels = c + 2 if self.prediction == "warp" else c
+    # A warp outputs each pixel's displacement (rows, columns), after its residual if it has one.
+    out_channels = c
+    if self.prediction == "warp":
+      out_channels = c + 2 if self.warp_residual else 2
     if self.fine_patch:
       x = FineDecoder(p, self.fine_patch, self.fine_width, self.fine_depth, self.head_dim,
                       self.mlp_ratio, self.attention_impl, self.dtype, out_channels,
@@ -287,8 +297,11 @@ class CausalDiT(nn.Module):
     if prediction == "residual":
       x, prediction = x + previous_bfhwc.astype(jnp.float32), "data"
     elif prediction == "warp":
-      x = x[..., :c] + warp_lib.warp(previous_bfhwc, x[..., c:])
-      prediction = "data"
+      displacement = x[..., -2:]
+      if self.warp_sigma:
+        displacement = warp_lib.smooth(displacement, self.warp_sigma)
+      moved = warp_lib.warp(previous_bfhwc, displacement)
+      x, prediction = (x[..., :c] + moved if self.warp_residual else moved), "data"
     velocity = flow.velocity_from_prediction(prediction, x, x_bfhwc, t_bf)
     return velocity, new_kv
 

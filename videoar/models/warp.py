@@ -10,6 +10,7 @@ sharper kernel here.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,6 +29,33 @@ def cubic_kernel(s, a: float = CUBIC_A):
   inner = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
   outer = ((a * s - 5.0 * a) * s + 8.0 * a) * s - 4.0 * a
   return jnp.where(s <= 1.0, inner, jnp.where(s < 2.0, outer, 0.0))
+
+
+def smooth(displacement_bfhw2, sigma: float):
+  """The displacement field [B, F, H, W, 2] (pixels) convolved with a Gaussian of standard
+  deviation `sigma` pixels along rows and columns (separable, truncated at 3 sigma rounded to a
+  whole pixel as scipy.ndimage does, the edge value repeated beyond the border so that a uniform
+  field stays uniform). float32, same shape.
+
+  Why: the DiT decodes each 8x8 patch's displacement separately, and where neighbouring patches
+  disagree the warp tears the frame along the patch edge; each frame resamples the last, so the
+  tears compound over a rollout (Pong, docs/results.md). A smooth field cannot tear. Raises
+  ValueError if sigma <= 0.
+  """
+  if sigma <= 0:
+    raise ValueError(f"sigma={sigma} must be > 0 (pixels)")
+  radius = int(3 * sigma + 0.5)
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  taps = (taps / taps.sum()).astype(np.float32)
+  out = displacement_bfhw2.astype(jnp.float32)
+  for axis in (2, 3):
+    size = out.shape[axis]
+    pad = [(0, 0)] * out.ndim
+    pad[axis] = (radius, radius)
+    padded = jnp.pad(out, pad, mode="edge")
+    out = sum(float(w) * jax.lax.slice_in_dim(padded, k, k + size, axis=axis)
+              for k, w in enumerate(taps))
+  return out
 
 
 def warp(image_bfhwc, displacement_bfhw2, a: float = CUBIC_A):
