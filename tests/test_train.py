@@ -134,6 +134,8 @@ BAD_CONFIGS = [
     ({"model.prediction": "warp", "model.previous_frame_input": False},
      "config.model.prediction='warp'"),
     ({"model.prediction": "warp", "model.warp_sigma": -1.0}, "config.model.warp_sigma=-1.0"),
+    ({"model.prediction": "residual", "model.warp_residual": False},
+     "config.model.warp_residual=False"),
     ({"forcing.loss_weighting": "snr"}, "config.forcing.loss_weighting='snr'"),
     ({"eval.every": -1}, "config.eval.every=-1"),
     ({"forcing.resample_mode": "parallel", "forcing.history_time_input": True},

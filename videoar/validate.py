@@ -144,6 +144,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.prediction", config.model.prediction, "needs model.previous_frame_input=True")
   if config.model.warp_sigma < 0:
     fail("model.warp_sigma", config.model.warp_sigma, "must be >= 0 (pixels; 0: not smoothed)")
+  # A warp's own keys would be silently ignored by another prediction.
+  for key, default in (("warp_sigma", 0.0), ("warp_residual", True)):
+    if config.model.prediction != "warp" and config.model[key] != default:
+      fail(f"model.{key}", config.model[key],
+           f"read only with model.prediction='warp' (this config has"
+           f" {config.model.prediction!r})")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", config.model.dtype, f"allowed: {', '.join(DTYPES)}")
   if config.model.remat_policy not in dit.REMAT_POLICIES:
