@@ -118,7 +118,8 @@ class CausalDiT(nn.Module):
       their edges, and an unsmoothed warp tears the frame there (Pong: docs/results.md).
     warp_residual: a warp adds a residual (True) or is only the previous frame moved (False: the
       last layer outputs just the displacement, and a frame can hold only what the one before
-      held, moved; no patch of it is redrawn).
+      held, moved; no patch of it is redrawn). Measured on Pong (docs/results.md): no seams, but
+      an object the model is unsure where to put is erased, and cannot come back.
     previous_frame_input: every token also reads the co-located patch of the clean frame before
       its chunk (`previous_frames`), next to its own. Through attention alone a small model
       learns to use its context slowly; most motion is local, and this direct path makes the
