@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from videoar.models import dit
 from videoar.models import warp
@@ -90,7 +91,6 @@ def test_untrained_warp_model_copies_the_previous_frame_and_learns_a_displacemen
 def test_smooth_is_a_gaussian_filter_with_edges_repeated(sigma):
   """Against scipy's separable Gaussian (truncated at 3 sigma, 'nearest' = the edge repeated)
   over rows and columns only, each frame and displacement component on its own."""
-  ndimage = pytest.importorskip("scipy.ndimage")
   field = np.random.default_rng(0).normal(size=(2, 3, 12, 10, 2)).astype(np.float32)
   expected = ndimage.gaussian_filter(field, sigma=(0, 0, sigma, sigma, 0), mode="nearest",
                                      truncate=3.0)

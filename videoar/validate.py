@@ -145,8 +145,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.warp_sigma < 0:
     fail("model.warp_sigma", config.model.warp_sigma, "must be >= 0 (pixels; 0: not smoothed)")
   # A warp's own keys would be silently ignored by another prediction.
-  for key, default in (("warp_sigma", 0.0), ("warp_residual", True)):
-    if config.model.prediction != "warp" and config.model[key] != default:
+  base_model = base_config.get_config().model
+  for key in ("warp_sigma", "warp_residual"):
+    if config.model.prediction != "warp" and config.model[key] != base_model[key]:
       fail(f"model.{key}", config.model[key],
            f"read only with model.prediction='warp' (this config has"
            f" {config.model.prediction!r})")
