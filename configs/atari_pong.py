@@ -21,9 +21,9 @@ pressed frames (81-100 % of halves, two runs), and places it within 3.4 / 6.1 / 
 8-frame segment against the recorded episodes (copying the last frame: 7.6 / 12.0 / 13.3); but
 it renders the paddle as a broken segment with streaks and places the ball worse than copying
 over the first 8 frames: not yet a usable world model. A retrain on another machine (2026-12-06,
-same seed and data, code that trains to the same losses as the rerun's) did not follow
-the actions at step 4000 (net +0.35 / +4.87 px over UP / DOWN halves), so the figures above are
-one outcome of a recipe whose outcome varies between runs.
+same seed and data; the rerun's code trains the first steps to identical losses) did not
+follow the actions at step 4000 (net +0.35 / +4.87 px over UP / DOWN halves, where UP should be
+negative), so the figures above are one outcome of a recipe whose outcome varies between runs.
 
 Variants (`--config=configs/atari_pong.py:VARIANT`, comma-separated):
   latents  read the episodes from ArrayRecord shards in data.path (default data/pong_shards),
