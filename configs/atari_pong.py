@@ -24,8 +24,8 @@ over the first 8 frames: not yet a usable world model. A retrain on another mach
 same seed and data; the rerun's code trains the first steps to identical losses) did not
 follow the actions at step 4000 (net +0.35 / +4.87 px over UP / DOWN halves, where UP should be
 negative) while seeds 1 and 2 there did (-14.5 / +13.4 and -15.2 / +16.5 px at step 4000), and
-only seed 1 placed the paddle better than copying the last frame in every segment: the figures above are one
-outcome of a recipe whose outcome varies between runs.
+only seed 1 placed the paddle better than copying the last frame in every segment: the figures
+above are one outcome of a recipe whose outcome varies between runs.
 
 Variants (`--config=configs/atari_pong.py:VARIANT`, comma-separated):
   latents  read the episodes from ArrayRecord shards in data.path (default data/pong_shards),
