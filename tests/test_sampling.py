@@ -111,17 +111,18 @@ def test_cached_sampling_with_guidance_equals_recomputation(conditioning, interv
   assert differs == (interval[1] >= 1.0), "guidance changed nothing, or acted outside its interval"
 
 
-@pytest.mark.parametrize("chunk", [1, 2])
-def test_history_guidance_equals_recomputation_with_a_null_history_of_zeros(chunk):
+@pytest.mark.parametrize("chunk,interval", [(1, (0.0, 1.0)), (2, (0.0, 1.0)), (1, (0.7, 1.0))])
+def test_history_guidance_equals_recomputation_with_a_null_history_of_zeros(chunk, interval):
   """guide_history: the null pass reads zero frames as its whole history (the cache and the
   previous-frame input), as a model trained with teacher.drop_history saw for a dropped video,
-  while the chunk being denoised is the conditional pass's."""
+  while the chunk being denoised is the conditional pass's; with a guidance interval that leaves
+  out the step at t = 2/3 (as the default's leaves out t < 0.5), unguided there."""
   model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, prediction="data",
                         previous_frame_input=True)
   frames, steps, scale = 4, 2, 2.0
   params = _random_params(model, frames, chunk)
   sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=chunk, window=frames,
-                             guidance_scale=scale, guide_history=True)
+                             guidance_scale=scale, guide_history=True, guidance_interval=interval)
   noise = jax.random.normal(jax.random.key(5), (2, frames, 8, 8, 3))
   times = flow.step_times(steps, 2.0)
   cached, _ = jax.jit(sampler.rollout)(params, sampler.init_cache(2), noise,
@@ -137,7 +138,8 @@ def test_history_guidance_equals_recomputation_with_a_null_history_of_zeros(chun
       x_null = jnp.concatenate([jnp.zeros_like(x[:, :start]), x[:, start:]], axis=1)
       v_u, _ = model.apply(params, x_null, t, previous_bfhwc=jnp.zeros_like(previous_bfhwc),
                            **kw)
-      return v_u + scale * (v_c - v_u), kv
+      w = jnp.where((t >= interval[0]) & (t <= interval[1]), scale, 1.0)[..., None, None, None]
+      return v_u + w * (v_c - v_u), kv
 
   reference = recompute_sample(HistoryGuided(), params, noise, times, chunk)
   np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=1e-5, rtol=0)

@@ -1,0 +1,62 @@
+"""The entry point's re-execution onto transparent huge pages (videoar/host_memory.py)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from videoar import host_memory
+
+MADVISE = "always [madvise] never\n"
+
+
+@pytest.mark.parametrize("environ, thp, libc, expected", [
+    ({}, MADVISE, "glibc 2.36", host_memory.TUNABLE),
+    ({}, "[always] madvise never\n", "glibc 2.35", host_memory.TUNABLE),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, MADVISE, "glibc 2.39",
+     "glibc.malloc.arena_max=2:" + host_memory.TUNABLE),
+    # A user's own setting is kept, and it is also what stops a second re-execution.
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, MADVISE, "glibc 2.36", None),
+    ({"GLIBC_TUNABLES": host_memory.TUNABLE}, MADVISE, "glibc 2.36", None),
+    ({}, MADVISE, "glibc 2.31", None),      # before the tunable existed
+    ({}, MADVISE, None, None),              # not glibc (musl, macOS)
+    ({}, MADVISE, "glibc unknown", None),
+    ({}, "always madvise [never]\n", "glibc 2.36", None),
+    ({}, None, "glibc 2.36", None),         # no THP setting to read
+])
+def test_huge_page_environment(environ, thp, libc, expected):
+  result = host_memory.huge_page_environment({"PATH": "/bin", **environ}, thp, libc)
+  if expected is None:
+    assert result is None
+  else:
+    assert result == {"PATH": "/bin", **environ, "GLIBC_TUNABLES": expected}
+
+
+def _would_reexec() -> bool:
+  try:
+    with open(host_memory.THP_SETTING) as f:
+      thp = f.read()
+    libc = os.confstr("CS_GNU_LIBC_VERSION")
+  except (OSError, ValueError):
+    return False
+  environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  return (sys.platform.startswith("linux")
+          and host_memory.huge_page_environment(environ, thp, libc) is not None)
+
+
+@pytest.mark.skipif(not _would_reexec(), reason="this host has no glibc >= 2.35 with THP on")
+def test_reexec_keeps_pid_and_command_and_runs_once():
+  script = ("import os, sys\n"
+            "print('start', os.getpid(), flush=True)\n"
+            "from videoar import host_memory\n"
+            "host_memory.reexec_with_huge_pages()\n"
+            "print('after', os.getpid(), os.environ['GLIBC_TUNABLES'], sys.argv[1:])\n")
+  environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  proc = subprocess.Popen([sys.executable, "-c", script, "--flag=1"], env=environ,
+                          stdout=subprocess.PIPE, text=True)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 0
+  # Once before the exec, once after it; then the tunable stops a second exec.
+  assert out.splitlines() == [f"start {proc.pid}", f"start {proc.pid}",
+                              f"after {proc.pid} {host_memory.TUNABLE} ['--flag=1']"]

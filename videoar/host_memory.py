@@ -1,0 +1,71 @@
+"""Transparent huge pages for XLA:CPU's buffers: the entry point re-executes itself once with
+glibc's malloc told to use them.
+
+XLA:CPU allocates a step's temporaries with malloc and frees them when the step ends (one block
+of 318 MB a step for the default train step). glibc serves blocks that large with mmap and
+returns them with munmap, so every step faults its pages in again, 4 KiB at a time: about 82,000
+page faults and 130 ms of system time a step on 2 cores. glibc 2.35 and later can ask the kernel
+for 2 MiB transparent huge pages for such blocks (the tunable `glibc.malloc.hugetlb=1`:
+madvise(MADV_HUGEPAGE)), which cuts the faults about 100x and the default train step by about 9 %
+(docs/performance.md, "Transparent huge pages"). glibc reads its tunables only when a process
+starts, hence the re-execution. Keeping the freed blocks instead (`glibc.malloc.mmap_max=0`)
+avoids the faults too but made the step slower, so it is not done.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TUNABLE = "glibc.malloc.hugetlb=1"
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_page_environment(environ: dict[str, str], thp_setting: str | None,
+                          libc_version: str | None) -> dict[str, str] | None:
+  """The environment to re-execute with: `environ` with TUNABLE appended to GLIBC_TUNABLES; or
+  None where that would change nothing or override a choice: a C library other than glibc 2.35
+  or later (`libc_version` as os.confstr("CS_GNU_LIBC_VERSION") gives it, e.g. "glibc 2.36";
+  None elsewhere), transparent huge pages off or unknown (`thp_setting`: the contents of
+  THP_SETTING, e.g. "always [madvise] never"; None where it cannot be read), or GLIBC_TUNABLES
+  already naming glibc.malloc.hugetlb (which also stops a second re-execution)."""
+  tunables = environ.get("GLIBC_TUNABLES", "")
+  if "glibc.malloc.hugetlb" in tunables:
+    return None
+  name, _, version = (libc_version or "").partition(" ")
+  try:
+    major_minor = tuple(int(part) for part in version.split(".")[:2])
+  except ValueError:
+    return None
+  if name != "glibc" or major_minor < (2, 35):
+    return None
+  if thp_setting is None or ("[always]" not in thp_setting and "[madvise]" not in thp_setting):
+    return None
+  return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
+
+
+def reexec_with_huge_pages() -> None:
+  """Replaces this process (same pid, same command line, sys.orig_argv) by one whose malloc puts
+  large blocks on transparent huge pages, where huge_page_environment says that changes
+  something; otherwise returns. Call it first in an entry point, before anything starts threads
+  or writes output; an exec that fails returns too, and the job runs as it would have."""
+  if not sys.platform.startswith("linux"):
+    return
+  try:
+    with open(THP_SETTING) as f:
+      thp_setting = f.read()
+  except OSError:
+    thp_setting = None
+  try:
+    libc_version = os.confstr("CS_GNU_LIBC_VERSION")
+  except (ValueError, OSError):
+    libc_version = None
+  environ = huge_page_environment(dict(os.environ), thp_setting, libc_version)
+  if environ is None:
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  try:
+    os.execve(sys.executable, sys.orig_argv, environ)
+  except OSError:
+    return
