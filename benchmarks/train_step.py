@@ -18,7 +18,9 @@ The reference throughput: on CPU a large float32 matmul, timed in the same round
 on a GPU the chip's bf16 peak (PEAK_BF16 by device kind; a timed bf16 matmul on other chips).
 Attention alone (forward and backward at the model's attention shapes, times the depth) is
 timed too, as a share of the step. Every timed call follows an untimed call of the same function
-(benchmarks.time_settled), as steps follow each other in training.
+(benchmarks.time_settled), as steps follow each other in training. Like `python -m
+videoar.main`, the script first re-executes itself onto transparent huge pages where the host
+has them (videoar/host_memory.py; GLIBC_TUNABLES=glibc.malloc.hugetlb=0 times it without).
 """
 
 from __future__ import annotations
@@ -27,11 +29,17 @@ import os
 import sys
 import time
 
-from absl import flags
-import jax
-import jax.numpy as jnp
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+if __name__ == "__main__":
+  # As videoar.main does, before jax is imported: the step's buffers on transparent huge pages,
+  # so that the step is timed as training runs it (videoar/host_memory.py).
+  from videoar import host_memory
+  host_memory.reexec_with_huge_pages()
+
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 import benchmarks  # noqa: E402
 from benchmarks import runners  # noqa: E402
 from configs import bouncing_tiny  # noqa: E402

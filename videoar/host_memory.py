@@ -8,8 +8,9 @@ page faults and 130 ms of system time a step on 2 cores. glibc 2.35 and later ca
 for 2 MiB transparent huge pages for such blocks (the tunable `glibc.malloc.hugetlb=1`:
 madvise(MADV_HUGEPAGE)), which cuts the faults about 100x and the default train step by about 9 %
 (docs/performance.md, "Transparent huge pages"). glibc reads its tunables only when a process
-starts, hence the re-execution. Keeping the freed blocks instead (`glibc.malloc.mmap_max=0`)
-avoids the faults too but made the step slower, so it is not done.
+starts, hence the re-execution. Keeping the freed blocks in malloc's heap instead
+(`glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0` and a large trim threshold, with huge pages
+or without) avoids the faults too but made the step slower, so it is not done.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ sample and evaluate from its checkpoints in one process.
 On Linux with glibc 2.35 or later and transparent huge pages on, the command first re-executes
 itself (same pid and arguments) with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which takes about 9 %
 off a CPU train step (videoar/host_memory.py); a GLIBC_TUNABLES that already names
-glibc.malloc.hugetlb is left as it is.
+glibc.malloc.hugetlb is left as it is (GLIBC_TUNABLES=glibc.malloc.hugetlb=0 runs without).
 """
 
 from __future__ import annotations
