@@ -264,8 +264,11 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
                                                                      batch["video"])))
         log.write(done, metrics)
       if evaluate and (done % config.eval.every == 0 or is_last):
+        # The bar stands still for these seconds: say why, so that it does not look hung.
+        progress.set_postfix_str(f"evaluating at step {done}")
         log.write_eval(done, *evaluate(experiment.sampled_params(
             state, config.sample.use_ema, config.forcing.paradigm == "self_forcing")))
+        progress.set_postfix_str("")
       if done % config.train.checkpoint_every == 0 or is_last or preempted:
         _check_finite(jax.device_get(pending), done, saved)
         try:
