@@ -46,10 +46,10 @@ def huge_page_environment(environ: dict[str, str], thp_setting: str | None,
 
 
 def reexec_with_huge_pages() -> None:
-  """Replaces this process (same pid, same command line, sys.orig_argv) by one whose malloc puts
-  large blocks on transparent huge pages, where huge_page_environment says that changes
-  something; otherwise returns. Call it first in an entry point, before anything starts threads
-  or writes output; an exec that fails returns too, and the job runs as it would have."""
+  """Replaces this process (same pid, same interpreter and arguments, sys.orig_argv) by one whose
+  malloc puts large blocks on transparent huge pages, where huge_page_environment says that
+  changes something; otherwise returns. Call it first in an entry point, before anything starts
+  threads or writes output; an exec that fails returns too, and the job runs as it would have."""
   if not sys.platform.startswith("linux"):
     return
   try:
@@ -67,6 +67,8 @@ def reexec_with_huge_pages() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   try:
-    os.execve(sys.executable, sys.orig_argv, environ)
+    # argv[0] as sys.executable, not as typed: the new interpreter finds its prefix (a venv's)
+    # from it, whatever PATH or the launcher said.
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
   except OSError:
     return
