@@ -34,15 +34,8 @@ def test_huge_page_environment(environ, thp, libc, expected):
 
 
 def _would_reexec() -> bool:
-  try:
-    with open(host_memory.THP_SETTING) as f:
-      thp = f.read()
-    libc = os.confstr("CS_GNU_LIBC_VERSION")
-  except (OSError, ValueError):
-    return False
   environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-  return (sys.platform.startswith("linux")
-          and host_memory.huge_page_environment(environ, thp, libc) is not None)
+  return host_memory.huge_page_environment(environ, *host_memory.host_settings()) is not None
 
 
 @pytest.mark.skipif(not _would_reexec(), reason="this host has no glibc >= 2.35 with THP on")

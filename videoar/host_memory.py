@@ -45,13 +45,12 @@ def huge_page_environment(environ: dict[str, str], thp_setting: str | None,
   return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
 
 
-def reexec_with_huge_pages() -> None:
-  """Replaces this process (same pid, same interpreter and arguments, sys.orig_argv) by one whose
-  malloc puts large blocks on transparent huge pages, where huge_page_environment says that
-  changes something; otherwise returns. Call it first in an entry point, before anything starts
-  threads or writes output; an exec that fails returns too, and the job runs as it would have."""
+def host_settings() -> tuple[str | None, str | None]:
+  """This host's (THP_SETTING's contents, os.confstr("CS_GNU_LIBC_VERSION")), the arguments
+  huge_page_environment decides on; (None, None) off Linux, and None for either that cannot be
+  read."""
   if not sys.platform.startswith("linux"):
-    return
+    return None, None
   try:
     with open(THP_SETTING) as f:
       thp_setting = f.read()
@@ -61,7 +60,16 @@ def reexec_with_huge_pages() -> None:
     libc_version = os.confstr("CS_GNU_LIBC_VERSION")
   except (ValueError, OSError):
     libc_version = None
-  environ = huge_page_environment(dict(os.environ), thp_setting, libc_version)
+  return thp_setting, libc_version
+
+
+def reexec_with_huge_pages() -> None:
+  """Replaces this process (same pid, same interpreter and arguments, sys.orig_argv) by one whose
+  malloc puts large blocks on transparent huge pages, where huge_page_environment says that
+  changes something on this host; otherwise returns. Call it first in an entry point, before
+  anything starts threads or writes output; an exec that fails returns too, and the job runs as
+  it would have."""
+  environ = huge_page_environment(dict(os.environ), *host_settings())
   if environ is None:
     return
   sys.stdout.flush()
