@@ -27,7 +27,7 @@ evaluation's scoring 1.7 min, nearly all of it FVD; on another machine, 2026-12-
 I3D features cached, 12 min 32 s (1800 steps in 9 min 19 s, scoring 2.0 min); on a third,
 15 min 4 s (1800 steps in 11 min 29 s, scoring 2.1 min; 1200 steps would fit ten minutes there,
 but seed 0 then invents objects and keeps them still, and seed 1 sits at the targets' edge:
-docs/results.md, "Fewer steps"); on a fourth, 2026-12-07, 11 min 0 s, and 10 min 27 s on
+docs/results.md, "Fewer steps"); on another, 2026-12-07, 11 min 0 s, and 10 min 27 s on
 transparent huge pages, which `python -m videoar.main` has used since where the host has them (docs/performance.md,
 "Transparent huge pages"). Three seeds, per 8-frame segment at 3x: objects lost 0.05 /
 0.09 / 0.11 a frame (sd 0.02-0.04), invented 0.02-0.04, colour drift 0.043 (the truth's
