@@ -34,9 +34,9 @@ Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
   window                          the baseline for routing: a sliding window of the same k frames
   default_model                   every arm on the default run's model, history dropout,
                                   sampler and 1800 steps (base_config.default_model: FineDecoder,
-                                  history guidance 3), so that the arms differ from the default
-                                  (configs/bouncing_tiny.py = noise_augmentation,default_model)
-                                  only in the history they train on
+                                  history guidance 3, FVD), so that the arms differ from the
+                                  default (configs/bouncing_tiny.py = noise_augmentation,
+                                  default_model, FVD off) only in the history they train on
   occluded                        the world where history matters beyond the last two frames: an
                                   opaque grey bar, columns 11-20 (10 px, the frame's middle third),
                                   over the whole height. An object is out of sight (under 10 %

@@ -19,19 +19,20 @@ generated history is not. One video in ten trains on the null history (zero fram
 teacher.drop_history), and sampling guides on the history at scale 3 (sample.guide_history:
 classifier-free guidance whose null pass reads zero frames as its history, sampling.Sampler),
 at times t >= 0.5 only (sample.guidance_interval: below it guidance only oversaturates colour).
-The final evaluation includes FVD (eval.fvd).
+The final evaluation scores objects, colour, position, PSNR, SSIM and LPIPS per segment; FVD
+(eval.fvd, which the arms built on this model keep) is off here.
 
-Measured on 2 idle CPU cores, 2026-12-02 (docs/results.md has the tables and the runs that chose
-this recipe): the whole job took 9 min 46 s, of which 1800 steps 7 min 19 s and the
-evaluation's scoring 1.7 min, nearly all of it FVD; on another machine, 2026-12-06, with no
-I3D features cached, 12 min 32 s (1800 steps in 9 min 19 s, scoring 2.0 min); on a third,
-15 min 4 s (1800 steps in 11 min 29 s, scoring 2.1 min; 1200 steps would fit ten minutes there,
-but seed 0 then invents objects and keeps them still, and seed 1 sits at the targets' edge:
-docs/results.md, "Fewer steps"); on another, 2026-12-07, 11 min 0 s, and 10 min 27 s on
-transparent huge pages, which `python -m videoar.main` has used since where the host has them (docs/performance.md,
-"Transparent huge pages"). Three seeds, per 8-frame segment at 3x: objects lost 0.05 /
-0.09 / 0.11 a frame (sd 0.02-0.04), invented 0.02-0.04, colour drift 0.043 (the truth's
-0.033-0.034), position error below copying the last frame in every segment of every seed.
+Measured on 2 idle CPU cores, 2026-12-07, nothing cached: the whole job took 9 min 32 s, of
+which 1800 steps 8 min 17 s and the final evaluation 56 s, on a machine where the same job with
+FVD took 11 min 15 s (its scoring 103 s). With FVD, earlier: 9 min 46 s on 2026-12-02 (1800 steps
+in 7 min 19 s); 12 min 32 s on another machine, 2026-12-06 (1800 steps in 9 min 19 s, scoring
+2.0 min); 15 min 4 s on a third (1800 steps in 11 min 29 s; 1200 steps would fit ten minutes
+there, but seed 0 then invents objects and keeps them still, and seed 1 sits at the targets'
+edge: docs/results.md, "Fewer steps"); `python -m videoar.main` runs on transparent huge pages
+where the host has them (docs/performance.md, "Transparent huge pages"). Three seeds, per
+8-frame segment at 3x: objects lost 0.05 / 0.09 / 0.11 a frame (sd 0.02-0.04), invented
+0.02-0.04, colour drift 0.043 (the truth's 0.033-0.034), position error below copying the last
+frame in every segment of every seed.
 Without the FineDecoder (8x8 linear unpatchify, guidance 1.5, 2000 steps: the default
 until 2026-12-02) they were 0.12 / 0.20 / 0.25 lost and 0.071-0.076 drift. The failures left:
 shapes soften or stretch, an object half hidden in the context frames can come back in the
@@ -55,6 +56,10 @@ def get_config(variant: str = ""):
   config.forcing.paradigm = "resampling"
   config.forcing.resample_mode = "noise_augmentation"
   config.forcing.warmup_steps = 200
+  # FVD is left to `--config.eval.fvd=True`: at these 32 held-out clips two sets of true clips
+  # are already 249 apart (videoar.eval.fvd_check), and I3D at 224x224 costs about 95 s of the
+  # ten-minute job on 2 cores, a sixth of it.
+  config.eval.fvd = False
   variants = base_config.variants(variant, ("patch4", "test"))
   if "patch4" in variants:
     config.model.patch = 4
