@@ -82,11 +82,10 @@ def layout_rows(shape: Shape, impl: str, repeats: int) -> list[dict]:
       rows.append(dict(num_frames=n, sequence_frames=2 * n, pass_=pass_name, dense_ms=dense_ms,
                        path_ms=path_ms, speedup=dense_ms / path_ms,
                        allowed_blocks=int(spec.frame_mask().sum()),
-                       # blocked's forward alone runs the bucketed plan, as cudnn does both
-                       # ways; blocked's gradient, the unit-causal path
-                       # (blocked._causal_or_planned).
+                       # cudnn runs the bucketed plan's query frames; blocked, the
+                       # unit-causal path.
                        computed_blocks=(blocked.plan(spec, shape.tokens).computed_blocks()
-                                        if pass_name == "fwd" or impl == "cudnn" else
+                                        if impl == "cudnn" else
                                         blocked.computed_blocks(spec, shape.tokens)),
                        all_blocks=(2 * n)**2))
   return rows

@@ -10,9 +10,8 @@ plus a little padding, in a handful of buckets, never one computation per frame;
 indices are constants, and autodiff gives the backward (the gathers become scatter-adds of whole
 frames).
 
-Causal layouts without a window (BlockCausal, and TeacherForcing's 2N layout) are differentiated
-through a faster path with no mask and no gather (`_causal_attention`; their forward
-alone runs the plan, faster there: `_causal_or_planned`). In units of one chunk, query unit i
+Causal layouts without a window (BlockCausal, and TeacherForcing's 2N layout) take a faster
+path with no mask and no gather (`_causal_attention`). In units of one chunk, query unit i
 sees key units 0..i; in the 2N layout the history chunk i and the noisy chunk i + 1 see exactly
 the same history keys 0..i, so they are paired into one query unit, and each noisy chunk also sees
 its own noisy keys (one batched diagonal). Unit-causal attention splits by binary levels: the
@@ -50,11 +49,13 @@ QUERY_TILE_TOKENS = 128
 # Key lists are padded to a multiple of 1/MAX_BUCKETS of the longest: at most this many batched
 # computations, at most 1/(2 MAX_BUCKETS) of the work wasted on padding on average.
 MAX_BUCKETS = 8
-# The unit-causal path computes a level's logits in slices of at most this many floats (4 MB):
+# The unit-causal path computes a level's logits in slices of at most this many floats (8 MB):
 # an array past glibc's 32 MB mmap threshold is fresh pages, faulted in on every call, and cache
-# sized slices are faster still (2N layout, N = 32, CPU: forward 82 ms uncapped, 69 ms at 8 MB,
-# 60 ms at 2-4 MB).
-MAX_LOGITS = 1 << 20
+# sized slices are faster still. 2N layout, 64 tokens a frame, 4 heads of 64, forward on 2 CPU
+# cores (docs/performance.md, "The unit-causal forward"): 7.9 ms at 8 MB against 9.4 ms at 4 MB
+# (N = 16) and 45 against 48 ms (N = 32), 55-59 ms at 16-64 MB; forward+backward the same at 4
+# and 8 MB, slower at 2 MB.
+MAX_LOGITS = 1 << 21
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,8 +232,8 @@ def _causal_units(mask: masks.MaskSpec) -> tuple[int, bool] | None:
 
 
 def computed_blocks(mask: masks.MaskSpec, tokens_per_frame: int) -> int:
-  """(query frame, key frame) blocks `blocked_attention` computes for `mask` where it is
-  differentiated, padding included (its forward alone runs `plan`)."""
+  """(query frame, key frame) blocks `blocked_attention` computes for `mask`, padding
+  included."""
   causal = _causal_units(mask)
   if causal is None:
     return plan(mask, tokens_per_frame).computed_blocks()
@@ -279,28 +280,6 @@ def _causal_attention(q, k, v, chunk: int, paired: bool, tokens_per_frame: int) 
   return jnp.moveaxis(out, 1, 4).reshape(b, tq, h, d).astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _causal_or_planned(q, k, v, mask: masks.MaskSpec, tokens_per_frame: int) -> jax.Array:
-  """A unit-causal mask (`_causal_units`): the bucketed plan when only the output is wanted, the
-  unit-causal path where a gradient is. Measured on CPU (2N layout, 64 tokens a frame, 4 heads
-  of 64): forward 38 ms planned against 55 ms unit-causal at N = 32 (11 ms both at N = 16), and
-  forward+backward 289 against 204 ms at N = 32, 86 against 60 ms at N = 16."""
-  return _planned_attention(q, k, v, mask, tokens_per_frame=tokens_per_frame)
-
-
-def _causal_or_planned_fwd(q, k, v, mask, tokens_per_frame):
-  causal = lambda q, k, v: _causal_attention(q, k, v, *_causal_units(mask), tokens_per_frame)
-  return jax.vjp(causal, q, k, v)
-
-
-def _causal_or_planned_bwd(mask, tokens_per_frame, vjp, cotangent):
-  del mask, tokens_per_frame
-  return vjp(cotangent)
-
-
-_causal_or_planned.defvjp(_causal_or_planned_fwd, _causal_or_planned_bwd)
-
-
 def blocked_attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
                       kv_frame_valid: jax.Array | None = None,
                       selection: jax.Array | None = None) -> jax.Array:
@@ -308,11 +287,11 @@ def blocked_attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
 
   `selection` ([B, H, Tq, Fk] bool, from routing.select_frames) further narrows each query
   token's key frames. BlockCausal and TeacherForcing without a window, `kv_frame_valid` or a
-  selection are differentiated through the unit-causal path (module docstring); everything else,
-  and their forward alone, runs the bucketed plan.
+  selection run the unit-causal path (module docstring); everything else the bucketed plan.
   """
-  if _causal_units(mask) is not None and kv_frame_valid is None and selection is None:
-    return _causal_or_planned(q, k, v, mask, tokens_per_frame)
+  causal = _causal_units(mask)
+  if causal is not None and kv_frame_valid is None and selection is None:
+    return _causal_attention(q, k, v, *causal, tokens_per_frame)
   return _planned_attention(q, k, v, mask, tokens_per_frame=tokens_per_frame,
                             kv_frame_valid=kv_frame_valid, selection=selection)
 
