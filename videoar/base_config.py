@@ -155,9 +155,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_clips = 32
   config.eval.segment_len = 8  # one training length per segment
   # FVD in the final evaluation (eval/perceptual.py): I3D on 224x224 of every generated and true
-  # clip segment, about 2 min of the default run's 32 clips x 3 segments on 2 cores and about 3x
-  # that at 10x the training length, so the default run (configs/bouncing_tiny.py) pays it and
-  # other runs ask for it.
+  # clip segment, about 1.5-2 min of the default run's 32 clips x 3 segments on 2 cores and about
+  # 3x that at 10x the training length, so runs ask for it (default_model's arms do; the default
+  # run, configs/bouncing_tiny.py, leaves it off to fit its ten minutes).
   config.eval.fvd = False
   # Every this many steps (0: never) the trainer continues the first few held-out clips and logs
   # their segment metrics and strip (metrics.jsonl, tensorboard): the run's own learning curve.
@@ -213,9 +213,10 @@ def world(config: ml_collections.ConfigDict, variants: list[str]) -> ml_collecti
 def default_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with the default run's model, history dropout, sampler and training length
   (configs/bouncing_tiny.py says why each): a FineDecoder at 4x4 sub-patches, one video in ten on
-  the null history, history guidance 3 at t >= 0.5, 1800 steps evaluated every 600, FVD in the
-  final evaluation. Its forcing paradigm is left as it is, so that the arms of a study
-  (configs/bouncing_rf.py:default_model) differ from the default only in the history they train on.
+  the null history, history guidance 3 at t >= 0.5, 1800 steps evaluated every 600; and FVD in
+  the final evaluation, which the default run itself leaves off. Its forcing paradigm is left as
+  it is, so that the arms of a study (configs/bouncing_rf.py:default_model) differ from the
+  default only in the history they train on.
   """
   config.model.fine_patch = 4
   config.forcing.history_drop_prob = 0.1
