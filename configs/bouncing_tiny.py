@@ -58,7 +58,7 @@ def get_config(variant: str = ""):
   config.forcing.warmup_steps = 200
   # FVD is left to `--config.eval.fvd=True`: at these 32 held-out clips two sets of true clips
   # are already 249 apart (videoar.eval.fvd_check), and I3D at 224x224 added about 95 s to the
-  # job's scoring on 2 cores (103 s with it, 7-8 s without), a sixth of the ten minutes.
+  # job's scoring on 2 cores (103 s with it, 6.5-8.1 s without), a sixth of the ten minutes.
   config.eval.fvd = False
   variants = base_config.variants(variant, ("patch4", "test"))
   if "patch4" in variants:
