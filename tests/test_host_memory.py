@@ -53,3 +53,21 @@ def test_reexec_keeps_pid_and_command_and_runs_once():
   # Once before the exec, once after it; then the tunable stops a second exec.
   assert out.splitlines() == [f"start {proc.pid}", f"start {proc.pid}",
                               f"after {proc.pid} {host_memory.TUNABLE} ['--flag=1']"]
+
+
+@pytest.mark.skipif(not _would_reexec(), reason="this host has no glibc >= 2.35 with THP on")
+def test_reexec_returns_where_the_interpreter_cannot_find_its_binary(tmp_path):
+  # Started by a bare name that PATH does not hold, Python leaves sys.executable empty: the job
+  # must run on without the re-execution, not stop in execve.
+  script = ("import sys\n"
+            "print('start', repr(sys.executable), flush=True)\n"
+            "from videoar import host_memory\n"
+            "host_memory.reexec_with_huge_pages()\n"
+            "print('after')\n")
+  environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  environ["PATH"] = str(tmp_path)
+  environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+  proc = subprocess.run(["python", "-c", script], executable=sys.executable, env=environ,
+                        capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines() == ["start ''", "after"]

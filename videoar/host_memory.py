@@ -67,10 +67,12 @@ def reexec_with_huge_pages() -> None:
   """Replaces this process (same pid, same interpreter and arguments, sys.orig_argv) by one whose
   malloc puts large blocks on transparent huge pages, where huge_page_environment says that
   changes something on this host; otherwise returns. Call it first in an entry point, before
-  anything starts threads or writes output; an exec that fails returns too, and the job runs as
-  it would have."""
+  anything starts threads or writes output; an exec that fails, or an interpreter that does not
+  know its own binary (sys.executable empty), returns too, and the job runs as it would have."""
   environ = huge_page_environment(dict(os.environ), *host_settings())
-  if environ is None:
+  # sys.executable is "" where Python could not find its own binary (started by a bare name
+  # that PATH does not hold): nothing to exec, and execve would raise ValueError.
+  if environ is None or not sys.executable:
     return
   sys.stdout.flush()
   sys.stderr.flush()
