@@ -33,6 +33,26 @@ def test_huge_page_environment(environ, thp, libc, expected):
     assert result == {"PATH": "/bin", **environ, "GLIBC_TUNABLES": expected}
 
 
+@pytest.mark.parametrize("environ, thp, libc, expected", [
+    ({"GLIBC_TUNABLES": host_memory.TUNABLE}, MADVISE, "glibc 2.36",
+     "host memory: large blocks on huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0"}, MADVISE, "glibc 2.36",
+     "host memory: regular pages; GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0"),
+    # Where the entry point would have re-executed, this process is the one it did not replace.
+    ({}, MADVISE, "glibc 2.36", "host memory: regular pages; the re-execution with"
+     " GLIBC_TUNABLES=glibc.malloc.hugetlb=1 did not happen"),
+    ({"GLIBC_TUNABLES": host_memory.TUNABLE}, "always madvise [never]\n", "glibc 2.36",
+     "host memory: regular pages; transparent huge pages are off"
+     " (/sys/kernel/mm/transparent_hugepage/enabled: always madvise [never])"),
+    ({}, MADVISE, "glibc 2.31",
+     "host memory: regular pages; the C library (glibc 2.31) has no glibc.malloc.hugetlb"),
+    ({}, None, None,
+     "host memory: regular pages; the C library (not glibc) has no glibc.malloc.hugetlb"),
+])
+def test_memory_line_says_which_pages_and_why(environ, thp, libc, expected):
+  assert host_memory.memory_line(environ, thp, libc) == expected
+
+
 def _would_reexec() -> bool:
   environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
   return host_memory.huge_page_environment(environ, *host_memory.host_settings()) is not None
@@ -44,7 +64,8 @@ def test_reexec_keeps_pid_and_command_and_runs_once():
             "print('start', os.getpid(), flush=True)\n"
             "from videoar import host_memory\n"
             "host_memory.reexec_with_huge_pages()\n"
-            "print('after', os.getpid(), os.environ['GLIBC_TUNABLES'], sys.argv[1:])\n")
+            "print('after', os.getpid(), os.environ['GLIBC_TUNABLES'], sys.argv[1:])\n"
+            "print(host_memory.memory_line(dict(os.environ), *host_memory.host_settings()))\n")
   environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
   proc = subprocess.Popen([sys.executable, "-c", script, "--flag=1"], env=environ,
                           stdout=subprocess.PIPE, text=True)
@@ -52,7 +73,9 @@ def test_reexec_keeps_pid_and_command_and_runs_once():
   assert proc.returncode == 0
   # Once before the exec, once after it; then the tunable stops a second exec.
   assert out.splitlines() == [f"start {proc.pid}", f"start {proc.pid}",
-                              f"after {proc.pid} {host_memory.TUNABLE} ['--flag=1']"]
+                              f"after {proc.pid} {host_memory.TUNABLE} ['--flag=1']",
+                              f"host memory: large blocks on huge pages"
+                              f" (GLIBC_TUNABLES={host_memory.TUNABLE})"]
 
 
 @pytest.mark.skipif(not _would_reexec(), reason="this host has no glibc >= 2.35 with THP on")

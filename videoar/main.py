@@ -25,6 +25,8 @@ On Linux with glibc 2.35 or later and transparent huge pages on, the command fir
 itself (same pid and arguments) with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which takes about 9 %
 off a CPU train step (videoar/host_memory.py); a GLIBC_TUNABLES that already names
 glibc.malloc.hugetlb is left as it is (GLIBC_TUNABLES=glibc.malloc.hugetlb=0 runs without).
+The job's first line, `host memory: ...`, says which it runs with, and why not huge pages where
+it does not.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ import signal
 import sys
 import time
 
+from videoar import host_memory
+
 if __name__ == "__main__":
   # First, before jax is imported, so that re-executing costs no second import: malloc's large
   # blocks on transparent huge pages (videoar/host_memory.py: about 9 % off a CPU train step).
-  from videoar import host_memory
   host_memory.reexec_with_huge_pages()
 
 import jax
@@ -118,6 +121,8 @@ def main(argv):
     if jax.process_count() > 1 and FLAGS.mode != "train":
       errors.exit_with_error(f"--mode={FLAGS.mode} samples and evaluates in one process; with"
                        f" {jax.process_count()} processes run --mode=train")
+  if jax.process_index() == 0:
+    print(host_memory.memory_line(dict(os.environ), *host_memory.host_settings()))
   try:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except USER_ERRORS as e:
