@@ -107,11 +107,21 @@ def _truncate_arrays(step_dir):
     os.truncate(path, os.path.getsize(path) // 2)
 
 
+def _garble(path):
+  """Overwrites `path` with random bytes of its own length."""
+  garbage = np.random.default_rng(0).bytes(os.path.getsize(path))
+  with open(path, "wb") as f:
+    f.write(garbage)
+
+
 DAMAGES = {
     "truncated_arrays": _truncate_arrays,
     "lost_tree_metadata": lambda step_dir: os.remove(os.path.join(step_dir, "state", "_METADATA")),
     "lost_data_state": lambda step_dir: os.remove(os.path.join(step_dir, "data", "metadata")),
     "cut_data_state": lambda step_dir: os.truncate(os.path.join(step_dir, "data", "metadata"), 3),
+    # Random bytes that do not decode as UTF-8 (was CheckpointUnreadable's advice to rerun,
+    # for a UnicodeDecodeError that no rerun mends).
+    "garbled_data_state": lambda step_dir: _garble(os.path.join(step_dir, "data", "metadata")),
 }
 
 

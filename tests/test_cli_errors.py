@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -121,6 +122,25 @@ BAD_INPUTS = [
      [TINY, "--config.model.width=30"],
      "error: config.model.fine_width=32 is invalid: must be a multiple of the trunk's head dim 15"
      " (model.width=30 / model.num_heads=2)"),
+    ("an infinite learning rate (was a traceback from the run record, after the model was built)",
+     [TINY, "--config.optim.learning_rate=inf"],
+     "error: config.optim.learning_rate=inf is invalid: must be finite"),
+    ("a NaN MLP ratio (was a ValueError from int() in validation)",
+     [TINY, "--config.model.mlp_ratio=nan"], "error: config.model.mlp_ratio=nan is invalid: must be"
+     " finite"),
+    ("a score clamp of one time (was a ValueError unpacking it)",
+     ["--config=configs/bouncing_sf.py:test", "--config.forcing.score_clamp=(0.5,)"],
+     "error: config.forcing.score_clamp=(0.5,) is invalid: must be (low, high) with 0 <= low <"
+     " high <= 1"),
+    ("--distributed with no cluster to join (was a ValueError from jax.distributed)",
+     [TINY, "--distributed"],
+     "error: --distributed: coordinator_address should be defined: run under Cloud TPU, Slurm,"
+     " Open MPI or Kubernetes, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and"
+     " JAX_PROCESS_ID"),
+    ("--restart_from_weights with a mode that does not train (was silently ignored)",
+     [TINY, "--mode=sample", "--restart_from_weights"],
+     "error: --restart_from_weights starts a training run: with --mode=sample it would do nothing;"
+     " use --mode=train or --mode=all"),
 ]
 
 
@@ -186,6 +206,46 @@ def test_a_workdir_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, ins
   assert last_line(result) == f"error: --workdir={workdir}: not a directory ({existing} is a file)"
   assert "Traceback" not in result.stderr
   assert existing.read_text() == "kept"
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN runs there")
+def test_cudnn_attention_off_a_gpu_is_one_line(tmp_path):
+  # Was a traceback from ops.attention while the step traced.
+  result = run_cli(tmp_path / "run", TINY, "--mode=train", "--config.model.attention_impl=cudnn")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result) == (
+      f"error: config.model.attention_impl='cudnn' is invalid: needs a GPU and this host runs on"
+      f" {jax.default_backend()!r}: use auto, which picks cuDNN on a GPU")
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["checkpoints", "tensorboard"])
+def test_a_file_where_the_run_writes_a_directory_is_one_line_and_kept(tmp_path, name):
+  # A file at W/checkpoints was a traceback from orbax's thread after the first step, then
+  # advice to rerun; at W/tensorboard a traceback from tensorboardX.
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / name).write_text("kept")
+  result = run_cli(workdir, TINY, "--mode=train")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert last_line(result) == (f"error: --workdir={workdir}: {workdir / name} is a file where the"
+                               f" run keeps its {name}; move it")
+  assert os.listdir(workdir) == [name] and (workdir / name).read_text() == "kept"
+
+
+def test_a_cache_directory_that_is_a_file_is_one_line_before_anything_runs(tmp_path):
+  # Was a FileExistsError from the digit classifier's cache after sampling.
+  cache = tmp_path / "cache"
+  cache.write_text("kept")
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.main", f"--workdir={tmp_path / 'run'}", TINY, "--mode=train"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT,
+      env={**os.environ, "VIDEOAR_CACHE": str(cache)})
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result) == (f"error: the cache directory {cache} ($VIDEOAR_CACHE, default"
+                               f" ~/.cache/videoar) cannot be made: {cache} is a file")
+  assert cache.read_text() == "kept" and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("mode", ["evaluate", "sample"])

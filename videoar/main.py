@@ -25,8 +25,8 @@ On Linux with glibc 2.35 or later and transparent huge pages on, the command fir
 itself (same pid and arguments) with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which takes about 9 %
 off a CPU train step (videoar/host_memory.py); a GLIBC_TUNABLES that already names
 glibc.malloc.hugetlb is left as it is (GLIBC_TUNABLES=glibc.malloc.hugetlb=0 runs without).
-The job's first line, `host memory: ...`, says which it runs with, and why not huge pages where
-it does not.
+Once the config is checked, the job's first line, `host memory: ...`, says which it runs with,
+and why not huge pages where it does not.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from videoar import errors, experiment, trainer, validate
-from videoar.eval import run
+from videoar.eval import digits, run
 from videoar.train import workdir as workdir_lib
 
 MODES = ("all", "train", "sample", "evaluate")
@@ -78,18 +78,40 @@ def _parse_flags(argv: list[str]) -> list[str]:
   blocking = errors.blocking_file(FLAGS.workdir)
   if blocking:
     errors.exit_with_error(f"--workdir={FLAGS.workdir}: not a directory ({blocking} is a file)")
+  # The directories a run writes into: a file there would stop it after compiling, and at its
+  # first checkpoint with advice (to rerun) that cannot help.
+  for name in ("checkpoints", "tensorboard"):
+    path = os.path.join(FLAGS.workdir, name)
+    if os.path.exists(path) and not os.path.isdir(path):
+      errors.exit_with_error(f"--workdir={FLAGS.workdir}: {path} is a file where the run keeps"
+                             f" its {name}; move it")
+  cache = digits.cache_directory()
+  blocking = errors.blocking_file(cache)
+  if blocking:
+    errors.exit_with_error(f"the cache directory {cache} (${digits.CACHE_ENV}, default"
+                           f" ~/.cache/videoar) cannot be made: {blocking} is a file")
+  if FLAGS.restart_from_weights and FLAGS.mode not in ("all", "train"):
+    errors.exit_with_error(f"--restart_from_weights starts a training run: with --mode={FLAGS.mode}"
+                           " it would do nothing; use --mode=train or --mode=all")
   return remaining
 
 
 def _join_processes() -> None:
   env = lambda name: int(os.environ[name]) if name in os.environ else None
   # Unset values are left to JAX's detection of the cluster it runs on.
-  jax.distributed.initialize(num_processes=env("JAX_NUM_PROCESSES"),
-                             process_id=env("JAX_PROCESS_ID"))
+  try:
+    jax.distributed.initialize(num_processes=env("JAX_NUM_PROCESSES"),
+                               process_id=env("JAX_PROCESS_ID"))
+  except ValueError as e:  # what JAX raises where it finds no cluster and none is named
+    errors.exit_with_error(f"--distributed: {str(e).rstrip('.')}: run under Cloud TPU, Slurm, Open MPI or"
+                           " Kubernetes, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and"
+                           " JAX_PROCESS_ID")
 
 
 def _run(config, workdir: str, mode: str) -> None:
   exp = experiment.build(config)
+  if jax.process_index() == 0:
+    print(host_memory.memory_line(dict(os.environ), *host_memory.host_settings()))
   if mode in ("all", "train"):
     trainer.train(exp, workdir, restart_from_weights=FLAGS.restart_from_weights)
   if mode in ("all", "sample", "evaluate"):
@@ -121,8 +143,6 @@ def main(argv):
     if jax.process_count() > 1 and FLAGS.mode != "train":
       errors.exit_with_error(f"--mode={FLAGS.mode} samples and evaluates in one process; with"
                        f" {jax.process_count()} processes run --mode=train")
-  if jax.process_index() == 0:
-    print(host_memory.memory_line(dict(os.environ), *host_memory.host_settings()))
   try:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except USER_ERRORS as e:

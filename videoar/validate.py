@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 
+import jax
 import ml_collections
 
 from videoar import base_config, sampling
@@ -70,6 +72,21 @@ def _positive(config, key: str):
   return value
 
 
+def _check_finite(config: ml_collections.ConfigDict) -> None:
+  """Every float (and every float in a tuple), data.options' too, is finite: no range check
+  below catches NaN, an infinity passes some, and the run record cannot hold either."""
+  def leaves(tree, prefix):
+    for key, value in tree.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from leaves(value, prefix + key + ".")
+      else:
+        yield prefix + key, value
+  for key, value in leaves(config, ""):
+    if any(isinstance(x, float) and not math.isfinite(x)
+           for x in (value if isinstance(value, (tuple, list)) else (value,))):
+      fail(key, value, "must be finite")
+
+
 def paradigm_options(config: ml_collections.ConfigDict) -> dict:
   """The config.forcing values that the chosen paradigm reads (its loss_fn's keyword arguments;
   Self Forcing's keys)."""
@@ -101,6 +118,7 @@ def _check_keys(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError, one line naming the first bad key, for a config that cannot run."""
+  _check_finite(config)
   if config.data.source not in pipeline.SOURCES:
     fail("data.source", config.data.source, f"allowed: {', '.join(pipeline.SOURCES)}")
   if config.forcing.paradigm not in METHODS:
@@ -137,6 +155,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.attention_impl == "pallas" and config.model.routing_top_k:
     fail("model.attention_impl", "pallas", "has no routed kernel: with model.routing_top_k > 0"
          " use auto or blocked")
+  # The host's backend: the main job runs there (an AOT compile for a TPU topology takes the
+  # pallas kernel, which a CPU host runs too, in interpret mode).
+  backend = jax.default_backend()
+  if config.model.attention_impl == "pallas" and backend == "gpu":
+    fail("model.attention_impl", "pallas", "has no GPU kernel: use auto (cuDNN where it serves"
+         " the call) or cudnn")
+  if config.model.attention_impl == "cudnn":
+    if backend != "gpu":
+      fail("model.attention_impl", "cudnn", f"needs a GPU and this host runs on {backend!r}: use"
+           " auto, which picks cuDNN on a GPU")
+    if config.model.routing_top_k:
+      fail("model.attention_impl", "cudnn", "has no routed kernel: with model.routing_top_k > 0"
+           " use auto or blocked")
+    if config.model.dtype != "bfloat16":
+      fail("model.attention_impl", "cudnn", f"needs model.dtype='bfloat16' (this config has"
+           f" {config.model.dtype!r})")
   if config.model.prediction not in dit.PREDICTIONS:
     fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
   if (config.model.prediction in dit.PREDICTIONS_FROM_PREVIOUS
@@ -344,8 +378,8 @@ def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
     fail("forcing.critic_learning_rate", f.critic_learning_rate, "must be > 0")
   _positive(config, "forcing.critic_updates")
   _positive(config, "forcing.num_steps")
-  low, high = f.score_clamp
-  if not 0.0 <= low < high <= 1.0:
+  clamp = _tuple(f.score_clamp)
+  if len(clamp) != 2 or not 0.0 <= clamp[0] < clamp[1] <= 1.0:
     fail("forcing.score_clamp", f.score_clamp, "must be (low, high) with 0 <= low < high <= 1")
 
 

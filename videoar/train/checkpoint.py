@@ -13,9 +13,9 @@ not restore depends on why:
   of the state asked for: the config changed, not the checkpoint. CheckpointMismatch, and nothing
   is moved.
 - It is damaged: the error says that a file is missing or holds too few or wrong bytes
-  (FileNotFoundError, a missing item, JSON that does not parse, or a TensorStore status NOT_FOUND,
-  OUT_OF_RANGE, DATA_LOSS or FAILED_PRECONDITION), and every file left in the step still reads to
-  its end, so no retry would mend it. The step is moved to WORKDIR/checkpoints.damaged/STEP-TIME,
+  (FileNotFoundError, a missing item, JSON that does not parse or decode, or a TensorStore status
+  NOT_FOUND, OUT_OF_RANGE, DATA_LOSS or FAILED_PRECONDITION), and every file left in the step still
+  reads to its end, so no retry would mend it. The step is moved to WORKDIR/checkpoints.damaged/STEP-TIME,
   where orbax does not look, with one logged line, and the next older step is tried. If none is
   left, CheckpointsDamaged.
 - Anything else, above all an OSError other than FileNotFoundError (EIO, ESTALE, EACCES,
@@ -277,7 +277,8 @@ def _says_damaged(error: BaseException) -> bool:
   if any(isinstance(e, OSError) and not isinstance(e, FileNotFoundError) for e in chain):
     return False
   root = chain[-1]
-  return (isinstance(root, (FileNotFoundError, KeyError, json.JSONDecodeError))
+  return (isinstance(root, (FileNotFoundError, KeyError, json.JSONDecodeError,
+                           UnicodeDecodeError))
           or isinstance(root, ValueError) and str(root).startswith(_DAMAGE_STATUSES))
 
 
