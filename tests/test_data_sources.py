@@ -116,6 +116,17 @@ def test_recorded_training_stream_visits_every_clip_once_an_epoch_in_a_new_order
   assert epochs[0] != epochs[1]
 
 
+def test_clips_longer_than_every_sequence_say_how_long_the_longest_is():
+  # Was "training clip 0 of 8 frames at stride 1 is out of range: ... has 0": neither that the
+  # sequences are too short nor by how much.
+  source = pipeline.RecordedClips(NumberedFrames((4, 6, 5)), stride=2, eval_fraction=0.0)
+  with pytest.raises(IndexError) as error:
+    source.clip(0, 0, 4)
+  assert str(error.value) == (
+      f"no training clip of 4 frames at stride 2 (7 frames) fits in {source.recording}: its"
+      " longest training stretch is 6 frames; lower data.num_frames or data.options.stride")
+
+
 def test_hosts_take_disjoint_clips_that_make_up_the_global_batch():
   source = pipeline.RecordedClips(NumberedFrames((40, 40)))
   global_batches = pipeline.train_batches(source, batch_size=6, num_frames=4, seed=0)

@@ -53,7 +53,9 @@ def test_mesh_shape_fills_the_minus_one_axis(sizes, devices, shape):
 
 @pytest.mark.parametrize("sizes,devices,message", [
     (dict(data=-1, fsdp=-1), 8, "config.mesh.fsdp=-1 is invalid: only one mesh axis may be -1"),
-    (dict(data=-1, fsdp=3), 8, "config.mesh.data=-1 is invalid: the other axes take 3 devices"),
+    # The axes the user set are named (the line named only the default's data=-1).
+    (dict(data=-1, fsdp=3), 8, "config.mesh.data=-1 is invalid: the other axes (mesh.fsdp=3) take"
+     " 3 devices, which do not divide the 8 devices"),
     (dict(data=2), 8, "config.mesh="),
     (dict(tensor=0), 8, "config.mesh.tensor=0 is invalid"),
 ])

@@ -111,6 +111,13 @@ class RecordedClips:
     first_frames, cumulative, order = _window_table(self, num_frames, held_out)
     if not 0 <= position < cumulative[-1]:
       split = "held-out" if held_out else "training"
+      if not cumulative[-1]:
+        training, _, held = _split(self)
+        longest = int((held if held_out else training).max(initial=0))
+        raise IndexError(
+            f"no {split} clip of {num_frames} frames at stride {self.stride}"
+            f" ({(num_frames - 1) * self.stride + 1} frames) fits in {self.recording}: its longest"
+            f" {split} stretch is {longest} frames; lower data.num_frames or data.options.stride")
       raise IndexError(
           f"{split} clip {position} of {num_frames} frames at stride {self.stride} is out of"
           f" range: {self.recording} has {cumulative[-1]}")

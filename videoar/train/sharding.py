@@ -54,8 +54,10 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   fixed = math.prod(size for size in sizes.values() if size != -1)
   if fill:
     if num_devices % fixed:
-      _fail(f"mesh.{fill[0]}", -1,
-            f"the other axes take {fixed} devices, which do not divide the {num_devices} devices")
+      # Named by the axes the user set, not only the -1 axis (often the default's data axis).
+      others = ", ".join(f"mesh.{axis}={size}" for axis, size in sizes.items() if size > 1)
+      _fail(f"mesh.{fill[0]}", -1, f"the other axes ({others}) take {fixed} devices, which do not"
+            f" divide the {num_devices} devices")
     sizes[fill[0]] = num_devices // fixed
   if math.prod(sizes.values()) != num_devices:
     shape = " x ".join(f"{axis} {size}" for axis, size in sizes.items())
