@@ -8,7 +8,10 @@ import platform
 import time
 from typing import Callable
 
+from absl import flags
 import jax
+
+from videoar import errors
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -84,6 +87,24 @@ def _cell(value) -> str:
   if isinstance(value, float):
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
   return str(value)
+
+
+def define_json_flag() -> None:
+  """Defines --json, the file `write_json` writes; a path it could not write (a directory, or
+  one under a file) stops at flag parsing, not at the end of the run."""
+  flags.DEFINE_string("json", None, "Also write the results here as JSON.")
+  flags.register_validator("json", _writable_file)
+
+
+def _writable_file(path: str | None) -> bool:
+  if path is None:
+    return True
+  if os.path.isdir(path):
+    raise flags.ValidationError("is a directory; name the JSON file to write")
+  blocking = errors.blocking_file(os.path.dirname(path) or ".")
+  if blocking:
+    raise flags.ValidationError(f"{blocking} is a file, not a directory to write into")
+  return True
 
 
 def write_json(path: str | None, **results) -> None:

@@ -31,7 +31,7 @@ import benchmarks  # noqa: E402
 from videoar import errors  # noqa: E402
 from videoar.attention import blocked, masks, ops, routing  # noqa: E402
 
-flags.DEFINE_string("json", None, "Also write the results here as JSON.")
+benchmarks.define_json_flag()
 flags.DEFINE_integer("repeats", 5, "Timed rounds; the best round counts.", lower_bound=1)
 flags.DEFINE_enum("impl", "auto", ops.IMPLS, "The project's path, timed against impl=dense.")
 flags.DEFINE_enum("shape", "cpu", ["cpu", "wan"], "cpu: the CPU targets' shapes; wan: Wan's"

@@ -17,16 +17,16 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
 from configs import bouncing_rf, bouncing_sf  # noqa: E402
 from benchmarks import runners  # noqa: E402
-from videoar import base_config  # noqa: E402
+from videoar import base_config, errors  # noqa: E402
 
-flags.DEFINE_string("json", None, "Also write the results here as JSON.")
-flags.DEFINE_integer("repeats", 3, "Timed rounds (one step of every arm each).")
+benchmarks.define_json_flag()
+flags.DEFINE_integer("repeats", 3, "Timed rounds (one step of every arm each).", lower_bound=1)
 FLAGS = flags.FLAGS
 
 ARMS = {
@@ -64,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

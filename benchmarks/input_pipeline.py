@@ -14,29 +14,34 @@ the faster consumer's.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
 from benchmarks import runners  # noqa: E402
 from configs import atari_pong, bouncing_tiny  # noqa: E402
+from videoar import errors  # noqa: E402
 from videoar.data import array_record, pipeline  # noqa: E402
 
-flags.DEFINE_string("json", None, "Also write the results here as JSON.")
-flags.DEFINE_list("prefetch", ["threads", "processes"], "Prefetch kinds to measure.")
-flags.DEFINE_integer("num_workers", 2, "Prefetch threads or processes.")
-flags.DEFINE_integer("batch_size", 8, "Clips a batch.")
-flags.DEFINE_integer("warmup_batches", 4, "Batches read before timing starts.")
-flags.DEFINE_integer("num_batches", 40, "Batches timed for each source.")
-flags.DEFINE_integer("train_steps", 5, "Train steps timed for each config, after one to compile.")
+benchmarks.define_json_flag()
+flags.DEFINE_list("prefetch", list(pipeline.PREFETCH), "Prefetch kinds to measure; allowed: "
+                  + ", ".join(pipeline.PREFETCH))
+# Checked when the flags are parsed: a bad name is reported before the data is generated.
+flags.register_validator("prefetch", lambda kinds: kinds and set(kinds) <= set(pipeline.PREFETCH),
+                         "allowed: " + ", ".join(pipeline.PREFETCH))
+flags.DEFINE_integer("num_workers", 2, "Prefetch threads or processes.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 8, "Clips a batch.", lower_bound=1)
+flags.DEFINE_integer("warmup_batches", 4, "Batches read before timing starts.", lower_bound=0)
+flags.DEFINE_integer("num_batches", 40, "Batches timed for each source.", lower_bound=1)
+flags.DEFINE_integer("train_steps", 5, "Train steps timed for each config, after one to compile.",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 SIZE, NUM_FRAMES = 64, 16
@@ -125,11 +130,8 @@ def main(argv):
           f" {step['step_seconds']:.3f} | {step['clips_per_s']:.1f} |")
   results["headroom"] = {name: max(rates.values()) / consumed
                          for name, rates in results["pipeline_clips_per_s"].items()}
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(results, f, indent=1)
-    print(f"wrote {FLAGS.json}")
+  benchmarks.write_json(FLAGS.json, **results)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

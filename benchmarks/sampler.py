@@ -56,25 +56,24 @@ from videoar.attention import routing as routing_lib  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[:VARIANT]);"
                                 " default configs/bouncing_tiny.py.")
-flags.DEFINE_list("frame_shape", None, "H,W,C of a frame as the model sees it (default: the"
-                  " config's data source).")
-flags.register_validator(
-    "frame_shape", lambda shape: shape is None or (
-        len(shape) == 3 and all(n.isdigit() and int(n) > 0 for n in shape)),
-    "must be three positive integers H,W,C (e.g. 60,104,16)")
+experiment.define_frame_shape_flag()
 flags.DEFINE_list("impls", None, "Attention implementations to stream with, in turn (default:"
                   " the config's model.attention_impl); allowed: " + ", ".join(ops.IMPLS))
 flags.DEFINE_integer("text_tokens", 512, "Tokens of the random text embedding (text models).")
 flags.DEFINE_integer("video_frames_per_frame", 1, "Video frames a model frame decodes to (4 for"
                      " Wan's latents), for frames/s.")
-flags.DEFINE_string("json", None, "Also write the results here as JSON.")
-flags.DEFINE_integer("chunks", 8, "Chunks streamed each time.")
+benchmarks.define_json_flag()
+# frames/s counts the chunks after the first, so two at least; steady frames/s needs more chunks
+# than the config's KV cache holds (left out with fewer), which flag parsing does not know.
+flags.DEFINE_integer("chunks", 8, "Chunks streamed each time (at least 2).", lower_bound=2)
 flags.DEFINE_list("arms", None, "Variants of configs/bouncing_rf.py whose samplers to time per"
                   " frame, side by side (routed@K, window@K: with K history frames); each arm's"
                   " config sets the model and sampler, so --config, --impls and --chunks do not"
                   " apply.")
-flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 10x training).")
-flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).")
+flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 10x training).",
+                     lower_bound=1)
+flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).",
+                     lower_bound=1)
 flags.DEFINE_string("variant", "", "With --arms: variants of configs/bouncing_rf.py added to every"
                     " arm, as videoar.sweep's --variant (default_model: the default run's model"
                     " and sampler, history guidance included).")

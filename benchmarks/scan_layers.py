@@ -16,16 +16,18 @@ import sys
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
 from benchmarks import runners  # noqa: E402
 from configs import bouncing_tiny  # noqa: E402
+from videoar import errors  # noqa: E402
 
-flags.DEFINE_integer("depth", 4, "Blocks of the model (the default config has 4).")
-flags.DEFINE_integer("steps", 5, "Timed rounds; the best counts.")
-flags.DEFINE_string("json", None, "Also write the results here as JSON.")
+flags.DEFINE_integer("depth", 4, "Blocks of the model (the default config has 4).",
+                     lower_bound=1)
+flags.DEFINE_integer("steps", 5, "Timed rounds; the best counts.", lower_bound=1)
+benchmarks.define_json_flag()
 FLAGS = flags.FLAGS
 
 ARMS = {"unrolled": (False, "none"), "scanned": (True, "none"),
@@ -53,4 +55,4 @@ def main(argv):
   benchmarks.write_json(FLAGS.json, depth=FLAGS.depth, compile_s=compile_s, step_s=best)
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

@@ -46,7 +46,7 @@ from configs import bouncing_tiny  # noqa: E402
 from videoar import errors  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
 
-flags.DEFINE_string("json", None, "Also write the results here as JSON.")
+benchmarks.define_json_flag()
 flags.DEFINE_integer("patch", 8, "Patch side: 8 is the default config, 4 gives 64 tokens a frame"
                      " (and no FineDecoder).")
 flags.DEFINE_list("impls", ["dense", "auto"], "Attention implementations to run the step with;"

@@ -90,6 +90,7 @@ def main(argv):
   if config.data.source != "atari":
     raise errors.UserError(f"--config: data.source={config.data.source!r} has no actions; this"
                            " figure is of an Atari model (configs/atari_pong.py)")
+  experiment.require_checkpoint(FLAGS.workdir)
   exp = experiment.build(config)
   params = experiment.restore_params(exp, FLAGS.workdir, use_ema=config.sample.use_ema)
   names = exp.source.recording.action_names()

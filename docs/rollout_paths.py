@@ -19,20 +19,25 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from videoar import experiment  # noqa: E402
-from videoar.eval import run  # noqa: E402
+from videoar import errors, experiment  # noqa: E402
+from videoar.eval import long_horizon, run  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "The trained model's config (with the flags it"
                                 " was trained and is sampled with).", lock_config=True)
 flags.DEFINE_string("workdir", None, "The trained run's directory.")
+# Every source's per-frame metrics (the ways are scored without FVD).
+METRICS = [metric for metric in long_horizon.METRIC_TITLES if metric != "fvd"]
 flags.DEFINE_list("metrics", ["digit_accuracy", "ink_ratio", "lost", "color_drift",
                               "ball_position_error", "lpips"],
-                  "Metrics to print, those the source has.")
+                  "Metrics to print, those the source has; allowed: " + ", ".join(METRICS))
+# Checked when the flags are parsed: a misspelt name is reported before the model runs.
+flags.register_validator("metrics", lambda metrics: metrics and set(metrics) <= set(METRICS),
+                         "allowed: " + ", ".join(METRICS))
 flags.DEFINE_string("json", None, "Also write {way: per-segment rows} here.")
 FLAGS = flags.FLAGS
 
@@ -46,8 +51,10 @@ def main(argv):
   del argv
   c = FLAGS.config
   if not c.model.previous_frame_input:
-    raise SystemExit("model.previous_frame_input=False: the model reads its history through"
-                     " the KV cache alone; there is no second path to separate")
+    raise errors.UserError("config.model.previous_frame_input=False: the model reads its"
+                           " history through the KV cache alone; there is no second path to"
+                           " separate")
+  experiment.require_checkpoint(FLAGS.workdir)
   exp = experiment.build(c)
   params = experiment.restore_params(exp, FLAGS.workdir, use_ema=c.sample.use_ema)
   sampler = experiment.make_sampler(exp)
@@ -75,4 +82,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  errors.run(main)

@@ -34,8 +34,7 @@ from videoar.train import sharding as sharding_lib  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[:VARIANT]).",
                                 lock_config=True)
 flags.DEFINE_string("topology", None, "libtpu topology name, e.g. v5p:2x4x4 (a v5p-64).")
-flags.DEFINE_list("frame_shape", None, "H,W,C of a frame as the model sees it (default: the"
-                  " config's data source).")
+experiment.define_frame_shape_flag()
 flags.mark_flags_as_required(["config", "topology"])
 FLAGS = flags.FLAGS
 

@@ -1,8 +1,10 @@
 """The recorded sources (atari, video_folder, array_record) and the pipeline every source shares."""
 
 import dataclasses
+import json
 import logging
 import os
+import re
 import shutil
 
 import grain
@@ -381,6 +383,56 @@ def test_write_array_record_converts_a_procedural_source(tmp_path):
   with pytest.raises(errors.UserError, match=f"{tmp_path} already holds a dataset"):
     array_record.write_sequences(str(tmp_path), sequences, num_shards=2)
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
+
+
+def small_dataset(path) -> str:
+  """Four sequences of ten 4x4 frames, dealt to four frame shards: a dataset to damage."""
+  array_record.write_sequences(
+      str(path), [{"video": np.full((10, 4, 4, 1), i, np.uint8)} for i in range(4)], num_shards=4)
+  return str(path)
+
+
+@pytest.mark.parametrize("name,damage,problem", [
+    ("frames-00002-of-00004.array_record", "missing",
+     "is missing: data.path holds only part of the dataset"),
+    ("sequences.array_record", "missing", "is missing: data.path holds only part of the dataset"),
+    ("frames-00002-of-00004.array_record", "truncated",
+     "is not a whole ArrayRecord file (it ends early)"),
+    ("frames-00000-of-00004.array_record", "empty",
+     "is not a whole ArrayRecord file (ArrayRecord file should be at least 64KB big)"),
+], ids=["frame shard missing", "sequences missing", "frame shard truncated", "frame shard empty"])
+def test_a_missing_or_damaged_array_record_file_is_a_config_error_naming_it(tmp_path, name, damage,
+                                                                            problem):
+  """Was array_record's RuntimeError, naming the file only when it was missing."""
+  path = small_dataset(tmp_path)
+  file = tmp_path / name
+  if damage == "missing":
+    file.unlink()
+  else:
+    file.write_bytes(file.read_bytes()[:65536 if damage == "truncated" else 0])
+  source = pipeline.make_source("array_record", path=path, eval_fraction=0.2)
+  with pytest.raises(ConfigError, match="^" + re.escape(f"{file} {problem}")) as error:
+    source.clip(0, 0, 4)
+  assert str(error.value).endswith("write the dataset again with"
+                                   " python -m videoar.data.write_array_record")
+
+
+@pytest.mark.parametrize("rewrite,problem", [
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "lengths"}),
+     "has no lengths"),
+    (lambda text: "[]", "has no frame_shards, lengths, first_records"),
+    (lambda text: '{"lengths": "\x01"}',
+     "is not JSON (Invalid control character at: line 1 column 14 (char 13))"),
+], ids=["no lengths", "not an object", "not JSON"])
+def test_an_index_that_is_not_write_sequences_is_a_config_error_naming_it(tmp_path, rewrite,
+                                                                         problem):
+  """Were a KeyError, a TypeError, and a JSONDecodeError that did not name the file."""
+  path = small_dataset(tmp_path)
+  index = tmp_path / "index.json"
+  index.write_text(rewrite(index.read_text()))
+  advice = "write the dataset again with python -m videoar.data.write_array_record"
+  with pytest.raises(ConfigError, match="^" + re.escape(f"{index} {problem}: {advice}")):
+    pipeline.make_source("array_record", path=path, eval_fraction=0.2).clip(0, 0, 4)
 
 
 def test_make_source_checks_the_path():

@@ -5,9 +5,11 @@ the benchmarks and the tests all build through here:
 
   exp = experiment.build(config)                  the data source, the model, one clip's shapes
   exp = experiment.build_for_shapes(config, hwc)  the same without a data source (benchmarks, AOT)
+  define_frame_shape_flag()  --frame_shape=H,W,C, the hwc of a tool that builds for shapes
   example_batch(exp, b)     the shapes and dtypes of a training batch (what the step is traced on)
   make_train_step(exp)      the optimizer, the sharded state initialiser and the jitted step
   restore_params(exp, dir)  the trained (EMA) parameters of a run's newest checkpoint
+  require_checkpoint(dir)   that a run has one, checked before anything is built
   make_sampler(exp)         the streaming sampler, with the window the model was trained with
 """
 
@@ -17,6 +19,7 @@ import dataclasses
 import os
 from typing import Callable
 
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -113,6 +116,18 @@ def build_for_shapes(config: ml_collections.ConfigDict,
   spec = {key: jax.ShapeDtypeStruct(*shapes[key])
           for key in ("video",) + model.conditioning_keys()}
   return Experiment(config, None, model, spec)
+
+
+def define_frame_shape_flag() -> None:
+  """Defines --frame_shape=H,W,C, the frames of a tool's build_for_shapes (the AOT compile, the
+  sampler benchmark). Checked when the flags are parsed: a value that is not three positive
+  integers is reported before anything is built or compiled."""
+  flags.DEFINE_list("frame_shape", None, "H,W,C of a frame as the model sees it (default: the"
+                    " config's data source).")
+  flags.register_validator(
+      "frame_shape", lambda shape: shape is None or (
+          len(shape) == 3 and all(n.isdigit() and int(n) > 0 for n in shape)),
+      "must be three positive integers H,W,C (e.g. 60,104,16)")
 
 
 def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
@@ -326,10 +341,7 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   errors for checkpoints of another model or damaged ones.
   """
   config = exp.config
-  directory = os.path.join(workdir, "checkpoints")
-  # Said before orbax opens (and would create) the directory.
-  if not checkpoint_lib.finished_steps(directory):
-    raise MissingInput(f"no checkpoint in {directory}: train first (--mode=train or --mode=all)")
+  directory = require_checkpoint(workdir)
   generator_critic = config.forcing.paradigm == "self_forcing" and not single_network
   optimizer = state_lib.make_optimizer(config)
 
@@ -355,6 +367,17 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
     raise MissingInput(f"no readable checkpoint in {directory}: train first"
                        " (--mode=train or --mode=all)")
   return sampled_params(state, use_ema, generator_critic)
+
+
+def require_checkpoint(workdir: str) -> str:
+  """WORKDIR/checkpoints, when it holds a finished checkpoint; raises errors.MissingInput (a
+  FileNotFoundError) when not. Reads no checkpoint: a tool of a trained run calls it before it
+  builds (an Atari source generates its episodes first), and it is said before orbax opens (and
+  would create) the directory."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not checkpoint_lib.finished_steps(directory):
+    raise MissingInput(f"no checkpoint in {directory}: train first (--mode=train or --mode=all)")
+  return directory
 
 
 def sampled_params(state: state_lib.TrainState, use_ema: bool, generator_critic: bool):

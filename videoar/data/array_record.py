@@ -32,6 +32,10 @@ SEQUENCE_KEYS = ("label", "text")
 ID_KEYS = ("label", "actions")
 # One record a group: a frame is read without decompressing its neighbours.
 WRITER_OPTIONS = "group_size:1"
+# What index.json must hold for a dataset to be read (id_counts came later: it may be absent).
+INDEX_KEYS = ("frame_shards", "lengths", "first_records")
+# The advice for a dataset directory that is not as write_sequences left it.
+REWRITE = "write the dataset again with python -m videoar.data.write_array_record"
 
 
 def to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -136,23 +140,55 @@ class ArrayRecordLatents:
     return clip | from_bytes(_sequence_source(self.path)[sequence])
 
 
+# The data errors below are ConfigErrors: ValueErrors, which experiment.build reports as
+# `config.data: ...`, and one line wherever else a command reads the dataset.
 @functools.cache
 def _index(path: str) -> dict:
   index_path = os.path.join(path, "index.json")
   if not os.path.exists(index_path):
-    raise ValueError(f"data.path={path!r} has no index.json: write it with"
-                     " python -m videoar.data.write_array_record")
-  with open(index_path) as f:
-    return json.load(f)
+    raise errors.ConfigError(f"data.path={path!r} has no index.json: write it with"
+                             " python -m videoar.data.write_array_record")
+  try:
+    with open(index_path) as f:
+      index = json.load(f)
+  except ValueError as e:  # not JSON, or not text
+    raise errors.ConfigError(f"{index_path} is not JSON ({e}): {REWRITE}") from None
+  missing = [key for key in INDEX_KEYS if not isinstance(index, dict) or key not in index]
+  if missing:
+    raise errors.ConfigError(f"{index_path} has no {', '.join(missing)}: {REWRITE}")
+  return index
 
 
 # Readers hold open files: each process opens its own on first use.
 @functools.cache
 def _frame_source(path: str) -> grain.sources.ArrayRecordDataSource:
-  return grain.sources.ArrayRecordDataSource(
-      [os.path.join(path, name) for name in _index(path)["frame_shards"]])
+  return _data_source(path, _index(path)["frame_shards"])
 
 
 @functools.cache
 def _sequence_source(path: str) -> grain.sources.ArrayRecordDataSource:
-  return grain.sources.ArrayRecordDataSource([os.path.join(path, "sequences.array_record")])
+  return _data_source(path, ["sequences.array_record"])
+
+
+def _data_source(path: str, names: list[str]) -> grain.sources.ArrayRecordDataSource:
+  """grain's source over the files NAMES of the dataset directory PATH; raises ConfigError
+  naming the first that is missing or cannot be read (a truncated copy)."""
+  files = [os.path.join(path, name) for name in names]
+  try:
+    return grain.sources.ArrayRecordDataSource(files)
+  except RuntimeError:
+    # grain opens them all at once, and its error for a damaged one names no file: each is
+    # opened alone to find it (only here, so that a good dataset opens its files once).
+    from array_record.python import array_record_module
+
+    for file in files:
+      if not os.path.isfile(file):
+        raise errors.ConfigError(f"{file} is missing: data.path holds only part of the dataset;"
+                                 f" copy the rest, or {REWRITE}") from None
+      try:
+        array_record_module.ArrayRecordReader(file).close()
+      except RuntimeError as e:
+        reason = str(e).splitlines()[0] if str(e) else "it ends early"
+        raise errors.ConfigError(f"{file} is not a whole ArrayRecord file ({reason}): copy it"
+                                 f" again, or {REWRITE}") from None
+    raise

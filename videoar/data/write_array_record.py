@@ -24,9 +24,11 @@ from videoar.data import array_record, pipeline
 config_flags.DEFINE_config_file("config", None, "The config whose data.source to convert.",
                                 lock_config=True)
 flags.DEFINE_string("output", None, "Directory to write the shards and index.json to.")
-flags.DEFINE_integer("num_shards", 4, "Frame shards to deal the sequences to.")
-flags.DEFINE_integer("num_sequences", None, "Clips to write from a procedural source.")
-flags.DEFINE_integer("sequence_frames", None, "Frames in each clip of a procedural source.")
+flags.DEFINE_integer("num_shards", 4, "Frame shards to deal the sequences to.", lower_bound=1)
+flags.DEFINE_integer("num_sequences", None, "Clips to write from a procedural source.",
+                     lower_bound=1)
+flags.DEFINE_integer("sequence_frames", None, "Frames in each clip of a procedural source.",
+                     lower_bound=1)
 flags.mark_flags_as_required(["config", "output"])
 FLAGS = flags.FLAGS
 

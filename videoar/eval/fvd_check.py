@@ -84,6 +84,7 @@ if __name__ == "__main__":
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-  flags.DEFINE_integer("num_clips", 16, "Clips in each set (2 x num_clips held-out clips).")
+  flags.DEFINE_integer("num_clips", 16, "Clips in each set (2 x num_clips held-out clips; at least"
+                       " 2: FVD fits a covariance).", lower_bound=2)
   flags.mark_flags_as_required(["config"])
   errors.run(main)
