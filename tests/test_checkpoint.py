@@ -74,6 +74,26 @@ def test_close_leaves_no_thread_of_the_checkpointer_running(tmp_path, monkeypatc
           and not t.name.startswith("asyncio_")] == []
 
 
+def test_a_reader_leaves_a_save_in_progress_alone_and_a_writer_clears_it(saved):
+  # A sampling or evaluation run on a workdir that was training deleted the trainer's save in
+  # progress, and the trainer then died on its next save (a probe, 2026-12-07).
+  in_progress = os.path.join(saved, "3.orbax-checkpoint-tmp")
+  os.makedirs(os.path.join(in_progress, "state"))
+  reader = checkpoint_lib.Checkpointer(saved, keep=5, read_only=True)
+  try:
+    assert int(reader.restore_latest(make_state(0)).step) == 2
+  finally:
+    reader.close()
+  assert os.path.isdir(in_progress)
+  checkpoint_lib.Checkpointer(saved, keep=5).close()  # the run that was writing it, restarted
+  assert not os.path.exists(in_progress)
+
+
+def test_a_reader_creates_no_checkpoints_directory(tmp_path):
+  checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=5, read_only=True).close()
+  assert os.listdir(tmp_path) == []
+
+
 def test_newest_run_round_trips(saved):
   resumed = restore(saved)
   assert int(resumed.state.step) == resumed.data["step"] == 2

@@ -502,6 +502,75 @@ def test_restart_from_weights_starts_a_new_run_and_keeps_the_old_one(finished_ru
   assert "a new run from the weights of step 2" in result.stdout
 
 
+def test_a_run_with_no_checkpoint_left_moves_the_earlier_runs_logs_aside(finished_run, tmp_path):
+  # Every checkpoint damaged (moved to checkpoints.damaged/): the next run started over and
+  # rewrote the old run's metrics.jsonl and run.json in place (a probe, 2026-12-07).
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  os.rename(workdir / "checkpoints", workdir / "checkpoints.damaged")
+  old_metrics = (workdir / "metrics.jsonl").read_text()
+  result = run_cli(workdir, *SHORT)
+  assert result.returncode == 0, result.stderr[-2000:]
+  (aside,) = os.listdir(workdir / "previous")
+  assert (f"no checkpoint in {workdir}/checkpoints to resume from: a new run; what an earlier one"
+          f" left is in {workdir}/previous/{aside}") in result.stdout.splitlines()
+  assert (workdir / "previous" / aside / "metrics.jsonl").read_text() == old_metrics
+  assert (workdir / "previous" / aside / "run.json").exists()
+  assert os.listdir(workdir / "checkpoints") == ["2"]
+
+
+def test_a_restart_from_weights_preempted_says_to_resume_without_the_flag(finished_run, tmp_path):
+  # "the same command resumes from it" was false: the same command started yet another new run.
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  run = subprocess.Popen(
+      [sys.executable, "-m", "videoar.main", f"--workdir={workdir}", TINY, "--mode=train",
+       "--config.train.num_steps=100000", "--config.train.log_every=1",
+       "--config.data.batch_size=2", "--restart_from_weights"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  deadline = time.monotonic() + 240
+  # A step of the new run logged (the old run's log has moved to previous/): the signal
+  # handler is in place by then.
+  new_log = workdir / "metrics.jsonl"
+  while not (workdir / "previous").exists() or not new_log.exists() or not new_log.read_text():
+    assert run.poll() is None, run.communicate()[1][-2000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  run.send_signal(signal.SIGTERM)
+  stdout, stderr = run.communicate(timeout=120)
+  assert run.returncode == 0, stderr[-2000:]
+  (line,) = [line for line in stdout.splitlines() if line.startswith("preempted: ")]
+  assert line.endswith("; the same command without --restart_from_weights resumes from it")
+
+
+@pytest.mark.parametrize("where", ["workdir", "checkpoints"])
+def test_a_symlink_to_nothing_where_a_run_writes_is_one_line(tmp_path, where):
+  # A dangling W/checkpoints was a FileExistsError traceback after the model was built; a
+  # dangling W said "cannot create the workdir W: File exists".
+  workdir = tmp_path / "run"
+  if where == "workdir":
+    link = workdir
+  else:
+    workdir.mkdir()
+    link = workdir / "checkpoints"
+  os.symlink(tmp_path / "nowhere", link)
+  result = run_cli(workdir, TINY, "--mode=train")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result) == (f"error: --workdir={workdir}: {link} is a symlink to"
+                               f" {tmp_path / 'nowhere'}, which does not exist")
+  assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_workdir_with_brackets_is_one_line(tmp_path):
+  # Orbax globbed the path: every good checkpoint of a run in r[1] read as damaged and was moved.
+  workdir = tmp_path / "r[1]"
+  result = run_cli(workdir, TINY, "--mode=train")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result) == (f"error: --workdir={workdir}: '[' and ']' in the path are not"
+                               " supported (checkpoint paths are read as glob patterns); rename it")
+  assert not workdir.exists()
+
+
 def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tmp_path):
   workdir = tmp_path / "run"
   first = subprocess.Popen(

@@ -16,6 +16,7 @@ import pytest
 
 from videoar import experiment, trainer
 from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import metrics_log
 from videoar.train import preemption
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
@@ -244,6 +245,33 @@ def test_a_data_pipeline_that_fails_keeps_the_last_step_and_says_why(tmp_path):
   assert message.startswith("the data pipeline failed before step 4 (") and "\n" not in message
   assert message.endswith("); saved step 3; the same command resumes from it")
   assert _restored_steps_and_finite(tmp_path) == ([3], True)
+
+
+def test_a_failed_save_names_the_newest_checkpoint_on_disk_and_a_log_that_fails_too_stays_quiet(
+    tmp_path, monkeypatch):
+  # The step-2 save is dispatched but never written (an asynchronous write still in flight when
+  # the disk filled); the step-4 save fails. The line named step 2, which is not on disk, and the
+  # logs' own failure to flush on the full disk replaced it with a traceback.
+  config = bouncing_tiny.get_config("test")
+  config.train.num_steps, config.train.checkpoint_every = 6, 2
+  calls = []
+
+  def dispatched_then_no_space(self, state, **kwargs):
+    calls.append(int(state.step))
+    if len(calls) > 1:
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  def flush_fails(self):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", dispatched_then_no_space)
+  monkeypatch.setattr(metrics_log.MetricsLog, "close", flush_fails)
+  with pytest.raises(trainer.RunFailed) as error:
+    trainer.train(experiment.build(config), str(tmp_path))
+  assert calls == [2, 4]
+  assert str(error.value) == (
+      f"saving step 4 to {tmp_path}/checkpoints failed (OSError: [Errno 28] No space left on"
+      " device); the newest checkpoint is none")
 
 
 def test_a_save_that_fails_says_so_in_one_line(tmp_path, monkeypatch):

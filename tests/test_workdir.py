@@ -2,6 +2,7 @@
 must match."""
 
 import copy
+import errno
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 
+from videoar import errors
 from videoar.train import workdir as workdir_lib
 from videoar.train.workdir import (
     ABSENT,
@@ -99,6 +101,22 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
   assert json.loads(open(tmp_path / ".lock").read())["pid"] == holder.pid
   with WorkdirLock(str(tmp_path)):
     assert json.loads(open(tmp_path / ".lock").read())["pid"] == os.getpid()
+
+
+def test_a_lock_that_cannot_be_written_is_one_line_and_leaves_it_free(tmp_path, monkeypatch):
+  # A full disk was an OSError traceback from os.pwrite.
+  def no_space(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "pwrite", no_space)
+  with pytest.raises(errors.UserError) as error:
+    WorkdirLock(str(tmp_path)).acquire()
+  assert str(error.value) == (f"cannot write the lock {tmp_path}/.lock (No space left on device):"
+                              " free space on its filesystem, then rerun")
+  monkeypatch.undo()
+  lock = WorkdirLock(str(tmp_path))
+  lock.acquire()  # not held by the failed attempt
+  lock.release()
 
 
 def test_the_context_manager_releases_on_exception(tmp_path):

@@ -358,7 +358,8 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                       jax.eval_shape(create))
-  checkpointer = checkpoint_lib.Checkpointer(directory, keep=config.train.keep_checkpoints)
+  checkpointer = checkpoint_lib.Checkpointer(directory, keep=config.train.keep_checkpoints,
+                                             read_only=True)
   try:
     state = checkpointer.restore_latest(like)
   finally:

@@ -75,16 +75,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
   remaining = errors.parse_flags(argv)
   if not FLAGS.workdir:
     errors.exit_with_error("--workdir is empty: name the run's directory")
+  if set("[]") & set(FLAGS.workdir):
+    # Orbax matches checkpoint paths as glob patterns: every good checkpoint under such a path
+    # read as damaged and was moved aside.
+    errors.exit_with_error(f"--workdir={FLAGS.workdir}: '[' and ']' in the path are not"
+                           " supported (checkpoint paths are read as glob patterns); rename it")
   blocking = errors.blocking_file(FLAGS.workdir)
   if blocking:
     errors.exit_with_error(f"--workdir={FLAGS.workdir}: not a directory ({blocking} is a file)")
   # The directories a run writes into: a file there would stop it after compiling, and at its
-  # first checkpoint with advice (to rerun) that cannot help.
-  for name in ("checkpoints", "tensorboard"):
-    path = os.path.join(FLAGS.workdir, name)
-    if os.path.exists(path) and not os.path.isdir(path):
+  # first checkpoint with advice (to rerun) that cannot help; a symlink to nothing, the same.
+  for path in (FLAGS.workdir, *(os.path.join(FLAGS.workdir, name)
+                                for name in ("checkpoints", "tensorboard"))):
+    if os.path.islink(path) and not os.path.exists(path):
+      errors.exit_with_error(f"--workdir={FLAGS.workdir}: {path} is a symlink to"
+                             f" {os.readlink(path)}, which does not exist")
+    if path != FLAGS.workdir and os.path.exists(path) and not os.path.isdir(path):
       errors.exit_with_error(f"--workdir={FLAGS.workdir}: {path} is a file where the run keeps"
-                             f" its {name}; move it")
+                             f" its {os.path.basename(path)}; move it")
   cache = digits.cache_directory()
   blocking = errors.blocking_file(cache)
   if blocking:
@@ -106,6 +114,14 @@ def _join_processes() -> None:
     errors.exit_with_error(f"--distributed: {str(e).rstrip('.')}: run under Cloud TPU, Slurm, Open MPI or"
                            " Kubernetes, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and"
                            " JAX_PROCESS_ID")
+
+
+def _resume_advice(interrupted: trainer.Interrupted, restart_from_weights: bool) -> str:
+  """What was saved and how to go on; --restart_from_weights would start yet another run."""
+  if restart_from_weights:
+    return (f"saved step {interrupted.step}; the same command without --restart_from_weights"
+            " resumes from it")
+  return f"saved step {interrupted.step}; the same command resumes from it"
 
 
 def _run(config, workdir: str, mode: str) -> None:
@@ -155,9 +171,10 @@ def main(argv):
       # A planned stop (preemption, a time limit): every process exits 0 after saving, so a
       # launcher that kills the others on a failed one (srun --kill-on-bad-exit) lets them save.
       if jax.process_index() == 0:
-        print(f"preempted: saved step {e.step}; the same command resumes from it")
+        print(f"preempted: {_resume_advice(e, FLAGS.restart_from_weights)}")
       return
-    print(f"interrupted by {e}", file=sys.stderr)
+    print(f"interrupted by {e.signal.name}: {_resume_advice(e, FLAGS.restart_from_weights)}",
+          file=sys.stderr)
     sys.exit(128 + e.signal)  # the shell's status for "ended by this signal"
   except KeyboardInterrupt:
     print(f"stopped at once by SIGINT; the same command resumes from the newest checkpoint in"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -178,6 +179,15 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
     resumed, data_start = None, 0
   elif resumed is None:
     state, data_start = train_step.start(init_rng), 0
+    if is_main:
+      # Nothing to resume (a first run, or every checkpoint damaged and moved aside): logs an
+      # earlier run left would be overwritten by this one's, so they go to previous/ first.
+      aside = workdir_lib.move_aside(
+          workdir, ("metrics.jsonl", "tensorboard", workdir_lib.RECORD_NAME,
+                    *workdir_lib.EVAL_OUTPUTS, workdir_lib.SAMPLES_NAME))
+      if aside:
+        print(f"no checkpoint in {checkpoints} to resume from: a new run; what an earlier one"
+              f" left is in {aside}")
   else:
     state, train_rng, data_start = resumed.state, resumed.rng, resumed.data["step"]
     if is_main:
@@ -274,8 +284,11 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
         try:
           checkpointer.save(state, data={"step": done, "seed": config.seed}, rng=train_rng)
         except Exception as e:
+          # From the disk: the save that failed may be an earlier asynchronous one, which
+          # `saved` already counted.
+          newest = max(checkpoint_lib.finished_steps(checkpoints), default=None)
           raise RunFailed(f"saving step {done} to {checkpoints} failed ({_cause(e)}); the newest"
-                          f" checkpoint is {f'step {saved}' if saved else 'none'}") from e
+                          f" checkpoint is {'none' if newest is None else f'step {newest}'}") from e
         saved = done
       if preempted:
         complete(pending, done)
@@ -287,7 +300,13 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
     progress.close()
     preemption.restore()
     batch_iter.close()
-    log.close()
+    stopping = sys.exc_info()[1] is not None
+    try:
+      log.close()
+    except OSError as e:
+      # A full disk fails the logs' last flush too: the error that stopped the run says more.
+      if not stopping:
+        raise RunFailed(f"writing the logs in {workdir} failed ({_cause(e)})") from e
     try:
       checkpointer.close()  # waits for the last asynchronous save to be written
     except Exception as e:

@@ -78,15 +78,19 @@ class Resumable:
 
 
 class Checkpointer:
-  """Saves to and restores from `directory` (WORKDIR/checkpoints), keeping the `keep` newest."""
+  """Saves to and restores from `directory` (WORKDIR/checkpoints), keeping the `keep` newest.
 
-  def __init__(self, directory: str, *, keep: int):
+  `read_only` (sampling, evaluating, a Self Forcing stage read by another run): restores only,
+  and leaves the directory's unfinished saves alone, which may be those of a run still training
+  there (a writer's manager deletes them when it opens: it was the one writing them)."""
+
+  def __init__(self, directory: str, *, keep: int, read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=True,
-            cleanup_tmp_directories=True))
+            max_to_keep=keep, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=True, cleanup_tmp_directories=not read_only))
     # Reads an item's tree metadata itself: the manager's metadata() turns a lost metadata file
     # into None and a warning that asks for a handler registry.
     self._metadata_reader = ocp.StandardCheckpointHandler()

@@ -123,6 +123,7 @@ class WorkdirLock:
     Raises:
       WorkdirBusy: another process holds it; the message names the holder.
       RuntimeError: the filesystem does not support flock.
+      UserError: the lock file cannot be written (a full disk).
     """
     os.makedirs(self.workdir, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -141,8 +142,13 @@ class WorkdirLock:
       raise
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started})
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (holder + "\n").encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (holder + "\n").encode(), 0)
+    except OSError as e:  # a full disk: the run could not write anything else either
+      os.close(fd)
+      raise UserError(f"cannot write the lock {self.path} ({e.strerror}): free space on"
+                      " its filesystem, then rerun") from None
     self._fd = fd
 
   def release(self) -> None:
