@@ -543,6 +543,30 @@ def test_a_restart_from_weights_preempted_says_to_resume_without_the_flag(finish
   assert line.endswith("; the same command without --restart_from_weights resumes from it")
 
 
+@pytest.mark.parametrize("mode,signum,status,line", [
+    ("evaluate", signal.SIGTERM, 0, "stopped by SIGTERM while evaluating: no evaluation was written"
+     " (an earlier one stays where it was); --mode=evaluate makes it"),
+    ("sample", signal.SIGINT, 130, "stopped by SIGINT while sampling: no samples were written"
+     " (earlier ones stay where they were); --mode=sample writes them"),
+])
+def test_a_signal_while_sampling_or_evaluating_says_what_was_left(finished_run, tmp_path, mode,
+                                                                  signum, status, line):
+  # A SIGTERM there ended the process with status 143 and no line; a Ctrl-C said "the same
+  # command resumes from the newest checkpoint", which for --mode=all refuses a finished run.
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  run = subprocess.Popen(
+      [sys.executable, "-m", "videoar.main", f"--workdir={workdir}", TINY, f"--mode={mode}"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  assert run.stdout.readline().startswith("host memory: ")  # the config is checked
+  run.send_signal(signum)
+  stdout, stderr = run.communicate(timeout=120)
+  assert run.returncode == status, stderr[-2000:]
+  assert "Traceback" not in stderr
+  assert line in (stdout if signum == signal.SIGTERM else stderr).splitlines()
+  assert not (workdir / "eval.json").exists() and not (workdir / "samples").exists()
+
+
 @pytest.mark.parametrize("where", ["workdir", "checkpoints"])
 def test_a_symlink_to_nothing_where_a_run_writes_is_one_line(tmp_path, where):
   # A dangling W/checkpoints was a FileExistsError traceback after the model was built; a

@@ -124,7 +124,39 @@ def _resume_advice(interrupted: trainer.Interrupted, restart_from_weights: bool)
   return f"saved step {interrupted.step}; the same command resumes from it"
 
 
+class _Stopped(Exception):
+  """A SIGTERM outside the trainer's steps, which take it themselves (trainer.Interrupted)."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signal = signal.Signals(signum)
+
+
+def _raise_stopped(signum, frame):
+  del frame
+  raise _Stopped(signum)
+
+
+# What the run is doing, for the line a signal leaves: "training" (from the start of a run that
+# trains to the end of its last save), "sampling" or "evaluating".
+_stage = "training"
+
+
+def _stopped_line(signame: str, workdir: str) -> str:
+  """What a signal outside the trainer's steps left, and the command that goes on."""
+  if _stage == "sampling":
+    return (f"stopped by {signame} while sampling: no samples were written (earlier ones stay"
+            " where they were); --mode=sample writes them")
+  if _stage == "evaluating":
+    return (f"stopped by {signame} while evaluating: no evaluation was written (an earlier one"
+            " stays where it was); --mode=evaluate makes it")
+  return (f"stopped by {signame} outside the training steps; the same command goes on from the"
+          f" newest checkpoint in {workdir}, if any")
+
+
 def _run(config, workdir: str, mode: str) -> None:
+  global _stage
+  _stage = {"sample": "sampling", "evaluate": "evaluating"}.get(mode, "training")
   exp = experiment.build(config)
   if jax.process_index() == 0:
     print(host_memory.memory_line(dict(os.environ), *host_memory.host_settings()))
@@ -144,8 +176,10 @@ def _run(config, workdir: str, mode: str) -> None:
         print(workdir_lib.trained_differently_line(workdir, differences), file=sys.stderr)
     params = experiment.restore_params(exp, workdir, use_ema=config.sample.use_ema)
     if mode in ("all", "sample"):
+      _stage = "sampling"
       print(f"samples: {run.sample(exp, params, workdir)}")
     if mode in ("all", "evaluate"):
+      _stage = "evaluating"
       run.evaluate(exp, params, workdir)
 
 
@@ -159,8 +193,16 @@ def main(argv):
     if jax.process_count() > 1 and FLAGS.mode != "train":
       errors.exit_with_error(f"--mode={FLAGS.mode} samples and evaluates in one process; with"
                        f" {jax.process_count()} processes run --mode=train")
+  if jax.process_count() == 1:
+    # Outside the trainer's steps (compiling, sampling, evaluating) a SIGTERM ends the run with
+    # a line, not silently; the trainer takes SIGTERM itself while it steps.
+    signal.signal(signal.SIGTERM, _raise_stopped)
   try:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except _Stopped as e:
+    # A planned stop, as a preemption during training is: exit status 0.
+    print(_stopped_line(e.signal.name, FLAGS.workdir), flush=True)
+    return
   except USER_ERRORS as e:
     errors.exit_with_error(str(e))
   except trainer.RunFailed as e:
@@ -177,8 +219,11 @@ def main(argv):
           file=sys.stderr)
     sys.exit(128 + e.signal)  # the shell's status for "ended by this signal"
   except KeyboardInterrupt:
-    print(f"stopped at once by SIGINT; the same command resumes from the newest checkpoint in"
-          f" {FLAGS.workdir}", file=sys.stderr, flush=True)
+    if _stage == "training":
+      print(f"stopped at once by SIGINT; the same command resumes from the newest checkpoint in"
+            f" {FLAGS.workdir}", file=sys.stderr, flush=True)
+    else:
+      print(_stopped_line("SIGINT", FLAGS.workdir), file=sys.stderr, flush=True)
     sys.stdout.flush()
     # At once: a save the first Ctrl-C started may still be writing on orbax's threads, which an
     # orderly exit would wait for and then fill with tracebacks. Its unfinished temporary
