@@ -1,5 +1,7 @@
-"""videoar/files.py: a file is replaced whole, readable by others, or not at all."""
+"""videoar/files.py: a file is replaced whole, readable by others, or not at all; so is a set of
+outputs."""
 
+import fcntl
 import os
 import stat
 
@@ -50,3 +52,47 @@ def test_a_rename_that_fails_removes_the_temporary(tmp_path, monkeypatch):
     with files.replaced(path) as f:
       f.write("{}\n")
   assert not os.listdir(tmp_path)
+
+
+def test_outputs_replaced_together_appear_in_their_order_and_leave_no_temporary(tmp_path):
+  (tmp_path / "eval.json").write_text("old")
+  with files.replaced_together(str(tmp_path), ("samples", "eval.json")) as staging:
+    assert os.path.basename(staging).startswith(files.PARTIAL_PREFIX)
+    os.mkdir(os.path.join(staging, "samples"))
+    with open(os.path.join(staging, "samples", "strip.png"), "w") as f:
+      f.write("png")
+    with open(os.path.join(staging, "eval.json"), "w") as f:
+      f.write("new")
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(staging), "eval.json"]
+  assert sorted(os.listdir(tmp_path)) == ["eval.json", "samples"]
+  assert (tmp_path / "eval.json").read_text() == "new"
+  assert os.listdir(tmp_path / "samples") == ["strip.png"]
+
+
+def test_outputs_replaced_together_and_interrupted_leave_the_directory_as_it_was(tmp_path):
+  (tmp_path / "samples").mkdir()
+  (tmp_path / "samples" / "strip.png").write_text("old")
+  with pytest.raises(KeyboardInterrupt):
+    with files.replaced_together(str(tmp_path), ("samples",)) as staging:
+      os.mkdir(os.path.join(staging, "samples"))
+      raise KeyboardInterrupt
+  assert os.listdir(tmp_path) == ["samples"]
+  assert (tmp_path / "samples" / "strip.png").read_text() == "old"
+
+
+def test_a_killed_writers_temporary_folder_is_removed_and_a_live_ones_kept(tmp_path):
+  """A run killed outright (SIGKILL) leaves its folder; the next one removes it, but not the
+  folder of a run still writing, whose lock it finds held."""
+  dead, live = (tmp_path / f"{files.PARTIAL_PREFIX}{name}" for name in ("dead", "live"))
+  for folder in (dead, live):
+    (folder / "samples").mkdir(parents=True)
+    (folder / "samples" / "sample_0.mp4").write_bytes(b"part")
+  fd = os.open(live, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    with files.replaced_together(str(tmp_path), ("eval.json",)) as staging:
+      with open(os.path.join(staging, "eval.json"), "w") as f:
+        f.write("{}")
+    assert sorted(os.listdir(tmp_path)) == sorted(["eval.json", live.name])
+  finally:
+    os.close(fd)

@@ -12,15 +12,16 @@ import pytest
 
 import ml_collections
 
-from videoar import errors, experiment, trainer
+from videoar import errors, experiment, media, trainer
 from videoar.data import array_record, pipeline
-from videoar.eval import run
+from videoar.eval import long_horizon, run
 from videoar.diffusion import flow
 from videoar.forcing import common, teacher
 from videoar.models import dit
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import state as state_lib
 from videoar.train import step as step_lib
+from videoar.train import workdir as workdir_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import bouncing_tiny  # noqa: E402
@@ -286,3 +287,76 @@ def test_samples_of_latents_are_written_as_arrays_not_videos(tmp_path):
   n = config.sample.context_frames + config.data.num_frames
   assert arrays["model"].shape == arrays["truth"].shape == (2, n, 8, 8, 4)
   assert not any(name.endswith((".mp4", ".png")) for name in os.listdir(tmp_path / "samples"))
+
+
+def contents(folder) -> dict[str, bytes]:
+  """{name: bytes} of the files in `folder`."""
+  return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_interrupted_sampling_leaves_the_earlier_samples_whole_and_a_finished_one_moves_them(
+    tmp_path, monkeypatch):
+  """Ctrl-C among the mp4s had left samples/ with some of them and no strip.png, the earlier
+  samples already moved to previous/: now the new ones are written beside samples/ and the
+  earlier ones move only when the new ones are complete."""
+  exp = experiment.build(tiny_config(**{"sample.num_videos": 4}))
+  params = experiment.init_params(exp, jax.random.key(0))
+  samples = tmp_path / "samples"
+  assert run.sample(exp, params, str(tmp_path)) == str(samples / "strip.png")
+  earlier = contents(samples)
+  assert sorted(earlier) == [f"sample_{i}.mp4" for i in range(4)] + ["strip.png"]
+
+  write_mp4, written = media.write_mp4, []
+
+  def interrupted_after_two(path, frames):
+    if len(written) == 2:
+      raise KeyboardInterrupt
+    written.append(path)
+    write_mp4(path, frames)
+
+  monkeypatch.setattr(media, "write_mp4", interrupted_after_two)
+  with pytest.raises(KeyboardInterrupt):
+    run.sample(exp, params, str(tmp_path))
+  assert len(written) == 2
+  assert contents(samples) == earlier
+  assert os.listdir(tmp_path) == ["samples"]  # nothing moved aside, no partial folder left
+
+  monkeypatch.undo()
+  run.sample(exp, params, str(tmp_path))
+  (aside,) = os.listdir(tmp_path / "previous")
+  assert contents(tmp_path / "previous" / aside / "samples") == earlier
+  assert sorted(os.listdir(samples)) == sorted(earlier)
+  assert sorted(os.listdir(tmp_path)) == ["previous", "samples"]
+
+
+def test_evaluation_records_its_checkpoint_and_an_interrupted_one_leaves_the_earlier_whole(
+    tmp_path, monkeypatch):
+  """eval.json names the step evaluated (the newest checkpoint, which restore_params reads). An
+  evaluation interrupted while writing its files had left a new eval.txt beside no eval.json,
+  the earlier evaluation moved away: now it leaves the earlier one in place."""
+  exp = experiment.build(tiny_config())
+  params = experiment.init_params(exp, jax.random.key(0))
+  for step in (3, 7):
+    (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
+  run.evaluate(exp, params, str(tmp_path))
+  assert json.loads((tmp_path / "eval.json").read_text())["checkpoint_step"] == 7
+  names = sorted(workdir_lib.EVAL_OUTPUTS)
+  earlier = {name: (tmp_path / name).read_bytes() for name in names}
+
+  (tmp_path / "checkpoints" / "9").mkdir()
+
+  def interrupted(*args):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(long_horizon, "plot_per_frame", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    run.evaluate(exp, params, str(tmp_path))
+  assert {name: (tmp_path / name).read_bytes() for name in names} == earlier
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", *names]
+
+  monkeypatch.undo()
+  run.evaluate(exp, params, str(tmp_path))
+  (aside,) = os.listdir(tmp_path / "previous")
+  assert contents(tmp_path / "previous" / aside) == earlier
+  assert json.loads((tmp_path / "eval.json").read_text())["checkpoint_step"] == 9
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", *names, "previous"]

@@ -4,17 +4,25 @@
 (os.replace: atomic within a file system). It leaves the file readable by others (0o644), as
 `open` under the usual umask would: tempfile creates its files 0o600, which had left eval.json
 and run.json private while every other output of a run was not.
+
+`replaced_together` does the same for a set of outputs (the samples folder; an evaluation's
+files): they are written into a hidden temporary folder beside them and renamed into place once
+all are written, so that an interrupted run leaves no part of a set where a whole one belongs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO
 
 FILE_MODE = 0o644
+# The name replaced_together's temporary folders start with: hidden, and saying what they hold.
+PARTIAL_PREFIX = ".partial-"
 
 
 @contextlib.contextmanager
@@ -36,3 +44,77 @@ def replaced(path: str, mode: str = "w") -> Iterator[IO]:
   except BaseException:
     os.unlink(f.name)
     raise
+
+
+@contextlib.contextmanager
+def replaced_together(directory: str, names: tuple[str, ...]) -> Iterator[str]:
+  """A new hidden folder DIRECTORY/.partial-XXXXXXXX for the block to write each of `names`
+  (files or folders) into. When the block ends normally, what it wrote is flushed to disk and
+  each of `names` is renamed into `directory`, in their order (the one that marks the set
+  complete last), over a file of that name; a folder of that name must be gone by then (move
+  the earlier outputs aside as the block's last step, so that they leave only once the new ones
+  are whole). When the block or a rename raises, the folder is removed with what it holds and
+  `directory` keeps what it held, but for the names already renamed. `directory` must exist.
+
+  Folders that a killed run left (SIGKILL, a power cut: nothing removed them) are removed by
+  the next call in `directory`. Each folder is flock-ed while its run writes it, so a live
+  run's is left alone; where the filesystem does not lock, no leftover is removed.
+
+  Raises:
+    OSError: the folder cannot be made, or a name cannot be renamed (the block did not write
+      it, or a folder of that name, not empty, is still in `directory`).
+  """
+  _remove_abandoned(directory)
+  staging = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=directory)
+  fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    # Until the lock is taken another call could find the folder abandoned: a window of a few
+    # system calls, in which that call's removal makes this one's writes fail, not part-written.
+    _lock(fd)
+    yield staging
+    _sync(staging)
+    for name in names:
+      os.replace(os.path.join(staging, name), os.path.join(directory, name))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    os.close(fd)  # drops the lock, once the folder is gone
+
+
+def _remove_abandoned(directory: str) -> None:
+  """Removes the replaced_together folders in `directory` that no live run holds."""
+  for name in os.listdir(directory):
+    if not name.startswith(PARTIAL_PREFIX):
+      continue
+    path = os.path.join(directory, name)
+    try:
+      fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # renamed or removed since listed (its run ended), or not a folder
+      continue
+    try:
+      if _lock(fd):
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+      os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+  """Whether this process now holds the flock on `fd`: False where another run holds it, or
+  where the filesystem does not lock (and then a live run's folder cannot be told from a dead
+  one's)."""
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    return False
+  return True
+
+
+def _sync(folder: str) -> None:
+  """Flushes every file under `folder` to disk, so that a rename after it never exposes a file
+  whose contents a crash could still lose."""
+  for root, _, names in os.walk(folder):
+    for name in names:
+      fd = os.open(os.path.join(root, name), os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)

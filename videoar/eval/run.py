@@ -21,6 +21,7 @@ from videoar.data.atari import AtariEpisodes
 from videoar.data.bouncing import BouncingWorld
 from videoar.data.moving_mnist import MovingMnist
 from videoar.eval import digits, long_horizon, objects, perceptual, pong
+from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import metrics_log
 from videoar.train import workdir as workdir_lib
 
@@ -205,26 +206,31 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
   """Writes WORKDIR/samples/sample_*.mp4 (context, then generated) and a PNG strip whose rows
   alternate truth and model; returns the strip's path. Frames that are not images (latents:
   neither 1 nor 3 channels, and no decoder here) go to WORKDIR/samples/samples.npz instead, as
-  `model` and `truth` [B, F, H, W, C] (context included); returns its path. Earlier samples
-  move to WORKDIR/previous/TIME/ (workdir.move_aside) once the new ones are generated."""
+  `model` and `truth` [B, F, H, W, C] (context included); returns its path. The folder is
+  written whole beside WORKDIR/samples (files.replaced_together) and renamed to it once
+  complete, when the earlier samples move to WORKDIR/previous/TIME/ (workdir.move_aside): an
+  interrupted run leaves the earlier samples in place, never part of the new ones."""
   c = exp.config
   clips, generated = continue_clips(exp, params, c.sample.num_videos, jax.random.key(c.seed + 1))
-  aside = workdir_lib.move_aside(workdir, (workdir_lib.SAMPLES_NAME,))
-  if aside:
-    print(f"the earlier samples moved to {aside}")
-  out = os.path.join(workdir, workdir_lib.SAMPLES_NAME)
-  os.makedirs(out)
   num_context = c.sample.context_frames
   model_videos = with_context(clips, generated, num_context)
-  if not perceptual.is_pixels(model_videos):
-    path = os.path.join(out, "samples.npz")
-    np.savez(path, model=model_videos, truth=np.asarray(clips["video"]))
-    return path
-  for i, video in enumerate(model_videos):
-    media.write_mp4(os.path.join(out, f"sample_{i}.mp4"), video)
-  strip_path = os.path.join(out, "strip.png")
-  media.write_png(strip_path, strip(clips, generated, num_context))
-  return strip_path
+  name = workdir_lib.SAMPLES_NAME
+  with files.replaced_together(workdir, (name,)) as staging:
+    out = os.path.join(staging, name)
+    os.mkdir(out)
+    if perceptual.is_pixels(model_videos):
+      for i, video in enumerate(model_videos):
+        media.write_mp4(os.path.join(out, f"sample_{i}.mp4"), video)
+      written = "strip.png"
+      media.write_png(os.path.join(out, written), strip(clips, generated, num_context))
+    else:
+      written = "samples.npz"
+      np.savez(os.path.join(out, written), model=model_videos, truth=np.asarray(clips["video"]))
+    # Last: the earlier samples leave only once the new ones are whole.
+    aside = workdir_lib.move_aside(workdir, (name,))
+  if aside:
+    print(f"the earlier samples moved to {aside}")
+  return os.path.join(workdir, name, written)
 
 
 def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
@@ -234,12 +240,19 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   is what accumulates over the model's own history), printed and written to WORKDIR/eval.json
   (strict JSON: a figure that is not finite, such as the PSNR of identical frames, is null) and
   eval.txt; each per-frame metric against the frame index, a line per method, to
-  WORKDIR/eval_per_frame.png; eval.json also holds the config it ran with ("config"). With
-  eval.fvd, FVD is computed here, not while training, over all eval.num_clips clips when there
-  are at least FVD_MIN_CLIPS (eval.json's fvd_clips says how many; null without FVD). An
-  earlier evaluation's files move to WORKDIR/previous/TIME/ (workdir.move_aside) once the new
-  one is scored."""
+  WORKDIR/eval_per_frame.png; eval.json also holds the config it ran with ("config") and the
+  step of the checkpoint evaluated ("checkpoint_step": the newest in WORKDIR/checkpoints, which
+  experiment.restore_params reads; null where there is none). With eval.fvd, FVD is computed
+  here, not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
+  (eval.json's fvd_clips says how many; null without FVD). The three files are written whole
+  beside the workdir's (files.replaced_together) and renamed into it together, eval.json last,
+  when an earlier evaluation's files move to WORKDIR/previous/TIME/ (workdir.move_aside): an
+  interrupted run leaves the earlier evaluation in place, never part of the new one."""
   c = exp.config
+  # restore_params does not report the step it read: the newest finished one (it moves damaged
+  # ones out of the folder). Listed before the minutes of generation, as near the restore as here
+  # can be.
+  steps = checkpoint_lib.finished_steps(os.path.join(workdir, "checkpoints"))
   sampler = experiment.make_sampler(exp)
   rng = jax.random.key(c.seed + 2)
   # Generation and scoring print nothing until the table: say what the minutes are for.
@@ -267,7 +280,8 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
     text += f"\nFVD: not computed for {c.eval.num_clips} clips (it needs {FVD_MIN_CLIPS}).\n"
   print(text)
   print(f"scored in {seconds:.1f} s")
-  result = dict(context_frames=num_context, generated_frames=int(truth.shape[1]),
+  result = dict(checkpoint_step=steps[-1] if steps else None,
+                context_frames=num_context, generated_frames=int(truth.shape[1]),
                 training_frames=c.data.num_frames, num_clips=c.eval.num_clips,
                 fvd_clips=c.eval.num_clips if with_fvd else None, tables=tables,
                 per_frame={method: {name: values.tolist() for name, values in metrics.items()}
@@ -275,15 +289,18 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
                 # What made these figures (sampler included), so that a sweep can tell a result
                 # of its command from one of another.
                 config=workdir_lib.RunRecord(c.to_dict(), {}).config)
-  aside = workdir_lib.move_aside(workdir, workdir_lib.EVAL_OUTPUTS)
+  # eval.json last: it is what marks a run evaluated (videoar.sweep), so it appears only after
+  # the rest.
+  names = tuple(sorted(workdir_lib.EVAL_OUTPUTS, key=lambda name: name == "eval.json"))
+  with files.replaced_together(workdir, names) as staging:
+    with open(os.path.join(staging, "eval.txt"), "w") as f:
+      f.write(text + "\n")
+    long_horizon.plot_per_frame(curves, os.path.join(staging, "eval_per_frame.png"),
+                                c.eval.segment_len)
+    with open(os.path.join(staging, "eval.json"), "w") as f:
+      json.dump(metrics_log.strict(result), f, indent=1, allow_nan=False)
+    # Last: the earlier evaluation leaves only once the new one is whole.
+    aside = workdir_lib.move_aside(workdir, workdir_lib.EVAL_OUTPUTS)
   if aside:
     print(f"the earlier evaluation moved to {aside}")
-  with open(os.path.join(workdir, "eval.txt"), "w") as f:
-    f.write(text + "\n")
-  long_horizon.plot_per_frame(curves, os.path.join(workdir, "eval_per_frame.png"),
-                              c.eval.segment_len)
-  # Last and whole (a rename): an eval.json is what marks a run evaluated (videoar.sweep), so a
-  # crash before here leaves none rather than a cut-short one.
-  with files.replaced(os.path.join(workdir, "eval.json")) as f:
-    json.dump(metrics_log.strict(result), f, indent=1, allow_nan=False)
   return result
