@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -310,3 +313,36 @@ def test_learning_curve_over_runs_is_mean_and_sd_at_the_common_steps(tmp_path):
     assert mean == {100: {"lost/0-7": 2.0}} and sd == {100: {"lost/0-7": pytest.approx(2**0.5)}}
     assert minutes == {100: 2.0}
     assert "| 100 | 2.0 | 2.00 ± 1.41 |" in learning_curve.tables(mean, minutes, ["lost"], sd)
+
+
+def test_learning_curve_refuses_runs_of_different_worlds(tmp_path):
+    """Two workdirs whose run.json name other data are not averaged as seeds of one arm."""
+    def run_on(name, source, options):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        evaluation = {"step": 100, "eval/lost/0-7": 1.0}
+        (workdir / "metrics.jsonl").write_text(json.dumps(evaluation) + "\n")
+        record = {"config": {"data": {"source": source, "options": options}}, "dataset": {}}
+        (workdir / "run.json").write_text(json.dumps(record))
+        return str(workdir)
+
+    bouncing = run_on("bouncing", "bouncing", {"num_objects": 2})
+    seed1 = run_on("seed1", "bouncing", {"num_objects": 2})
+    mnist = run_on("mnist", "moving_mnist", {"num_digits": 2})
+    fewer = run_on("fewer", "bouncing", {"num_objects": 1})
+
+    def curve(*workdirs):
+        return subprocess.run(
+            [sys.executable, "-m", "videoar.eval.learning_curve", f"--workdir={','.join(workdirs)}",
+             "--metrics=lost"],
+            capture_output=True, text=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
+
+    for other, difference in ((mnist, "data.source bouncing -> moving_mnist"),
+                              (fewer, "data.options.num_objects 2 -> 1")):
+        refused = curve(bouncing, other)
+        assert refused.returncode == 2 and refused.stderr == (
+            f"error: {bouncing} and {other} were made on different data: {difference}; combine and"
+            " compare runs of one world only\n"), refused.stderr[-2000:]
+    same = curve(bouncing, seed1)
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "| 100 | 0.0 | 1.00 ± 0.00 |" in same.stdout

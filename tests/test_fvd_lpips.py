@@ -264,3 +264,28 @@ def test_compare_prints_the_mean_and_the_spread_over_seeds(tmp_path, capsys):
   lines = capsys.readouterr().out.splitlines()
   assert lines[lines.index(long_horizon.METRIC_TITLES["lost"]) + 3].split() == ["arm", "0.50"]
   assert lines[lines.index(long_horizon.METRIC_TITLES["lost"]) + 4].split() == ["arm", "sd", "0.36"]
+
+
+def test_a_figure_only_some_seeds_have_shows_their_count_and_no_spread_of_one(tmp_path, capsys):
+  """Of two seeds only one has a finite PSNR in the second segment (strict JSON's null): the
+  mean is that seed's figure, its spread "-" (not 0), and the tables say it is over 1 of 2."""
+  workdirs = []
+  for seed, psnrs in enumerate([(6.0, 5.0), (6.6, None)]):
+    workdir = tmp_path / f"seed{seed}"
+    workdir.mkdir()
+    rows = [{"segment": segment, "frames": 8, "psnr": psnr}
+            for segment, psnr in zip(("0-7", "8-15"), psnrs)]
+    (workdir / "eval.json").write_text(json.dumps({"tables": {"model": rows}}))
+    workdirs.append(str(workdir))
+  combined = compare.combine({"arm": workdirs})
+  assert [row["psnr"] for row in combined["arm"]] == [pytest.approx(6.3), 5.0]
+  assert [row["psnr"] for row in combined["arm sd"]] == [pytest.approx(0.4243, abs=1e-4), None]
+  assert [row["psnr"] for row in combined["arm n"]] == [2, 1]
+  assert "| arm | 2 | 6.30 ± 0.42 | 5.00 ± - (1 of 2 seeds) |" in compare.markdown(combined)
+
+  compare.main([f"arm={','.join(workdirs)}"])
+  lines = capsys.readouterr().out.splitlines()
+  title = lines.index(long_horizon.METRIC_TITLES["psnr"])
+  assert [line.split() for line in lines[title + 3:title + 5]] == [["arm", "6.30", "5.00"],
+                                                                  ["arm", "sd", "0.42", "-"]]
+  assert lines[-1] == "note: arm: psnr 8-15 over 1 of 2 seeds (the others have no finite number)"

@@ -3,15 +3,19 @@ printed; resumable; one table of mean and spread (videoar.eval.compare.combine).
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from videoar import experiment, sweep
+from videoar import errors, experiment, sweep
 from videoar.data import pipeline
 from videoar.eval import compare, digits, run
+from videoar.train import workdir as workdir_lib
 
 CONFIG = "configs/bouncing_rf.py"
 ROOT_DIR = os.path.join(os.path.dirname(__file__), "..")
@@ -21,13 +25,14 @@ import bouncing_tiny  # noqa: E402
 import mnist_small  # noqa: E402
 
 
-def _fake_eval(workdir, psnr, lost):
-  """An eval.json as `evaluate` writes it, with two segments."""
+def _fake_eval(workdir, psnr, lost, **recorded):
+  """An eval.json as `evaluate` writes it, with two segments, and the `recorded` keys (config,
+  checkpoint_step) where given."""
   rows = [dict(segment="0-7", frames=8, psnr=psnr, lost=lost),
           dict(segment="8-15", frames=8, psnr=psnr - 1.0, lost=None)]
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump({"tables": {"model": rows, "copy_last": rows, "background": rows}}, f)
+    json.dump({"tables": {"model": rows, "copy_last": rows, "background": rows}, **recorded}, f)
 
 
 def _script(code):
@@ -93,6 +98,46 @@ def test_print_prints_the_unfinished_runs_then_the_finished_sweep_writes_its_tab
   assert "| teacher_forcing | 2 | 1.50 ± 0.71 | - |" in markdown  # lost: null in segment 8-15
 
 
+def test_a_run_evaluated_before_its_last_step_is_trained_on_not_tabled(tmp_path, capsys):
+  """Stopped at step 53 of 400 and evaluated there (`--mode=evaluate`): the sweep trains it on
+  rather than tabling the 53-step model. It is finished once its newest checkpoint is at
+  train.num_steps, and the step its eval.json records having evaluated, where it records one."""
+  config = bouncing_rf.get_config("parallel")
+  config.train.num_steps = 400
+  config.seed = 0
+  record = workdir_lib.RunRecord(config.to_dict(), {})
+  workdir = tmp_path / "parallel" / "seed0"
+  (workdir / "checkpoints" / "53").mkdir(parents=True)
+  record.save(str(workdir))
+  _fake_eval(workdir, 20.0, 1.0, config=record.config)
+  args = [f"--config={CONFIG}", "--arms=parallel", f"--root={tmp_path}", "--executor=print",
+          "--set=train.num_steps=400"]
+  assert sweep.main(args) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0] == f"sweep: 1 runs, 0 finished already ({tmp_path})"
+  assert out[1] == (f"python -m videoar.main --config={CONFIG}:parallel --workdir={workdir}"
+                    " --config.seed=0 --config.train.num_steps=400")  # resumes training
+  assert not (tmp_path / "sweep.md").exists()
+  assert sweep.unfinished(str(workdir)) == (
+      f"{workdir}/eval.json is of step 53, not train.num_steps=400 (evaluated before its"
+      " training finished)")
+
+  (workdir / "checkpoints" / "400").mkdir()
+  assert sweep.main(args) == 0
+  assert f"sweep: 1 runs, 1 finished already ({tmp_path})" in capsys.readouterr().out
+  assert (tmp_path / "sweep.md").exists()
+
+  # Trained on to 400 but stopped during its new evaluation: the eval.json left is step 53's.
+  _fake_eval(workdir, 20.0, 1.0, config=record.config, checkpoint_step=53)
+  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path), overrides=("train.num_steps=400",))
+  assert not run.finished and run.argv[-1] == "--mode=evaluate"
+  _fake_eval(workdir, 20.0, 1.0, config=record.config, checkpoint_step=400)
+  assert run.finished
+  # A kept eval.json copied into a workdir of its own counts as it says.
+  _fake_eval(tmp_path / "kept", 20.0, 1.0, config=record.config)
+  assert sweep.unfinished(str(tmp_path / "kept")) is None
+
+
 def test_compare_reads_a_kept_eval_json_as_its_workdir_and_names_a_missing_run(tmp_path, capsys):
   _fake_eval(tmp_path / "a" / "seed0", 20.0, 1.0)
   _fake_eval(tmp_path / "a" / "seed1", 24.0, 0.0)
@@ -110,12 +155,132 @@ def test_compare_reads_a_kept_eval_json_as_its_workdir_and_names_a_missing_run(t
       err.count("\n") == 1, err
 
 
+def test_compare_and_the_sweeps_table_refuse_runs_of_different_worlds(tmp_path, capsys):
+  """Runs made on other data (data.source, or an option such as the occluder) are neither
+  averaged as seeds nor put in one table; a run whose eval.json records no config is left out."""
+  bouncing, mnist, occluded, unrecorded = (str(tmp_path / name) for name in
+                                           ("bouncing", "mnist", "occluded", "unrecorded"))
+  for workdir, variant in ((bouncing, "parallel"), (mnist, "parallel,moving_mnist"),
+                           (occluded, "parallel,occluded")):
+    _fake_eval(workdir, 20.0, 1.0, config=bouncing_rf.get_config(variant).to_dict())
+  _fake_eval(unrecorded, 20.0, 1.0)
+  for argv, other, difference in (
+      ([f"a={bouncing},{mnist}"], mnist, "data.source bouncing -> moving_mnist"),
+      ([f"a={bouncing}", f"b={mnist}"], mnist, "data.source bouncing -> moving_mnist"),
+      ([f"a={unrecorded},{bouncing}", f"b={occluded}"], occluded,
+       "data.options.occluders [] -> [[0, 11, 32, 10]]")):
+    with pytest.raises(SystemExit) as stopped:
+      compare.main(argv)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: {bouncing} and {other} were made on different data: {difference}; combine and"
+        " compare runs of one world only\n")
+  compare.main([f"a={unrecorded},{bouncing}"])
+  assert "PSNR" in capsys.readouterr().out
+
+  runs = [sweep.Run("a", 0, bouncing, ()), sweep.Run("a", 1, mnist, ())]
+  with pytest.raises(errors.UserError, match="were made on different data"):
+    sweep.write_table(runs, ["a"], str(tmp_path), "python -m videoar.sweep")
+  assert not (tmp_path / "sweep.md").exists()
+
+
 def test_local_runs_each_command_and_names_the_failed_ones(tmp_path, capsys):
   runs = [sweep.Run("a", 0, str(tmp_path / "a" / "seed0"), _script("print('trained')")),
           sweep.Run("a", 1, str(tmp_path / "a" / "seed1"), _script("import sys; sys.exit(3)"))]
   failures = sweep.run_local(runs)
   assert failures == [f"a seed 1 exited 3 (see {tmp_path}/a/seed1.log)"]
   assert (tmp_path / "a" / "seed0.log").read_text() == "trained\n"
+  # Run again (a resumed sweep), the log keeps the earlier attempt's output.
+  sweep.run_local(runs[:1])
+  assert (tmp_path / "a" / "seed0.log").read_text() == "trained\ntrained\n"
+
+
+def test_a_hang_up_stops_the_local_run_as_a_preemption_and_starts_no_other(tmp_path):
+  """SIGHUP (the terminal closed) reaches the run as SIGTERM, so that it saves its step; the
+  sweep waits for it to exit, then stops naming it, and the next run never starts."""
+  # Stands in for videoar.main: says it is training, then exits 0 on SIGTERM, as it does.
+  child = ("import signal, sys, time\n"
+           "signal.signal(signal.SIGTERM, lambda *_: (print('saved on', 'SIGTERM'), sys.exit(0)))\n"
+           "print('training', flush=True)\n"
+           "time.sleep(60)\n"
+           "sys.exit(3)")
+  runs = [sweep.Run("a", 0, str(tmp_path / "a" / "seed0"), _script(child)),
+          sweep.Run("a", 1, str(tmp_path / "a" / "seed1"), _script("print('started')"))]
+  log = tmp_path / "a" / "seed0.log"
+
+  def hang_up_once_training():
+    while not (log.exists() and "training" in log.read_text()):
+      time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGHUP)
+
+  # Were SIGHUP not forwarded, it would end pytest itself: here it is caught and the run ends on
+  # its own after 60 s, failing the test.
+  previous = signal.signal(signal.SIGHUP, lambda *_: None)
+  try:
+    threading.Thread(target=hang_up_once_training, daemon=True).start()
+    with pytest.raises(sweep.Stopped) as stopped:
+      sweep.run_local(runs)
+  finally:
+    signal.signal(signal.SIGHUP, previous)
+  assert stopped.value.signal == signal.SIGHUP
+  assert str(stopped.value) == (
+      f"hung up: a seed 0 stopped before its first checkpoint (output in {log}); the same"
+      " command resumes the sweep")
+  assert log.read_text() == "training\nsaved on SIGTERM\n"
+  assert not (tmp_path / "a" / "seed1.log").exists()
+
+
+def _kill_left_run(workdir):
+  """SIGKILLs a run that still holds `workdir`'s lock (one a stopped sweep left training), so
+  that a failing test leaves no process behind."""
+  try:
+    with workdir_lib.WorkdirLock(str(workdir)):
+      return
+  except workdir_lib.WorkdirBusy:
+    os.kill(json.loads((workdir / ".lock").read_text())["pid"], signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_to_a_local_sweep_lets_its_run_save_then_stops_in_one_line(tmp_path, signum):
+  """SIGTERM to the sweep's pid alone (a scheduler's preemption), or SIGINT to its process group
+  (Ctrl-C at the terminal): the run it waits for gets it once, saves its step and exits, then the
+  sweep stops in one line, no traceback, and no run is left training in the workdir."""
+  workdir = tmp_path / "parallel" / "seed0"
+  command = [sys.executable, "-m", "videoar.sweep", f"--config={CONFIG}", "--arms=parallel",
+             f"--root={tmp_path}", "--variant=test", "--set=train.num_steps=100000",
+             "--set=train.checkpoint_every=100000", "--set=train.log_every=1"]
+  process = subprocess.Popen(command, cwd=ROOT_DIR, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 240
+    while not (workdir / "metrics.jsonl").exists() or "step" not in (
+        workdir / "metrics.jsonl").read_text():
+      assert process.poll() is None, process.communicate()[1][-2000:]
+      assert time.monotonic() < deadline
+      time.sleep(0.05)
+    if signum == signal.SIGINT:
+      os.killpg(process.pid, signum)  # what the terminal does: the foreground process group
+    else:
+      process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=180)
+  finally:
+    if process.poll() is None:
+      process.kill()
+    _kill_left_run(workdir)
+  (saved,) = os.listdir(workdir / "checkpoints")
+  line = (f"parallel seed 0 stopped with its newest checkpoint at step {saved} (output in"
+          f" {workdir}.log); the same command resumes the sweep")
+  if signum == signal.SIGTERM:
+    assert process.returncode == 0, stderr[-2000:]
+    assert stdout.strip().splitlines()[-1] == f"preempted: {line}"
+  else:
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"interrupted by SIGINT: {line}"
+  assert "Traceback" not in stderr
+  # The run saved its step itself (one signal: a second SIGINT would have stopped it at once).
+  words = "preempted" if signum == signal.SIGTERM else "interrupted by SIGINT"
+  assert f"{words}: saved step {saved}; the same command resumes from it" in (
+      tmp_path / "parallel" / "seed0.log").read_text()
 
 
 def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
@@ -124,7 +289,7 @@ def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
                     _script(write) + (str(tmp_path / "a" / f"seed{seed}"),)) for seed in (0, 1)]
   runs.append(sweep.Run("b", 0, str(tmp_path / "b"), _script("import sys; sys.exit(5)")))
   failures = sweep.run_submitit(runs, str(tmp_path / "submitit"), "local", {"timeout_min": 2})
-  assert runs[0].finished and runs[1].finished
+  assert all(os.path.exists(os.path.join(r.workdir, "eval.json")) for r in runs[:2])
   assert len(failures) == 1 and failures[0].startswith("b seed 0, job ")
 
 
@@ -144,6 +309,9 @@ def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
     (["--arms=parallel", "--variant=nope"], "--variant=nope: config variant 'nope' is unknown"),
     (["--arms=parallel", "--variant=occluded,moving_mnist"],
      "--variant=occluded,moving_mnist: config variants occluded and moving_mnist are two worlds"),
+    (["--arms=parallel,moving_mnist"],  # one table would compare worlds, not arms
+     "--arms=parallel,moving_mnist: arms parallel and moving_mnist train on different data:"
+     " data.source bouncing -> moving_mnist; sweep one world at a time"),
 ])
 def test_bad_flags_stop_with_one_line(tmp_path, capsys, flags, message):
   with pytest.raises(SystemExit) as stopped:
@@ -178,8 +346,8 @@ def test_sweep_trains_evaluates_and_resumes_end_to_end(tmp_path):
   assert len(evals) == 4
   mtimes = [os.stat(p).st_mtime_ns for p in evals]
   table = json.loads((tmp_path / "sweep.json").read_text())["tables"]
-  assert set(table) == {"teacher_forcing", "teacher_forcing sd", "parallel", "parallel sd",
-                        "copy_last", "background"}
+  assert set(table) == {"teacher_forcing", "teacher_forcing sd", "teacher_forcing n", "parallel",
+                        "parallel sd", "parallel n", "copy_last", "background"}
   assert "recovered" in table["parallel"][1] and table["parallel"][0]["seeds"] == 2
   again = subprocess.run(command, cwd=ROOT_DIR, capture_output=True, text=True)
   assert again.returncode == 0 and "4 finished already" in again.stdout

@@ -11,28 +11,36 @@ arm x seed one command line,
   python -m videoar.main --config=CONFIG:ARM[,VARIANT] --workdir=ROOT/ARM/seedS --config.seed=S
       [--config.KEY=VALUE for each --set]
 
-which the executor runs: `local` one after another on this machine (each one's output in
-ROOT/ARM/seedS.log), `submitit` as jobs of submitit's AutoExecutor (SLURM where there is one;
+which the executor runs: `local` one after another on this machine (each one's output appended
+to ROOT/ARM/seedS.log), `submitit` as jobs of submitit's AutoExecutor (SLURM where there is one;
 `--cluster=local` runs them as local processes; `--slurm KEY=VALUE` are its parameters, e.g.
 timeout_min, slurm_partition, gpus_per_node; its logs in ROOT/submitit/), or `print`, which only
 prints them, for a launcher of its own (a TPU pod's). There is no scheduler here.
 
-Resumable: an arm x seed whose workdir holds an eval.json is finished and not run again; one
-whose training finished but whose evaluation did not (a job stopped during it) runs
-`--mode=evaluate`; any other resumes training from its newest checkpoint (videoar.main). A
-workdir whose eval.json (or, unfinished, whose run.json) records other values than the arm's
-command now gives (another --set, a changed config file) stops the sweep before anything runs,
-in one line naming the workdir and the values, rather than passing an old result off as the
-new command's. Once
-every arm x seed is finished, the sweep writes ROOT/sweep.md and ROOT/sweep.json: per metric and
-segment, each arm's mean over the seeds and standard deviation (videoar.eval.compare.combine, the
-same figures as `python -m videoar.eval.compare`), with the baselines of the first run, under the
-command that made them. After `print`, or when a run failed, the same command again writes the
-table once all have finished.
+Resumable: an arm x seed whose workdir holds an eval.json of its train.num_steps is finished and
+not run again (an evaluation of a run stopped early, `--mode=evaluate` at step 53 of 400, is
+not: see `unfinished`); one whose training finished but whose evaluation did not (a job stopped
+during it) runs `--mode=evaluate`; any other resumes training from its newest checkpoint
+(videoar.main). A workdir whose eval.json (or, unfinished, whose run.json) records other values
+than the arm's command now gives (another --set, a changed config file) stops the sweep before
+anything runs, in one line naming the workdir and the values, rather than passing an old result
+off as the new command's. Once every arm x seed is finished, the sweep writes ROOT/sweep.md and
+ROOT/sweep.json: per metric and segment, each arm's mean over the seeds and standard deviation
+(videoar.eval.compare.combine, the same figures as `python -m videoar.eval.compare`), with the
+baselines of the first run, under the command that made them. Arms on different data (a variant
+that names a world) are refused before anything runs. After `print`, or when a run failed, the
+same command again writes the table once all have finished.
 
-Exit status: 0 when the table is written (or, with `print`, the commands printed); 1 when a run
-failed or is unfinished (each named); 2 for bad flags, a config variant the config does not
-have, a --set key or value it rejects, or a workdir that holds other values.
+Stopping a local sweep: SIGTERM, SIGINT (Ctrl-C) or SIGHUP (its terminal closed) goes on to the
+run it is waiting for (SIGHUP as SIGTERM), which saves its step and exits; the sweep then stops
+with one line naming the run and its newest checkpoint, `preempted: ...` on stdout for SIGTERM,
+`interrupted by SIGINT: ...` or `hung up: ...` on stderr for the others. The same command resumes
+the sweep.
+
+Exit status: 0 when the table is written (or, with `print`, the commands printed) and after a
+SIGTERM (a planned stop); 1 when a run failed or is unfinished (each named); 2 for bad flags, a
+config variant the config does not have, a --set key or value it rejects, arms on different data,
+or a workdir that holds other values; 128 + the signal after a SIGINT (130) or SIGHUP (129).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -72,7 +81,8 @@ class Run:
 
   @property
   def finished(self) -> bool:
-    return os.path.exists(os.path.join(self.workdir, "eval.json"))
+    """Whether the run is trained to its train.num_steps and evaluated there (`unfinished`)."""
+    return unfinished(self.workdir) is None
 
 
 def _variants(arm: str, variant: str) -> str:
@@ -86,6 +96,42 @@ def trained(workdir: str) -> bool:
   record = workdir_lib.RunRecord.load(workdir)
   steps = checkpoint_lib.finished_steps(os.path.join(workdir, "checkpoints"))
   return bool(record and steps and steps[-1] >= record.config["train"]["num_steps"])
+
+
+def _result_config(workdir: str) -> dict | None:
+  """The config of the result in `workdir`: its eval.json's, else (an eval.json older than the
+  config it records) its run.json's; None when neither records one. Raises errors.UserError for
+  an eval.json or run.json that cannot be read."""
+  recorded = compare.recorded_config(workdir)
+  if recorded is None:
+    record = workdir_lib.RunRecord.load(workdir)
+    recorded = record.config if record else None
+  return recorded
+
+
+def unfinished(workdir: str) -> str | None:
+  """Why the run in `workdir` is not finished, in a few words, or None when it is: an eval.json
+  of the step train.num_steps (its config's, `_result_config`). The step is the one the eval.json
+  records having evaluated (checkpoint_step) where it records one, else the newest finished
+  checkpoint's, which an evaluation reads: `--mode=evaluate` of a run stopped early writes an
+  eval.json too, of a model that is not the command's. A workdir without checkpoints (a kept
+  eval.json copied in, or checkpoints deleted to free the disk) is taken at its eval.json's word.
+
+  Raises:
+    errors.UserError: its eval.json or run.json cannot be read.
+  """
+  if not os.path.exists(compare.eval_json_path(workdir)):
+    return f"no {compare.eval_json_path(workdir)}"
+  step = compare.evaluated_step(workdir)
+  if step is None:
+    steps = checkpoint_lib.finished_steps(os.path.join(workdir, "checkpoints"))
+    step = steps[-1] if steps else None
+  config = _result_config(workdir)
+  num_steps = config.get("train", {}).get("num_steps") if config else None
+  if step is None or num_steps is None or step == num_steps:
+    return None
+  return (f"{compare.eval_json_path(workdir)} is of step {step}, not train.num_steps={num_steps}"
+          " (evaluated before its training finished)")
 
 
 def plan(config: str, arms: list[str], seeds: list[int], root: str, variant: str = "",
@@ -114,22 +160,109 @@ def plan(config: str, arms: list[str], seeds: list[int], root: str, variant: str
   return runs
 
 
+class Stopped(Exception):
+  """A local sweep stopped by a signal once the run it was waiting for had exited: `signal` is
+  the signal the sweep received; the message is the line to show."""
+
+  def __init__(self, signum: signal.Signals, line: str):
+    super().__init__(line)
+    self.signal = signum
+
+
+# The signals a local sweep passes on to its run, and as what: a hang-up (the terminal closed)
+# stops it as a preemption does, saving its step, where it would otherwise die without a save.
+_FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT,
+              signal.SIGHUP: signal.SIGTERM}
+_STOP_WORDS = {signal.SIGTERM: "preempted", signal.SIGINT: "interrupted by SIGINT",
+               signal.SIGHUP: "hung up"}
+
+
+class _Forwarder:
+  """While a local sweep runs its commands: each signal of _FORWARDED that the sweep receives
+  goes on to the command running (one received while it started, once it has); `received` is
+  the first. A signal the sweep was started ignoring (nohup's SIGHUP, a background job's SIGINT)
+  stays ignored.
+
+  Each command runs in a process group of its own, so that a Ctrl-C at the terminal, which goes
+  to the sweep's group, reaches it once, forwarded, not twice: a second SIGINT stops videoar.main
+  at once, without the save the first one asked for.
+  """
+
+  def __init__(self):
+    self.received: signal.Signals | None = None
+    self._child: subprocess.Popen | None = None
+    self._pending: signal.Signals | None = None
+    self._previous = {}
+
+  def __enter__(self) -> _Forwarder:
+    for signum in _FORWARDED:
+      if signal.getsignal(signum) is not signal.SIG_IGN:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.received = self.received or signal.Signals(signum)
+    if self._child is None:
+      self._pending = signal.Signals(signum)
+    else:
+      self._child.send_signal(_FORWARDED[signum])
+
+  def run(self, argv: tuple[str, ...], log: str) -> int:
+    """Runs `argv` to its end, its output appended to `log` (an earlier attempt's is kept);
+    returns its exit status."""
+    with open(log, "a") as f:
+      # stdin: a process group other than the terminal's that read from it would be stopped.
+      child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f,
+                               stderr=subprocess.STDOUT, process_group=0)
+    self._child = child
+    pending, self._pending = self._pending, None
+    if pending:
+      child.send_signal(_FORWARDED[pending])
+    try:
+      # In polls, not one blocking wait: a signal that lands on another of the sweep's threads
+      # (JAX starts some) runs its handler only once the main thread runs Python again.
+      while True:
+        try:
+          return child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+          pass
+    finally:
+      self._child = None
+
+
 def run_local(runs: list[Run]) -> list[str]:
-  """Runs each command here, one after another, its output in WORKDIR.log; returns a line per
-  failed run."""
+  """Runs each command here, one after another, its output appended to WORKDIR.log; returns a
+  line per failed run.
+
+  Raises:
+    Stopped: the sweep received SIGTERM, SIGINT or SIGHUP; the run it was waiting for got it
+      too (_Forwarder) and has exited, and no other run was started.
+  """
   failures = []
-  for index, run in enumerate(runs):
-    log = run.workdir + ".log"
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    print(f"[{index + 1}/{len(runs)}] {run.arm} seed {run.seed}: {shlex.join(run.argv)}",
-          flush=True)
-    started = time.perf_counter()
-    with open(log, "w") as f:
-      status = subprocess.run(run.argv, stdout=f, stderr=subprocess.STDOUT).returncode
-    print(f"  {'finished' if status == 0 else f'failed (exit {status})'} in"
-          f" {time.perf_counter() - started:.0f} s; output in {log}", flush=True)
-    if status:
-      failures.append(f"{run.arm} seed {run.seed} exited {status} (see {log})")
+  with _Forwarder() as forwarder:
+    for index, run in enumerate(runs):
+      log = run.workdir + ".log"
+      os.makedirs(os.path.dirname(log), exist_ok=True)
+      print(f"[{index + 1}/{len(runs)}] {run.arm} seed {run.seed}: {shlex.join(run.argv)}",
+            flush=True)
+      started = time.perf_counter()
+      status = forwarder.run(run.argv, log)
+      if forwarder.received:
+        steps = checkpoint_lib.finished_steps(os.path.join(run.workdir, "checkpoints"))
+        where = (f"stopped with its newest checkpoint at step {steps[-1]}" if steps else
+                 "stopped before its first checkpoint")
+        raise Stopped(forwarder.received,
+                      f"{_STOP_WORDS[forwarder.received]}: {run.arm} seed {run.seed} {where}"
+                      f" (output in {log}); the same command resumes the sweep")
+      print(f"  {'finished' if status == 0 else f'failed (exit {status})'} in"
+            f" {time.perf_counter() - started:.0f} s; output in {log}", flush=True)
+      if status:
+        failures.append(f"{run.arm} seed {run.seed} exited {status} (see {log})")
   return failures
 
 
@@ -250,9 +383,7 @@ def recorded_differently(run: Run, config: dict) -> str | None:
   config = dict(config, seed=run.seed)
   record = workdir_lib.RunRecord.load(run.workdir)
   if run.finished:
-    recorded = compare.recorded_config(run.workdir)
-    if recorded is None and record is not None:
-      recorded = record.config
+    recorded = _result_config(run.workdir)
     differences = workdir_lib.result_differences(recorded, config) if recorded else ()
     what = "the results"
   elif record is not None:
@@ -311,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
   if args.executor != "submitit" and (args.slurm or args.cluster):
     parser.error(f"--slurm and --cluster are submitit's; --executor={args.executor}")
   configs = _check_arms(parser, args.config, arms, args.variant, overrides)
+  for arm in arms[1:]:  # a table of arms on different data would compare worlds, not arms
+    difference = compare.data_difference(configs[arms[0]], configs[arm])
+    if difference:
+      parser.error(f"--arms={args.arms}: arms {arms[0]} and {arm} train on different data:"
+                   f" {difference}; sweep one world at a time (--variant names it for every arm)")
   blocking = errors.blocking_file(args.root)
   if blocking:
     parser.error(f"--root={args.root}: not a directory ({blocking} is a file)")
@@ -341,12 +477,17 @@ def main(argv: list[str] | None = None) -> int:
     failures = run_submitit(pending, os.path.join(args.root, "submitit"), args.cluster,
                             parameters) if pending else []
   else:
-    failures = run_local(pending)
-  unfinished = [f"{run.arm} seed {run.seed}: no {run.workdir}/eval.json" for run in runs
-                if not run.finished]
-  if failures or unfinished:
+    try:
+      failures = run_local(pending)
+    except Stopped as e:
+      print(e, file=sys.stdout if e.signal == signal.SIGTERM else sys.stderr)
+      # SIGTERM is a planned stop (preemption, a time limit), as in videoar.main.
+      return 0 if e.signal == signal.SIGTERM else 128 + e.signal
+  left = [f"{run.arm} seed {run.seed}: {unfinished(run.workdir)}" for run in runs
+          if not run.finished]
+  if failures or left:
     print("sweep: not every run finished; the same command resumes them:", file=sys.stderr)
-    for line in failures or unfinished:
+    for line in failures or left:
       print(f"  {line}", file=sys.stderr)
     return 1
   try:

@@ -6,7 +6,11 @@
 Each RUN is a workdir holding the eval.json an `evaluate` run wrote, or the path of such a file
 (a copy kept after the workdir is gone, e.g. docs/sweep_rf_dm/); the baselines (copy_last,
 background) come from the first run. With several seeds per arm (NAME=RUN1,RUN2,...) the mean
-is shown, and under it the row "NAME sd", each figure's standard deviation over the seeds.
+is shown, and under it the row "NAME sd", each figure's standard deviation over the seeds that
+have a finite number for it ("-" where fewer than 2 have; a note under the tables names each
+figure that fewer than all the seeds have). Runs made on different data (their eval.json's
+config differs in data.source or data.options) are refused in one line: their figures are of
+different worlds, which neither a mean over seeds nor one table can put together.
 `--paired A:B` also counts, per metric, the seed-segments where arm A's figure is below arm B's
 at the same seed (the n-th run of A against the n-th of B): a paired comparison, which the means
 and spreads alone do not give.
@@ -24,14 +28,26 @@ import numpy as np
 
 from videoar import errors
 from videoar.eval import long_horizon
+from videoar.train import workdir as workdir_lib
 
 
-def _mean_tables(tables: list[list[dict]], statistic=np.mean) -> list[dict]:
+def _mean(numbers: list[float]) -> float | None:
+  return float(np.mean(numbers)) if numbers else None
+
+
+def _spread(numbers: list[float]) -> float | None:
+  """The standard deviation over seeds (n - 1 in the denominator); None for fewer than 2
+  numbers, which have no spread to show."""
+  return float(np.std(numbers, ddof=1)) if len(numbers) > 1 else None
+
+
+def _mean_tables(tables: list[list[dict]], statistic=_mean) -> list[dict]:
   """One table from the seeds' tables (each a list of segment rows, as in eval.json): each
   figure is the mean over the seeds that have a number for it. A seed's null (strict JSON's
   figure that is not finite, e.g. the PSNR of an exact frame), NaN, or missing figure (e.g. one
   run without FVD) is left out of the mean; None where no seed has a number. `seeds` counts the
-  tables. `statistic` of the numbers replaces the mean where given (e.g. the spread)."""
+  tables. `statistic` of the list of numbers replaces the mean where given (e.g. _spread, or
+  len to count them)."""
   rows = []
   for segment_rows in zip(*tables):
     row = {}
@@ -42,18 +58,14 @@ def _mean_tables(tables: list[list[dict]], statistic=np.mean) -> list[dict]:
       if not all(value is None or isinstance(value, float) for value in values):
         continue  # the segment's name and frame count, the same in every seed
       numbers = [value for value in values if value is not None and not math.isnan(value)]
-      row[key] = float(statistic(numbers)) if numbers else None
+      row[key] = statistic(numbers)
     row["seeds"] = len(segment_rows)
     rows.append(row)
   return rows
 
 
-def _spread(numbers: list[float]) -> float:
-  """The standard deviation over seeds (n - 1 in the denominator; 0 for a single number)."""
-  return float(np.std(numbers, ddof=1)) if len(numbers) > 1 else 0.0
-
-
 SPREAD_SUFFIX = " sd"
+COUNT_SUFFIX = " n"
 
 
 def eval_json_path(run: str) -> str:
@@ -93,6 +105,48 @@ def recorded_config(run: str) -> dict | None:
   return config if isinstance(config, dict) else None
 
 
+def evaluated_step(run: str) -> int | None:
+  """The step of the checkpoint `run`'s evaluation read (its eval.json's "checkpoint_step"), or
+  None where it records none (an eval.json written before evaluations recorded it, or of a
+  workdir without checkpoints). Raises errors.UserError as _evaluation does."""
+  step = _evaluation(run).get("checkpoint_step")
+  return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def data_difference(first: dict, second: dict) -> workdir_lib.Difference | None:
+  """The first difference between the data two configs (as dicts) train and evaluate on:
+  data.source, else the first key of data.options (in sorted order) whose value differs; None
+  where they are the same world. Other data keys (clip length, batch size) are the run's own."""
+  for key in ("source", "options"):
+    records = [workdir_lib.RunRecord({"data": {key: config.get("data", {}).get(key)}}, {})
+               for config in (first, second)]
+    # Sorted by key; no data.source or data.options key is harmless to compare().
+    differences = workdir_lib.compare(*records).blocking
+    if differences:
+      return differences[0]
+  return None
+
+
+def check_one_world(configs: dict[str, dict | None]) -> None:
+  """Checks that runs to be combined or compared were made on the same data.
+
+  Args:
+    configs: {run's name: the config it was made with, as a dict (an eval.json's or a run.json's
+      "config"), or None where none was recorded, which is left out}.
+
+  Raises:
+    errors.UserError: two runs differ in data.source or data.options; the line names them and
+      the first key that differs.
+  """
+  recorded = [(name, config) for name, config in configs.items() if config is not None]
+  for name, config in recorded[1:]:
+    difference = data_difference(recorded[0][1], config)
+    if difference:
+      raise errors.UserError(
+          f"{recorded[0][0]} and {name} were made on different data: {difference}; combine and"
+          " compare runs of one world only")
+
+
 def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
   """The model tables of several arms from their runs' eval.json, side by side.
 
@@ -102,18 +156,22 @@ def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
 
   Returns {method: segment rows} (long_horizon.segment_table's rows): per arm its mean over the
   seeds (_mean_tables; each row's `seeds` counts them), with several seeds also "NAME sd", each
-  figure's standard deviation (n - 1); then the baselines copy_last and background of the first
-  run. Raises FileNotFoundError naming an eval.json that does not exist, errors.UserError one
-  that is not an evaluation's.
+  figure's standard deviation (n - 1; None where fewer than 2 seeds have a number), and
+  "NAME n", how many seeds have a number for each figure; then the baselines copy_last and
+  background of the first run. Raises FileNotFoundError naming an eval.json that does not exist,
+  errors.UserError one that is not an evaluation's, or two runs made on different data
+  (check_one_world: every run of every arm against the first).
   """
+  check_one_world({run: recorded_config(run) for seed_runs in runs.values() for run in seed_runs})
   combined, baselines = {}, None
   for name, seed_runs in runs.items():
     results = [_tables(run) for run in seed_runs]
     combined[name] = _mean_tables([r["model"] for r in results])
     if len(results) > 1:
-      combined[name + SPREAD_SUFFIX] = [
-          {key: value for key, value in row.items() if key != "seeds"}
-          for row in _mean_tables([r["model"] for r in results], statistic=_spread)]
+      for suffix, statistic in ((SPREAD_SUFFIX, _spread), (COUNT_SUFFIX, len)):
+        combined[name + suffix] = [
+            {key: value for key, value in row.items() if key != "seeds"}
+            for row in _mean_tables([r["model"] for r in results], statistic=statistic)]
     if baselines is None:
       baselines = {k: v for k, v in results[0].items() if k in ("copy_last", "background")}
   combined.update(baselines or {})
@@ -149,13 +207,39 @@ def paired(first: list[str], second: list[str]) -> dict[str, dict[str, int]]:
   return counts
 
 
+def _by_arm(combined: dict[str, list[dict]], suffix: str) -> dict[str, list[dict]]:
+  """`combine`'s rows of one kind ("NAME sd" or "NAME n") by arm name."""
+  return {name[:-len(suffix)]: rows for name, rows in combined.items() if name.endswith(suffix)}
+
+
+def text_tables(combined: dict[str, list[dict]]) -> dict[str, list[dict]]:
+  """`combine`'s tables without the count rows ("NAME n"), as long_horizon.format_table shows
+  them: means, spreads and baselines."""
+  return {name: rows for name, rows in combined.items() if not name.endswith(COUNT_SUFFIX)}
+
+
+def partial_figures(combined: dict[str, list[dict]]) -> list[str]:
+  """A line per figure of `combine`'s tables that fewer than all of its arm's seeds have a
+  number for, e.g. "arm: psnr 8-15 over 1 of 2 seeds (the others have no finite number)"."""
+  lines = []
+  for arm, counts in _by_arm(combined, COUNT_SUFFIX).items():
+    for mean_row, count_row in zip(combined[arm], counts):
+      for key, count in count_row.items():
+        if key not in ("segment", "frames") and 0 < count < mean_row["seeds"]:
+          lines.append(f"{arm}: {key} {count_row['segment']} over {count} of {mean_row['seeds']}"
+                       " seeds (the others have no finite number)")
+  return lines
+
+
 def markdown(combined: dict[str, list[dict]]) -> str:
   """`combine`'s tables as Markdown: per metric (long_horizon.METRIC_TITLES' order and number
   formats) a table with a row per arm or baseline and a column per segment, each cell the mean
-  and, where the arm has a spread row, "± sd"; "-" where there is no number."""
-  spreads = {name[:-len(SPREAD_SUFFIX)]: rows for name, rows in combined.items()
-             if name.endswith(SPREAD_SUFFIX)}
-  methods = {name: rows for name, rows in combined.items() if not name.endswith(SPREAD_SUFFIX)}
+  and, where the arm has a spread row, "± sd" ("± -" where fewer than 2 seeds have a number),
+  then "(K of N seeds)" where only K of its N seeds have one; "-" where there is no number."""
+  spreads = _by_arm(combined, SPREAD_SUFFIX)
+  counts = _by_arm(combined, COUNT_SUFFIX)
+  methods = {name: rows for name, rows in combined.items()
+             if not name.endswith((SPREAD_SUFFIX, COUNT_SUFFIX))}
   segments = list(dict.fromkeys(row["segment"] for rows in methods.values() for row in rows))
   names = list(dict.fromkeys(key for rows in methods.values() for row in rows for key in row
                              if key not in ("segment", "frames", "seeds")))
@@ -170,12 +254,21 @@ def markdown(combined: dict[str, list[dict]]) -> str:
     for method, rows in methods.items():
       by_segment = {row["segment"]: row for row in rows}
       spread = {row["segment"]: row for row in spreads.get(method, [])}
+      counted = {row["segment"]: row for row in counts.get(method, [])}
       cells = []
       for segment in segments:
         value = by_segment.get(segment, {}).get(name)
-        sd = spread.get(segment, {}).get(name)
-        cells.append("-" if value is None else
-                     number(value) + ("" if sd is None else f" ± {number(sd)}"))
+        if value is None:
+          cells.append("-")
+          continue
+        cell = number(value)
+        if method in spreads:
+          sd = spread.get(segment, {}).get(name)
+          cell += f" ± {'-' if sd is None else number(sd)}"
+        count, of = counted.get(segment, {}).get(name), by_segment[segment].get("seeds")
+        if count is not None and count < of:
+          cell += f" ({count} of {of} seeds)"
+        cells.append(cell)
       seeds = rows[0].get("seeds", "-") if rows else "-"
       lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
     blocks.append("\n".join(lines))
@@ -226,8 +319,13 @@ def main(argv=None):
       parser.error(f"--paired={spec}: {a} has {len(runs[a])} runs and {b} {len(runs[b])}; "
                    "seeds pair by position")
     pairs.append((a, b))
-  combined = combine(runs)
-  print(long_horizon.format_table(combined))
+  try:
+    combined = combine(runs)
+  except errors.UserError as e:  # runs made on different data
+    parser.error(str(e))
+  print(long_horizon.format_table(text_tables(combined)))
+  for line in partial_figures(combined):
+    print(f"note: {line}")
   for a, b in pairs:
     print(f"\n{a} below {b} at the same seed (seed-segments: below / equal / above):")
     for key, count in paired(runs[a], runs[b]).items():

@@ -8,7 +8,8 @@ eval.every steps (eval/run.DuringTraining), and prints one Markdown table per me
 evaluated step, a column per segment, with the minutes of training to that step (from the logged
 steps/s, so evaluation time is not counted). Given several workdirs (the seeds of one arm), each
 cell is the mean and standard deviation over the runs, at the steps every run evaluated, and the
-minutes are their mean.
+minutes are their mean; runs made on different data (their run.json's data.source or
+data.options differ) are refused in one line, as their curves are of different worlds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from absl import flags
 import numpy as np
 
 from videoar import errors
+from videoar.eval import compare
+from videoar.train import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", None, "The run's workdir, or several runs' (comma-separated).",
@@ -118,6 +121,9 @@ def main(argv):
     if not runs[-1][0]:
       raise errors.UserError(f"{workdir}/metrics.jsonl holds no evaluation: train with"
                              " --config.eval.every=N")
+  records = {workdir: workdir_lib.RunRecord.load(workdir) for workdir in FLAGS.workdir}
+  compare.check_one_world({workdir: record.config if record else None
+                           for workdir, record in records.items()})
   logged = {key.split("/", 1)[0] for evals, _ in runs for figures in evals.values()
             for key in figures}
   metrics = [metric for metric in FLAGS.metrics if metric in logged]
