@@ -111,9 +111,9 @@ def _join_processes() -> None:
     jax.distributed.initialize(num_processes=env("JAX_NUM_PROCESSES"),
                                process_id=env("JAX_PROCESS_ID"))
   except ValueError as e:  # what JAX raises where it finds no cluster and none is named
-    errors.exit_with_error(f"--distributed: {str(e).rstrip('.')}: run under Cloud TPU, Slurm, Open MPI or"
-                           " Kubernetes, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and"
-                           " JAX_PROCESS_ID")
+    errors.exit_with_error(f"--distributed: {str(e).rstrip('.')}: run under Cloud TPU, Slurm,"
+                           " Open MPI or Kubernetes, or set JAX_COORDINATOR_ADDRESS,"
+                           " JAX_NUM_PROCESSES and JAX_PROCESS_ID")
 
 
 def _resume_advice(interrupted: trainer.Interrupted, restart_from_weights: bool) -> str:
