@@ -31,7 +31,7 @@ there, but seed 0 then invents objects and keeps them still, and seed 1 sits at 
 edge: docs/results.md, "Fewer steps"); `python -m videoar.main` runs on transparent huge pages
 where the host has them (docs/performance.md, "Transparent huge pages"). Three seeds, per
 8-frame segment at 3x: objects lost 0.05 / 0.09 / 0.11 a frame (sd 0.02-0.04), invented
-0.02-0.04, colour drift 0.043 (the truth's 0.033-0.034), position error below copying the last
+0.02-0.04, colour drift 0.043 (the truth's 0.033-0.035), position error below copying the last
 frame in every segment of every seed.
 Without the FineDecoder (8x8 linear unpatchify, guidance 1.5, 2000 steps: the default
 until 2026-12-02) they were 0.12 / 0.20 / 0.25 lost and 0.071-0.076 drift. The failures left:

@@ -89,9 +89,13 @@ def test_a_reader_leaves_a_save_in_progress_alone_and_a_writer_clears_it(saved):
   assert not os.path.exists(in_progress)
 
 
-def test_a_reader_creates_no_checkpoints_directory(tmp_path):
-  checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=5, read_only=True).close()
+def test_a_reader_creates_no_checkpoints_directory_and_logs_no_warning(tmp_path, caplog):
+  # orbax warned three times that a read-only manager drops saving and retention settings,
+  # before every sampling and evaluation.
+  with caplog.at_level("WARNING"):
+    checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=5, read_only=True).close()
   assert os.listdir(tmp_path) == []
+  assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
 
 
 def test_newest_run_round_trips(saved):

@@ -25,7 +25,7 @@ On Linux with glibc 2.35 or later and transparent huge pages on, the command fir
 itself (same pid and arguments) with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which takes about 9 %
 off a CPU train step (videoar/host_memory.py); a GLIBC_TUNABLES that already names
 glibc.malloc.hugetlb is left as it is (GLIBC_TUNABLES=glibc.malloc.hugetlb=0 runs without).
-Once the config is checked, the job's first line, `host memory: ...`, says which it runs with,
+Once the config is checked, the job prints a line, `host memory: ...`, that says which it runs with,
 and why not huge pages where it does not.
 """
 

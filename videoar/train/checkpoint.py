@@ -28,6 +28,7 @@ Every error raised here is a CheckpointError whose message is one line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -86,11 +87,13 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int, read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=True, cleanup_tmp_directories=not read_only))
+    # A reader sets no saves or retention: orbax warns when it drops them.
+    saving = dict(save_interval_steps=0) if read_only else dict(max_to_keep=keep)
+    options = ocp.CheckpointManagerOptions(
+        **saving, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+        cleanup_tmp_directories=not read_only)
+    with _quiet(_READ_ONLY_NOTE if read_only else None):
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
     # Reads an item's tree metadata itself: the manager's metadata() turns a lost metadata file
     # into None and a warning that asks for a handler registry.
     self._metadata_reader = ocp.StandardCheckpointHandler()
@@ -229,6 +232,25 @@ class Checkpointer:
       cleanup.result()
     self.manager.close()
     self._metadata_reader.close()
+
+
+# What orbax logs as a warning for every read-only manager: the choice this module made.
+_READ_ONLY_NOTE = "Given directory is read only"
+
+
+@contextlib.contextmanager
+def _quiet(prefix: str | None):
+  """Drops the absl log records that start with `prefix` (none when None) while in the block."""
+  if prefix is None:
+    yield
+    return
+  logger = logging.get_absl_logger()
+  dropped = lambda record: not record.getMessage().startswith(prefix)
+  logger.addFilter(dropped)
+  try:
+    yield
+  finally:
+    logger.removeFilter(dropped)
 
 
 def finished_steps(directory: str) -> list[int]:
