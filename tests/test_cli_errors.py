@@ -219,6 +219,25 @@ def test_cudnn_attention_off_a_gpu_is_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_validating_a_config_starts_no_jax_backend(monkeypatch):
+  # A sweep validates its arms in its own process: a JAX backend started there would hold the
+  # GPU memory its runs need. The platform check is validate_platform's, in the job itself.
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  import bouncing_tiny  # pylint: disable=import-outside-toplevel
+  from videoar import validate  # pylint: disable=import-outside-toplevel
+
+  def no_backend():
+    raise AssertionError("validate started a JAX backend")
+
+  monkeypatch.setattr(jax, "default_backend", no_backend)
+  monkeypatch.setattr(jax, "devices", no_backend)
+  config = bouncing_tiny.get_config("test")
+  config.model.attention_impl = "cudnn"
+  validate.validate(config)
+  with pytest.raises(validate.ConfigError, match="needs a GPU and this host runs on 'cpu'"):
+    validate.validate_platform(config, "cpu")
+
+
 @pytest.mark.parametrize("name", ["checkpoints", "tensorboard"])
 def test_a_file_where_the_run_writes_a_directory_is_one_line_and_kept(tmp_path, name):
   # A file at W/checkpoints was a traceback from orbax's thread after the first step, then

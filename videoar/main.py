@@ -158,6 +158,7 @@ def _run(config, workdir: str, mode: str) -> None:
   global _stage
   _stage = {"sample": "sampling", "evaluate": "evaluating"}.get(mode, "training")
   exp = experiment.build(config)
+  validate.validate_platform(config, jax.default_backend())
   if jax.process_index() == 0:
     print(host_memory.memory_line(dict(os.environ), *host_memory.host_settings()))
   if mode in ("all", "train"):

@@ -15,7 +15,6 @@ import inspect
 import math
 import os
 
-import jax
 import ml_collections
 
 from videoar import base_config, sampling
@@ -155,22 +154,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.attention_impl == "pallas" and config.model.routing_top_k:
     fail("model.attention_impl", "pallas", "has no routed kernel: with model.routing_top_k > 0"
          " use auto or blocked")
-  # The host's backend: the main job runs there (an AOT compile for a TPU topology takes the
-  # pallas kernel, which a CPU host runs too, in interpret mode).
-  backend = jax.default_backend()
-  if config.model.attention_impl == "pallas" and backend == "gpu":
-    fail("model.attention_impl", "pallas", "has no GPU kernel: use auto (cuDNN where it serves"
-         " the call) or cudnn")
-  if config.model.attention_impl == "cudnn":
-    if backend != "gpu":
-      fail("model.attention_impl", "cudnn", f"needs a GPU and this host runs on {backend!r}: use"
-           " auto, which picks cuDNN on a GPU")
-    if config.model.routing_top_k:
-      fail("model.attention_impl", "cudnn", "has no routed kernel: with model.routing_top_k > 0"
-           " use auto or blocked")
-    if config.model.dtype != "bfloat16":
-      fail("model.attention_impl", "cudnn", f"needs model.dtype='bfloat16' (this config has"
-           f" {config.model.dtype!r})")
   if config.model.prediction not in dit.PREDICTIONS:
     fail("model.prediction", config.model.prediction, f"allowed: {', '.join(dit.PREDICTIONS)}")
   if (config.model.prediction in dit.PREDICTIONS_FROM_PREVIOUS
@@ -279,6 +262,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.forcing.paradigm == "bidirectional" and chunk != config.data.num_frames:
     fail("forcing.chunk", chunk,
          "a bidirectional model generates the whole clip at once: set it to data.num_frames")
+
+
+def validate_platform(config: ml_collections.ConfigDict, backend: str) -> None:
+  """Raises ConfigError for an attention implementation `backend` (the platform the job runs on,
+  "cpu", "gpu" or "tpu") has no kernel for. Separate from `validate`, which initialises no JAX
+  backend: a sweep validates its arms in a process that must leave the GPU to its runs."""
+  if config.model.attention_impl == "pallas" and backend == "gpu":
+    fail("model.attention_impl", "pallas", "has no GPU kernel: use auto (cuDNN where it serves"
+         " the call) or cudnn")
+  if config.model.attention_impl == "cudnn":
+    if backend != "gpu":
+      fail("model.attention_impl", "cudnn", f"needs a GPU and this host runs on {backend!r}: use"
+           " auto, which picks cuDNN on a GPU")
+    if config.model.routing_top_k:
+      fail("model.attention_impl", "cudnn", "has no routed kernel: with model.routing_top_k > 0"
+           " use auto or blocked")
+    if config.model.dtype != "bfloat16":
+      fail("model.attention_impl", "cudnn", f"needs model.dtype='bfloat16' (this config has"
+           f" {config.model.dtype!r})")
 
 
 def _check_optimizer(optim: ml_collections.ConfigDict) -> None:
