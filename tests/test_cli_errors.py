@@ -222,7 +222,7 @@ def test_cudnn_attention_off_a_gpu_is_one_line(tmp_path):
 def test_validating_a_config_starts_no_jax_backend(monkeypatch):
   # A sweep validates its arms in its own process: a JAX backend started there would hold the
   # GPU memory its runs need. The platform check is validate_platform's, in the job itself.
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  monkeypatch.syspath_prepend(os.path.join(ROOT, "configs"))
   import bouncing_tiny  # pylint: disable=import-outside-toplevel
   from videoar import validate  # pylint: disable=import-outside-toplevel
 
