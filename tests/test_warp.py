@@ -129,3 +129,68 @@ def test_warp_without_residual_only_moves_the_previous_frame():
   clean = np.asarray(x_t - 0.5 * velocity)
   assert np.abs(clean - np.asarray(board)).max() > 0.05  # it moved
   assert clean.min() > -0.3 and clean.max() < 1.3
+
+
+def test_layered_warp_moves_each_region_by_its_layers_mean_vote():
+  """Two layers, each owning half the output (mask logits +-30): the left half is the image
+  shifted by layer 0's displacement, the right half by layer 1's, each by cubic convolution's
+  definition. A layer's shift is its mask-weighted mean vote, so votes where its mask is ~0
+  (layer 0's on the right, set wild here) do not move it."""
+  rng = np.random.default_rng(0)
+  h, w = 7, 8
+  image = rng.normal(size=(h, w)).astype(np.float32)
+  shifts = np.asarray([[0.6, -1.3], [-1.7, 0.4]], np.float32)
+  left = np.arange(w) < w // 2
+  owner = np.broadcast_to(np.where(left, 0, 1), (h, w))
+  logits = np.where(owner[..., None] == np.arange(2), 30.0, -30.0).astype(np.float32)
+  votes = np.broadcast_to(shifts, (h, w, 2, 2)).copy()
+  votes[:, ~left, 0] = rng.uniform(-20, 20, size=(h, int((~left).sum()), 2))
+  got = warp.layered_warp(jnp.asarray(image)[None, None, ..., None],
+                          jnp.asarray(logits)[None, None], jnp.asarray(votes)[None, None])
+  expected = _brute_force_warp(image, shifts[owner])
+  np.testing.assert_allclose(np.asarray(got)[0, 0, ..., 0], expected, atol=1e-4)
+  _, layer_shifts = warp.layer_shifts(jnp.asarray(logits)[None, None],
+                                      jnp.asarray(votes)[None, None])
+  np.testing.assert_allclose(np.asarray(layer_shifts)[0, 0], shifts, atol=1e-4)
+
+
+def test_layered_warp_with_zero_votes_returns_the_image_whatever_the_masks():
+  image = jax.random.normal(jax.random.key(0), (2, 3, 8, 8, 3))
+  logits = 3.0 * jax.random.normal(jax.random.key(1), (2, 3, 8, 8, 4))
+  got = warp.layered_warp(image, logits, jnp.zeros((2, 3, 8, 8, 4, 2)))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(image), atol=1e-6)
+
+
+@pytest.mark.parametrize("fine_patch", [0, 2])
+def test_untrained_layered_warp_copies_the_previous_frame_and_its_layers_part(fine_patch):
+  """At init the clean-frame prediction is the previous frame, while the mask logits already
+  differ across pixels: otherwise every layer would be the same image with the same gradient
+  and the layers would never part. The first gradient differs between the layers' votes."""
+  k = 2
+  model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2, prediction="warp",
+                        previous_frame_input=True, fine_patch=fine_patch, fine_width=32,
+                        warp_layers=k)
+  x_t = jax.random.normal(jax.random.key(0), (1, 2, 8, 8, 3))
+  previous = jax.random.normal(jax.random.key(1), (1, 2, 8, 8, 3))
+  t = jnp.full((1, 2), 0.5)
+  kwargs = dict(frame_pos_f=jnp.arange(2), mask=dit.masks.BlockCausal(2, 1),
+                previous_bfhwc=previous)
+  params = nn.meta.unbox(model.init(jax.random.key(2), x_t, t, **kwargs))
+  velocity, _ = model.apply(params, x_t, t, **kwargs)
+  np.testing.assert_allclose(np.asarray(x_t - 0.5 * velocity), np.asarray(previous), atol=1e-5)
+
+  decoder = params["params"]["fine_decoder"] if fine_patch else params["params"]
+  kernel = np.asarray(decoder["unpatch"]["kernel"])
+  pixels = (fine_patch or 4) ** 2
+  channels = 3 + 3 * k  # residual, mask logits, votes
+  per_channel = np.abs(kernel.reshape(-1, pixels, channels)).sum(axis=(0, 1))
+  assert per_channel[3:3 + k].min() > 0.0 and per_channel[:3].max() == 0.0
+  assert per_channel[3 + k:].max() == 0.0
+
+  target = jnp.roll(previous, 1, axis=3)
+  grads = jax.grad(lambda p: jnp.mean((model.apply(p, x_t, t, **kwargs)[0] - target) ** 2))(params)
+  grad_decoder = grads["params"]["fine_decoder"] if fine_patch else grads["params"]
+  votes = np.asarray(grad_decoder["unpatch"]["kernel"]).reshape(-1, pixels, channels)[..., 3 + k:]
+  per_layer = votes.reshape(-1, pixels, k, 2)
+  assert np.abs(per_layer).sum(axis=(0, 1, 3)).min() > 0.0  # every layer's votes
+  assert np.abs(per_layer[..., 0, :] - per_layer[..., 1, :]).max() > 1e-4 * np.abs(per_layer).max()
