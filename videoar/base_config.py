@@ -60,7 +60,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fine_depth = 2
   config.model.warp_sigma = 0.0  # > 0: a warp's displacement smoothed (px; dit.CausalDiT)
   config.model.warp_residual = True  # False: a warp only moves the previous frame
-  config.model.warp_layers = 0  # > 0: a warp moves this many rigid layers (dit.CausalDiT)
   config.model.attention_impl = "auto"
   config.model.routing_top_k = 0  # 0: dense attention over the history
   config.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32

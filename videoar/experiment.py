@@ -138,7 +138,7 @@ def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
       attention_impl=m.attention_impl, routing_top_k=m.routing_top_k, prediction=m.prediction,
       previous_frame_input=m.previous_frame_input, fine_patch=m.fine_patch,
       fine_width=m.fine_width, fine_depth=m.fine_depth, warp_sigma=m.warp_sigma,
-      warp_residual=m.warp_residual, warp_layers=m.warp_layers, dtype=jnp.dtype(m.dtype), scan_layers=m.scan_layers, remat_policy=m.remat_policy)
+      warp_residual=m.warp_residual, dtype=jnp.dtype(m.dtype), scan_layers=m.scan_layers, remat_policy=m.remat_policy)
 
 
 def example_batch(exp: Experiment, batch_size: int | None = None,

@@ -161,14 +161,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.prediction", config.model.prediction, "needs model.previous_frame_input=True")
   if config.model.warp_sigma < 0:
     fail("model.warp_sigma", config.model.warp_sigma, "must be >= 0 (pixels; 0: not smoothed)")
-  if config.model.warp_layers < 0:
-    fail("model.warp_layers", config.model.warp_layers, "must be >= 0 (0: a per-pixel warp)")
-  if config.model.warp_layers and config.model.warp_sigma:
-    fail("model.warp_sigma", config.model.warp_sigma, "smooths a per-pixel warp's field; with"
-         " model.warp_layers each layer moves by one displacement already")
   # A warp's own keys would be silently ignored by another prediction.
   base_model = base_config.get_config().model
-  for key in ("warp_sigma", "warp_residual", "warp_layers"):
+  for key in ("warp_sigma", "warp_residual"):
     if config.model.prediction != "warp" and config.model[key] != base_model[key]:
       fail(f"model.{key}", config.model[key],
            f"read only with model.prediction='warp' (this config has"
@@ -314,7 +309,7 @@ STAGES = {"teacher": "the bidirectional teacher (configs/bouncing_sf.py:teacher)
 # message (checkpoint.Checkpointer).
 TRAINED_MODEL_KEYS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "num_classes",
                      "num_actions", "text_dim", "prediction", "fine_patch", "fine_width",
-                     "fine_depth", "warp_sigma", "warp_residual", "warp_layers")
+                     "fine_depth", "warp_sigma", "warp_residual")
 # The same as dotted config paths, as a run record's differences name them.
 TRAINED_MODEL_PATHS = frozenset(f"model.{key}" for key in TRAINED_MODEL_KEYS)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from videoar.attention import masks
 from videoar.diffusion import flow
@@ -121,10 +120,6 @@ class CausalDiT(nn.Module):
       last layer outputs just the displacement, and a frame can hold only what the one before
       held, moved; no patch of it is redrawn). Measured on Pong (docs/results.md): no seams, but
       an object the model is unsure where to put is erased, and cannot come back.
-    warp_layers: > 0 moves the previous frame as this many rigid layers (warp.layered_warp: per
-      pixel, K mask logits and K displacement votes in place of one displacement), so that
-      an object is shifted whole instead of resampled along a field that varies across it; 0
-      is the per-pixel warp.
     previous_frame_input: every token also reads the co-located patch of the clean frame before
       its chunk (`previous_frames`), next to its own. Through attention alone a small model
       learns to use its context slowly; most motion is local, and this direct path makes the
@@ -163,7 +158,6 @@ class CausalDiT(nn.Module):
   fine_depth: int = 2
   warp_sigma: float = 0.0
   warp_residual: bool = True
-  warp_layers: int = 0
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
     return height // self.patch, width // self.patch
@@ -288,37 +282,26 @@ class CausalDiT(nn.Module):
     x_bfhwc, t_bf = x_bfhwc[:, outputs_from:], t_bf[:, outputs_from:]
     if previous_bfhwc is not None:
       previous_bfhwc = previous_bfhwc[:, outputs_from:]
-    # A warp outputs, after its residual if it has one, each pixel's displacement (rows,
-    # columns), or with layers each pixel's K mask logits then its K displacement votes.
-    out_channels, mask_channels = c, (0, 0)
+    # A warp outputs each pixel's displacement (rows, columns), after its residual if it has one.
+    out_channels = c
     if self.prediction == "warp":
-      residual = c if self.warp_residual else 0
-      out_channels = residual + (3 * self.warp_layers if self.warp_layers else 2)
-      if self.warp_layers:
-        mask_channels = (residual, residual + self.warp_layers)
+      out_channels = c + 2 if self.warp_residual else 2
     if self.fine_patch:
       x = FineDecoder(p, self.fine_patch, self.fine_width, self.fine_depth, self.head_dim,
                       self.mlp_ratio, self.attention_impl, self.dtype, out_channels,
-                      mask_channels, name="fine_decoder")(
+                      name="fine_decoder")(
           x, cond, x_bfhwc, previous_bfhwc if self.previous_frame_input else None)
     else:
-      x = unpatchify(final_layer(x, cond, p * p * out_channels, self.dtype,
-                                 output_init(out_channels, mask_channels)), p, h, w)
+      x = unpatchify(final_layer(x, cond, p * p * out_channels, self.dtype), p, h, w)
     x = x.astype(jnp.float32)
     prediction = self.prediction
     if prediction == "residual":
       x, prediction = x + previous_bfhwc.astype(jnp.float32), "data"
     elif prediction == "warp":
-      motion = x[..., c:] if self.warp_residual else x
-      if self.warp_layers:
-        k = self.warp_layers
-        moved = warp_lib.layered_warp(previous_bfhwc, motion[..., :k],
-                                      motion[..., k:].reshape(*motion.shape[:-1], k, 2))
-      else:
-        displacement = motion
-        if self.warp_sigma:
-          displacement = warp_lib.smooth(displacement, self.warp_sigma)
-        moved = warp_lib.warp(previous_bfhwc, displacement)
+      displacement = x[..., -2:]
+      if self.warp_sigma:
+        displacement = warp_lib.smooth(displacement, self.warp_sigma)
+      moved = warp_lib.warp(previous_bfhwc, displacement)
       x, prediction = (x[..., :c] + moved if self.warp_residual else moved), "data"
     velocity = flow.velocity_from_prediction(prediction, x, x_bfhwc, t_bf)
     return velocity, new_kv
@@ -341,37 +324,17 @@ def unpatchify(tokens_bftd, patch: int, height: int, width: int):
       0, 1, 2, 4, 3, 5, 6).reshape(b, f, height, width, c)
 
 
-def output_init(out_channels: int, random_channels: tuple[int, int]):
-  """The output layer's kernel initialiser, its columns laid out as pixels x `out_channels`
-  (channel-minor, as unpatchify reads them): zero, except channels [lo, hi) of every pixel,
-  LeCun-normal. Why: a layered warp's mask logits must start unequal across pixels and layers.
-  With all-zero masks every layer is the same image and gets the same gradient, so the layers
-  would never part; random masks still leave the untrained warp a copy of the previous frame
-  (warp.layered_warp with zero votes)."""
-  lo, hi = random_channels
-  if lo == hi:
-    return nn.initializers.zeros
-
-  def init(key, shape, dtype=jnp.float32):
-    channel = np.arange(shape[-1]) % out_channels
-    random = nn.initializers.lecun_normal()(key, shape, dtype)
-    return jnp.where((channel >= lo) & (channel < hi), random, 0.0).astype(dtype)
-
-  return init
-
-
-def final_layer(x_bftd, cond_bfd, features: int, dtype, kernel_init=nn.initializers.zeros):
-  """AdaLN-zero modulated LayerNorm, then a linear map to `features` per token, its kernel
-  zero-initialised unless `kernel_init` says otherwise (the DiT's output layer):
-  [B, F, T, width] -> [B, F, T, features]."""
+def final_layer(x_bftd, cond_bfd, features: int, dtype):
+  """AdaLN-zero modulated LayerNorm, then a zero-initialised linear map to `features` per token
+  (the DiT's output layer): [B, F, T, width] -> [B, F, T, features]."""
   width = x_bftd.shape[-1]
   shift, scale = jnp.split(
       layers.dense(2 * width, ("embed", "modulation"), kernel_init=nn.initializers.zeros,
                    dtype=dtype, name="final_adaln")(nn.silu(cond_bfd)), 2, axis=-1)
   x = layers.modulate(nn.LayerNorm(use_scale=False, use_bias=False, dtype=dtype)(x_bftd),
                       shift, scale)
-  return layers.dense(features, ("embed", "patch"), kernel_init=kernel_init, dtype=dtype,
-                      name="unpatch")(x)
+  return layers.dense(features, ("embed", "patch"), kernel_init=nn.initializers.zeros,
+                      dtype=dtype, name="unpatch")(x)
 
 
 class FineDecoder(nn.Module):
@@ -382,7 +345,7 @@ class FineDecoder(nn.Module):
   `width`, one per `fine_patch`-side sub-patch, to which the sub-patch of the noisy input (and of
   the previous frame) is added; `depth` blocks then attend within the frame only
   (SlidingWindow(F, 1) over its sub-patch tokens, 2D RoPE) and a final layer maps each to its
-  pixels, `out_channels` each (C, or more with a warp's motion: CausalDiT). Why: where two objects
+  pixels, `out_channels` each (C, or C + 2 with a warp's displacement). Why: where two objects
   overlap, one 8x8 token holds both and its linear unpatchify gives a blur, even at low noise
   where the noisy input nearly is the answer (docs/overlap_denoising.py); sub-patch tokens that
   read the input at their own resolution can keep the two apart. It works frame by frame,
@@ -398,8 +361,6 @@ class FineDecoder(nn.Module):
   attention_impl: str
   dtype: jnp.dtype
   out_channels: int
-  # Channels [lo, hi) of each pixel whose output weights start random (output_init).
-  mask_channels: tuple[int, int] = (0, 0)
 
   @nn.compact
   def __call__(self, x_bftd, cond_bfd, x_t_bfhwc, previous_bfhwc=None):
@@ -426,8 +387,7 @@ class FineDecoder(nn.Module):
       x, _ = Block(self.width, self.width // self.head_dim, self.mlp_ratio, self.attention_impl,
                    0, self.dtype, masks.SlidingWindow(f, 1), name=f"block_{i}")(
           x, None, cond, None, positions, None, None)
-    x = final_layer(x, cond, fp * fp * self.out_channels, self.dtype,
-                    output_init(self.out_channels, self.mask_channels))
+    x = final_layer(x, cond, fp * fp * self.out_channels, self.dtype)
     return unpatchify(x, fp, h, w)
 
 
