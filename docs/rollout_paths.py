@@ -60,13 +60,24 @@ def main(argv):
   sampler = experiment.make_sampler(exp)
   rng = jax.random.key(c.seed + 2)
   clips = run.held_out_clips(exp, c.eval.num_clips)
+  # The metrics this source scores, said before the minutes of generation: one true clip
+  # scored as its own continuation.
+  one = {key: value[:1] for key, value in clips.items()}
+  scored = run.score(exp, one, one["video"][:, c.sample.context_frames:], baselines=False)
+  available = [m for m in METRICS if m in scored["model"][0]]
+  metrics = [m for m in FLAGS.metrics if m in available]
+  if not metrics:
+    raise errors.UserError(f"--metrics={','.join(FLAGS.metrics)}: data.source={c.data.source!r}"
+                           f" scores none of them; it scores {', '.join(available)}")
+  if len(metrics) < len(FLAGS.metrics):
+    print(f"not scored for data.source={c.data.source!r}:"
+          f" {', '.join(m for m in FLAGS.metrics if m not in available)}")
   tables = {}
   for way, (own_cache, own_previous_frame) in WAYS.items():
     generated = run.continue_on_true_history(exp, params, clips, rng, sampler,
                                              own_cache=own_cache,
                                              own_previous_frame=own_previous_frame)
     tables[way] = run.score(exp, clips, generated, baselines=False)["model"]
-  metrics = [m for m in FLAGS.metrics if m in tables["rollout"][0]]
   print(f"{c.eval.num_clips} held-out clips, per segment "
         + " / ".join(str(row["segment"]) for row in tables["rollout"]))
   for metric in metrics:

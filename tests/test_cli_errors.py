@@ -493,6 +493,20 @@ def test_a_different_run_on_a_workdir_refuses_in_one_line(finished_run, args, li
   assert listing(finished_run) == before
 
 
+def test_rollout_paths_of_metrics_the_source_lacks_refuse_before_generating(finished_run):
+  """The bouncing world has no digits: asked for digit_accuracy alone, the figure script
+  printed a header and nothing else after generating the four ways; now it says so first."""
+  result = subprocess.run(
+      [sys.executable, "docs/rollout_paths.py", TINY, f"--workdir={finished_run}",
+       "--metrics=digit_accuracy,ink_ratio"], capture_output=True, text=True, timeout=300,
+      cwd=ROOT)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result).startswith(
+      "error: --metrics=digit_accuracy,ink_ratio: data.source='bouncing' scores none of them;"
+      " it scores psnr, ssim, ")
+  assert "lost" in last_line(result) and "Traceback" not in result.stderr
+
+
 def test_harmless_changes_resume_and_are_listed(finished_run, tmp_path):
   workdir = tmp_path / "run"
   subprocess.run(["cp", "-r", str(finished_run), str(workdir)], check=True)
