@@ -510,11 +510,20 @@ def test_rollout_paths_of_metrics_the_source_lacks_refuse_before_generating(fini
 def test_harmless_changes_resume_and_are_listed(finished_run, tmp_path):
   workdir = tmp_path / "run"
   subprocess.run(["cp", "-r", str(finished_run), str(workdir)], check=True)
-  result = run_cli(workdir, *SHORT, "--config.train.num_steps=3", "--config.train.log_every=1",
-                   "--config.sample.num_steps=5")
+  result = run_cli(workdir, *SHORT, "--config.train.num_steps=3", "--config.sample.num_steps=5",
+                   "--config.eval.every=3")
   assert result.returncode == 0, result.stderr[-2000:]
-  assert (f"resuming {workdir}; allowed changes: sample.num_steps 2 -> 5, train.log_every 2 -> 1,"
+  assert (f"resuming {workdir}; allowed changes: eval.every 0 -> 3, sample.num_steps 2 -> 5,"
           " train.num_steps 2 -> 3") in result.stdout
+  # Its learning curve then mixes two samplers' figures, and says from which step.
+  curve = subprocess.run([sys.executable, "-m", "videoar.eval.learning_curve",
+                          f"--workdir={workdir}"], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+  assert curve.returncode == 0, curve.stderr[-2000:]
+  assert curve.stdout.splitlines()[0] == (
+      f"note: {workdir} resumed at step 2 with other evaluation settings (sample.num_steps 2 ->"
+      " 5): its figures before and after step 2 are not comparable")
+  assert "| 3 |" in curve.stdout
 
 
 def test_restart_from_weights_starts_a_new_run_and_keeps_the_old_one(finished_run, tmp_path):

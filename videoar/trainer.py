@@ -218,6 +218,10 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
     print(f"eval.every={config.eval.every}: no evaluation while training over {processes}"
           " processes; evaluate the checkpoints with --mode=evaluate")
   log = metrics_log.MetricsLog(workdir, is_main=is_main, resume_step=start)
+  if resumed is not None and recorded is not None:
+    changed = workdir_lib.evaluation_changes(differences)
+    if changed and evaluate is not None:
+      log.write_resume(start, changed)
   preemption = preemption_lib.Preemption()
   frames_per_step = config.data.batch_size * config.data.num_frames
   last_time, last_step = time.perf_counter(), start

@@ -6,7 +6,8 @@
 Reads WORKDIR/metrics.jsonl, where the trainer appends "eval/METRIC/SEGMENT" figures every
 eval.every steps (eval/run.DuringTraining), and prints one Markdown table per metric: a row per
 evaluated step, a column per segment, with the minutes of training to that step (from the logged
-steps/s, so evaluation time is not counted). Given several workdirs (the seeds of one arm), each
+steps/s, so evaluation time is not counted). A run resumed with other sample.* or eval.* values
+(allowed on resume) evaluates differently from that step on: a note line says where. Given several workdirs (the seeds of one arm), each
 cell is the mean and standard deviation over the runs, at the steps every run evaluated, and the
 minutes are their mean; runs made on different data (their run.json's data.source or
 data.options differ) are refused in one line, as their curves are of different worlds.
@@ -31,11 +32,10 @@ flags.DEFINE_list("metrics", ["lost", "invented", "color_drift", "position_error
                   "The metrics to print.")
 
 
-def read(workdir: str) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
-  """({step: {"METRIC/SEGMENT": value}}, {step: training minutes to it}) of a run's
-  metrics.jsonl. A last line that is not JSON is left out: the line a running (or killed) run
-  was writing. Raises FileNotFoundError when the run has no metrics.jsonl, errors.UserError
-  naming any other line that is not JSON."""
+def _records(workdir: str) -> list[dict]:
+  """The records of a run's metrics.jsonl. A last line that is not JSON is left out: the line a
+  running (or killed) run was writing. Raises FileNotFoundError when the run has no
+  metrics.jsonl, errors.UserError naming any other line that is not JSON."""
   path = os.path.join(workdir, "metrics.jsonl")
   with open(path) as f:
     lines = f.read().splitlines()
@@ -46,8 +46,14 @@ def read(workdir: str) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
     except json.JSONDecodeError as e:
       if number < len(lines):
         raise errors.UserError(f"{path} line {number} is not JSON ({e})") from e
+  return records
+
+
+def read(workdir: str) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
+  """({step: {"METRIC/SEGMENT": value}}, {step: training minutes to it}) of a run's
+  metrics.jsonl; raises as `_records`."""
   evals, minutes, elapsed, last_step = {}, {}, 0.0, 0
-  for record in records:
+  for record in _records(workdir):
     step = record["step"]
     if record.get("steps_per_s"):
       elapsed += (step - last_step) / record["steps_per_s"] / 60.0
@@ -58,6 +64,14 @@ def read(workdir: str) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
       evals[step] = evaluated
       minutes[step] = elapsed
   return evals, minutes
+
+
+def evaluation_changes(workdir: str) -> list[tuple[int, list[str]]]:
+  """(step, changes) for each resume of the run with other evaluation settings
+  (metrics_log.MetricsLog.write_resume): its figures before and after that step are not
+  comparable. Raises as `_records`."""
+  return [(record["step"], record["resumed_with"]) for record in _records(workdir)
+          if "resumed_with" in record]
 
 
 def over_runs(runs: list[tuple[dict, dict]]) -> tuple[dict, dict, dict]:
@@ -132,6 +146,11 @@ def main(argv):
     unknown = sorted(set(FLAGS.metrics) - logged)
     raise errors.UserError(f"--metrics={','.join(FLAGS.metrics)}: {', '.join(unknown)} not"
                            f" evaluated in these runs; allowed: {', '.join(sorted(logged))}")
+  for workdir in FLAGS.workdir:
+    for step, changes in evaluation_changes(workdir):
+      print(f"note: {workdir} resumed at step {step} with other evaluation settings"
+            f" ({', '.join(changes)}): its figures before and after step {step} are not"
+            " comparable")
   if len(runs) == 1:
     print(tables(*runs[0], metrics))
   else:

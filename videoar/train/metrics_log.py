@@ -75,6 +75,15 @@ class MetricsLog:
     with open(self.path, "a") as f:
       f.write(json.dumps(strict(dict(step=step, **scalars)), allow_nan=False) + "\n")
 
+  def write_resume(self, step: int, changes: list[str]) -> None:
+    """Records that the run resumed at `step` with other values of the keys its evaluation
+    while training reads (`changes`, e.g. ["sample.num_steps 20 -> 5"]): its figures before
+    and after `step` were made differently (eval.learning_curve says so)."""
+    if self.writer is None:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(dict(step=step, resumed_with=changes)) + "\n")
+
   def routing_histogram(self, step: int, frequencies_nn: np.ndarray) -> None:
     """Logs how often each history frame is routed to, as a histogram over the history frame
     index: the mean routing frequency [N query frames, N history frames] averaged over the query

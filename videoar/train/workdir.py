@@ -333,6 +333,13 @@ def allowed_line(workdir: str, differences: Differences) -> str:
   return f"resuming {workdir}; allowed changes: {_listing(differences.harmless)}"
 
 
+def evaluation_changes(differences: Differences) -> list[str]:
+  """The allowed changes on resume that change what the evaluation while training measures
+  (sample.* and eval.*, but eval.every, which only says when), each as "KEY OLD -> NEW"."""
+  return [str(d) for d in differences.harmless
+          if d.path.startswith(("sample.", "eval.")) and d.path != "eval.every"]
+
+
 def trained_differently(workdir: str, config: Mapping[str, Any]) -> tuple[Difference, ...]:
   """The keys that sampling and evaluation read (SAMPLING_READS: the world and its held-out
   clips, the model, how the history is cut), other than sample.* and eval.*, whose values in
