@@ -483,7 +483,11 @@ def listing(workdir) -> list[str]:
     (["--config.model.width=64", "--config.train.num_steps=4"],
      "{w} was started with a different run: model.width 32 -> 64; its weights do not fit this"
      " model: to go on use a new --workdir"),
-], ids=["batch_size", "seed", "source", "num_steps equal", "num_steps below", "model"])
+    (["--config.model.previous_frame_input=False", "--config.train.num_steps=4"],
+     "{w} was started with a different run: model.previous_frame_input True -> False; its"
+     " weights do not fit this model: to go on use a new --workdir"),
+], ids=["batch_size", "seed", "source", "num_steps equal", "num_steps below", "model",
+        "previous frame input"])
 def test_a_different_run_on_a_workdir_refuses_in_one_line(finished_run, args, line):
   before = listing(finished_run)
   result = run_cli(finished_run, *SHORT, *args)
@@ -686,6 +690,13 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
                                       " model.depth ")
   assert last_line(deeper).endswith("-> 3 (its run.json -> this command); pass the values it"
                                     " was trained with")
+  # The previous-frame input changes the weights' shapes too (was a checkpoint error after the
+  # note that samples would use this command's value).
+  no_previous = run_cli(workdir, TINY, "--mode=evaluate", "--config.model.previous_frame_input=False")
+  assert no_previous.returncode == 2, no_previous.stderr[-2000:]
+  assert last_line(no_previous) == (
+      f"error: {workdir} was trained with another model: model.previous_frame_input True ->"
+      " False (its run.json -> this command); pass the values it was trained with")
   # The first command's samples are kept, not overwritten by the second's.
   (aside,) = os.listdir(workdir / "previous")
   assert f"the earlier samples moved to {workdir}/previous/{aside}" in same.stdout

@@ -310,8 +310,11 @@ STAGES = {"teacher": "the bidirectional teacher (configs/bouncing_sf.py:teacher)
 TRAINED_MODEL_KEYS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "num_classes",
                      "num_actions", "text_dim", "prediction", "fine_patch", "fine_width",
                      "fine_depth", "warp_sigma", "warp_residual")
-# The same as dotted config paths, as a run record's differences name them.
-TRAINED_MODEL_PATHS = frozenset(f"model.{key}" for key in TRAINED_MODEL_KEYS)
+# A run's own checkpoint also depends on previous_frame_input (its input projections read the
+# previous frame), which the teacher's stage check leaves out; as dotted config paths, as a run
+# record's differences name them.
+TRAINED_MODEL_PATHS = frozenset(f"model.{key}" for key in
+                                (*TRAINED_MODEL_KEYS, "previous_frame_input"))
 
 
 def validate_stages(config: ml_collections.ConfigDict) -> None:
