@@ -486,8 +486,13 @@ def listing(workdir) -> list[str]:
     (["--config.model.previous_frame_input=False", "--config.train.num_steps=4"],
      "{w} was started with a different run: model.previous_frame_input True -> False; its"
      " weights do not fit this model: to go on use a new --workdir"),
+    # Another run is said before its step count (raising train.num_steps would not help), and
+    # its model first.
+    (["--config.data.batch_size=2", "--config.model.depth=2"],
+     "{w} was started with a different run: model.depth 1 -> 2, data.batch_size 4 -> 2; its"
+     " weights do not fit this model: to go on use a new --workdir"),
 ], ids=["batch_size", "seed", "source", "num_steps equal", "num_steps below", "model",
-        "previous frame input"])
+        "previous frame input", "another model at the same step"])
 def test_a_different_run_on_a_workdir_refuses_in_one_line(finished_run, args, line):
   before = listing(finished_run)
   result = run_cli(finished_run, *SHORT, *args)

@@ -154,10 +154,16 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
   # of a checkpoint that no longer fit.
   newest = max(checkpoint_lib.finished_steps(checkpoints), default=None)
   if newest is not None and not restart_from_weights:
+    same_run = lambda: workdir_lib.check_same_run(workdir, recorded, record,
+                                                  weight_keys=validate.TRAINED_MODEL_PATHS)
+    # Another run is said before the step count, which raising train.num_steps would not make
+    # this run; a shorter train.num_steps alone is the step count's to say.
+    if recorded is not None and any(d.path != "train.num_steps" for d in
+                                    workdir_lib.compare(recorded, record).blocking):
+      same_run()
     workdir_lib.check_steps_left(workdir, newest, config.train.num_steps)
     if recorded is not None:
-      differences = workdir_lib.check_same_run(workdir, recorded, record,
-                                               weight_keys=validate.TRAINED_MODEL_PATHS)
+      differences = same_run()
   checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.train.keep_checkpoints)
   try:
     resumed = checkpointer.restore_latest_run(like, train_rng)

@@ -307,9 +307,12 @@ def check_same_run(workdir: str, recorded: RunRecord, current: RunRecord, *,
   """
   differences = compare(recorded, current)
   if differences.blocking:
+    # What makes it another model or method is said first: a listing cut at a few differences
+    # must not hide it behind the data options.
+    first = lambda d: (d.path not in weight_keys, d.path != "forcing.paradigm", d.path)
+    shown = Differences(differences.harmless, tuple(sorted(differences.blocking, key=first)))
     raise RunRefused(refusal_line(
-        workdir, differences,
-        weights_fit=not any(d.path in weight_keys for d in differences.blocking)))
+        workdir, shown, weights_fit=not any(d.path in weight_keys for d in differences.blocking)))
   return differences
 
 
