@@ -155,6 +155,21 @@ def test_bad_input_is_one_line_and_touches_nothing(tmp_path, args, line):
   assert not workdir.exists()
 
 
+def test_a_workdir_inside_the_data_folder_is_refused(tmp_path):
+  """A video folder source reads every video under data.path: a workdir there trained its
+  evaluation on the run's own samples, then refused to resume as "a different run" (the
+  dataset had grown)."""
+  workdir = tmp_path / "videos" / "run"
+  (tmp_path / "videos").mkdir()
+  result = run_cli(workdir, "--config=configs/video_folder.py:test",
+                   f"--config.data.path={tmp_path}/videos/.", "--mode=train")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert last_line(result) == (
+      f"error: --workdir={workdir} is inside config.data.path={tmp_path}/videos/.: the run would"
+      " write into the folder it reads its data from; choose a workdir outside it")
+  assert not workdir.exists()
+
+
 # (what the config file holds, the line); the file is written to {f}
 BAD_CONFIG_FILES = [
     ("from videoar import base_config\ndef get_config():\n  c = base_config.get_config(\n",

@@ -93,6 +93,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if path != FLAGS.workdir and os.path.exists(path) and not os.path.isdir(path):
       errors.exit_with_error(f"--workdir={FLAGS.workdir}: {path} is a file where the run keeps"
                              f" its {os.path.basename(path)}; move it")
+  data_path = FLAGS.config.data.get("path") if FLAGS.config else None
+  if data_path:
+    data, workdir = (os.path.realpath(p) for p in (data_path, FLAGS.workdir))
+    # A folder source reads every video under it: the run's own samples would join its data.
+    if os.path.commonpath([data, workdir]) == data:
+      errors.exit_with_error(f"--workdir={FLAGS.workdir} is inside config.data.path={data_path}:"
+                             " the run would write into the folder it reads its data from;"
+                             " choose a workdir outside it")
   cache = digits.cache_directory()
   blocking = errors.blocking_file(cache)
   if blocking:
