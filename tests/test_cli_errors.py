@@ -748,6 +748,14 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
   (seed0 / "eval.json").write_text('{"tables": {"model": [')  # an evaluation cut short
   kept = os.path.join(ROOT, "docs", "eval_bouncing_tiny.json")
   shutil.copy(kept, seed0.parent / "kept.json")
+  # Rows an evaluation never writes (were a KeyError, a format error, and a table of "-").
+  good = json.loads(open(kept).read())
+  for name, change in (("nosegment", lambda t: t["model"][1].pop("segment")),
+                       ("string", lambda t: t["model"][0].update(lpips="6.1")),
+                       ("norows", lambda t: t.update(model=[]))):
+    damaged = json.loads(json.dumps(good))
+    change(damaged["tables"])
+    (tmp_path / f"{name}.json").write_text(json.dumps(damaged))
   compare = ["-m", "videoar.eval.compare"]
   sweep = ["-m", "videoar.sweep", "--arms=test", "--seeds=0", f"--root={tmp_path}/sweep"]
   cases = [
@@ -772,6 +780,19 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
        " file"),
       (compare + ["=docs/eval_bouncing_tiny.json"],
        "error: run '=docs/eval_bouncing_tiny.json' is not NAME=RUN[,RUN...]"),
+      (compare + [f"a={tmp_path}/nosegment.json"],
+       f"error: a={tmp_path}/nosegment.json: {tmp_path}/nosegment.json is not an eval.json an"
+       " evaluation wrote (table model, row 2 has no segment): rerun --mode=evaluate"),
+      (compare + [f"a={tmp_path}/string.json"],
+       f"error: a={tmp_path}/string.json: {tmp_path}/string.json is not an eval.json an"
+       " evaluation wrote (table model, row 1: lpips is '6.1', not a number)"),
+      (compare + [f"a={tmp_path}/norows.json"],
+       f"error: a={tmp_path}/norows.json: {tmp_path}/norows.json is not an eval.json an"
+       " evaluation wrote (its model table has no rows)"),
+      # One run given twice is not two seeds (was averaged as 2 seeds, sd 0.000).
+      (compare + [f"a={seed0.parent}/kept.json,{seed0.parent}/../test/kept.json"],
+       f"error: a={seed0.parent}/kept.json,{seed0.parent}/../test/kept.json: names one evaluation"
+       " twice; each run of an arm is one seed"),
       (sweep + ["--config=configs/bouncing_rf.py", "--executor=print"],
        f"error: {seed0}/eval.json is not valid JSON ("),
       (sweep + [f"--config={tmp_path}/syntax.py"],
@@ -784,6 +805,26 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
     assert "Traceback" not in result.stderr
     assert last_line(result).startswith(line), args
   assert (seed0.parent / "kept.json").read_bytes() == open(kept, "rb").read()
+
+
+def test_compare_notes_an_arm_whose_runs_differ_in_more_than_the_seed(tmp_path):
+  """Runs of other models or methods in one arm were averaged as seeds without a word; each
+  seed's own stage paths (Self Forcing's teacher) may differ."""
+  good = json.loads(open(os.path.join(ROOT, "docs", "eval_bouncing_tiny.json")).read())
+  from videoar import base_config
+  config = base_config.get_config().to_dict()
+  for seed, depth, teacher in ((0, 1, "t0"), (1, 1, "t1"), (2, 9, "t2")):
+    run = dict(good, config=dict(config, seed=seed, model=dict(config["model"], depth=depth),
+                                 forcing=dict(config["forcing"], teacher_workdir=teacher)))
+    (tmp_path / f"s{seed}.json").write_text(json.dumps(run))
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.eval.compare", f"a={tmp_path}/s0.json,{tmp_path}/s1.json",
+       f"b={tmp_path}/s0.json,{tmp_path}/s2.json"], capture_output=True, text=True, timeout=120,
+      cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-2000:]
+  notes = [line for line in result.stdout.splitlines() if line.startswith("note: arm")]
+  assert notes == [f"note: arm b: {tmp_path}/s2.json differs from {tmp_path}/s0.json in"
+                   " model.depth 1 -> 9: its mean is not one recipe's over seeds"]
 
 
 def test_the_learning_curve_skips_the_line_a_run_is_writing_and_names_any_other_bad_line(

@@ -88,7 +88,30 @@ def _evaluation(run: str) -> dict:
   if not isinstance(tables, dict) or not isinstance(tables.get("model"), list):
     raise errors.UserError(f"{path} is not an eval.json (it has no \"tables\" with a \"model\""
                            " table): name the eval.json an evaluate run wrote, or its workdir")
+  problem = _table_problem(tables)
+  if problem:
+    raise errors.UserError(f"{path} is not an eval.json an evaluation wrote ({problem}): rerun"
+                           " --mode=evaluate in its workdir")
   return results
+
+
+def _table_problem(tables: dict) -> str | None:
+  """What keeps eval.json's tables from being an evaluation's, e.g. "table model, row 2 has no
+  segment"; None when they are: each a list of rows, the model's not empty, each row a
+  "segment" name and numbers (None where there is none)."""
+  if not tables["model"]:
+    return "its model table has no rows"
+  for method, rows in tables.items():
+    if not isinstance(rows, list):
+      return f"table {method} is not a list of rows"
+    for number, row in enumerate(rows, 1):
+      if not isinstance(row, dict) or not isinstance(row.get("segment"), str):
+        return f"table {method}, row {number} has no segment"
+      for key, value in row.items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key != "segment" and value is not None and not numeric:
+          return f"table {method}, row {number}: {key} is {value!r}, not a number"
+  return None
 
 
 def _tables(run: str) -> dict[str, list[dict]]:
@@ -231,6 +254,27 @@ def partial_figures(combined: dict[str, list[dict]]) -> list[str]:
   return lines
 
 
+def seed_differences(runs: dict[str, list[str]]) -> list[str]:
+  """A line per arm whose runs were made with other values than its first run's, besides the
+  seed and the paths of each seed's own stages (Self Forcing's teacher and generator, an ODE
+  stage's pairs), e.g. "arm a: b/eval.json differs from a/eval.json in model.depth 1 -> 9": its
+  mean is then not one recipe's over seeds. Runs that record no config are left out."""
+  own = {"seed", "data.path", "forcing.teacher_workdir", "forcing.generator_workdir"}
+  lines = []
+  for name, seed_runs in runs.items():
+    configs = [(run, recorded_config(run)) for run in seed_runs]
+    configs = [(run, config) for run, config in configs if config is not None]
+    for run, config in configs[1:]:
+      differences = [d for d in workdir_lib.result_differences(configs[0][1], config)
+                     if d.path not in own]
+      if differences:
+        lines.append(f"arm {name}: {run} differs from {configs[0][0]} in"
+                     f" {', '.join(map(str, differences[:3]))}"
+                     f"{f' (and {len(differences) - 3} more)' if len(differences) > 3 else ''}:"
+                     " its mean is not one recipe's over seeds")
+  return lines
+
+
 def markdown(combined: dict[str, list[dict]]) -> str:
   """`combine`'s tables as Markdown: per metric (long_horizon.METRIC_TITLES' order and number
   formats) a table with a row per arm or baseline and a column per segment, each cell the mean
@@ -300,6 +344,9 @@ def main(argv=None):
         _tables(run)
       except errors.UserError as e:
         parser.error(f"{name}={run}: {e}")
+    files = [os.path.realpath(eval_json_path(run)) for run in runs[name]]
+    if len(set(files)) < len(files):
+      parser.error(f"{name}={dirs}: names one evaluation twice; each run of an arm is one seed")
   inputs = {os.path.realpath(eval_json_path(run)) for dirs in runs.values() for run in dirs}
   for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
     if not path:
@@ -324,7 +371,7 @@ def main(argv=None):
   except errors.UserError as e:  # runs made on different data
     parser.error(str(e))
   print(long_horizon.format_table(text_tables(combined)))
-  for line in partial_figures(combined):
+  for line in partial_figures(combined) + seed_differences(runs):
     print(f"note: {line}")
   for a, b in pairs:
     print(f"\n{a} below {b} at the same seed (seed-segments: below / equal / above):")
