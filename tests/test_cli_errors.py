@@ -839,6 +839,13 @@ def test_the_learning_curve_skips_the_line_a_run_is_writing_and_names_any_other_
   metrics.write_text('{"step": 50, "los\n' + records + "\n")
   with pytest.raises(errors.UserError, match=f"^{metrics} line 1 is not JSON"):
     learning_curve.read(str(tmp_path))
+  # JSON that is no record (were a TypeError and a KeyError); a blank line is skipped.
+  for line in ("[1, 2]", '{"loss": 0.5}'):
+    metrics.write_text(records + "\n\n" + line + "\n")
+    with pytest.raises(errors.UserError, match=f"^{metrics} line 4 is not a metrics record"):
+      learning_curve.read(str(tmp_path))
+  metrics.write_text(records.replace("\n", "\n\n") + "\n")
+  assert learning_curve.read(str(tmp_path))[0] == {100: {"lost/0-7": 0.5}}
   metrics.write_text(records + "\n")
   result = subprocess.run([sys.executable, "-m", "videoar.eval.learning_curve",
                            f"--workdir={tmp_path}", "--metrics=lost,lots"],

@@ -16,7 +16,8 @@ def _write(path, lines):
 def test_a_resume_drops_the_steps_past_its_checkpoint_and_a_line_cut_short(tmp_path):
   path = tmp_path / "metrics.jsonl"
   records = [json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in (1, 2, 3, 4)]
-  _write(path, records + ['{"step": 5, "lo'])  # the kill cut the last line short
+  # The kill cut the last line short; a blank line (an edit) is skipped, not refused.
+  _write(path, records[:1] + ["\n"] + records[1:] + ['{"step": 5, "lo'])
   log = metrics_log.MetricsLog(str(tmp_path), is_main=True, resume_step=2)
   log.close()
   assert path.read_text() == "".join(records[:2])

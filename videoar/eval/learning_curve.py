@@ -33,19 +33,28 @@ flags.DEFINE_list("metrics", ["lost", "invented", "color_drift", "position_error
 
 
 def _records(workdir: str) -> list[dict]:
-  """The records of a run's metrics.jsonl. A last line that is not JSON is left out: the line a
-  running (or killed) run was writing. Raises FileNotFoundError when the run has no
-  metrics.jsonl, errors.UserError naming any other line that is not JSON."""
+  """The records of a run's metrics.jsonl (blank lines skipped). A last line that is not JSON is
+  left out: the line a running (or killed) run was writing. Raises FileNotFoundError when the
+  run has no metrics.jsonl, errors.UserError naming any other line that is not JSON or not a
+  record (an object with a "step")."""
   path = os.path.join(workdir, "metrics.jsonl")
   with open(path) as f:
     lines = f.read().splitlines()
   records = []
   for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
     try:
-      records.append(json.loads(line))
+      record = json.loads(line)
     except json.JSONDecodeError as e:
       if number < len(lines):
         raise errors.UserError(f"{path} line {number} is not JSON ({e})") from e
+      continue
+    step = record.get("step") if isinstance(record, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+      raise errors.UserError(f"{path} line {number} is not a metrics record (an object with a"
+                             f" \"step\"): {line.strip()[:40]!r}")
+    records.append(record)
   return records
 
 

@@ -143,6 +143,8 @@ def _drop_metrics_after(path: str, step: int) -> None:
   for number, line in enumerate(lines, 1):
     if not line.endswith("\n"):  # cut short by a kill: only the last line can be
       continue
+    if not line.strip():  # a blank line, as JSON Lines readers skip
+      continue
     try:
       logged = json.loads(line)["step"]
     except (ValueError, TypeError, KeyError):
