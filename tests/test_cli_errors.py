@@ -789,6 +789,8 @@ def test_a_file_that_is_not_an_evaluation_or_a_config_is_one_line_in_compare_and
       (compare + [f"a={tmp_path}/norows.json"],
        f"error: a={tmp_path}/norows.json: {tmp_path}/norows.json is not an eval.json an"
        " evaluation wrote (its model table has no rows)"),
+      (compare + ["a=docs/eval_bouncing_tiny.json", "--paired=a:a"],
+       "error: --paired=a:a: needs A:B, two of the arms a"),
       # One run given twice is not two seeds (was averaged as 2 seeds, sd 0.000).
       (compare + [f"a={seed0.parent}/kept.json,{seed0.parent}/../test/kept.json"],
        f"error: a={seed0.parent}/kept.json,{seed0.parent}/../test/kept.json: names one evaluation"

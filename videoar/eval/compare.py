@@ -360,7 +360,7 @@ def main(argv=None):
   pairs = []
   for spec in args.paired:
     a, _, b = spec.partition(":")
-    if a not in runs or b not in runs:
+    if a not in runs or b not in runs or a == b:
       parser.error(f"--paired={spec}: needs A:B, two of the arms {', '.join(runs)}")
     if len(runs[a]) != len(runs[b]):
       parser.error(f"--paired={spec}: {a} has {len(runs[a])} runs and {b} {len(runs[b])}; "
