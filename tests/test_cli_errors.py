@@ -712,7 +712,8 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
                                     " was trained with")
   # The previous-frame input changes the weights' shapes too (was a checkpoint error after the
   # note that samples would use this command's value).
-  no_previous = run_cli(workdir, TINY, "--mode=evaluate", "--config.model.previous_frame_input=False")
+  no_previous = run_cli(workdir, TINY, "--mode=evaluate",
+                        "--config.model.previous_frame_input=False")
   assert no_previous.returncode == 2, no_previous.stderr[-2000:]
   assert last_line(no_previous) == (
       f"error: {workdir} was trained with another model: model.previous_frame_input True ->"

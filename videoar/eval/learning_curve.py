@@ -7,10 +7,11 @@ Reads WORKDIR/metrics.jsonl, where the trainer appends "eval/METRIC/SEGMENT" fig
 eval.every steps (eval/run.DuringTraining), and prints one Markdown table per metric: a row per
 evaluated step, a column per segment, with the minutes of training to that step (from the logged
 steps/s, so evaluation time is not counted). A run resumed with other sample.* or eval.* values
-(allowed on resume) evaluates differently from that step on: a note line says where. Given several workdirs (the seeds of one arm), each
-cell is the mean and standard deviation over the runs, at the steps every run evaluated, and the
-minutes are their mean; runs made on different data (their run.json's data.source or
-data.options differ) are refused in one line, as their curves are of different worlds.
+(allowed on resume) evaluates differently from that step on: a note line says where. Given
+several workdirs (the seeds of one arm), each cell is the mean and standard deviation over the
+runs, at the steps every run evaluated, and the minutes are their mean; runs made on different
+data (their run.json's data.source or data.options differ) are refused in one line, as their
+curves are of different worlds.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
   distinct clip-segment (perceptual.i3d_features): the default's 32 clips x 3 segments, with
   the truth's and the baselines' (225 clip-segments), take about 2 minutes, so only the final
   evaluation asks. The true segments' features
-  are kept in $VIDEOAR_CACHE/i3d (digits.cache_directory), so a later run on the same clips
+  are kept in $VIDEOAR_CACHE/i3d (files.cache_directory), so a later run on the same clips
   (another arm of a sweep at the same seed) computes only its own.
   With `per_frame`, returns ({method: rows}, {method: {metric: float64 [F]}}), the second each
   per-frame metric's mean over the clips at every frame."""
@@ -142,7 +142,7 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
     scorers = [perceptual.lpips_frame_scores, *scorers]
   # One scorer for every method, so that I3D sees each true segment once.
   # The I3D features of the true segments are kept on disk for the next run on the same clips.
-  segment_scorers = ([perceptual.FvdScorer(cache=os.path.join(digits.cache_directory(), "i3d"))]
+  segment_scorers = ([perceptual.FvdScorer(cache=os.path.join(files.cache_directory(), "i3d"))]
                      if fvd else [])
   # FVD costs I3D passes over every clip-segment: the model, the baselines and the truth have it,
   # the one-step diagnostic does not.
