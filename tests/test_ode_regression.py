@@ -6,22 +6,25 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videoar import ode_pairs
+from videoar import experiment, ode_pairs
 from videoar.attention import masks
-from videoar.data import pipeline
+from videoar.data import array_record, pipeline
 from videoar.diffusion import flow
+from videoar.errors import ConfigError
 from videoar.forcing import PARADIGMS, ode_regression
 from videoar.models import dit
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 import bouncing_rf  # noqa: E402
+import bouncing_sf  # noqa: E402
 
 K, M, SHIFT = 4, 8, 5.0
 FRAMES, CHUNK, SHAPE = 6, 2, (8, 8, 3)
@@ -225,3 +228,150 @@ def test_a_teacher_workdir_of_a_causal_run_is_one_line_naming_the_flag(trained_s
       " forcing.paradigm='resampling': it must be the workdir of the bidirectional teacher"
       " (configs/bouncing_sf.py:teacher), trained first")
   assert sorted(os.listdir(tmp_path)) == ["causal"]
+
+
+def _pairs_set(path, num_steps=K, metadata=True, **made):
+  """A set of 2 sequences of 4 frames of configs/bouncing_sf.py:ode,test's 32x32x3 frames at
+  `path`, as videoar/ode_pairs.py writes one (zeros: nothing here reads their values), with
+  ode_states of num_steps + 1 states; with `metadata`, its ode_pairs.json of num_steps and
+  `made` (warp_shift: default SHIFT). Returns `path` as a str."""
+  frames = np.zeros((4, 32, 32, 3), np.float32)
+  states = np.zeros((4, num_steps + 1, 32, 32, 3), np.float32)
+  array_record.write_sequences(str(path), [{"video": frames, "ode_states": states}] * 2)
+  if metadata:
+    made = dict(num_steps=num_steps, solver_steps=8, warp_shift=SHIFT, guidance_scale=1.0) | made
+    made["times"] = ode_regression.state_times(made["num_steps"], made["warp_shift"]).tolist()
+    with open(os.path.join(path, ode_pairs.METADATA), "w") as f:
+      json.dump(made, f)
+  return str(path)
+
+
+def _student(data_path):
+  config = bouncing_sf.get_config("ode,test")
+  config.data.path = data_path
+  return config
+
+
+def test_pairs_of_the_students_levels_build(tmp_path):
+  experiment.build(_student(_pairs_set(tmp_path / "pairs")))
+  # Sampled and evaluated on the world, which holds no pairs: nothing to check.
+  experiment.build(bouncing_sf.get_config("ode,world,test"))
+
+
+# (the probe, the pairs' num_steps, what their ode_pairs.json says, the line's key and values)
+OTHER_PAIRS = [
+    ("pairs of K=2 (was a ValueError traceback while tracing, after the workdir was made)",
+     2, {}, "num_steps", 4, 2),
+    ("pairs of another warp shift (trained silently on states at the wrong times)",
+     K, {"warp_shift": 3.0}, "warp_shift", 5.0, 3.0),
+]
+
+
+@pytest.mark.parametrize("states,made,key,ours,theirs", [row[1:] for row in OTHER_PAIRS],
+                         ids=[row[0] for row in OTHER_PAIRS])
+def test_pairs_made_for_other_levels_are_one_line_naming_the_key_and_the_file(
+    tmp_path, states, made, key, ours, theirs):
+  path = _pairs_set(tmp_path / "pairs", num_steps=states, **made)
+  with pytest.raises(ConfigError) as error:
+    experiment.build(_student(path))
+  assert str(error.value) == (
+      f"config.forcing.{key}={ours!r} is invalid: the ODE pairs in data.path={path!r} were made"
+      f" with {key}={theirs!r} ({path}/ode_pairs.json): make pairs with python -m"
+      f" videoar.ode_pairs --{key}={ours!r}, or train with forcing.{key}={theirs!r}")
+
+
+NO_PAIRS = ("is invalid: it holds no ODE pairs (no ode_pairs.json), which"
+            " forcing.paradigm='ode_regression' trains on: write them from the teacher with"
+            " python -m videoar.ode_pairs --output=DIR and pass that DIR")
+
+
+def test_a_data_path_of_clips_without_ode_states_is_one_line_naming_the_tool(tmp_path):
+  """The q07 probe: an array_record set of the world's clips (write_array_record), no pairs,
+  was `KeyError: 'ode_states'` while the loss was traced."""
+  path = str(tmp_path / "clips")
+  array_record.write_sequences(path, [{"video": np.zeros((4, 32, 32, 3), np.float32)}] * 2)
+  with pytest.raises(ConfigError) as error:
+    experiment.build(_student(path))
+  assert str(error.value) == f"config.data.path={path!r} {NO_PAIRS}"
+
+
+def test_training_on_pairs_of_another_k_stops_before_making_the_workdir(tmp_path):
+  """The probe's command line: one line, exit status 2, no workdir."""
+  path = _pairs_set(tmp_path / "pairs", num_steps=2)
+  workdir = tmp_path / "ode"
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_sf.py:ode,test",
+       f"--workdir={workdir}", "--mode=train", "--config.train.num_steps=2",
+       f"--config.data.path={path}"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: config.forcing.num_steps=4 is invalid: the ODE pairs in data.path=")
+  assert not workdir.exists()
+
+
+# (the probe, the flags, the line): each was accepted, or failed after the teacher was read.
+BAD_FLAGS = [
+    ("a warp shift of 0 (wrote NaN times, exit 0)", ["--warp_shift=0"],
+     "flag --warp_shift=0.0: must be a finite number > 0 (the student's forcing.warp_shift; 1"
+     " leaves the times unwarped)"),
+    ("a negative warp shift", ["--warp_shift=-2"],
+     "flag --warp_shift=-2.0: must be a finite number > 0 (the student's forcing.warp_shift; 1"
+     " leaves the times unwarped)"),
+    ("no solver steps (accepted)", ["--solver_steps=0"],
+     "flag --solver_steps=0: 0 is not a positive integer"),
+    ("no shards (ZeroDivisionError after a batch was solved)", ["--num_shards=0"],
+     "flag --num_shards=0: 0 is not a positive integer"),
+    ("no batch (ValueError traceback)", ["--batch_size=0"],
+     "flag --batch_size=0: 0 is not a positive integer"),
+    ("K=0 (blamed --solver_steps)", ["--num_steps=0"],
+     "flag --num_steps=0: 0 is not a positive integer"),
+    ("M not a multiple of K", ["--num_steps=3"],
+     "flags solver_steps=8, num_steps=3: --solver_steps must be a multiple of --num_steps: only"
+     " then does the solver grid hold the student's levels"),
+    ("an --output that is a file (FileExistsError traceback)", ["--output={file}"],
+     "--output='{file}' is invalid: {file} is a file, not a directory to write the pairs into"),
+    ("an --output holding a dataset", ["--output={dataset}"],
+     "{dataset} already holds a dataset (index.json): write to a new folder, or move that one"
+     " away"),
+]
+
+
+@pytest.mark.parametrize("args,line", [row[1:] for row in BAD_FLAGS],
+                         ids=[row[0] for row in BAD_FLAGS])
+def test_a_bad_ode_pairs_flag_is_one_line_naming_it_before_the_teacher_is_read(
+    trained_stage, tmp_path, args, line):
+  teacher = trained_stage("teacher", bouncing_sf.get_config("teacher,test"))
+  paths = {"file": str(tmp_path / "file"), "dataset": str(tmp_path / "dataset")}
+  (tmp_path / "file").write_text("")
+  os.makedirs(paths["dataset"])
+  (tmp_path / "dataset" / "index.json").write_text("{}")
+  before = sorted(os.listdir(tmp_path))
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.ode_pairs", "--config=configs/bouncing_sf.py:teacher,test",
+       f"--teacher_workdir={teacher}", f"--output={tmp_path / 'pairs'}", "--num_sequences=2",
+       "--solver_steps=8", *(arg.format(**paths) for arg in args)],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == f"error: {line.format(**paths)}"
+  assert sorted(os.listdir(tmp_path)) == before
+  assert os.listdir(tmp_path / "dataset") == ["index.json"]
+
+
+def test_ode_pairs_json_is_whole_or_absent(model_and_params, tmp_path, monkeypatch):
+  """The launch script takes ode_pairs.json for finished pairs: a write that fails part way
+  (a full disk, a kill) leaves none, not part of one."""
+  model, params = model_and_params
+  batches = [{"video": np.zeros((2, FRAMES) + SHAPE, np.float32), "label": np.array([0, 2])}]
+
+  def dump_part(value, f):
+    f.write(json.dumps(value)[:10])
+    raise OSError(28, "No space left on device")
+
+  # ode_pairs' own json only: array_record writes index.json with json.dump too.
+  monkeypatch.setattr(ode_pairs, "json", types.SimpleNamespace(dump=dump_part))
+  with pytest.raises(OSError):
+    ode_pairs.write_pairs(str(tmp_path), model, params, iter(batches), jax.random.key(10),
+                          num_sequences=2, num_steps=K, solver_steps=M, shift=SHIFT,
+                          guidance_scale=2.0, num_shards=2)
+  assert "index.json" in os.listdir(tmp_path)
+  assert not [name for name in os.listdir(tmp_path) if "ode_pairs" in name]

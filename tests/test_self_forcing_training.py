@@ -14,6 +14,7 @@ import pytest
 from videoar import base_config, experiment, trainer, validate
 from videoar.errors import ConfigError
 from videoar.eval import run
+from videoar.train import workdir as workdir_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import bouncing_rf  # noqa: E402
@@ -143,6 +144,106 @@ def test_the_launch_script_runs_a_seed_of_the_pipeline_in_its_own_workdirs(tmp_p
           configs["self_forcing"]["forcing"]["generator_workdir"]) == (
               f"{seed_runs}/teacher", f"{seed_runs}/ode")
   assert (runs / "bouncing_sf_test_seed1" / "self_forcing" / "eval.json").exists()
+
+
+TEST_RUNS = "runs/bouncing_sf_test"
+# Each stage's config variant and the name the launch script's line gives it.
+LAUNCH_STAGES = {"teacher": ("teacher,test", "teacher"), "ode": ("ode,test", "ODE"),
+                 "self_forcing": ("test", "Self Forcing")}
+
+
+def _launched_stage(root, stage, step, num_steps=5):
+  """ROOT/runs/bouncing_sf_test/STAGE as its run leaves it to the launch script's checks (the
+  checkpoints and run.json that videoar.sweep.trained reads): a finished checkpoint of `step`
+  (its directory, empty: nothing here reads its arrays) and the run.json of a run of
+  train.num_steps=num_steps."""
+  workdir = root / TEST_RUNS / stage
+  os.makedirs(workdir / "checkpoints" / str(step))
+  config = bouncing_sf.get_config(LAUNCH_STAGES[stage][0])
+  config.train.num_steps = num_steps
+  workdir_lib.RunRecord(config.to_dict(), {}).save(str(workdir))
+  return workdir
+
+
+def _evaluated(workdir, step):
+  """Writes WORKDIR/eval.json as an evaluation of the checkpoint of `step` would (the fields
+  videoar.sweep.unfinished reads)."""
+  (workdir / "eval.json").write_text(json.dumps(
+      {"checkpoint_step": step, "tables": {"model": [{"segment": "0-3", "psnr": 6.0}]}}))
+
+
+def _launch_with_stand_in(tmp_path):
+  """Runs launch/self_forcing.sh (VARIANT=test) in tmp_path with a PYTHON that runs the
+  script's own checks (python -c) but stands in for every stage's command: it notes it and, as
+  videoar.main does after a SIGTERM, prints its line and exits 0 having trained no further.
+  Returns (the result, the commands given: (module, --workdir, --mode) each)."""
+  root = os.path.join(os.path.dirname(__file__), "..")
+  os.symlink(os.path.join(root, "configs"), tmp_path / "configs")
+  log = tmp_path / "commands"
+  stand_in = tmp_path / "python"
+  stand_in.write_text(
+      "#!/bin/bash\n"
+      f'if [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\n'
+      f'printf "%s\\n" "$*" >> {log}\n'
+      'echo "preempted: saved step 1; the same command resumes from it"\n')
+  stand_in.chmod(0o755)
+  result = subprocess.run(["bash", os.path.join(root, "launch", "self_forcing.sh")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, VARIANT="test", PYTHON=str(stand_in),
+                                   JAX_PLATFORMS="cpu"))
+  commands = []
+  for line in log.read_text().splitlines() if log.exists() else []:
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in line.split()[2:]
+                if arg.startswith("--") and "=" in arg)
+    commands.append((line.split()[1], args.get("workdir", args.get("output")),
+                     args.get("mode")))
+  return result, commands
+
+
+@pytest.mark.parametrize("stage", LAUNCH_STAGES)
+def test_the_launch_script_passes_no_stage_on_that_stopped_before_its_last_step(tmp_path, stage):
+  """The q07 probe: videoar.main exits 0 after a planned stop (a SIGTERM: it saves and says
+  "preempted"), and the script took that stage for finished: it touched teacher/.trained and
+  made the ODE pairs from a half-trained teacher, or evaluated a half-trained ODE student whose
+  eval.json then made later runs skip it. Now a stage whose newest checkpoint (step 1) is short
+  of its run.json's train.num_steps (5) is trained, and when that stops early again the script
+  says so in one line and exits 0; the markers the old script left do not count."""
+  order = list(LAUNCH_STAGES)
+  for before in order[:order.index(stage)]:
+    done = _launched_stage(tmp_path, before, step=5)
+    if before == "ode":
+      _evaluated(done, step=5)
+  if stage != "teacher":
+    os.makedirs(tmp_path / TEST_RUNS / "ode_pairs")
+    (tmp_path / TEST_RUNS / "ode_pairs" / "ode_pairs.json").write_text("{}")
+  stopped = _launched_stage(tmp_path, stage, step=1)
+  (stopped / ".trained").touch()
+  if stage == "ode":  # an evaluation of the stopped student, as the old script ran it
+    (stopped / "eval.json").write_text("{}")
+  result, commands = _launch_with_stand_in(tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  mode = "all" if stage == "self_forcing" else "train"
+  assert commands == [("videoar.main", f"{TEST_RUNS}/{stage}", mode)]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"launch/self_forcing.sh: the {LAUNCH_STAGES[stage][1]} stage stopped before its last"
+      f" step (train.num_steps) in {TEST_RUNS}/{stage}; run the script again to resume it")
+
+
+def test_the_launch_script_evaluates_trained_stages_not_evaluated_at_their_last_step(tmp_path):
+  """A trained ODE student whose eval.json is of an earlier step (an evaluation of it stopped
+  early, as the old script ran) is evaluated again; a trained Self Forcing run without an
+  evaluation is sampled and evaluated, not run with --mode=all, which refuses a workdir at its
+  last step ("already reached step N"). Nothing is trained."""
+  for stage in LAUNCH_STAGES:
+    _launched_stage(tmp_path, stage, step=5)
+  (tmp_path / TEST_RUNS / "ode_pairs").mkdir()
+  (tmp_path / TEST_RUNS / "ode_pairs" / "ode_pairs.json").write_text("{}")
+  _evaluated(tmp_path / TEST_RUNS / "ode", step=1)
+  result, commands = _launch_with_stand_in(tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert commands == [("videoar.main", f"{TEST_RUNS}/ode", "evaluate"),
+                      ("videoar.main", f"{TEST_RUNS}/self_forcing", "sample"),
+                      ("videoar.main", f"{TEST_RUNS}/self_forcing", "evaluate")]
 
 
 @pytest.mark.parametrize("world", ["occluded", "moving_mnist"])

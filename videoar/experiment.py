@@ -16,6 +16,8 @@ the benchmarks and the tests all build through here:
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 from typing import Callable
 
@@ -30,7 +32,7 @@ from videoar import sampling, validate
 from videoar.attention import masks
 from videoar.data import pipeline
 from videoar.errors import ConfigError, MissingInput, fail
-from videoar.forcing import PARADIGMS, self_forcing
+from videoar.forcing import PARADIGMS, ode_regression, self_forcing
 from videoar.models import discriminator, dit
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import sharding as sharding_lib
@@ -79,7 +81,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
   Raises ConfigError (one line) for a config that cannot run, or data that cannot give what it
   asks for: the source's options, its frame size against the patch, the conditioning, the
-  held-out clips of sampling and evaluation.
+  held-out clips of sampling and evaluation, and for ODE regression on an array_record set,
+  pairs of other levels than its forcing keys' (check_ode_pairs).
   """
   validate.validate(config)
   validate.validate_stages(config)
@@ -92,11 +95,56 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f"config.data: {e}") from e
   validate.validate_source(config, source, clip)
+  check_ode_pairs(config, clip)
   model = make_model(config)
   read = {"video", "ode_states"} | set(model.conditioning_keys())
   spec = {key: jax.ShapeDtypeStruct(np.shape(value), np.asarray(value).dtype)
           for key, value in clip.items() if key in read}
   return Experiment(config, source, model, spec)
+
+
+def check_ode_pairs(config: ml_collections.ConfigDict, clip: dict) -> None:
+  """For forcing.paradigm="ode_regression" on data.source="array_record" (its training data):
+  that data.path holds ODE pairs (their METADATA, which videoar/ode_pairs.py writes, and
+  ode_states in `clip`, one training clip) made at the student's levels, num_steps and
+  warp_shift as config.forcing has them. Raises ConfigError naming the key, the file and both
+  values. Other sources are not checked: the ODE student is sampled and evaluated on the world
+  (configs/bouncing_sf.py:ode,world), which holds no pairs.
+
+  Called by build, before the trainer makes the workdir: the loss otherwise fails while it is
+  traced (a KeyError, or a ValueError on the count of states), or, for pairs of another warp
+  shift, trains silently on states at the wrong times."""
+  if config.forcing.paradigm != "ode_regression" or config.data.source != "array_record":
+    return
+  path = config.data.path
+  metadata_path = os.path.join(path, ode_regression.METADATA)
+  if not os.path.isfile(metadata_path) or "ode_states" not in clip:
+    missing = (f"no {ode_regression.METADATA}" if not os.path.isfile(metadata_path)
+               else "its frames have no ode_states")
+    fail("data.path", path, f"it holds no ODE pairs ({missing}), which"
+         " forcing.paradigm='ode_regression' trains on: write them from the teacher with"
+         " python -m videoar.ode_pairs --output=DIR and pass that DIR")
+  try:
+    with open(metadata_path) as f:
+      metadata = json.load(f)
+    made = {"num_steps": int(metadata["num_steps"]), "warp_shift": float(metadata["warp_shift"])}
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise ConfigError(f"config.data.path={path!r} is invalid: {metadata_path} cannot be read as"
+                      f" ODE pairs' metadata ({type(e).__name__}: {e}); write the pairs again"
+                      " with python -m videoar.ode_pairs") from None
+  f = config.forcing
+  for key, same in (("num_steps", made["num_steps"] == f.num_steps),
+                    ("warp_shift", math.isclose(made["warp_shift"], f.warp_shift,
+                                                rel_tol=1e-6))):
+    if not same:
+      fail(f"forcing.{key}", f[key], f"the ODE pairs in data.path={path!r} were made with"
+           f" {key}={made[key]!r} ({metadata_path}): make pairs with python -m"
+           f" videoar.ode_pairs --{key}={f[key]!r}, or train with forcing.{key}={made[key]!r}")
+  states = np.shape(clip["ode_states"])[1]
+  if states != f.num_steps + 1:  # a set whose metadata is not its own
+    fail("data.path", path, f"its ode_states hold {states} states per frame and its"
+         f" {ode_regression.METADATA} says num_steps={made['num_steps']} (K + 1 ="
+         f" {made['num_steps'] + 1}): write the pairs again with python -m videoar.ode_pairs")
 
 
 def build_for_shapes(config: ml_collections.ConfigDict,

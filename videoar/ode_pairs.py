@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import os
 from typing import Iterable, Iterator
 
@@ -40,7 +41,7 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from videoar import errors, experiment, validate
+from videoar import errors, experiment, files, validate
 from videoar.attention import masks
 from videoar.data import array_record, pipeline
 from videoar.diffusion import flow
@@ -48,7 +49,7 @@ from videoar.errors import UserError
 from videoar.forcing import ode_regression
 from videoar.models import dit
 
-METADATA = "ode_pairs.json"
+METADATA = ode_regression.METADATA
 
 
 def guided_velocity(model: dit.CausalDiT, params, x_bfhwc, t_bf, cond: dict,
@@ -142,7 +143,8 @@ def write_pairs(path: str, model: dit.CausalDiT, params, batches: Iterable[dict]
   metadata = dict(num_steps=num_steps, solver_steps=solver_steps, warp_shift=shift,
                   guidance_scale=guidance_scale,
                   times=ode_regression.state_times(num_steps, shift).tolist())
-  with open(os.path.join(path, METADATA), "w") as f:
+  # Whole or absent: the launch script takes the file for finished pairs.
+  with files.replaced(os.path.join(path, METADATA)) as f:
     json.dump(metadata, f)
   return written
 
@@ -155,11 +157,9 @@ def main(argv):
   if config.forcing.paradigm != "bidirectional":
     raise UserError(f"--config has forcing.paradigm={config.forcing.paradigm!r}: the ODE"
                     " teacher is a bidirectional model; pass the config it was trained with")
-  if args.num_sequences < 1:
-    raise UserError(f"--num_sequences={args.num_sequences} must be >= 1")
-  if args.num_steps < 1 or args.solver_steps % args.num_steps:
-    raise UserError(f"--solver_steps={args.solver_steps} must be a multiple of"
-                    f" --num_steps={args.num_steps} >= 1")
+  # The flags' values were checked as they were parsed (_define_flags); what --output holds is
+  # checked here, before the teacher is restored and a batch solved.
+  check_output(args.output)
   # Before the data are opened, and in place of the checkpoint's mismatch, whose advice is
   # about --workdir.
   problem = validate.stage_problem(args.teacher_workdir, config, "teacher")
@@ -177,20 +177,51 @@ def main(argv):
   print(f"wrote {written} ODE pairs of {config.data.num_frames} frames to {args.output}")
 
 
+def check_output(output: str) -> None:
+  """Raises UserError when `output` cannot be the new directory of a set of pairs: it, or a
+  folder above it, is a file (was a FileExistsError traceback once a batch was solved), or it
+  holds a dataset (array_record.write_sequences' own line, said before the teacher is read)."""
+  blocking = errors.blocking_file(output)
+  if blocking:
+    raise UserError(f"--output={output!r} is invalid: {blocking} is a file, not a directory to"
+                    " write the pairs into")
+  if os.path.exists(os.path.join(output, "index.json")):
+    raise UserError(f"{output} already holds a dataset (index.json): write to a new folder, or"
+                    " move that one away")
+
+
+def _positive_finite(value: float | None) -> bool:
+  """--warp_shift's check: a finite shift > 0 (None: the flag is unset, said elsewhere)."""
+  return value is None or (math.isfinite(value) and value > 0)
+
+
 def _define_flags() -> None:
-  """The command's flags, defined only when run as one: other tools define `config` too."""
+  """The command's flags, defined only when run as one: other tools define `config` too. Their
+  values are checked as they are parsed (one line naming the flag, exit status 2), before the
+  teacher is read."""
   config_flags.DEFINE_config_file("config", None, "The config the teacher was trained with.",
                                   lock_config=True)
   flags.DEFINE_string("teacher_workdir", None, "The teacher's workdir (its checkpoints/).")
   flags.DEFINE_string("output", None, "Directory to write the shards, index.json and "
                       f"{METADATA} to.")
-  flags.DEFINE_integer("num_sequences", None, "ODE pairs (clips) to write.")
-  flags.DEFINE_integer("num_steps", 4, "K: the student's few steps (forcing.num_steps).")
+  flags.DEFINE_integer("num_sequences", None, "ODE pairs (clips) to write.", lower_bound=1)
+  flags.DEFINE_integer("num_steps", 4, "K: the student's few steps (forcing.num_steps).",
+                       lower_bound=1)
   flags.DEFINE_float("warp_shift", 5.0, "The student's warp shift (forcing.warp_shift), also the "
                      "solver grid's.")
-  flags.DEFINE_integer("solver_steps", 48, "M: Euler steps of the teacher, a multiple of K.")
-  flags.DEFINE_integer("batch_size", 16, "Clips solved together.")
-  flags.DEFINE_integer("num_shards", 4, "Frame shards to deal the sequences to.")
+  # A shift <= 0 warps every time to NaN or out of [0, 1]: the pairs were written, and the
+  # student's first step was not finite.
+  flags.register_validator("warp_shift", _positive_finite, "must be a finite number > 0 (the"
+                           " student's forcing.warp_shift; 1 leaves the times unwarped)")
+  flags.DEFINE_integer("solver_steps", 48, "M: Euler steps of the teacher, a multiple of K.",
+                       lower_bound=1)
+  flags.register_multi_flags_validator(
+      ["solver_steps", "num_steps"],
+      lambda values: values["num_steps"] < 1 or values["solver_steps"] % values["num_steps"] == 0,
+      "--solver_steps must be a multiple of --num_steps: only then does the solver grid hold the"
+      " student's levels")
+  flags.DEFINE_integer("batch_size", 16, "Clips solved together.", lower_bound=1)
+  flags.DEFINE_integer("num_shards", 4, "Frame shards to deal the sequences to.", lower_bound=1)
   flags.mark_flags_as_required(["config", "teacher_workdir", "output", "num_sequences"])
 
 

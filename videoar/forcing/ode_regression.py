@@ -25,6 +25,11 @@ from videoar.attention import masks
 from videoar.diffusion import flow
 from videoar.models import dit
 
+# What videoar/ode_pairs.py writes beside the pairs: how they were made (num_steps K,
+# solver_steps, warp_shift, guidance_scale and the K + 1 state times). The states carry no times
+# of their own, so a run reads this to check that its forcing keys are the pairs'.
+METADATA = "ode_pairs.json"
+
 
 def state_times(num_steps: int, shift: float) -> np.ndarray:
   """The times of the K + 1 stored states, noisy to clean, float32 [K + 1]: the student's warped
