@@ -1,4 +1,5 @@
 import os
+import signal
 import tempfile
 
 # Tests compare float32 results at 1e-5; keep XLA from using reduced-precision shortcuts.
@@ -42,3 +43,14 @@ def trained_stage(tmp_path):
     return str(path)
 
   return make
+
+
+@pytest.fixture
+def sigint_at_default():
+  """Ctrl-C reaches the subprocesses a test starts, as at a terminal. A suite started in the
+  background of a script has SIGINT ignored, which its subprocesses would inherit (a Python
+  program then never raises KeyboardInterrupt, and a sweep keeps ignoring it, as a background
+  job should); a handler of this process's own is reset to the default in each child."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)

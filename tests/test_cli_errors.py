@@ -616,7 +616,8 @@ def test_a_restart_from_weights_preempted_says_to_resume_without_the_flag(finish
      " (earlier ones stay where they were); --mode=sample writes them"),
 ])
 def test_a_signal_while_sampling_or_evaluating_says_what_was_left(finished_run, tmp_path, mode,
-                                                                  signum, status, line):
+                                                                  signum, status, line,
+                                                                  sigint_at_default):
   # A SIGTERM there ended the process with status 143 and no line; a Ctrl-C said "the same
   # command resumes from the newest checkpoint", which for --mode=all refuses a finished run.
   workdir = tmp_path / "run"

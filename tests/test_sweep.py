@@ -241,7 +241,8 @@ def _kill_left_run(workdir):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_a_signal_to_a_local_sweep_lets_its_run_save_then_stops_in_one_line(tmp_path, signum):
+def test_a_signal_to_a_local_sweep_lets_its_run_save_then_stops_in_one_line(tmp_path, signum,
+                                                                            sigint_at_default):
   """SIGTERM to the sweep's pid alone (a scheduler's preemption), or SIGINT to its process group
   (Ctrl-C at the terminal): the run it waits for gets it once, saves its step and exits, then the
   sweep stops in one line, no traceback, and no run is left training in the workdir."""
