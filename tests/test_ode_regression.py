@@ -309,6 +309,22 @@ def test_training_on_pairs_of_another_k_stops_before_making_the_workdir(tmp_path
   assert not workdir.exists()
 
 
+def test_training_the_ode_student_on_the_world_stops_before_making_the_workdir(tmp_path):
+  """`ode,world` samples and evaluates the student on the world, which holds no pairs: training
+  with it was a KeyError ('ode_states') while the loss was traced."""
+  workdir = tmp_path / "ode"
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_sf.py:ode,world,test",
+       f"--workdir={workdir}", "--mode=train", "--config.train.num_steps=2"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.data.source='bouncing' is invalid: forcing.paradigm='ode_regression' trains"
+      " on ODE pairs (data.source='array_record' with data.path made by python -m"
+      " videoar.ode_pairs); this data can sample and evaluate the student, not train it")
+  assert "Traceback" not in result.stderr and not workdir.exists()
+
+
 # (the probe, the flags, the line): each was accepted, or failed after the teacher was read.
 BAD_FLAGS = [
     ("a warp shift of 0 (wrote NaN times, exit 0)", ["--warp_shift=0"],

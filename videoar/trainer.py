@@ -109,6 +109,14 @@ def train(exp: experiment.Experiment, workdir: str, *,
   """
   is_main = jax.process_index() == 0
   checkpoints = os.path.join(workdir, "checkpoints")
+  # The ODE student is sampled and evaluated on the world (experiment.check_ode_pairs), but it
+  # trains on pairs only: without them its loss failed while it was traced (a KeyError).
+  if exp.config.forcing.paradigm == "ode_regression" and "ode_states" not in exp.clip_spec:
+    raise errors.ConfigError(
+        f"config.data.source={exp.config.data.source!r} is invalid: forcing.paradigm="
+        "'ode_regression' trains on ODE pairs (data.source='array_record' with data.path made by"
+        " python -m videoar.ode_pairs); this data can sample and evaluate the student, not"
+        " train it")
   if restart_from_weights and not checkpoint_lib.finished_steps(checkpoints):
     raise workdir_lib.RunRefused(
         f"{workdir_lib.RESTART_FLAG}: {checkpoints} holds no finished checkpoint to take the"
