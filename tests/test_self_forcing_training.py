@@ -202,7 +202,7 @@ def _launch_with_stand_in(tmp_path):
 
 @pytest.mark.parametrize("stage", LAUNCH_STAGES)
 def test_the_launch_script_passes_no_stage_on_that_stopped_before_its_last_step(tmp_path, stage):
-  """The q07 probe: videoar.main exits 0 after a planned stop (a SIGTERM: it saves and says
+  """The third probe's case: videoar.main exits 0 after a planned stop (a SIGTERM: it saves and says
   "preempted"), and the script took that stage for finished: it touched teacher/.trained and
   made the ODE pairs from a half-trained teacher, or evaluated a half-trained ODE student whose
   eval.json then made later runs skip it. Now a stage whose newest checkpoint (step 1) is short

@@ -23,8 +23,6 @@ from typing import IO
 FILE_MODE = 0o644
 # The name replaced_together's temporary folders start with: hidden, and saying what they hold.
 PARTIAL_PREFIX = ".partial-"
-
-
 # Where the library keeps what it derives once and reuses (the digit classifier, I3D features, the
 # frames of a video folder it cannot write into).
 CACHE_ENV = "VIDEOAR_CACHE"
@@ -33,6 +31,7 @@ CACHE_ENV = "VIDEOAR_CACHE"
 def cache_directory() -> str:
   """$VIDEOAR_CACHE, or ~/.cache/videoar."""
   return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "videoar")
+
 
 @contextlib.contextmanager
 def replaced(path: str, mode: str = "w") -> Iterator[IO]:
