@@ -44,6 +44,8 @@ AUGMENT_COPIES = 2
 MAX_SHIFT = 1
 NEIGHBOUR_PROBABILITY = 0.5
 NEIGHBOUR_GAP = (0.375, 1.0)
+
+
 def _new_model(digit_size: int) -> "pipeline.Pipeline":
     from sklearn import decomposition, pipeline, svm
 
