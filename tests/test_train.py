@@ -331,32 +331,73 @@ def test_interrupted_sampling_leaves_the_earlier_samples_whole_and_a_finished_on
 
 def test_evaluation_records_its_checkpoint_and_an_interrupted_one_leaves_the_earlier_whole(
     tmp_path, monkeypatch):
-  """eval.json names the step evaluated (the newest checkpoint, which restore_params reads). An
-  evaluation interrupted while writing its files had left a new eval.txt beside no eval.json,
-  the earlier evaluation moved away: now it leaves the earlier one in place."""
+  """eval.json names the step it is given (the checkpoint the weights came from). An evaluation
+  interrupted while writing its files had left a new eval.txt beside no eval.json, the earlier
+  evaluation moved away: now it leaves the earlier one in place."""
   exp = experiment.build(tiny_config())
   params = experiment.init_params(exp, jax.random.key(0))
-  for step in (3, 7):
-    (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
-  run.evaluate(exp, params, str(tmp_path))
+  run.evaluate(exp, params, str(tmp_path), checkpoint_step=7)
   assert json.loads((tmp_path / "eval.json").read_text())["checkpoint_step"] == 7
   names = sorted(workdir_lib.EVAL_OUTPUTS)
   earlier = {name: (tmp_path / name).read_bytes() for name in names}
-
-  (tmp_path / "checkpoints" / "9").mkdir()
 
   def interrupted(*args):
     raise KeyboardInterrupt
 
   monkeypatch.setattr(long_horizon, "plot_per_frame", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    run.evaluate(exp, params, str(tmp_path))
+    run.evaluate(exp, params, str(tmp_path), checkpoint_step=9)
   assert {name: (tmp_path / name).read_bytes() for name in names} == earlier
-  assert sorted(os.listdir(tmp_path)) == ["checkpoints", *names]
+  assert sorted(os.listdir(tmp_path)) == names
 
   monkeypatch.undo()
-  run.evaluate(exp, params, str(tmp_path))
+  run.evaluate(exp, params, str(tmp_path), checkpoint_step=9)
   (aside,) = os.listdir(tmp_path / "previous")
   assert contents(tmp_path / "previous" / aside) == earlier
   assert json.loads((tmp_path / "eval.json").read_text())["checkpoint_step"] == 9
-  assert sorted(os.listdir(tmp_path)) == ["checkpoints", *names, "previous"]
+  assert sorted(os.listdir(tmp_path)) == [*names, "previous"]
+
+
+def test_evaluation_names_the_checkpoint_it_restored_not_the_newest_in_the_folder(tmp_path):
+  """`--mode=evaluate` names the step its weights were read from: restore_trained's. It listed
+  the newest finished step in the folder after the restore, so a save by a run training in the
+  same workdir meanwhile was named, though its weights were never read."""
+  config = tiny_config()
+  exp = experiment.build(config)
+  optimizer = state_lib.make_optimizer(config)
+  state = state_lib.create(experiment.init_params(exp, jax.random.key(0)), optimizer)
+  saved = {}
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+  for step in (3, 7):
+    saved[step] = state.replace(step=jnp.asarray(step, jnp.int32),
+                                ema_params=jax.tree.map(lambda p, s=step: p + s, state.ema_params))
+    checkpointer.save(saved[step])
+  checkpointer.close()
+  trained = experiment.restore_trained(exp, str(tmp_path), use_ema=True)
+  assert trained.step == 7
+  for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(saved[7].ema_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # videoar.main, as `--mode=evaluate` runs it, with a run saving step 9 in the same workdir
+  # while the weights are read (in a subprocess: importing videoar.main defines flags that other
+  # test modules define too).
+  code = f"""
+import os, runpy, sys
+from videoar.train import checkpoint
+restore = checkpoint.Checkpointer.restore_latest
+def restore_while_a_run_saves(self, like):
+  restored = restore(self, like)
+  os.mkdir(os.path.join(self.directory, "9"))  # a finished step, by the folder's listing
+  return restored
+checkpoint.Checkpointer.restore_latest = restore_while_a_run_saves
+sys.argv = ["videoar.main", "--config=configs/bouncing_tiny.py:test", "--workdir={tmp_path}",
+            "--mode=evaluate"]
+runpy.run_module("videoar.main", run_name="__main__")
+"""
+  # hugetlb named: videoar.main does not re-execute itself (which would drop the patch).
+  env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (tmp_path / "checkpoints" / "9").is_dir()
+  assert json.loads((tmp_path / "eval.json").read_text())["checkpoint_step"] == 7

@@ -9,6 +9,7 @@ the benchmarks and the tests all build through here:
   example_batch(exp, b)     the shapes and dtypes of a training batch (what the step is traced on)
   make_train_step(exp)      the optimizer, the sharded state initialiser and the jitted step
   restore_params(exp, dir)  the trained (EMA) parameters of a run's newest checkpoint
+  restore_trained(exp, dir) the same with the step of the checkpoint they were read from
   require_checkpoint(dir)   that a run has one, checked before anything is built
   make_sampler(exp)         the streaming sampler, with the window the model was trained with
 """
@@ -19,7 +20,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import flags
 import flax.linen as nn
@@ -378,12 +379,28 @@ def _generator_critic_train_step(exp: Experiment, layout: sharding_lib.Layout) -
   return TrainStep(layout, init, state_sharding, step, start)
 
 
+class Trained(NamedTuple):
+  """What `restore_trained` read: the sampler's weights, and the step of the checkpoint they
+  came from (its directory's name, which is its train state's step)."""
+
+  params: Any
+  step: int
+
+
 def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network: bool = False,
                    model: dit.CausalDiT | None = None):
-  """The trained (EMA) parameters of the newest checkpoint in WORKDIR/checkpoints, on one device:
-  the model's, or for a Self Forcing run the generator's. `single_network` reads a run of one
-  network of `model` (default exp.model; a Self Forcing stage before the last) whatever exp's
-  paradigm.
+  """`restore_trained(...).params`: the weights alone, for a caller that records no step."""
+  return restore_trained(exp, workdir, use_ema, single_network, model).params
+
+
+def restore_trained(exp: Experiment, workdir: str, use_ema: bool, single_network: bool = False,
+                    model: dit.CausalDiT | None = None) -> Trained:
+  """The trained (EMA) parameters of the newest readable checkpoint in WORKDIR/checkpoints, on
+  one device, and that checkpoint's step: the model's, or for a Self Forcing run the
+  generator's. `single_network` reads a run of one network of `model` (default exp.model; a
+  Self Forcing stage before the last) whatever exp's paradigm. The step is the one read, not the
+  newest in the folder when the caller looks: a damaged newest checkpoint is moved aside and the
+  one before it read, and a run training in the same workdir may save another meanwhile.
 
   Raises errors.MissingInput (a FileNotFoundError) when there is none, and the Checkpointer's
   errors for checkpoints of another model or damaged ones.
@@ -415,7 +432,7 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
   if state is None:
     raise MissingInput(f"no readable checkpoint in {directory}: train first"
                        " (--mode=train or --mode=all)")
-  return sampled_params(state, use_ema, generator_critic)
+  return Trained(sampled_params(state, use_ema, generator_critic), int(state.step))
 
 
 def require_checkpoint(workdir: str) -> str:

@@ -183,13 +183,13 @@ def _run(config, workdir: str, mode: str) -> None:
             f" run.json -> this command); pass the values it was trained with")
       if differences:
         print(workdir_lib.trained_differently_line(workdir, differences), file=sys.stderr)
-    params = experiment.restore_params(exp, workdir, use_ema=config.sample.use_ema)
+    trained = experiment.restore_trained(exp, workdir, use_ema=config.sample.use_ema)
     if mode in ("all", "sample"):
       _stage = "sampling"
-      print(f"samples: {run.sample(exp, params, workdir)}")
+      print(f"samples: {run.sample(exp, trained.params, workdir)}")
     if mode in ("all", "evaluate"):
       _stage = "evaluating"
-      run.evaluate(exp, params, workdir)
+      run.evaluate(exp, trained.params, workdir, checkpoint_step=trained.step)
 
 
 def main(argv):

@@ -21,7 +21,6 @@ from videoar.data.atari import AtariEpisodes
 from videoar.data.bouncing import BouncingWorld
 from videoar.data.moving_mnist import MovingMnist
 from videoar.eval import digits, long_horizon, objects, perceptual, pong
-from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import metrics_log
 from videoar.train import workdir as workdir_lib
 
@@ -233,7 +232,8 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
   return os.path.join(workdir, name, written)
 
 
-def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
+def evaluate(exp: experiment.Experiment, params, workdir: str,
+             checkpoint_step: int | None) -> dict:
   """The per-segment table of the model against copy-the-last-frame, all-background and the
   truth, and (Euler solver) of the model on the true history ("model_on_true_history": each
   chunk generated over the true frames before it, from the same start noise; the gap to "model"
@@ -241,18 +241,14 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
   (strict JSON: a figure that is not finite, such as the PSNR of identical frames, is null) and
   eval.txt; each per-frame metric against the frame index, a line per method, to
   WORKDIR/eval_per_frame.png; eval.json also holds the config it ran with ("config") and the
-  step of the checkpoint evaluated ("checkpoint_step": the newest in WORKDIR/checkpoints, which
-  experiment.restore_params reads; null where there is none). With eval.fvd, FVD is computed
+  step of the checkpoint `params` came from ("checkpoint_step": experiment.restore_trained's
+  step; None, written null, for weights from no checkpoint). With eval.fvd, FVD is computed
   here, not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
   (eval.json's fvd_clips says how many; null without FVD). The three files are written whole
   beside the workdir's (files.replaced_together) and renamed into it together, eval.json last,
   when an earlier evaluation's files move to WORKDIR/previous/TIME/ (workdir.move_aside): an
   interrupted run leaves the earlier evaluation in place, never part of the new one."""
   c = exp.config
-  # restore_params does not report the step it read: the newest finished one (it moves damaged
-  # ones out of the folder). Listed before the minutes of generation, as near the restore as here
-  # can be.
-  steps = checkpoint_lib.finished_steps(os.path.join(workdir, "checkpoints"))
   sampler = experiment.make_sampler(exp)
   rng = jax.random.key(c.seed + 2)
   # Generation and scoring print nothing until the table: say what the minutes are for.
@@ -280,7 +276,7 @@ def evaluate(exp: experiment.Experiment, params, workdir: str) -> dict:
     text += f"\nFVD: not computed for {c.eval.num_clips} clips (it needs {FVD_MIN_CLIPS}).\n"
   print(text)
   print(f"scored in {seconds:.1f} s")
-  result = dict(checkpoint_step=steps[-1] if steps else None,
+  result = dict(checkpoint_step=checkpoint_step,
                 context_frames=num_context, generated_frames=int(truth.shape[1]),
                 training_frames=c.data.num_frames, num_clips=c.eval.num_clips,
                 fvd_clips=c.eval.num_clips if with_fvd else None, tables=tables,
