@@ -11,7 +11,8 @@
 # A stage whose workdir holds a finished run is not trained again, nor evaluated again once
 # evaluated at its last step. A stage that stops before its last step (a SIGTERM: videoar.main
 # saves and exits 0, a planned stop) is not passed on: the script says so in one line and exits
-# 0, and running it again resumes that stage from its newest checkpoint.
+# 0, and running it again resumes that stage from its newest checkpoint. ODE pairs made from
+# another step of the teacher than its newest stop the script in one line, status 2.
 # SEED=S (default 0) runs every stage with config.seed S under runs/bouncing_sf_seedS/ (the
 # teacher, its pairs and both students of that seed: a seed of the whole pipeline).
 # VARIANT=occluded or moving_mnist runs every stage on that world, under
@@ -74,6 +75,21 @@ if [ ! -f "$RUNS/ode_pairs/ode_pairs.json" ]; then
     --teacher_workdir="$RUNS/teacher" \
     --output="$RUNS/ode_pairs" --num_sequences="$PAIRS" --solver_steps=16
 fi
+# Pairs of another teacher step than the teacher's newest (videoar.ode_pairs.stale_problem) stop
+# the script in one line, status 2: the stages after them were trained from them too, so nothing
+# is moved or made again here.
+$PYTHON -c '
+import sys
+from videoar import errors, ode_pairs
+pairs, teacher, ode, self_forcing = sys.argv[1:]
+try:
+  problem = ode_pairs.stale_problem(pairs, teacher)
+except errors.UserError as e:
+  errors.exit_with_error(str(e))
+if problem:
+  errors.exit_with_error(f"launch/self_forcing.sh: {problem}; move {pairs} aside, and {ode} and"
+                         f" {self_forcing} if they were trained from it, then run the script again")
+' "$RUNS/ode_pairs" "$RUNS/teacher" "$RUNS/ode" "$RUNS/self_forcing"
 if ! check trained "$RUNS/ode"; then
   $PYTHON -m videoar.main --config="$(config ode)" "${SEEDED[@]}" \
     --config.data.path="$RUNS/ode_pairs" --workdir="$RUNS/ode" --mode=train

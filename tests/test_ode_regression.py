@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videoar import experiment, ode_pairs
+from videoar import errors, experiment, ode_pairs
 from videoar.attention import masks
 from videoar.data import array_record, pipeline
 from videoar.diffusion import flow
@@ -186,10 +186,11 @@ def test_pairs_round_trip_through_array_record_with_states_aligned(model_and_par
   expected = list(ode_pairs.pair_sequences(model, params, iter(batches), rng, **options))
   path = str(tmp_path)
   assert ode_pairs.write_pairs(path, model, params, iter(batches), rng, num_shards=2,
-                               **options) == 3
+                               teacher_step=12, **options) == 3
   with open(os.path.join(path, ode_pairs.METADATA)) as f:
     metadata = json.load(f)
   np.testing.assert_allclose(metadata["times"], ode_regression.state_times(K, SHIFT))
+  assert metadata["teacher_step"] == 12
   assert [s["label"] for s in expected] == [0, 2, 1]
   source = pipeline.make_source("array_record", path=path, eval_fraction=0.0)
   # Whole clips, as the student trains on them: every clip is one of the sequences written.
@@ -388,6 +389,31 @@ def test_ode_pairs_json_is_whole_or_absent(model_and_params, tmp_path, monkeypat
   with pytest.raises(OSError):
     ode_pairs.write_pairs(str(tmp_path), model, params, iter(batches), jax.random.key(10),
                           num_sequences=2, num_steps=K, solver_steps=M, shift=SHIFT,
-                          guidance_scale=2.0, num_shards=2)
+                          guidance_scale=2.0, num_shards=2, teacher_step=1)
   assert "index.json" in os.listdir(tmp_path)
   assert not [name for name in os.listdir(tmp_path) if "ode_pairs" in name]
+
+
+def test_pairs_are_stale_unless_made_from_the_teachers_newest_checkpoint(tmp_path):
+  """stale_problem, which launch/self_forcing.sh runs before the ODE stage: pairs of the teacher's
+  newest step pass; of another step, or recording none and older than that step, are named;
+  METADATA that cannot be read is one line."""
+  teacher, pairs = tmp_path / "teacher", tmp_path / "pairs"
+  (teacher / "checkpoints" / "5").mkdir(parents=True)
+  pairs.mkdir()
+  metadata = pairs / ode_pairs.METADATA
+  assert ode_pairs.stale_problem(str(pairs), str(tmp_path / "untrained")) is None
+  metadata.write_text(json.dumps({"teacher_step": 5}))
+  assert ode_pairs.stale_problem(str(pairs), str(teacher)) is None
+  metadata.write_text(json.dumps({"teacher_step": 3}))
+  assert ode_pairs.stale_problem(str(pairs), str(teacher)) == (
+      f"the ODE pairs in {pairs} were made from step 3 of the teacher in {teacher}, whose"
+      " newest checkpoint is step 5")
+  metadata.write_text("{}")  # made before teacher_step was recorded, after the teacher's step 5
+  assert ode_pairs.stale_problem(str(pairs), str(teacher)) is None
+  os.utime(metadata, (0, 0))
+  assert "record no teacher step" in ode_pairs.stale_problem(str(pairs), str(teacher))
+  for damaged in ("[1, 2]", "{not json"):
+    metadata.write_text(damaged)
+    with pytest.raises(errors.UserError, match="cannot be read as ODE pairs' metadata"):
+      ode_pairs.stale_problem(str(pairs), str(teacher))

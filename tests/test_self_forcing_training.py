@@ -246,6 +246,37 @@ def test_the_launch_script_evaluates_trained_stages_not_evaluated_at_their_last_
                       ("videoar.main", f"{TEST_RUNS}/self_forcing", "evaluate")]
 
 
+@pytest.mark.parametrize("made", ["at another step", "before the teacher's step, unrecorded"])
+def test_the_launch_script_stops_on_pairs_made_from_another_teacher_step(tmp_path, made):
+  """An older script made ODE pairs from a teacher stopped part way (a SIGTERM), and the pairs
+  stayed when the teacher was trained on: the ODE student then trained on pairs of a half-trained
+  teacher, with no word. Now pairs whose recorded teacher step is not the teacher's newest
+  checkpoint, or that record none and are older than it, stop the script in one line (status 2)
+  before any stage runs; nothing is moved."""
+  for stage in LAUNCH_STAGES:
+    _launched_stage(tmp_path, stage, step=5)
+  pairs = tmp_path / TEST_RUNS / "ode_pairs"
+  pairs.mkdir()
+  if made == "at another step":
+    (pairs / "ode_pairs.json").write_text(json.dumps({"teacher_step": 1}))
+    why = (f"the ODE pairs in {TEST_RUNS}/ode_pairs were made from step 1 of the teacher in"
+           f" {TEST_RUNS}/teacher, whose newest checkpoint is step 5")
+  else:
+    (pairs / "ode_pairs.json").write_text("{}")
+    os.utime(pairs / "ode_pairs.json", (0, 0))  # written before the teacher's checkpoint
+    why = (f"the ODE pairs in {TEST_RUNS}/ode_pairs record no teacher step (an older"
+           f" videoar.ode_pairs made them) and were made before step 5 of the teacher in"
+           f" {TEST_RUNS}/teacher")
+  result, commands = _launch_with_stand_in(tmp_path)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert commands == []
+  assert result.stderr.strip().splitlines() == [
+      f"error: launch/self_forcing.sh: {why}; move {TEST_RUNS}/ode_pairs aside, and"
+      f" {TEST_RUNS}/ode and {TEST_RUNS}/self_forcing if they were trained from it, then run"
+      " the script again"]
+  assert (pairs / "ode_pairs.json").exists()
+
+
 @pytest.mark.parametrize("world", ["occluded", "moving_mnist"])
 def test_every_stage_on_another_world_reads_the_clips_of_the_resampling_forcing_study(world):
   """The Self Forcing pipeline's world variants: the teacher, the Self Forcing stage and the ODE

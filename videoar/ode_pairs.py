@@ -22,7 +22,8 @@ clip, each frame record holding `video` (the clean endpoint, float32 [H, W, C]) 
 Stored per frame, the states stay aligned with whatever frames a clip reads. The conditioning the
 teacher was guided with is stored as array_record stores it (label and text per sequence,
 actions per frame), so the student is conditioned on the same. ode_pairs.json records num_steps
-(K), solver_steps (M), warp_shift, guidance_scale and the K + 1 state `times`.
+(K), solver_steps (M), warp_shift, guidance_scale, the K + 1 state `times` and `teacher_step`,
+the step of the teacher's checkpoint the pairs were made from (`stale_problem` checks it).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from videoar.diffusion import flow
 from videoar.errors import UserError
 from videoar.forcing import ode_regression
 from videoar.models import dit
+from videoar.train import checkpoint as checkpoint_lib
 
 METADATA = ode_regression.METADATA
 
@@ -131,9 +133,10 @@ def pair_sequences(model: dit.CausalDiT, params, batches: Iterable[dict], rng: j
 
 def write_pairs(path: str, model: dit.CausalDiT, params, batches: Iterable[dict],
                 rng: jax.Array, *, num_sequences: int, num_steps: int, solver_steps: int,
-                shift: float, guidance_scale: float, num_shards: int) -> int:
+                shift: float, guidance_scale: float, num_shards: int, teacher_step: int) -> int:
   """Writes pair_sequences() to the array_record directory `path` over `num_shards` frame shards,
-  with METADATA beside them; returns how many sequences were written."""
+  with METADATA beside them (`teacher_step`: the step of the checkpoint `params` came from);
+  returns how many sequences were written."""
   sequences = pair_sequences(model, params, batches, rng, num_sequences=num_sequences,
                              num_steps=num_steps, solver_steps=solver_steps, shift=shift,
                              guidance_scale=guidance_scale)
@@ -142,7 +145,8 @@ def write_pairs(path: str, model: dit.CausalDiT, params, batches: Iterable[dict]
       num_shards=min(num_shards, num_sequences))
   metadata = dict(num_steps=num_steps, solver_steps=solver_steps, warp_shift=shift,
                   guidance_scale=guidance_scale,
-                  times=ode_regression.state_times(num_steps, shift).tolist())
+                  times=ode_regression.state_times(num_steps, shift).tolist(),
+                  teacher_step=teacher_step)
   # Whole or absent: the launch script takes the file for finished pairs.
   with files.replaced(os.path.join(path, METADATA)) as f:
     json.dump(metadata, f)
@@ -166,15 +170,53 @@ def main(argv):
   if problem:
     raise UserError(f"--teacher_workdir={args.teacher_workdir!r} is invalid: {problem}")
   exp = experiment.build(config)
-  params = experiment.restore_params(exp, args.teacher_workdir, config.sample.use_ema)
+  teacher = experiment.restore_trained(exp, args.teacher_workdir, config.sample.use_ema)
   batches = pipeline.train_batches(exp.source, batch_size=args.batch_size,
                                    num_frames=config.data.num_frames, seed=config.seed)
   written = write_pairs(
-      args.output, exp.model, params, (batches[i] for i in itertools.count()),
+      args.output, exp.model, teacher.params, (batches[i] for i in itertools.count()),
       jax.random.key(config.seed), num_sequences=args.num_sequences, num_steps=args.num_steps,
       solver_steps=args.solver_steps, shift=args.warp_shift,
-      guidance_scale=config.sample.guidance_scale, num_shards=args.num_shards)
-  print(f"wrote {written} ODE pairs of {config.data.num_frames} frames to {args.output}")
+      guidance_scale=config.sample.guidance_scale, num_shards=args.num_shards,
+      teacher_step=teacher.step)
+  print(f"wrote {written} ODE pairs of {config.data.num_frames} frames to {args.output} from"
+        f" the teacher's step {teacher.step}")
+
+
+def stale_problem(pairs: str, teacher_workdir: str) -> str | None:
+  """Why the ODE pairs in the directory `pairs` are not the ones the newest checkpoint of the
+  teacher in `teacher_workdir` would make, or None when they are (or the teacher has no
+  checkpoint: that is said where the teacher is read).
+
+  Pairs record the teacher's step they were made from (METADATA's teacher_step). Pairs made before
+  it was recorded count as made from an earlier teacher when the teacher's newest checkpoint was
+  written after their METADATA: an older launch/self_forcing.sh made pairs from a teacher stopped
+  part way (a SIGTERM), and they stayed when the teacher was trained on.
+
+  Raises:
+    UserError: pairs/METADATA is missing or cannot be read as JSON.
+  """
+  steps = checkpoint_lib.finished_steps(os.path.join(teacher_workdir, "checkpoints"))
+  if not steps:
+    return None
+  newest = steps[-1]
+  path = os.path.join(pairs, METADATA)
+  try:
+    with open(path) as f:
+      made = json.load(f).get("teacher_step")
+  except (OSError, ValueError, AttributeError) as e:
+    raise UserError(f"{path} cannot be read as ODE pairs' metadata ({type(e).__name__}: {e});"
+                    " write the pairs again with python -m videoar.ode_pairs") from None
+  if made is None:
+    saved = os.path.getmtime(os.path.join(teacher_workdir, "checkpoints", str(newest)))
+    if saved <= os.path.getmtime(path):
+      return None
+    return (f"the ODE pairs in {pairs} record no teacher step (an older videoar.ode_pairs made"
+            f" them) and were made before step {newest} of the teacher in {teacher_workdir}")
+  if made != newest:
+    return (f"the ODE pairs in {pairs} were made from step {made} of the teacher in"
+            f" {teacher_workdir}, whose newest checkpoint is step {newest}")
+  return None
 
 
 def check_output(output: str) -> None:
