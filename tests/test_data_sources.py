@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import grain
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -358,6 +359,23 @@ def test_ids_past_the_models_embedding_are_a_config_error_naming_the_largest(
   assert str(error.value) == (
       f"config.model.{key}={largest} is invalid: data.source={name!r} has {words}s up to"
       f" {largest}: must be >= {largest + 1} (the id {key} is the null one)")
+
+
+def test_labels_asked_of_a_video_folder_for_an_unconditioned_model_are_a_config_error(videos):
+  """data.options.labels=True with model.num_classes=0 trained an unconditioned model, the
+  labels dropped without a word."""
+  source = pipeline.make_source("video_folder", path=str(videos), size=16, labels=True)
+  clip = source.clip(0, 0, 4)
+  config = _conditioned_config("video_folder", "num_classes", 0)
+  config.data.options = ml_collections.ConfigDict({"labels": True})
+  with pytest.raises(ConfigError) as error:
+    validate.validate_source(config, source, clip)
+  assert str(error.value) == (
+      "config.data.options.labels=True is invalid: gives every clip one of 2 class labels, which"
+      " model.num_classes=0 does not read: set model.num_classes=2 to condition on them, or"
+      " leave labels off")
+  config.model.num_classes = 2
+  validate.validate_source(config, source, clip)
 
 
 def test_array_record_reads_back_what_was_written(pong, latents):

@@ -346,3 +346,9 @@ def test_learning_curve_refuses_runs_of_different_worlds(tmp_path):
     same = curve(bouncing, seed1)
     assert same.returncode == 0, same.stderr[-2000:]
     assert "| 100 | 0.0 | 1.00 ± 0.00 |" in same.stdout
+    # A run.json that is not a record: a reader's advice, not training's "use a new --workdir".
+    (tmp_path / "seed1" / "run.json").write_text("[1, 2]")
+    damaged = curve(bouncing, seed1)
+    assert damaged.returncode == 2 and damaged.stderr == (
+        f"error: {seed1}/run.json is not a run record (a JSON object of 'config' and 'dataset'"
+        " objects): restore it from a copy\n"), damaged.stderr[-2000:]

@@ -177,6 +177,13 @@ def test_compare_and_the_sweeps_table_refuse_runs_of_different_worlds(tmp_path, 
         " compare runs of one world only\n")
   compare.main([f"a={unrecorded},{bouncing}"])
   assert "PSNR" in capsys.readouterr().out
+  # A config that records no data (or no data.source) says nothing of its world: it was refused
+  # as "data.source bouncing -> None".
+  for i, config in enumerate(({"model": {"depth": 4}}, {"data": {"options": {}}})):
+    no_data = str(tmp_path / f"no_data{i}")
+    _fake_eval(no_data, 20.0, 1.0, config=config)
+    compare.main([f"a={bouncing},{no_data}"])
+    assert "PSNR" in capsys.readouterr().out
 
   runs = [sweep.Run("a", 0, bouncing, ()), sweep.Run("a", 1, mnist, ())]
   with pytest.raises(errors.UserError, match="were made on different data"):

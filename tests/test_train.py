@@ -98,6 +98,18 @@ def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_run(tmp_path):
   assert sorted(losses("resumed")) == [1, 2, 3, 4]
 
 
+def test_training_on_a_damaged_run_record_is_one_line_with_the_trainers_advice(tmp_path):
+  """RunRecord.load's line is a reader's ("restore it from a copy"); training, which would write
+  the workdir, adds its own way on."""
+  (tmp_path / "run.json").write_text('{"config": ')
+  with pytest.raises(workdir_lib.RunRefused) as refused:
+    trainer.train(experiment.build(tiny_config()), str(tmp_path))
+  assert str(refused.value).startswith(f"{tmp_path}/run.json is not valid JSON (")
+  assert str(refused.value).endswith("): restore it from a copy, or use a new --workdir")
+  assert (tmp_path / "run.json").read_text() == '{"config": '
+  assert sorted(os.listdir(tmp_path)) == [".lock", "run.json"]  # the lock file, emptied
+
+
 def test_evaluation_while_training_logs_the_ema_weights_segment_metrics(tmp_path):
   """eval.every: metrics.jsonl gets the segment metrics at those steps and the last, computed on
   the weights the checkpoint's EMA holds (the same figures as evaluating it afterwards), and

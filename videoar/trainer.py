@@ -156,7 +156,10 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
 
   # --- the run in the workdir: resume it, refuse, or start a new one ---------------------------
   record = workdir_lib.RunRecord(config.to_dict(), data_identity(exp))
-  recorded = workdir_lib.RunRecord.load(workdir)
+  try:
+    recorded = workdir_lib.RunRecord.load(workdir)
+  except workdir_lib.RunRefused as e:
+    raise workdir_lib.RunRefused(f"{e}, or use a new --workdir") from None
   checkpoints = os.path.join(workdir, "checkpoints")
   # Checked before any checkpoint is opened: the record says what changed better than the arrays
   # of a checkpoint that no longer fit.

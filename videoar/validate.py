@@ -450,6 +450,13 @@ def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSour
     if entry in _ID_NAMES and count > size:
       fail(key, size, f"data.source={config.data.source!r} has {_ID_NAMES[entry]}s up to"
            f" {count - 1}: must be >= {count} (the id {key.split('.')[-1]} is the null one)")
+  # Labels asked of a source (a video folder's subfolders) that no model reads were dropped
+  # without a word: the run trained unconditioned.
+  if config.data.options.get("labels") and not config.model.num_classes:
+    count = pipeline.id_counts(source).get("label", 0)
+    fail("data.options.labels", True, f"gives every clip one of {count} class labels, which"
+         f" model.num_classes=0 does not read: set model.num_classes={count} to condition on"
+         " them, or leave labels off")
   if config.forcing.paradigm == "ode_regression":
     # Its data are the teacher's ODE pairs, whole clips with nothing held out; its student is
     # sampled and evaluated on the world (configs/bouncing_sf.py's "ode,world").

@@ -139,12 +139,18 @@ def evaluated_step(run: str) -> int | None:
 def data_difference(first: dict, second: dict) -> workdir_lib.Difference | None:
   """The first difference between the data two configs (as dicts) train and evaluate on:
   data.source, else the first key of data.options (in sorted order) whose value differs; None
-  where they are the same world. Other data keys (clip length, batch size) are the run's own."""
+  where they are the same world. Other data keys (clip length, batch size) are the run's own. A
+  key one config lacks (a hand-written config, or an option added to the code after the run) is
+  not known, so not a difference: it was said as "-> None"."""
   for key in ("source", "options"):
-    records = [workdir_lib.RunRecord({"data": {key: config.get("data", {}).get(key)}}, {})
-               for config in (first, second)]
-    # Sorted by key; no data.source or data.options key is harmless to compare().
-    differences = workdir_lib.compare(*records).blocking
+    records = []
+    for config in (first, second):
+      data = config.get("data")
+      data = data if isinstance(data, dict) else {}
+      records.append(workdir_lib.RunRecord({"data": {key: data[key]}} if key in data else {}, {}))
+    # Sorted by key.
+    differences = [d for d in workdir_lib.compare(*records).blocking
+                   if workdir_lib.ABSENT not in (d.old, d.new)]
     if differences:
       return differences[0]
   return None

@@ -218,7 +218,8 @@ class RunRecord:
     """The record in WORKDIR/run.json, or None when there is none (a workdir no run started).
 
     Raises:
-      RunRefused: run.json is not a run record.
+      RunRefused: run.json is not a run record; the line's advice is a reader's (restore it),
+        and a command that would write the workdir adds its own.
     """
     path = os.path.join(workdir, RECORD_NAME)
     try:
@@ -227,12 +228,11 @@ class RunRecord:
     except FileNotFoundError:
       return None
     except ValueError as e:
-      raise RunRefused(f"{path} is not valid JSON ({e}): restore it from a copy, or use a new"
-                       " --workdir") from None
+      raise RunRefused(f"{path} is not valid JSON ({e}): restore it from a copy") from None
     if (not isinstance(content, dict) or set(content) != {"config", "dataset"}
         or not all(isinstance(v, dict) for v in content.values())):
       raise RunRefused(f"{path} is not a run record (a JSON object of 'config' and 'dataset'"
-                       " objects): restore it from a copy, or use a new --workdir")
+                       " objects): restore it from a copy")
     return cls(config=content["config"], dataset=content["dataset"])
 
 
