@@ -4,6 +4,7 @@ nothing on disk lost."""
 import errno
 import gc
 import glob
+import importlib.util
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from videoar import experiment
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import state as state_lib
 
@@ -233,3 +235,64 @@ def test_damage_status_from_a_failing_filesystem_moves_nothing(saved, tmp_path, 
   with pytest.raises(checkpoint_lib.CheckpointUnreadable, match=r"\(OSError: \[Errno 107\]"):
     restore(saved)
   assert files(tmp_path) == before
+
+
+def _config(name: str, variant: str):
+  """get_config(variant) of configs/NAME, loaded from its file (configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
+  spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def _run_of(exp, workdir) -> str:
+  """WORKDIR with a checkpoint (step 0) of a fresh train state of `exp`'s model."""
+  state = state_lib.create(experiment.init_params(exp, jax.random.key(0)),
+                           state_lib.make_optimizer(exp.config))
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1)
+  checkpointer.save(state)
+  checkpointer.close()
+  return str(workdir)
+
+
+def test_scan_layers_is_advised_only_when_the_block_layout_is_the_whole_difference(tmp_path):
+  """A checkpoint of a completely different model in the other block layout (a Wan tiny run
+  read by the bouncing world's tiny model, and the reverse) used to get the advice to set
+  model.scan_layers, after which it failed again; it is another model, named by an array whose
+  shapes differ. The same model in the other layout still gets the advice."""
+  wan_config = _config("wan_1p3b.py", "tiny")
+  wan = experiment.build_for_shapes(wan_config, (8, 8, 4))
+
+  def bouncing_model(scan_layers):
+    config = _config("bouncing_tiny.py", "test")
+    config.model.depth = 2  # the scanned layout stacks more than one block
+    config.model.scan_layers = scan_layers
+    return experiment.build(config)
+
+  bouncing, bouncing_scanned = bouncing_model(False), bouncing_model(True)
+  assert wan.config.model.scan_layers and not bouncing.config.model.scan_layers
+  cases = [
+      (bouncing, _run_of(wan, tmp_path / "wan"),
+       "was written for another model or optimizer: params/params/patch_embed/kernel is"
+       " float32[16, 32] in the checkpoint, float32[384, 32] in this config ("),
+      (wan, _run_of(bouncing, tmp_path / "bouncing"),
+       "was written for another model or optimizer: params/params/patch_embed/kernel is"
+       " float32[384, 32] in the checkpoint, float32[16, 32] in this config ("),
+      (bouncing, _run_of(bouncing_scanned, tmp_path / "bouncing_scanned"),
+       "holds the model's blocks scanned and this config builds them unscanned: set"
+       " --config.model.scan_layers=True to read it"),
+      (bouncing_scanned, str(tmp_path / "bouncing"),
+       "holds the model's blocks unscanned and this config builds them scanned: set"
+       " --config.model.scan_layers=False to read it"),
+  ]
+  for reader, workdir, says in cases:
+    with pytest.raises(checkpoint_lib.CheckpointMismatch) as error:
+      experiment.restore_trained(reader, workdir, use_ema=True)
+    message = str(error.value)
+    assert message.startswith(f"checkpoint 0 in {workdir}/checkpoints {says}"), message
+    assert "\n" not in message
+    if "another model" in message:
+      assert "--config.model.scan_layers" not in message
+      assert message.endswith("arrays differ); use a new --workdir, or restore the config the"
+                              " run was started with")

@@ -281,3 +281,78 @@ def test_stream_rejects_a_partial_chunk_on_the_call_like_generate():
   # Raised while tracing: JAX appends a note on its traceback filtering to the message.
   with pytest.raises(ValueError, match=f"^{message}"):
     sampler.generate(params, jax.random.key(0), 5, 2, 1.0)
+
+
+_CONTEXT = np.zeros((1, 2, 8, 8, 3), np.float32)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (dict(context_bfhwc=np.zeros((1, 2, 16, 8, 3), np.float32)),
+     "context_bfhwc has shape (1, 2, 16, 8, 3): must be [batch, frames, 8, 8, 3], frames of the"
+     " shape this sampler was built for (frame_shape=(8, 8, 3))"),
+    (dict(context_bfhwc=np.zeros((1, 2, 8, 8, 4), np.float32)),
+     "context_bfhwc has shape (1, 2, 8, 8, 4): must be [batch, frames, 8, 8, 3]"),
+    (dict(context_bfhwc=np.zeros((2, 8, 8, 3), np.float32)),
+     "context_bfhwc has shape (2, 8, 8, 3): must be [batch, frames, 8, 8, 3]"),
+    (dict(context_bfhwc=np.zeros((1, 3, 8, 8, 3), np.float32)),
+     "context_bfhwc has 3 frames (shape (1, 3, 8, 8, 3)): must be a multiple of chunk=2, as the"
+     " context is written into the cache chunk by chunk"),
+    (dict(context_bfhwc=np.full((1, 2, 8, 8, 3), 255, np.uint8)),
+     "context_bfhwc has dtype uint8: must be floating, frames as the data pipeline gives them"
+     " (pixels in [-1, 1]: uint8 p as p / 127.5 - 1; latents as written)"),
+    (dict(context_bfhwc=np.zeros((0, 2, 8, 8, 3), np.float32)),
+     "context_bfhwc has shape (0, 2, 8, 8, 3): its batch must be at least 1"),
+    (dict(time_shift=0.0), "time_shift=0.0 is invalid: must be a finite number > 0 (1 leaves the"
+     " time grid unshifted; 0 makes every frame NaN)"),
+    (dict(time_shift=float("nan")), "time_shift=nan is invalid: must be a finite number > 0"),
+    (dict(num_steps=0), "num_steps=0 is invalid: must be an integer >= 1 (0 would return the"
+     " start noise)"),
+    (dict(batch=0, context_bfhwc=None), "batch=0 is invalid: must be an integer >= 1 (the videos to generate)"),
+    (dict(num_frames=-2), "num_frames=-2 is invalid: must be a positive multiple of chunk=2 (the"
+     " frames to generate after the context)"),
+    (dict(num_frames=0), "num_frames=0 is invalid: must be a positive multiple of chunk=2"),
+], ids=["context of other frames", "context of other channels", "context without frames axis",
+        "context of a partial chunk", "uint8 context", "context of no video", "time_shift 0",
+        "time_shift nan", "num_steps 0", "batch 0", "negative num_frames", "no frames"])
+def test_bad_arguments_to_stream_and_generate_are_one_line_naming_them(arguments, message):
+  """Each used to fail inside the model (a concatenate TypeError, a ZeroDivisionError), or to
+  give wrong frames without a word (NaN from time_shift=0, the start noise from num_steps=0,
+  pixels of 0-255 taken for model values, nothing at all for num_frames=-2): now refused on
+  the call, before anything compiles, naming the argument and what it must be."""
+  model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2)
+  params = _random_params(model, 4, 2)
+  sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=2, window=4)
+  arguments = dict(num_frames=2, num_steps=2, time_shift=1.0, context_bfhwc=_CONTEXT,
+                   batch=1) | arguments
+  with pytest.raises(ValueError) as error:
+    sampler.stream(params, jax.random.key(0), **arguments)
+  assert str(error.value).startswith(message)
+  assert "\n" not in str(error.value)
+  assert sampler._jit_chunk_step._cache_size() == sampler._jit_prefill._cache_size() == 0
+  context, batch = arguments.pop("context_bfhwc"), arguments.pop("batch")
+  with pytest.raises(ValueError) as error:  # raised while tracing: JAX appends a note
+    sampler.generate(params, jax.random.key(0), *arguments.values(), context, batch=batch)
+  assert str(error.value).startswith(message)
+
+
+def test_a_sampler_of_no_chunk_or_of_frames_of_another_rank_is_refused_naming_the_argument():
+  model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2)
+  with pytest.raises(ValueError, match=r"^sampler chunk=0 must be an integer >= 1$"):
+    sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=0, window=4)
+  with pytest.raises(ValueError, match=r"^sampler frame_shape=\(8, 8\) must be \(H, W, C\)"):
+    sampling.Sampler(model, frame_shape=(8, 8), chunk=1, window=4)
+
+
+def test_generate_on_true_history_refuses_a_context_that_leaves_a_partial_chunk():
+  model = dit.CausalDiT(patch=4, width=32, depth=1, num_heads=2)
+  params = _random_params(model, 4, 2)
+  sampler = sampling.Sampler(model, frame_shape=(8, 8, 3), chunk=2, window=4)
+  video = np.zeros((1, 4, 8, 8, 3), np.float32)
+  for num_context in (1, 4):
+    with pytest.raises(ValueError, match=(
+        f"^num_context={num_context} is invalid for video_bfhwc of 4 frames: the context and the"
+        " frames after it must each be a multiple of chunk=2, and at least one chunk must")):
+      sampler.generate_on_true_history(params, jax.random.key(0), video, num_context, 2, 1.0)
+  with pytest.raises(ValueError, match="^video_bfhwc has dtype uint8: must be floating"):
+    sampler.generate_on_true_history(params, jax.random.key(0), video.astype(np.uint8), 2, 2,
+                                     1.0)

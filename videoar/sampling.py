@@ -85,8 +85,8 @@ class Sampler:
       frames that much less, which Diffusion Forcing (Chen et al. 2024) uses to stabilise long
       rollouts (on our worlds it did not help: docs/results.md). 0: clean, as in training.
 
-  Raises ValueError for a window that is not whole chunks, a sink that is not, or an unknown
-  solver.
+  Raises ValueError for a chunk below 1, a frame_shape that is not three positive sizes, a
+  window that is not whole chunks, a sink that is not, or an unknown solver.
   """
 
   def __init__(self, model: dit.CausalDiT, *, frame_shape: tuple[int, int, int], chunk: int,
@@ -94,6 +94,11 @@ class Sampler:
                sink_frames: int = 0, train_frames: int | None = None,
                guide_history: bool = False, guidance_interval: tuple[float, float] = (0.0, 1.0),
                history_time: float = 0.0):
+    if not _is_int(chunk) or chunk < 1:
+      raise ValueError(f"sampler chunk={chunk!r} must be an integer >= 1")
+    if len(frame_shape) != 3 or not all(_is_int(size) and size >= 1 for size in frame_shape):
+      raise ValueError(f"sampler frame_shape={tuple(frame_shape)!r} must be (H, W, C), three"
+                       " positive sizes")
     if window % chunk:
       raise ValueError(f"sampler window={window} must be a multiple of chunk={chunk}")
     if solver not in SOLVERS:
@@ -105,7 +110,7 @@ class Sampler:
     self.span = (window if train_frames is None else train_frames) - chunk
     self.solver = solver
     self.model = model
-    self.frame_shape = tuple(frame_shape)
+    self.frame_shape = tuple(int(size) for size in frame_shape)
     self.chunk = chunk
     self.slots = window - chunk
     self.guidance_scale = guidance_scale
@@ -247,6 +252,58 @@ class Sampler:
     if num_frames % self.chunk:
       raise ValueError(f"{num_frames} frames are not a multiple of chunk={self.chunk}")
 
+  def _check_call(self, num_frames, num_steps, time_shift, context_bfhwc, cond, batch) -> None:
+    """Raises ValueError, in one line naming the argument, its value and what is allowed, for
+    arguments of generate or stream that would fail deep inside the model (a context of other
+    frames, a batch of none), or give silently wrong frames (NaN from time_shift=0, the start
+    noise back from num_steps=0, pixels of 0-255 read as model values, nothing at all from
+    num_frames <= 0)."""
+    if not _is_int(num_frames) or num_frames < 1:
+      raise ValueError(f"num_frames={num_frames!r} is invalid: must be a positive multiple of"
+                       f" chunk={self.chunk} (the frames to generate after the context)")
+    self._check_whole_chunks(num_frames)
+    self._check_steps(num_steps, time_shift)
+    if context_bfhwc is not None:
+      self._check_frames("context_bfhwc", context_bfhwc)
+      if context_bfhwc.shape[1] % self.chunk:
+        raise ValueError(
+            f"context_bfhwc has {context_bfhwc.shape[1]} frames (shape"
+            f" {tuple(context_bfhwc.shape)}): must be a multiple of chunk={self.chunk}, as the"
+            " context is written into the cache chunk by chunk")
+    elif cond:
+      key, value = next(iter(cond.items()))
+      if not value.shape[0]:
+        raise ValueError(f"cond[{key!r}] has shape {tuple(value.shape)}: its batch (the videos to"
+                         " generate) must be at least 1")
+    elif not _is_int(batch) or batch < 1:
+      raise ValueError(f"batch={batch!r} is invalid: must be an integer >= 1 (the videos to"
+                       " generate)")
+
+  def _check_steps(self, num_steps, time_shift) -> None:
+    """Raises ValueError for a num_steps or time_shift that gives no usable time grid."""
+    if not _is_int(num_steps) or num_steps < 1:
+      raise ValueError(f"num_steps={num_steps!r} is invalid: must be an integer >= 1 (0 would"
+                       " return the start noise)")
+    if not isinstance(time_shift, (int, float, np.number)) or not np.isfinite(time_shift) or (
+        time_shift <= 0):
+      raise ValueError(f"time_shift={time_shift!r} is invalid: must be a finite number > 0 (1"
+                       " leaves the time grid unshifted; 0 makes every frame NaN)")
+
+  def _check_frames(self, name: str, frames_bfhwc) -> None:
+    """Raises ValueError unless `frames_bfhwc` (the argument `name`) is [B >= 1, F, H, W, C] of
+    this sampler's frame shape, of a floating dtype."""
+    shape = tuple(frames_bfhwc.shape)
+    if len(shape) != 5 or shape[2:] != self.frame_shape:
+      h, w, c = self.frame_shape
+      raise ValueError(f"{name} has shape {shape}: must be [batch, frames, {h}, {w}, {c}], frames"
+                       f" of the shape this sampler was built for (frame_shape={self.frame_shape})")
+    if not shape[0]:
+      raise ValueError(f"{name} has shape {shape}: its batch must be at least 1")
+    if not jnp.issubdtype(frames_bfhwc.dtype, jnp.floating):
+      raise ValueError(
+          f"{name} has dtype {frames_bfhwc.dtype}: must be floating, frames as the data pipeline"
+          " gives them (pixels in [-1, 1]: uint8 p as p / 127.5 - 1; latents as written)")
+
   def _chunks(self, x_bf):
     """[B, F, ...] -> [F / chunk, B, chunk, ...] for scanning."""
     b, f = x_bf.shape[:2]
@@ -362,13 +419,23 @@ class Sampler:
   @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5), static_argnames=("batch",))
   def generate(self, params, rng, num_frames: int, num_steps: int, time_shift: float,
                context_bfhwc=None, cond=None, batch: int = 1):
-    """Generates `num_frames` frames from noise after an optional clean context.
+    """Generates `num_frames` frames [B, num_frames, H, W, C] from noise after an optional clean
+    context.
 
-    `cond`: the model's conditioning arguments (CausalDiT.conditioning); per-frame ones
-    (actions) cover context and generated frames. `batch` videos are generated when neither the
-    context nor the conditioning gives the batch size. The start noise is normal(rng); the
-    few-step solver runs all `num_steps` steps and re-noises with fold_in(rng, 1) as rollout's
-    key."""
+    `context_bfhwc`: [B, F, H, W, C] of frame_shape, F a multiple of the chunk, floating frames
+    as the data pipeline gives them (pixels in [-1, 1], uint8 p as p / 127.5 - 1; latents as
+    written), the scale the generated frames come out on. `cond`: the model's conditioning
+    arguments (CausalDiT.conditioning); per-frame ones (actions) cover context and generated
+    frames. `batch` videos are generated when neither the context nor the conditioning gives the
+    batch size. `num_steps` >= 1 Euler (or few-step) steps on flow.step_times' grid shifted by
+    `time_shift` > 0. The start noise is normal(rng); the few-step solver runs all `num_steps`
+    steps and re-noises with fold_in(rng, 1) as rollout's key.
+
+    Raises ValueError while tracing, before anything compiles, for a num_frames that is not a
+    positive multiple of the chunk, num_steps < 1, a time_shift that is not finite and > 0, a
+    batch of 0, or a context of another frame shape, of a frame count that is not whole chunks,
+    or of an integer dtype (pixels of 0-255 are not rescaled on a guess)."""
+    self._check_call(num_frames, num_steps, time_shift, context_bfhwc, cond, batch)
     cond = cond or {}
     batch = _batch_size(context_bfhwc, cond, batch)
     cache, num_context, times = self._start(self.prefill, params, batch, num_steps, time_shift,
@@ -388,7 +455,20 @@ class Sampler:
     frames before it (rollout_on_true_history, with its own_cache and own_previous_frame), after
     a prefill of the first num_context; returns [B, F - num_context, H, W, C]. The start noise
     is normal(rng) of that shape, what `generate` draws for as many frames, so the first chunk
-    is generate's. Conditioning as in `generate`, over all F frames."""
+    is generate's. Conditioning, frames and the time grid as in `generate`, over all F frames.
+
+    Raises ValueError while tracing for a video as generate refuses a context, a num_context
+    that does not leave the context and the rest whole chunks (the rest at least one), or
+    generate's num_steps and time_shift."""
+    self._check_steps(num_steps, time_shift)
+    self._check_frames("video_bfhwc", video_bfhwc)
+    total = video_bfhwc.shape[1]
+    if not _is_int(num_context) or not 0 <= num_context < total or (
+        num_context % self.chunk or (total - num_context) % self.chunk):
+      raise ValueError(
+          f"num_context={num_context!r} is invalid for video_bfhwc of {total} frames: the"
+          f" context and the frames after it must each be a multiple of chunk={self.chunk},"
+          " and at least one chunk must follow the context")
     cond = cond or {}
     batch, num_frames = video_bfhwc.shape[:2]
     cache, _, times = self._start(self.prefill, params, batch, num_steps, time_shift,
@@ -406,11 +486,14 @@ class Sampler:
              context_bfhwc=None, cond=None, batch: int = 1) -> Iterator[np.ndarray]:
     """An iterator over the chunks [B, chunk, H, W, C], each as soon as it is generated; one
     compiled chunk step. Chunk i starts from normal(key_i) (key_i split from `rng` in turn) and
-    the few-step solver re-noises it with fold_in(key_i, 1).
+    the few-step solver re-noises it with fold_in(key_i, 1). Arguments, shapes and the range of
+    frames as in `generate`.
 
-    Raises ValueError, on the call and before compiling, unless `num_frames` is a multiple of
-    the chunk (as generate does)."""
-    self._check_whole_chunks(num_frames)
+    Raises ValueError, on the call and before compiling, for the arguments generate refuses: a
+    num_frames that is not a positive multiple of the chunk, num_steps < 1, a time_shift that
+    is not finite and > 0, a batch of 0, a context of another frame shape, of a frame count
+    that is not whole chunks, or of an integer dtype."""
+    self._check_call(num_frames, num_steps, time_shift, context_bfhwc, cond, batch)
     return self._stream(params, rng, num_frames, num_steps, time_shift, context_bfhwc, cond, batch)
 
   def _stream(self, params, rng, num_frames, num_steps, time_shift, context_bfhwc, cond, batch):
@@ -434,6 +517,10 @@ def _frames(cond: dict, start: int, stop: int) -> dict:
   """`cond` with its per-frame entries cut to frames [start, stop)."""
   return {key: value[:, start:stop] if key in dit.PER_FRAME_CONDITIONING else value
           for key, value in cond.items()}
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _batch_size(context_bfhwc, cond: dict, default: int) -> int:

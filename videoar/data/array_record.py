@@ -28,6 +28,9 @@ from videoar import errors
 
 FRAME_KEYS = ("video", "actions", "ode_states")
 SEQUENCE_KEYS = ("label", "text")
+# The axes of each entry of a sequence (write_sequences): the frame keys' first is its frames.
+AXES = {"video": ("T", "h", "w", "c"), "actions": ("T",),
+        "ode_states": ("T", "K + 1", "h", "w", "c"), "label": (), "text": ("L", "D")}
 # The keys that hold ids into an embedding of the model (CausalDiT.num_classes, num_actions).
 ID_KEYS = ("label", "actions")
 # One record a group: a frame is read without decompressing its neighbours.
@@ -63,8 +66,17 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
   [T, K + 1, h, w, c], label [], text [L, D]}) to the dataset directory `path`, dealing them to
   `num_shards` frame shards in turn; returns how many were written.
 
+  Every sequence must hold the keys of the first, and shapes a model can train on together:
+  each per-frame entry (FRAME_KEYS) one frame shape ([h, w, c], [K + 1, h, w, c]) in every
+  sequence and one row per frame of `video`, each per-sequence entry (SEQUENCE_KEYS) one shape
+  (text padded to one L), and `video` uint8 pixels in all or float latents in all (the pipeline
+  rescales uint8 only). T may differ.
+
   Raises errors.UserError, before anything is written, when `path` already holds a finished
-  dataset (its index.json): a new one would overwrite it.
+  dataset (its index.json): a new one would overwrite it; errors.ConfigError (a ValueError)
+  naming the sequence, the entry and both shapes for a sequence that breaks the rules above,
+  when it comes: the shards written so far are left without index.json, which the next write
+  to `path` replaces.
   """
   from array_record.python import array_record_module  # only writing needs the writer
 
@@ -79,31 +91,36 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
       os.path.join(path, "sequences.array_record"), WRITER_OPTIONS)
   shard_sizes = [0] * num_shards
   placement = []  # (shard, first record in it, frames) of each sequence
-  keys = None
+  first = None  # {key: (its _shape, dtype)} of sequence 0
   largest_ids = {}
-  for i, sequence in enumerate(sequences):
-    unknown = set(sequence) - set(FRAME_KEYS) - set(SEQUENCE_KEYS)
-    if "video" not in sequence or unknown:
-      raise ValueError(f"sequence {i} has keys {sorted(sequence)}: needs video, and may have"
-                       f" only {', '.join(FRAME_KEYS[1:] + SEQUENCE_KEYS)}")
-    if keys is None:
-      keys = sorted(sequence)
-    elif sorted(sequence) != keys:
-      raise ValueError(f"sequence {i} has keys {sorted(sequence)}, sequence 0 had {keys}")
-    for key in ID_KEYS:
-      if key in sequence:
-        largest_ids[key] = max(largest_ids.get(key, 0), int(np.max(sequence[key])))
-    shard = i % num_shards
-    frame_arrays = {key: np.asarray(sequence[key]) for key in FRAME_KEYS if key in sequence}
-    num_frames = len(frame_arrays["video"])
-    for t in range(num_frames):
-      shards[shard].write(to_bytes({key: value[t] for key, value in frame_arrays.items()}))
-    sequence_writer.write(to_bytes(
-        {key: np.asarray(sequence[key]) for key in SEQUENCE_KEYS if key in sequence}))
-    placement.append((shard, shard_sizes[shard], num_frames))
-    shard_sizes[shard] += num_frames
-  for writer in shards + [sequence_writer]:
-    writer.close()
+  try:
+    for i, sequence in enumerate(sequences):
+      unknown = set(sequence) - set(FRAME_KEYS) - set(SEQUENCE_KEYS)
+      if "video" not in sequence or unknown:
+        raise errors.ConfigError(f"sequence {i} has keys {sorted(sequence)}: needs video, and may"
+                                 f" have only {', '.join(FRAME_KEYS[1:] + SEQUENCE_KEYS)}")
+      arrays = {key: np.asarray(sequence[key]) for key in sequence}
+      if first is None:
+        first = {key: (_shape(key, array), array.dtype) for key, array in arrays.items()}
+      elif sorted(arrays) != sorted(first):
+        raise errors.ConfigError(
+            f"sequence {i} has keys {sorted(arrays)}, sequence 0 had {sorted(first)}")
+      _check_shapes(i, arrays, first)
+      for key in ID_KEYS:
+        if key in arrays:
+          largest_ids[key] = max(largest_ids.get(key, 0), int(np.max(arrays[key])))
+      shard = i % num_shards
+      frame_arrays = {key: value for key, value in arrays.items() if key in FRAME_KEYS}
+      num_frames = len(frame_arrays["video"])
+      for t in range(num_frames):
+        shards[shard].write(to_bytes({key: value[t] for key, value in frame_arrays.items()}))
+      sequence_writer.write(to_bytes(
+          {key: value for key, value in arrays.items() if key in SEQUENCE_KEYS}))
+      placement.append((shard, shard_sizes[shard], num_frames))
+      shard_sizes[shard] += num_frames
+  finally:
+    for writer in shards + [sequence_writer]:
+      writer.close()
   if not placement:
     raise ValueError(f"no sequence to write to {path}")
   shard_starts = np.concatenate([[0], np.cumsum(shard_sizes)[:-1]])
@@ -116,6 +133,45 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
   with open(os.path.join(path, "index.json"), "w") as f:
     json.dump(index, f)
   return len(placement)
+
+
+def _shape(key: str, array: np.ndarray) -> tuple[int, ...]:
+  """The shape of entry `key` that must be the same in every sequence: a frame's of a per-frame
+  entry, the whole array's of a per-sequence one."""
+  return array.shape[1:] if key in FRAME_KEYS else array.shape
+
+
+def _check_shapes(i: int, arrays: dict[str, np.ndarray], first: dict[str, tuple]) -> None:
+  """Raises ConfigError unless sequence i's `arrays` have the axes of AXES, a row per frame of
+  video in every per-frame entry, and the shapes (_shape) and kind of video (uint8 pixels or
+  not) of sequence 0's (`first`: {key: (shape, dtype)}). Written, mixed shapes would fail only
+  in training: in the model's first step (frames), or in batching with a line that names no
+  entry (text)."""
+  for key, array in arrays.items():
+    if array.ndim != len(AXES[key]):
+      raise errors.ConfigError(f"sequence {i}: {key} has shape {list(array.shape)}: it must be"
+                               f" [{', '.join(AXES[key])}]")
+    if key in FRAME_KEYS and len(array) != len(arrays["video"]):
+      raise errors.ConfigError(
+          f"sequence {i}: {key} has {len(array)} rows and video {len(arrays['video'])} frames:"
+          " a per-frame entry has one row per frame")
+    ours, theirs = _shape(key, array), first[key][0]
+    if ours != theirs:
+      if key in FRAME_KEYS:
+        raise errors.ConfigError(
+            f"sequence {i}: {key} has frames of shape {list(ours)}, sequence 0's"
+            f" {list(theirs)}: a per-frame entry must have one frame shape in every sequence"
+            " (the model is built for one)")
+      pad = " (pad every text to one number of tokens L)" if key == "text" else ""
+      raise errors.ConfigError(
+          f"sequence {i}: {key} has shape {list(ours)}, sequence 0's {list(theirs)}: a"
+          f" per-sequence entry must have one shape in every sequence{pad}")
+  ours, theirs = arrays["video"].dtype, first["video"][1]
+  if (ours == np.uint8) != (theirs == np.uint8):
+    raise errors.ConfigError(
+        f"sequence {i}: video is {ours}, sequence 0's {theirs}:"
+        " video must be uint8 pixels in every sequence or float latents in every sequence (the"
+        " pipeline rescales uint8 pixels to [-1, 1] and reads floats as they are)")
 
 
 @dataclasses.dataclass(frozen=True)

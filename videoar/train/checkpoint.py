@@ -159,21 +159,32 @@ class Checkpointer:
 
   def _check_fits(self, step: int, stored_tree, like) -> None:
     """Raises CheckpointMismatch unless the arrays stored (orbax metadata) have the paths, shapes
-    and dtypes of those in `like`."""
-    expected = {ocp.tree.str_keypath(path): leaf
+    and dtypes of those in `like`. The advice to switch model.scan_layers is given only when the
+    block layout is the whole difference: a checkpoint of another model in the other layout
+    would only fail again after the switch. Otherwise the line names an array that differs,
+    one in both with its two shapes where there is one."""
+    expected = {ocp.tree.str_keypath(path): _spec(leaf)
                 for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]}
-    stored = ocp.tree.to_flat_dict(stored_tree)
-    differ = [path for path in {**expected, **stored}
-              if _spec(expected.get(path)) != _spec(stored.get(path))]
-    if not differ:
+    stored = {path: _spec(leaf) for path, leaf in ocp.tree.to_flat_dict(stored_tree).items()}
+    if stored == expected:
       return
     layouts = _block_layout(stored), _block_layout(expected)
-    if None not in layouts and layouts[0] != layouts[1]:
-      raise CheckpointMismatch(
-          f"checkpoint {step} in {self.directory} holds the model's blocks {layouts[0]} and this"
-          f" config builds them {layouts[1]}: set"
-          f" --config.model.scan_layers={layouts[0] == 'scanned'} to read it")
-    path = differ[0]
+    other_layout = None not in layouts and layouts[0] != layouts[1]
+    if other_layout:
+      # Compared block by block, as neither layout's paths are in the other.
+      stored, expected = _unstacked(stored), _unstacked(expected)
+      if stored == expected:
+        raise CheckpointMismatch(
+            f"checkpoint {step} in {self.directory} holds the model's blocks {layouts[0]} and"
+            f" this config builds them {layouts[1]}: set"
+            f" --config.model.scan_layers={layouts[0] == 'scanned'} to read it")
+    differ = [path for path in {**expected, **stored} if expected.get(path) != stored.get(path)]
+    # Named by preference: an array in both, with its two shapes; across layouts one outside
+    # the blocks, whose path is the same in both (a block's is block_i in one, stacked in the
+    # other).
+    path = min(differ, key=lambda path: (
+        path not in stored or path not in expected,
+        other_layout and any(name.startswith("block_") for name in path)))
     if path not in stored:
       first = f"{'/'.join(path)} is not in the checkpoint"
     elif path not in expected:
@@ -280,13 +291,28 @@ def _block_layout(flat: dict) -> str | None:
   return None
 
 
-def _spec(leaf) -> tuple | None:
-  """(shape, dtype) of an array, ShapeDtypeStruct or orbax ArrayMetadata; None for None."""
-  return None if leaf is None else (tuple(leaf.shape), np.dtype(leaf.dtype))
+def _unstacked(flat: dict) -> dict:
+  """A flat {path: (shape, dtype)} of a train state with the scanned blocks' arrays split into
+  the unscanned layout's block_0, block_1, ... (models/dit.py stacks them on the first axis)."""
+  unstacked = {}
+  for path, (shape, dtype) in flat.items():
+    if dit.SCANNED_BLOCKS not in path or not shape:
+      unstacked[path] = shape, dtype
+      continue
+    where = path.index(dit.SCANNED_BLOCKS)
+    for i in range(shape[0]):
+      unstacked[path[:where] + (f"block_{i}",) + path[where + 1:]] = shape[1:], dtype
+  return unstacked
 
 
-def _spec_str(leaf) -> str:
-  return f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+def _spec(leaf) -> tuple:
+  """(shape, dtype) of an array, ShapeDtypeStruct or orbax ArrayMetadata."""
+  return tuple(leaf.shape), np.dtype(leaf.dtype)
+
+
+def _spec_str(spec: tuple) -> str:
+  shape, dtype = spec
+  return f"{dtype.name}{list(shape)}"
 
 
 def _causes(error: BaseException) -> list[BaseException]:
