@@ -11,7 +11,7 @@ from typing import Callable
 from absl import flags
 import jax
 
-from videoar import errors
+from videoar import errors, files
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -90,8 +90,9 @@ def _cell(value) -> str:
 
 
 def define_json_flag() -> None:
-  """Defines --json, the file `write_json` writes; a path it could not write (a directory, or
-  one under a file) stops at flag parsing, not at the end of the run."""
+  """Defines --json, the file `write_json` writes; a path it could not write (empty, a
+  directory, one under a file, in a folder that cannot be made or written) stops at flag
+  parsing, not at the end of the run."""
   flags.DEFINE_string("json", None, "Also write the results here as JSON.")
   flags.register_validator("json", _writable_file)
 
@@ -99,11 +100,17 @@ def define_json_flag() -> None:
 def _writable_file(path: str | None) -> bool:
   if path is None:
     return True
+  if not path:  # was taken for no --json: the run wrote nothing, without a word
+    raise flags.ValidationError("is empty; name the JSON file to write, or leave --json out")
   if os.path.isdir(path):
     raise flags.ValidationError("is a directory; name the JSON file to write")
-  blocking = errors.blocking_file(os.path.dirname(path) or ".")
+  folder = os.path.dirname(path) or "."
+  blocking = errors.blocking_file(folder)
   if blocking:
     raise flags.ValidationError(f"{blocking} is a file, not a directory to write into")
+  problem = files.unwritable(folder)
+  if problem:
+    raise flags.ValidationError(f"cannot write into {folder}: {problem}")
   return True
 
 

@@ -30,12 +30,24 @@ from configs import atari_pong, bouncing_tiny  # noqa: E402
 from videoar import errors  # noqa: E402
 from videoar.data import array_record, pipeline  # noqa: E402
 
+
+def _prefetch_kinds(kinds: list[str]) -> bool:
+  """Known kinds, each named once: a kind named twice was measured twice and printed as two
+  columns of one name."""
+  allowed = "allowed: " + ", ".join(pipeline.PREFETCH)
+  if not kinds or not set(kinds) <= set(pipeline.PREFETCH):
+    raise flags.ValidationError(allowed)
+  twice = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+  if twice:
+    raise flags.ValidationError(f"names {', '.join(twice)} twice; {allowed}, each once")
+  return True
+
+
 benchmarks.define_json_flag()
 flags.DEFINE_list("prefetch", list(pipeline.PREFETCH), "Prefetch kinds to measure; allowed: "
                   + ", ".join(pipeline.PREFETCH))
 # Checked when the flags are parsed: a bad name is reported before the data is generated.
-flags.register_validator("prefetch", lambda kinds: kinds and set(kinds) <= set(pipeline.PREFETCH),
-                         "allowed: " + ", ".join(pipeline.PREFETCH))
+flags.register_validator("prefetch", _prefetch_kinds)
 flags.DEFINE_integer("num_workers", 2, "Prefetch threads or processes.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 8, "Clips a batch.", lower_bound=1)
 flags.DEFINE_integer("warmup_batches", 4, "Batches read before timing starts.", lower_bound=0)

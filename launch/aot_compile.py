@@ -44,6 +44,10 @@ GIB = 2**30
 def main(argv):
   del argv
   config = FLAGS.config
+  # An empty name is libtpu's default topology (8 TPU v2 devices), compiled for without a word.
+  if not FLAGS.topology:
+    raise errors.UserError("--topology is empty: name the TPU slice to compile for, e.g."
+                           " --topology=v5p:2x4x4 (a v5p-64) or --topology=v5e:4x4 (a v5e-16)")
   try:
     devices = topologies.get_topology_desc(platform="tpu", topology_name=FLAGS.topology).devices
   except jax.errors.JaxRuntimeError as e:  # a name libtpu does not know, or no libtpu

@@ -8,6 +8,8 @@ and run.json private while every other output of a run was not.
 `replaced_together` does the same for a set of outputs (the samples folder; an evaluation's
 files): they are written into a hidden temporary folder beside them and renamed into place once
 all are written, so that an interrupted run leaves no part of a set where a whole one belongs.
+
+`unwritable` says, before a long run, why a directory it will write into cannot be written.
 """
 
 from __future__ import annotations
@@ -31,6 +33,31 @@ CACHE_ENV = "VIDEOAR_CACHE"
 def cache_directory() -> str:
   """$VIDEOAR_CACHE, or ~/.cache/videoar."""
   return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "videoar")
+
+
+def unwritable(directory: str) -> str | None:
+  """Why a file cannot be written in `directory` (the OSError's words, e.g. "Permission
+  denied"), or None when it can. Tried, not asked: the directory (and any missing parents) is
+  made and a temporary file created in it, then what was made is removed again. access() says
+  yes to root for /proc, which refuses new entries, and nothing of a directory yet to be made."""
+  directory = os.path.abspath(directory)
+  missing = []  # deepest first, as they are removed
+  existing = directory
+  while not os.path.lexists(existing):
+    missing.append(existing)
+    existing = os.path.dirname(existing)
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".videoar-write-test-")
+    os.close(fd)
+    os.unlink(name)
+  except OSError as e:
+    return e.strerror or str(e)
+  finally:
+    for path in missing:
+      with contextlib.suppress(OSError):
+        os.rmdir(path)
+  return None
 
 
 @contextlib.contextmanager

@@ -9,11 +9,12 @@ PNG strip), `evaluate` (per-segment long-horizon table to stdout and WORKDIR/eva
 
 Bad input (a config key or value, a data option, data that cannot give what the config asks
 for, a workdir whose checkpoints another model wrote, a workdir another run holds or that holds
-another run) stops before anything compiles with one line, `error: ...`, and exit status 2;
-nothing on disk is deleted. A step that is not finite stops the run naming it (status 2), the
-newest checkpoint being the last good one. A SIGTERM saves the step it was on and exits 0 (a
-planned stop: preemption, a time limit); a first Ctrl-C does the same but exits 130 after one
-line, `interrupted by SIGINT: ...`; a second Ctrl-C stops at once.
+another run, a workdir or $VIDEOAR_CACHE that cannot be written) stops before anything compiles
+with one line, `error: ...`, and exit status 2; nothing on disk is deleted. A step that is not
+finite stops the run naming it (status 2), the newest checkpoint being the last good one. A
+SIGTERM saves the step it was on and exits 0 (a planned stop: preemption, a time limit); a first
+Ctrl-C does the same but exits 130 after one line, `interrupted by SIGINT: ...`; a second Ctrl-C
+stops at once.
 
 With --distributed, the process joins a multi-process run (launch/*.sh) through
 jax.distributed.initialize, which reads the coordinator's address, the number of processes and
@@ -71,7 +72,8 @@ FLAGS = flags.FLAGS
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """errors.parse_flags, and a workdir that cannot be a directory in one line."""
+  """errors.parse_flags, and a workdir or cache directory that cannot be a directory, or cannot
+  be written, in one line."""
   remaining = errors.parse_flags(argv)
   if not FLAGS.workdir:
     errors.exit_with_error("--workdir is empty: name the run's directory")
@@ -109,6 +111,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
   if FLAGS.restart_from_weights and FLAGS.mode not in ("all", "train"):
     errors.exit_with_error(f"--restart_from_weights starts a training run: with --mode={FLAGS.mode}"
                            " it would do nothing; use --mode=train or --mode=all")
+  # Tried by writing, in every mode: a workdir or cache that could not be written stopped a run
+  # with a traceback only once it had trained, sampled or evaluated, its outputs lost.
+  problem = files.unwritable(FLAGS.workdir)
+  if problem:
+    verb = "write to" if os.path.isdir(FLAGS.workdir) else "create"
+    errors.exit_with_error(f"cannot {verb} the workdir {FLAGS.workdir}: {problem}")
+  problem = files.unwritable(cache)
+  if problem:
+    made = "written" if os.path.isdir(cache) else "made"
+    errors.exit_with_error(f"the cache directory {cache} (${files.CACHE_ENV}, default"
+                           f" ~/.cache/videoar) cannot be {made}: {problem}; set"
+                           f" ${files.CACHE_ENV} to a directory this run can write")
   return remaining
 
 

@@ -90,8 +90,9 @@ def load_or_train(digit_size: int, directory: str | None = None) -> DigitClassif
     """The classifier for digit_size, loaded from `directory` (default files.cache_directory()) or
     trained and written there (atomically) when it is not. The file name holds a hash of the
     digits, the split, the model's settings and scikit-learn's version, so a change to any of
-    them trains a new one; an unreadable file is trained again and replaced. Prints one line with
-    the held-out accuracy."""
+    them trains a new one; an unreadable file is trained again and replaced, and a directory
+    that cannot be written keeps none (the line says so). Prints one line with the held-out
+    accuracy."""
     import joblib
     import sklearn
 
@@ -107,7 +108,7 @@ def load_or_train(digit_size: int, directory: str | None = None) -> DigitClassif
     if os.path.exists(path):
         try:
             classifier = joblib.load(path)
-            how = "loaded from"
+            how = f"loaded from {path}"
         # A cache must never stop an evaluation: whatever makes the file unreadable (truncated by
         # a full disk, written by an incompatible library), training again replaces it.
         except Exception as error:
@@ -115,13 +116,21 @@ def load_or_train(digit_size: int, directory: str | None = None) -> DigitClassif
     if classifier is None:
         started = time.perf_counter()
         classifier = _train(digits, labels, digit_size)
-        how = f"trained in {time.perf_counter() - started:.1f} s, written to"
-        os.makedirs(directory, exist_ok=True)
-        with files.replaced(path, "wb") as f:
-            joblib.dump(classifier, f)
+        trained = f"trained in {time.perf_counter() - started:.1f} s"
+        how = f"{trained}, written to {path}"
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with files.replaced(path, "wb") as f:
+                joblib.dump(classifier, f)
+        # A cache that cannot be written must not stop an evaluation either (videoar.main refuses
+        # such a $VIDEOAR_CACHE before it trains; other callers get here after sampling).
+        except OSError as error:
+            how = (f"{trained}, not kept: {directory} cannot be written"
+                   f" ({error.strerror or error}); set ${files.CACHE_ENV} to a folder this process"
+                   " can write")
     print(
         f"digit classifier ({digit_size}x{digit_size} px): held-out accuracy"
-        f" {classifier.held_out_accuracy:.3f} on {HELD_OUT} digits; {how} {path}"
+        f" {classifier.held_out_accuracy:.3f} on {HELD_OUT} digits; {how}"
     )
     return classifier
 

@@ -57,12 +57,40 @@ def sanity_figures(source: pipeline.ClipSource, *, num_clips: int, num_frames: i
   return figures
 
 
+def check_held_out(source: pipeline.ClipSource, *, num_clips: int, num_frames: int) -> None:
+  """Raises ConfigError, naming --num_clips, unless `source` holds out the 2 x num_clips clips of
+  num_frames frames that sanity_figures takes: pipeline.check_eval_clips' line names the keys of
+  a training run's evaluation instead (eval.num_clips, sample.*), which this command does not
+  read."""
+  if not isinstance(source, pipeline.RecordedClips):
+    return  # a procedural source makes any number
+  available = source.num_clips(num_frames, held_out=True)
+  if available >= 2 * num_clips:
+    return
+  fewer = f"lower --num_clips to {available // 2} or fewer, or " if available >= 4 else ""
+  raise errors.ConfigError(
+      f"--num_clips={num_clips} takes 2 x {num_clips} held-out clips of {num_frames} frames"
+      f" (eval.segment_len), and {source.recording} holds out {available} at stride"
+      f" {source.stride}: {fewer}raise data.options.eval_fraction")
+
+
 def run(config: ml_collections.ConfigDict, num_clips: int) -> dict[str, float]:
   """sanity_figures of the held-out clips of config's data source (eval.segment_len frames,
-  config.seed), printed one a line. Raises ConfigError (errors.py) for a config that cannot run."""
+  config.seed), printed one a line. Raises ConfigError (errors.py) for a config that cannot run,
+  before I3D or LPIPS is loaded: a source that cannot open, of frames that are not pixels, or
+  holding out fewer than 2 x num_clips clips."""
   validate.validate(config)
-  source = pipeline.make_source(config.data.source, path=config.data.path,
-                                **validate.source_options(config))
+  try:
+    source = pipeline.make_source(config.data.source, path=config.data.path,
+                                  **validate.source_options(config))
+    channels = pipeline.frame_shape(source)[-1]
+  except (ValueError, FileNotFoundError) as e:
+    raise errors.ConfigError(f"config.data: {e}") from e
+  if not perceptual.is_pixels(np.empty((0, channels))):
+    raise errors.ConfigError(
+        f"FVD and LPIPS need pixel frames (1 or 3 channels); data.source={config.data.source!r}"
+        f" gives {channels}-channel frames (latents): run it on a config of pixel frames")
+  check_held_out(source, num_clips=num_clips, num_frames=config.eval.segment_len)
   figures = sanity_figures(source, num_clips=num_clips, num_frames=config.eval.segment_len,
                            seed=config.seed)
   print(f"{config.data.source}: {num_clips} clips a set, {config.eval.segment_len} frames")

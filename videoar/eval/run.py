@@ -232,6 +232,21 @@ def sample(exp: experiment.Experiment, params, workdir: str) -> str:
   return os.path.join(workdir, name, written)
 
 
+def why_no_fvd(config, frame_shape: tuple[int, int, int]) -> str | None:
+  """Why the final evaluation of `config`'s model, on frames of `frame_shape` (H, W, C), computes
+  no FVD, in the words of its eval.txt; None when it computes it. Known before generating, so
+  that the line announcing the evaluation promises FVD's minutes only when they are spent (on
+  latents with eval.fvd it did, and then nothing said FVD was left out)."""
+  if not config.eval.fvd:
+    return "not computed (--config.eval.fvd=True computes it)"
+  if not perceptual.is_pixels(np.empty((0, *frame_shape))):
+    return (f"not computed: the frames are latents of {frame_shape[-1]} channels, and I3D reads"
+            " pixel frames (1 or 3 channels)")
+  if config.eval.num_clips < FVD_MIN_CLIPS:
+    return f"not computed for {config.eval.num_clips} clips (it needs {FVD_MIN_CLIPS})"
+  return None
+
+
 def evaluate(exp: experiment.Experiment, params, workdir: str,
              checkpoint_step: int | None) -> dict:
   """The per-segment table of the model against copy-the-last-frame, all-background and the
@@ -244,23 +259,24 @@ def evaluate(exp: experiment.Experiment, params, workdir: str,
   step of the checkpoint `params` came from ("checkpoint_step": experiment.restore_trained's
   step; None, written null, for weights from no checkpoint). With eval.fvd, FVD is computed
   here, not while training, over all eval.num_clips clips when there are at least FVD_MIN_CLIPS
-  (eval.json's fvd_clips says how many; null without FVD). The three files are written whole
-  beside the workdir's (files.replaced_together) and renamed into it together, eval.json last,
-  when an earlier evaluation's files move to WORKDIR/previous/TIME/ (workdir.move_aside): an
-  interrupted run leaves the earlier evaluation in place, never part of the new one."""
+  of pixel frames (eval.json's fvd_clips says how many; null without FVD, and eval.txt says why:
+  why_no_fvd). The three files are written whole beside the workdir's (files.replaced_together)
+  and renamed into it together, eval.json last, when an earlier evaluation's files move to
+  WORKDIR/previous/TIME/ (workdir.move_aside): an interrupted run leaves the earlier evaluation
+  in place, never part of the new one."""
   c = exp.config
   sampler = experiment.make_sampler(exp)
   rng = jax.random.key(c.seed + 2)
+  no_fvd = why_no_fvd(c, exp.frame_shape)
+  with_fvd = no_fvd is None
   # Generation and scoring print nothing until the table: say what the minutes are for.
   print(f"evaluating: {c.eval.num_clips} held-out clips continued, then scored"
-        f"{' (FVD among them: minutes on a CPU)' if c.eval.fvd else ''}", flush=True)
+        f"{' (FVD among them: minutes on a CPU)' if with_fvd else ''}", flush=True)
   clips, generated = continue_clips(exp, params, c.eval.num_clips, rng, sampler)
   on_true_history = (continue_on_true_history(exp, params, clips, rng, sampler)
                      if c.sample.solver == "euler" else None)
   num_context = c.sample.context_frames
   truth = clips["video"][:, num_context:]
-  with_fvd = (c.eval.fvd and perceptual.is_pixels(truth)
-              and c.eval.num_clips >= FVD_MIN_CLIPS)
   started = time.perf_counter()
   tables, curves = score(exp, clips, generated, fvd=with_fvd, per_frame=True,
                          on_true_history=on_true_history)
@@ -270,10 +286,8 @@ def evaluate(exp: experiment.Experiment, params, workdir: str,
     text += (f"\nFVD: over all {c.eval.num_clips} clips of a segment, each resized to"
              f" {perceptual.I3D_SIZE}x{perceptual.I3D_SIZE} and stretched to at least"
              f" {perceptual.I3D_FRAMES} frames; it depends on the clip count.\n")
-  elif not c.eval.fvd:
-    text += "\nFVD: not computed (--config.eval.fvd=True computes it).\n"
-  elif perceptual.is_pixels(truth):
-    text += f"\nFVD: not computed for {c.eval.num_clips} clips (it needs {FVD_MIN_CLIPS}).\n"
+  else:
+    text += f"\nFVD: {no_fvd}.\n"
   print(text)
   print(f"scored in {seconds:.1f} s")
   result = dict(checkpoint_step=checkpoint_step,
