@@ -31,7 +31,8 @@ Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
   teacher_forcing                 the baseline arm: every forcing key at the base config's (plain
                                   Teacher Forcing: the default run without noise augmentation)
   routed                          history routing with k = 25 % of the training frames (2 of 8)
-  window                          the baseline for routing: a sliding window of the same k frames
+  window                          the baseline for routing: a sliding window of the same k
+                                  (history_window counts chunks: k frames at chunk 1)
   default_model                   every arm on the default run's model, history dropout,
                                   sampler and 1800 steps (base_config.default_model: FineDecoder,
                                   history guidance 3, FVD), so that the arms differ from the

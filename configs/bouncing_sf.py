@@ -7,7 +7,7 @@ them in order):
            (forcing/bidirectional.py); it is the real score and the critic's initialisation.
   ode      the causal few-step student regressed onto the teacher's ODE trajectories
            (forcing/ode_regression.py), read from ArrayRecord shards that
-             python -m videoar.data.ode_pairs --config=configs/bouncing_sf.py:ode ...
+             python -m videoar.ode_pairs --config=configs/bouncing_sf.py:teacher ...
            writes from the teacher's 16-step Euler solutions, stored at the student's 4 warped
            times [1, 0.9375, 0.8333, 0.625] and the clean end.
   (none)   Self Forcing (spec: the reference code guandeh17/Self-Forcing): the student rolls

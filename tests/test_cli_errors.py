@@ -141,6 +141,65 @@ BAD_INPUTS = [
      [TINY, "--mode=sample", "--restart_from_weights"],
      "error: --restart_from_weights starts a training run: with --mode=sample it would do nothing;"
      " use --mode=train or --mode=all"),
+    # Checked by validate against the mesh axes of a fixed size, before the devices are asked for:
+    # the same line on 1 device as on the 2 or 4 the axes want.
+    ("heads the tensor axis cannot split (was an IndivisibleError traceback after the workdir"
+     " and its lock were made)",
+     [TINY, "--config.mesh.data=1", "--config.mesh.tensor=2", "--config.model.num_heads=1"],
+     "error: config.mesh.tensor=2 is invalid: must divide model.num_heads=1 (the rule ('heads',"
+     " 'tensor') splits it)"),
+    ("an MLP width the tensor axis cannot split (was an IndivisibleError traceback)",
+     [TINY, "--config.mesh.data=1", "--config.mesh.tensor=2", "--config.model.mlp_ratio=1.1"],
+     "error: config.mesh.tensor=2 is invalid: must divide the MLP width int(model.width x"
+     " model.mlp_ratio)=35 (the rule ('mlp', 'tensor') splits it)"),
+    ("a width the fsdp axis cannot split (was an IndivisibleError traceback)",
+     [TINY, "--config.mesh.fsdp=4", "--config.model.width=42", "--config.model.num_heads=3",
+      "--config.model.fine_width=42"],
+     "error: config.mesh.fsdp=4 is invalid: must divide model.width=42 (the rule ('embed',"
+     " ('fsdp', 'sequence')) splits it)"),
+    ("an odd head dim (was a 63-line TypeError from the rotary embedding)",
+     [TINY, "--config.model.width=33", "--config.model.num_heads=3", "--config.model.fine_patch=0"],
+     "error: config.model.num_heads=3 is invalid: leaves an odd head dim model.width=33 /"
+     " model.num_heads=3 = 11: the rotary embedding turns pairs of channels"),
+    ("a mesh axis of size 0 (was said after the workdir and its lock were made)",
+     [TINY, "--config.mesh.data=0"],
+     "error: config.mesh.data=0 is invalid: must be an integer >= 1, or -1 for the devices left"
+     " over"),
+    ("a negative mesh axis (was said after the workdir was made)",
+     [TINY, "--config.mesh.tensor=-2"],
+     "error: config.mesh.tensor=-2 is invalid: must be an integer >= 1, or -1 for the devices"
+     " left over"),
+    ("a rule naming no mesh axis (was said after the workdir was made)",
+     [TINY, "--config.mesh.rules=(('batch', 'model'),)"],
+     "error: config.mesh.rules=('batch', 'model') is invalid: names model; the mesh axes are data,"
+     " fsdp, sequence, tensor"),
+    ("a batch the data axis cannot split (was said after the workdir was made)",
+     [TINY, "--config.mesh.data=2", "--config.data.batch_size=3"],
+     "error: config.data.batch_size=3 is invalid: must split evenly over the 2 batch shards of the"
+     " mesh (mesh.data=2)"),
+    ("a misspelt logical name in a rule (was silently ignored)",
+     [TINY, "--config.mesh.rules=(('mlpp', 'tensor'),)"],
+     "error: config.mesh.rules=('mlpp', 'tensor') is invalid: the model has no logical axis"
+     " 'mlpp' (did you mean 'mlp'?); its logical axes are batch, frame, token, activation_embed,"
+     " embed, mlp, modulation, heads, head_dim, qkv, kv, patch, time_features, cond, vocab,"
+     " text_features, fine, layers, register, register_embed, logit"),
+    ("a second rule for a logical name (was silently ignored)",
+     [TINY, "--config.mesh.rules=(('batch', 'data'), ('batch', 'fsdp'))"],
+     "error: config.mesh.rules=('batch', 'fsdp') is invalid: a second rule for 'batch', which"
+     " flax would ignore: give each logical name one rule"),
+    ("a mesh axis twice in a rule (was a 34-line DuplicateSpecError)",
+     [TINY, "--config.mesh.rules=(('batch', ('data', 'data')),)"],
+     "error: config.mesh.rules=('batch', ('data', 'data')) is invalid: names mesh axis data twice:"
+     " an axis splits a dimension once"),
+    ("a rule without its outer tuple (was a 31-line ValueError)",
+     [TINY, "--config.mesh.rules=('batch', 'data')"],
+     "error: config.mesh.rules=('batch', 'data') is invalid: must be a tuple of (logical name,"
+     " mesh axes) pairs, the mesh axes one axis, a tuple of axes or None: e.g. (('batch',"
+     " ('data', 'fsdp')), ('mlp', 'tensor'))"),
+    ("no rule splitting the batch over a data axis (was silently replicated)",
+     [TINY, "--config.mesh.data=2", "--config.mesh.rules=()"],
+     "error: config.mesh.data=2 is invalid: must split 'batch', which mesh.rules do not give it"
+     " (e.g. ('batch', ('data', 'fsdp'))): every data shard would compute the same step"),
 ]
 
 
@@ -424,6 +483,18 @@ TOOLS_BAD_INPUTS = [
      ["docs/pong_actions.py", "--config=configs/atari_pong.py:test", "--workdir={w}",
       "--config.data.path={w}/atari", "--out={w}/a.png"],
      "error: no checkpoint in {w}/checkpoints: train first (--mode=train or --mode=all)"),
+    ("benchmark JSON in a folder that cannot be made (was a FileNotFoundError after the run)",
+     ["benchmarks/scan_layers.py", "--depth=1", "--steps=1", "--json=/proc/videoar_nope/x.json"],
+     "error: flag --json=/proc/videoar_nope/x.json: cannot write into /proc/videoar_nope: No such"
+     " file or directory"),
+    ("AOT compile for an empty topology (was compiled for libtpu's default, 8 TPU v2 devices)",
+     ["launch/aot_compile.py", "--config=configs/wan_1p3b.py:tiny", "--topology=",
+      "--frame_shape=8,8,4"],
+     "error: --topology is empty: name the TPU slice to compile for, e.g. --topology=v5p:2x4x4"),
+    ("input pipeline benchmark of one prefetch twice (was two columns of one name)",
+     ["benchmarks/input_pipeline.py", "--prefetch=threads,threads"],
+     "error: flag --prefetch=['threads', 'threads']: names threads twice; allowed: threads,"
+     " processes, each once"),
 ]
 
 
@@ -730,7 +801,7 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
        "--config.model.routing_top_k=2", f"--workdir={workdir}", f"--out={tmp_path}/f.png"],
       capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert figure.returncode == 2, figure.stderr[-2000:]
-  assert last_line(figure) == (f"error: {workdir} was trained with another model:"
+  assert last_line(figure) == (f"error: {workdir} was trained with another model or history:"
                                " model.routing_top_k 0 -> 2 (its run.json -> --config); pass the"
                                " config it was trained with")
   assert not (tmp_path / "f.png").exists()

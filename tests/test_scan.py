@@ -136,8 +136,8 @@ def test_scanned_routing_frequencies_equal_unscanned():
   params = dict(PARAMS, params={k: v for k, v in PARAMS["params"].items() if k != "text_in"})
   params["params"] = {k: ({n: m for n, m in v.items() if n not in ("cross_attn", "cross_norm")}
                           if k.startswith("block_") else v) for k, v in params["params"].items()}
-  ref = teacher.routing_frequencies(model_u, params, video, chunk=1)
-  got = teacher.routing_frequencies(model_s, _stacked(params), video, chunk=1)
+  ref = teacher.routing_frequencies(model_u, params, video, {}, chunk=1)
+  got = teacher.routing_frequencies(model_s, _stacked(params), video, {}, chunk=1)
   assert ref.shape == (DEPTH, F, F)
   np.testing.assert_allclose(got, ref, atol=1e-6)
 

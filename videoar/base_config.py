@@ -83,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The probability that a training video's history is replaced by the null history (zeros),
   # so that sampling can guide on the history (sample.guide_history; teacher.drop_history).
   config.forcing.history_drop_prob = 0.0
-  config.forcing.history_window = 0  # > 0: a sliding window of that many history frames
+  config.forcing.history_window = 0  # > 0: a sliding window of that many history chunks
   # With a window: the first frames every chunk keeps seeing, in training and in the sampler's
   # rolling KV cache (never evicted), so generation past the training length keeps the view
   # training had (spec section 6). A multiple of the chunk.

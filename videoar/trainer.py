@@ -83,12 +83,13 @@ def _check_finite(metrics: dict, step: int, saved: int | None) -> None:
 
 
 def _routing_frequencies(exp: experiment.Experiment, layout):
-  """Jitted `(params, video) -> [N, N]`: the mean routing frequency over layers (every process
-  computes it, since the arrays span them all)."""
+  """Jitted `(params, batch) -> [N, N]`: the mean routing frequency over layers on the batch's
+  videos and conditioning (every process computes it, since the arrays span them all)."""
   c = exp.config
-  return jax.jit(lambda params, video: teacher.routing_frequencies(
-      exp.model, params, video, chunk=c.forcing.chunk,
-      history_window=c.forcing.history_window).mean(axis=0), out_shardings=layout.replicated)
+  return jax.jit(lambda params, batch: teacher.routing_frequencies(
+      exp.model, params, batch["video"], exp.model.conditioning(batch), chunk=c.forcing.chunk,
+      history_window=c.forcing.history_window, sink_frames=c.forcing.sink_frames).mean(axis=0),
+      out_shardings=layout.replicated)
 
 
 def train(exp: experiment.Experiment, workdir: str, *,
@@ -121,6 +122,10 @@ def train(exp: experiment.Experiment, workdir: str, *,
     raise workdir_lib.RunRefused(
         f"{workdir_lib.RESTART_FLAG}: {checkpoints} holds no finished checkpoint to take the"
         " weights from; without the flag the run trains from scratch")
+  # Before the workdir is made: the mesh made on this host's devices (a size larger than they
+  # are, a -1 axis resolved) and the parameters' shardings over it are checked here. It traces;
+  # nothing compiles.
+  train_step = experiment.make_train_step(exp)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -129,15 +134,14 @@ def train(exp: experiment.Experiment, workdir: str, *,
   if is_main:
     lock.acquire()
   try:
-    return _train(exp, workdir, is_main, restart_from_weights)
+    return _train(exp, train_step, workdir, is_main, restart_from_weights)
   finally:
     lock.release()
 
 
-def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
-           restart_from_weights: bool) -> state_lib.TrainState:
+def _train(exp: experiment.Experiment, train_step: experiment.TrainStep, workdir: str,
+           is_main: bool, restart_from_weights: bool) -> state_lib.TrainState:
   config = exp.config
-  train_step = experiment.make_train_step(exp)
   layout = train_step.layout
   # Made by every process alike, on the whole mesh: device_put cannot place one process's value
   # on the devices of others.
@@ -291,8 +295,7 @@ def _train(exp: experiment.Experiment, workdir: str, is_main: bool,
         metrics["frames_per_s"] = metrics["steps_per_s"] * frames_per_step
         last_time, last_step = now, done
         if routing_frequencies:
-          log.routing_histogram(done, np.asarray(routing_frequencies(state.params,
-                                                                     batch["video"])))
+          log.routing_histogram(done, np.asarray(routing_frequencies(state.params, batch)))
         log.write(done, metrics)
       if evaluate and (done % config.eval.every == 0 or is_last):
         # The bar stands still for these seconds: say why, so that it does not look hung.

@@ -25,6 +25,7 @@ from videoar.errors import ConfigError, fail
 from videoar.forcing import PARADIGMS, resampling, self_forcing
 from videoar.models import dit
 from videoar.train import checkpoint as checkpoint_lib
+from videoar.train import sharding as sharding_lib
 from videoar.train import workdir as workdir_lib
 
 DTYPES = ("float32", "bfloat16")
@@ -214,10 +215,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.fine_width", config.model.fine_width,
          f"must be a multiple of the trunk's head dim {head_dim} (model.width="
          f"{config.model.width} / model.num_heads={config.model.num_heads})")
+  if head_dim % 2:  # the FineDecoder's heads have the trunk's head dim: it holds for them too
+    fail("model.num_heads", config.model.num_heads, f"leaves an odd head dim model.width="
+         f"{config.model.width} / model.num_heads={config.model.num_heads} = {head_dim}: the"
+         " rotary embedding turns pairs of channels")
   narrowest = min([config.model.width] + ([config.model.fine_width] if fine else []))
   if not int(narrowest * config.model.mlp_ratio) >= 1:
     fail("model.mlp_ratio", config.model.mlp_ratio, f"leaves the MLP of a block of width"
          f" {narrowest} no unit: int(width x mlp_ratio) must be >= 1")
+  _check_mesh(config)
   chunk = config.forcing.chunk
   if config.data.num_frames % chunk:
     fail("forcing.chunk", chunk, f"must divide data.num_frames={config.data.num_frames}")
@@ -262,6 +268,55 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.forcing.paradigm == "bidirectional" and chunk != config.data.num_frames:
     fail("forcing.chunk", chunk,
          "a bidirectional model generates the whole clip at once: set it to data.num_frames")
+
+
+def model_dims(model: ml_collections.ConfigDict) -> list[tuple[str, int, str]]:
+  """(logical axis name, size, the config values it comes from) of every dimension of the
+  model's parameters that the default mesh.rules split (base_config.py): embed, cond, mlp, heads
+  and modulation, of the trunk's blocks (and of a discriminator's taps, which have the trunk's
+  width) and of the FineDecoder's. test_sharding.py checks them against the parameters' shapes.
+  A rule for another name is checked against the parameters once the mesh is made
+  (sharding.Layout.shardings)."""
+  head_dim = model.width // model.num_heads
+  mlp = int(model.width * model.mlp_ratio)
+  dims = [("heads", model.num_heads, f"model.num_heads={model.num_heads}"),
+          ("mlp", mlp, f"the MLP width int(model.width x model.mlp_ratio)={mlp}"),
+          ("embed", model.width, f"model.width={model.width}"),
+          ("cond", model.width, f"model.width={model.width}"),
+          ("modulation", 6 * model.width, f"a block's AdaLN outputs 6 x model.width="
+           f"{6 * model.width}")]
+  if not model.fine_patch:  # the final layer; a FineDecoder has its own
+    return dims + [("modulation", 2 * model.width, f"the final layer's AdaLN outputs 2 x"
+                    f" model.width={2 * model.width}")]
+  fine, fine_mlp = model.fine_width, int(model.fine_width * model.mlp_ratio)
+  return dims + [
+      ("heads", fine // head_dim, f"the FineDecoder's heads model.fine_width={fine} / head dim"
+       f" {head_dim} = {fine // head_dim}"),
+      ("mlp", fine_mlp, f"the FineDecoder's MLP width int(model.fine_width x model.mlp_ratio)="
+       f"{fine_mlp}"),
+      ("embed", fine, f"model.fine_width={fine}"),
+      ("modulation", 6 * fine, f"a FineDecoder block's AdaLN outputs 6 x model.fine_width="
+       f"{6 * fine}"),
+      ("modulation", 2 * fine, f"the FineDecoder's final AdaLN outputs 2 x model.fine_width="
+       f"{2 * fine}")]
+
+
+def _check_mesh(config: ml_collections.ConfigDict) -> None:
+  """config.mesh without the devices: its sizes, its rules, and what the rules split over the
+  axes of a fixed size (a -1 axis is checked when the mesh is made, sharding.Layout): the batch,
+  and the model's dimensions (model_dims). Each was found only after the workdir was made, the
+  dimensions in a traceback while the train state was traced."""
+  sizes = sharding_lib.mesh_sizes(config.mesh)
+  rules = sharding_lib.logical_rules(config.mesh)
+  sharding_lib.check_axes_used(sizes, rules)
+  batch_axes = sharding_lib.split_axes(sizes, rules, "batch")
+  shards = math.prod(sizes[axis] for axis in batch_axes)
+  if config.data.batch_size % shards:
+    axes = " x ".join(f"mesh.{axis}={sizes[axis]}" for axis in batch_axes)
+    fail("data.batch_size", config.data.batch_size, f"must split evenly over the {shards} batch"
+         f" shards of the mesh ({axes})")
+  for name, size, what in model_dims(config.model):
+    sharding_lib.check_split(sizes, rules, name, size, what)
 
 
 def validate_platform(config: ml_collections.ConfigDict, backend: str) -> None:

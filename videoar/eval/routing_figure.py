@@ -47,9 +47,42 @@ def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
   ax_dist.set_ylim(0, 1)
   ax_dist.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+# The history the figure's mask is built from, beside the model's keys: a run trained with a
+# window routed over other frames than a figure without one would show.
+_HISTORY_KEYS = ("forcing.chunk", "forcing.history_window", "forcing.sink_frames")
+
+
+def check_out(out: str) -> None:
+  """Raises UserError, before the minutes of computing, when the figure cannot be written to
+  `out`: a name without .png (matplotlib would add it, and the path printed would not exist), or
+  a folder that cannot be made."""
+  if not out.endswith(".png"):
+    raise errors.UserError(f"--out={out!r} is invalid: the figure is a PNG; name a file ending in"
+                           " .png")
+  blocking = errors.blocking_file(os.path.dirname(os.path.abspath(out)))
+  if blocking:
+    raise errors.UserError(f"--out={out!r} is invalid: {blocking} is a file, not a folder")
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(f"--out={out!r} is invalid: cannot make its folder ({e.strerror})")
+
+
+def check_trained_alike(workdir: str, config) -> None:
+  """Raises UserError when the run in `workdir` (its run.json) was trained with another model
+  or history than `config`. Routing has no parameters: a checkpoint of a dense model loads, and
+  the figure would be of a selection the model never trained with; the chunk, window and sink
+  decide which frames it may select."""
+  differences = [d for d in workdir_lib.trained_differently(workdir, config.to_dict())
+                 if d.path.startswith("model.") or d.path in _HISTORY_KEYS]
+  if differences:
+    raise errors.UserError(f"{workdir} was trained with another model or history:"
+                           f" {', '.join(map(str, differences))} (its run.json -> --config); pass"
+                           " the config it was trained with")
 
 
 def main(argv):
@@ -61,23 +94,18 @@ def main(argv):
   if not config.model.routing_top_k:
     raise errors.UserError("config.model.routing_top_k=0: this figure is of a routed model"
                            " (e.g. configs/bouncing_rf.py:routed)")
+  out = flags.FLAGS.out or os.path.join(flags.FLAGS.workdir, "routing_frequency.png")
+  check_out(out)
   exp = experiment.build(config)
-  # Routing has no parameters: a checkpoint of a dense model loads, and the figure would be of
-  # a selection the model never trained with.
-  model_keys = [d for d in workdir_lib.trained_differently(flags.FLAGS.workdir, config.to_dict())
-                if d.path.startswith("model.")]
-  if model_keys:
-    raise errors.UserError(f"{flags.FLAGS.workdir} was trained with another model:"
-                           f" {', '.join(map(str, model_keys))} (its run.json -> --config); pass"
-                           " the config it was trained with")
+  check_trained_alike(flags.FLAGS.workdir, config)
   params = experiment.restore_params(exp, flags.FLAGS.workdir, use_ema=True)
   clips = pipeline.eval_clips(exp.source, num_clips=16, num_frames=config.data.num_frames,
                               seed=config.seed)
-  frequencies = teacher.routing_frequencies(exp.model, params, jnp.asarray(clips["video"]),
-                                            chunk=config.forcing.chunk,
-                                            history_window=config.forcing.history_window)
+  frequencies = teacher.routing_frequencies(
+      exp.model, params, jnp.asarray(clips["video"]), exp.model.conditioning(clips),
+      chunk=config.forcing.chunk, history_window=config.forcing.history_window,
+      sink_frames=config.forcing.sink_frames)
   frequencies = np.asarray(frequencies)
-  out = flags.FLAGS.out or os.path.join(flags.FLAGS.workdir, "routing_frequency.png")
   plot(frequencies, exp.model.routing_top_k, out)
   np.set_printoptions(precision=2, suppress=True)
   print("mean routing frequency [query frame, history frame]:")

@@ -91,18 +91,20 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
                                   sink_frames=sink_frames, history_drop_prob=history_drop_prob)
 
 
-def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, *, chunk: int,
-                        history_window: int = 0) -> jax.Array:
+def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, cond: dict, *, chunk: int,
+                        history_window: int = 0, sink_frames: int = 0) -> jax.Array:
   """[depth, N, N]: for noisy frame i (rows) the fraction of its query tokens x heads that
   routed to history frame j (columns), at t = 0.5, each layer separately, in the Teacher Forcing
-  layout over the clean video [B, N, H, W, C]. Raises ValueError for a model without routing."""
+  layout over the clean video [B, N, H, W, C], conditioned on `cond` (model.conditioning of the
+  video's batch: a conditioned model needs it) and masked as the run trains (chunk, window,
+  sink). Raises ValueError for a model without routing."""
   if not model.routing_top_k:
     raise ValueError("routing_frequencies needs a model with routing_top_k > 0")
   b, n = video_bfhwc.shape[:2]
   eps = jax.random.normal(jax.random.key(0), video_bfhwc.shape)
   _, state = apply_two_n(model, params, video_bfhwc, 0.5 * (video_bfhwc + eps),
-                         jnp.full((b, n), 0.5), {}, chunk=chunk, history_window=history_window,
-                         mutable=["intermediates"])
+                         jnp.full((b, n), 0.5), cond, chunk=chunk, history_window=history_window,
+                         sink_frames=sink_frames, mutable=["intermediates"])
   sown = state["intermediates"]
   if model.scan_layers:  # one entry stacked over the blocks
     per_layer = sown[dit.SCANNED_BLOCKS]["attn"]["routing_frequency"][0]

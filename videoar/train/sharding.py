@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import difflib
 import functools
 import math
 
@@ -34,16 +35,28 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from videoar.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+# The logical axis names of the model (videoar/models/layers.py, dit.py and discriminator.py):
+# the activations' between blocks, then the parameters'. A rule for any other name would be
+# ignored by flax without a word.
+LOGICAL_AXES = ("batch", "frame", "token", "activation_embed",
+                "embed", "mlp", "modulation", "heads", "head_dim", "qkv", "kv", "patch",
+                "time_features", "cond", "vocab", "text_features", "fine", "layers",
+                "register", "register_embed", "logit")
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+_RULE_SHAPE = ("must be a tuple of (logical name, mesh axes) pairs, the mesh axes one axis, a"
+               " tuple of axes or None: e.g. (('batch', ('data', 'fsdp')), ('mlp', 'tensor'))")
 
 
 def _fail(key: str, value, allowed: str):
   raise ConfigError(f"config.{key}={value!r} is invalid: {allowed}")
 
 
-def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
-  """The size of every axis in MESH_AXES, with a -1 resolved, over `num_devices` devices."""
+def mesh_sizes(mesh_config: ml_collections.ConfigDict) -> dict[str, int]:
+  """The size config.mesh gives every axis in MESH_AXES, -1 where it takes the devices the others
+  leave; raises ConfigError for a size that is neither an integer >= 1 nor -1, or a second -1.
+  Needs no devices: `validate` calls it before the workdir is made."""
   sizes = {axis: mesh_config[axis] for axis in MESH_AXES}
   for axis, size in sizes.items():
     if not isinstance(size, int) or (size < 1 and size != -1):
@@ -51,6 +64,13 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   fill = [axis for axis, size in sizes.items() if size == -1]
   if len(fill) > 1:
     _fail(f"mesh.{fill[1]}", -1, f"only one mesh axis may be -1, and mesh.{fill[0]} is")
+  return sizes
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  """The size of every axis in MESH_AXES, with a -1 resolved, over `num_devices` devices."""
+  sizes = mesh_sizes(mesh_config)
+  fill = [axis for axis, size in sizes.items() if size == -1]
   fixed = math.prod(size for size in sizes.values() if size != -1)
   if fill:
     if num_devices % fixed:
@@ -75,17 +95,90 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
 
 
 def logical_rules(mesh_config: ml_collections.ConfigDict) -> Rules:
-  """config.mesh.rules as flax wants them: (logical name, mesh axis or axes or None) pairs."""
+  """config.mesh.rules as flax wants them: (logical name, mesh axis or axes or None) pairs.
+
+  Raises ConfigError for rules flax would fail on in a traceback (not pairs, a mesh axis twice
+  in one rule) or ignore without a word (a logical name the model does not have, a second rule
+  for one name, of which flax reads only the first), and for a mesh axis that is not one."""
+  if not (isinstance(mesh_config.rules, (tuple, list)) and all(map(_is_rule, mesh_config.rules))):
+    _fail("mesh.rules", mesh_config.rules, _RULE_SHAPE)
   rules = []
   for name, axes in mesh_config.rules:
     if axes is not None and not isinstance(axes, str):
       axes = tuple(axes)
-    named = (axes,) if isinstance(axes, str) else axes or ()
+    if name not in LOGICAL_AXES:
+      close = difflib.get_close_matches(name, LOGICAL_AXES, n=1)
+      _fail("mesh.rules", (name, axes), f"the model has no logical axis {name!r}"
+            f"{f' (did you mean {close[0]!r}?)' if close else ''}; its logical axes are"
+            f" {', '.join(LOGICAL_AXES)}")
+    if name in dict(rules):
+      _fail("mesh.rules", (name, axes), f"a second rule for {name!r}, which flax would ignore:"
+            " give each logical name one rule")
+    named = _axes(axes)
     if unknown := [axis for axis in named if axis not in MESH_AXES]:
       _fail("mesh.rules", (name, axes),
             f"names {', '.join(unknown)}; the mesh axes are {', '.join(MESH_AXES)}")
+    if repeated := sorted({axis for axis in named if named.count(axis) > 1}):
+      _fail("mesh.rules", (name, axes), f"names mesh axis {', '.join(repeated)} twice: an axis"
+            " splits a dimension once")
     rules.append((name, axes))
   return tuple(rules)
+
+
+def _is_rule(rule) -> bool:
+  """Whether `rule` is a pair (logical name, mesh axes): the mesh axes one axis, a tuple of
+  axes (a list, in a run record) or None."""
+  if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):
+    return False
+  axes = rule[1]
+  return axes is None or isinstance(axes, str) or (
+      isinstance(axes, (tuple, list)) and all(isinstance(axis, str) for axis in axes))
+
+
+def split_axes(sizes: dict[str, int], rules: Rules, name: str) -> tuple[str, ...]:
+  """The mesh axes of more than one device (in `sizes`, MESH_AXES' sizes; -1, not yet resolved,
+  counts as none) that `rules` split the logical axis `name` over."""
+  return tuple(axis for axis in _axes(dict(rules).get(name)) if sizes[axis] > 1)
+
+
+def _fail_axes(sizes: dict[str, int], axes: tuple[str, ...], resolved: bool, why: str):
+  """Raises ConfigError for the mesh `axes` of sizes `sizes`, naming config.mesh.AXIS (the last
+  of them) where `sizes` are config.mesh's own, and config.mesh=SIZES where they are a mesh's as
+  made (`resolved`): its -1 axis shows the devices it took, which the config does not say."""
+  product = " x ".join(f"mesh.{axis}={sizes[axis]}" for axis in axes)
+  if resolved:
+    _fail("mesh", sizes, f"{product} {why}")
+  if len(axes) > 1:
+    why = f"{product} = {math.prod(sizes[axis] for axis in axes)} {why}"
+  _fail(f"mesh.{axes[-1]}", sizes[axes[-1]], why)
+
+
+def check_split(sizes: dict[str, int], rules: Rules, name: str, size: int, what: str, *,
+                resolved: bool = False) -> None:
+  """Raises ConfigError unless the mesh axes that `rules` split the logical axis `name` over
+  divide its `size` (`what`, e.g. "model.num_heads=1"): jit cannot lay out a parameter they do
+  not, and failed in a traceback while the train state was traced. `resolved`: `sizes` are the
+  mesh's (_fail_axes)."""
+  axes = split_axes(sizes, rules, name)
+  if size % math.prod(sizes[axis] for axis in axes):
+    _fail_axes(sizes, axes, resolved, f"must divide {what} (the rule"
+               f" {(name, dict(rules)[name])!r} splits it)")
+
+
+def check_axes_used(sizes: dict[str, int], rules: Rules, *, resolved: bool = False) -> None:
+  """Raises ConfigError for a mesh axis of more than one device that the rules leave idle, whose
+  devices would repeat the others' work: data not splitting the batch (data parallelism), or an
+  axis no rule names. A -1 in `sizes` (not yet resolved) is not checked; `resolved`: `sizes`
+  are the mesh's (_fail_axes)."""
+  if sizes["data"] > 1 and "data" not in _axes(dict(rules).get("batch")):
+    _fail_axes(sizes, ("data",), resolved, "must split 'batch', which mesh.rules do not give"
+               " it (e.g. ('batch', ('data', 'fsdp'))): every data shard would compute the same"
+               " step")
+  named = {axis for _, axes in rules for axis in _axes(axes)}
+  for axis, size in sizes.items():
+    if size > 1 and axis not in named:
+      _fail_axes(sizes, (axis,), resolved, "must be named by a rule of mesh.rules, or its"
+                 " devices repeat the others' work")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +190,12 @@ class Layout:
 
   @classmethod
   def from_config(cls, mesh_config: ml_collections.ConfigDict, devices=None) -> Layout:
-    return cls(make_mesh(mesh_config, devices), logical_rules(mesh_config))
+    """config.mesh over `devices` (all of them when None); raises ConfigError for a mesh that
+    does not fit them or whose rules leave an axis idle (with a -1 axis resolved)."""
+    mesh = make_mesh(mesh_config, devices)
+    rules = logical_rules(mesh_config)
+    check_axes_used(dict(mesh.shape), rules, resolved=True)
+    return cls(mesh, rules)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -110,7 +208,18 @@ class Layout:
 
   def shardings(self, boxed_tree):
     """The NamedSharding of every leaf of a tree whose leaves carry logical axis names
-    (nn.LogicallyPartitioned, as init returns them); other leaves are replicated."""
+    (nn.LogicallyPartitioned, as init returns them); other leaves are replicated.
+
+    Raises ConfigError for an axis of a leaf that its mesh axes do not divide. `validate` checks
+    the model's dimensions against the axes of a fixed size before anything is made; this checks
+    every parameter against the mesh as made (a -1 axis resolved, any rule)."""
+    boxed = lambda leaf: isinstance(leaf, nn.LogicallyPartitioned)
+    sizes = dict(self.mesh.shape)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(boxed_tree, is_leaf=boxed):
+      if boxed(leaf):
+        for name, size in zip(leaf.names, np.shape(leaf.value)):
+          check_split(sizes, self.rules, name, size, f"the {size} entries of axis {name!r} of"
+                      f" {jax.tree_util.keystr(path, simple=True, separator='/')}", resolved=True)
     return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), self.mesh, self.rules)
 
   @contextlib.contextmanager
