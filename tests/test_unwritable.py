@@ -108,15 +108,24 @@ def test_a_cache_directory_that_cannot_be_made_or_written_is_one_line_before_any
     (tmp_path / "ro").mkdir()
     cache, reason = str(tmp_path / "ro" / "cache"), read_only(tmp_path / "ro")
   workdir = tmp_path / "run"
+  env = {**os.environ, files.CACHE_ENV: cache}
   result = subprocess.run(
-      [sys.executable, "-m", "videoar.main", TINY, f"--workdir={workdir}", "--mode=train"],
-      capture_output=True, text=True, timeout=300, cwd=ROOT,
-      env={**os.environ, files.CACHE_ENV: cache})
+      [sys.executable, "-m", "videoar.main", "--config=configs/mnist_small.py:test",
+       f"--workdir={workdir}", "--mode=train"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip() == (
       f"error: the cache directory {cache} ($VIDEOAR_CACHE, default ~/.cache/videoar) cannot be"
       f" made: {reason}; set $VIDEOAR_CACHE to a directory this run can write")
   assert not workdir.exists()
+  # A run that never touches the cache (the bouncing world without FVD) is not refused for it:
+  # it goes on to its own line about the empty workdir.
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.main", TINY, f"--workdir={workdir}", "--mode=sample"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip() == (f"error: no checkpoint in {workdir}/checkpoints: train first"
+                                   " (--mode=train or --mode=all)")
 
 
 def test_a_benchmark_json_that_cannot_be_written_is_refused_as_the_flag_is_parsed(tmp_path):

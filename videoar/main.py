@@ -71,6 +71,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+def _uses_cache(config) -> bool:
+  """Whether a run of `config` may write files.cache_directory(): FVD's I3D features, Moving-
+  MNIST's digit classifier, a video folder's frames when its data.path cannot hold them. Other
+  runs never touch it, and a home that cannot be written must not stop them."""
+  if config is None:
+    return False
+  if config.eval.fvd or config.data.source == "moving_mnist":
+    return True
+  path = config.data.get("path")
+  return config.data.source == "video_folder" and bool(path) and not os.access(path, os.W_OK)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """errors.parse_flags, and a workdir or cache directory that cannot be a directory, or cannot
   be written, in one line."""
@@ -112,12 +124,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     errors.exit_with_error(f"--restart_from_weights starts a training run: with --mode={FLAGS.mode}"
                            " it would do nothing; use --mode=train or --mode=all")
   # Tried by writing, in every mode: a workdir or cache that could not be written stopped a run
-  # with a traceback only once it had trained, sampled or evaluated, its outputs lost.
+  # with a traceback only once it had trained, sampled or evaluated, its outputs lost. The cache
+  # only where the run may use it.
   problem = files.unwritable(FLAGS.workdir)
   if problem:
     verb = "write to" if os.path.isdir(FLAGS.workdir) else "create"
     errors.exit_with_error(f"cannot {verb} the workdir {FLAGS.workdir}: {problem}")
-  problem = files.unwritable(cache)
+  problem = files.unwritable(cache) if _uses_cache(FLAGS.config) else None
   if problem:
     made = "written" if os.path.isdir(cache) else "made"
     errors.exit_with_error(f"the cache directory {cache} (${files.CACHE_ENV}, default"
