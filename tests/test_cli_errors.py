@@ -328,11 +328,13 @@ def test_a_file_where_the_run_writes_a_directory_is_one_line_and_kept(tmp_path, 
 
 
 def test_a_cache_directory_that_is_a_file_is_one_line_before_anything_runs(tmp_path):
-  # Was a FileExistsError from the digit classifier's cache after sampling.
+  # Was a FileExistsError from the digit classifier's cache after sampling (Moving-MNIST's: a
+  # run that never uses the cache is not refused for it, tests/test_unwritable.py).
   cache = tmp_path / "cache"
   cache.write_text("kept")
   result = subprocess.run(
-      [sys.executable, "-m", "videoar.main", f"--workdir={tmp_path / 'run'}", TINY, "--mode=train"],
+      [sys.executable, "-m", "videoar.main", f"--workdir={tmp_path / 'run'}",
+       "--config=configs/mnist_small.py:test", "--mode=train"],
       capture_output=True, text=True, timeout=300, cwd=ROOT,
       env={**os.environ, "VIDEOAR_CACHE": str(cache)})
   assert result.returncode == 2, result.stderr[-2000:]

@@ -115,11 +115,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
       errors.exit_with_error(f"--workdir={FLAGS.workdir} is inside config.data.path={data_path}:"
                              " the run would write into the folder it reads its data from;"
                              " choose a workdir outside it")
-  cache = files.cache_directory()
-  blocking = errors.blocking_file(cache)
-  if blocking:
-    errors.exit_with_error(f"the cache directory {cache} (${files.CACHE_ENV}, default"
-                           f" ~/.cache/videoar) cannot be made: {blocking} is a file")
   if FLAGS.restart_from_weights and FLAGS.mode not in ("all", "train"):
     errors.exit_with_error(f"--restart_from_weights starts a training run: with --mode={FLAGS.mode}"
                            " it would do nothing; use --mode=train or --mode=all")
@@ -130,12 +125,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
   if problem:
     verb = "write to" if os.path.isdir(FLAGS.workdir) else "create"
     errors.exit_with_error(f"cannot {verb} the workdir {FLAGS.workdir}: {problem}")
-  problem = files.unwritable(cache) if _uses_cache(FLAGS.config) else None
-  if problem:
-    made = "written" if os.path.isdir(cache) else "made"
-    errors.exit_with_error(f"the cache directory {cache} (${files.CACHE_ENV}, default"
-                           f" ~/.cache/videoar) cannot be {made}: {problem}; set"
-                           f" ${files.CACHE_ENV} to a directory this run can write")
+  if _uses_cache(FLAGS.config):
+    cache = files.cache_directory()
+    named = f"the cache directory {cache} (${files.CACHE_ENV}, default ~/.cache/videoar)"
+    blocking = errors.blocking_file(cache)
+    if blocking:
+      errors.exit_with_error(f"{named} cannot be made: {blocking} is a file")
+    problem = files.unwritable(cache)
+    if problem:
+      made = "written" if os.path.isdir(cache) else "made"
+      errors.exit_with_error(f"{named} cannot be {made}: {problem}; set ${files.CACHE_ENV} to a"
+                             " directory this run can write")
   return remaining
 
 
