@@ -217,3 +217,30 @@ def test_a_digit_classifier_cache_that_cannot_be_written_keeps_none_and_the_eval
   assert capsys.readouterr().out.rstrip().endswith(
       ", not kept: /proc/videoar_test_digits cannot be written (No such file or directory); set"
       " $VIDEOAR_CACHE to a folder this process can write")
+
+
+def test_a_video_folder_run_is_refused_for_the_cache_only_when_its_folder_cannot_hold_its_frames(
+    tmp_path, read_only):
+  """A video folder caches its frames in DATA/.videoar_cache where it can
+  (video_folder.caches_in_place), else under $VIDEOAR_CACHE: only then does an unusable cache
+  stop the run before it starts."""
+  env = {**os.environ, files.CACHE_ENV: "/proc/videoar_test_cache"}
+
+  def run_on(data):
+    return subprocess.run(
+        [sys.executable, "-m", "videoar.main", "--config=configs/video_folder.py:test",
+         f"--config.data.path={data}", f"--workdir={tmp_path / 'run'}", "--mode=train"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+
+  writable = tmp_path / "videos"
+  writable.mkdir()
+  # Past the cache check, to the data's own line (an empty folder).
+  assert "cache directory" not in run_on(writable).stderr
+  shared = tmp_path / "shared"
+  shared.mkdir()
+  read_only(shared)
+  refused = run_on(shared)
+  assert refused.returncode == 2, refused.stderr[-2000:]
+  assert refused.stderr.strip().startswith(
+      "error: the cache directory /proc/videoar_test_cache ($VIDEOAR_CACHE, default"
+      " ~/.cache/videoar) cannot be made:")

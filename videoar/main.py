@@ -49,6 +49,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from videoar import errors, experiment, files, trainer, validate
+from videoar.data import video_folder
 from videoar.eval import run
 from videoar.train import workdir as workdir_lib
 
@@ -80,7 +81,8 @@ def _uses_cache(config) -> bool:
   if config.eval.fvd or config.data.source == "moving_mnist":
     return True
   path = config.data.get("path")
-  return config.data.source == "video_folder" and bool(path) and not os.access(path, os.W_OK)
+  return (config.data.source == "video_folder" and bool(path)
+          and not video_folder.caches_in_place(path))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

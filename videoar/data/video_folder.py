@@ -116,15 +116,22 @@ def video_files(path: str) -> list[str]:
   return sorted(found)
 
 
+def caches_in_place(path: str) -> bool:
+  """Whether the frames of the folder `path` are cached in PATH/.videoar_cache, which this
+  process can write (or make); if not (a shared, read-only dataset mount), they go under
+  $VIDEOAR_CACHE (_cache_root)."""
+  root = os.path.join(path, CACHE_DIR)
+  # access() says no for a read-only file system too, root or not.
+  return os.access(root if os.path.isdir(root) else path, os.W_OK)
+
+
 @functools.cache
 def _cache_root(path: str) -> str:
   """PATH/.videoar_cache when this process can write it (or make it); else, for a folder it
   cannot write (a shared, read-only dataset mount), $VIDEOAR_CACHE/video_folder/NAME-HASH, HASH
   of the folder's real path, so that every such folder has its own."""
-  root = os.path.join(path, CACHE_DIR)
-  # access() says no for a read-only file system too, root or not.
-  if os.access(root if os.path.isdir(root) else path, os.W_OK):
-    return root
+  if caches_in_place(path):
+    return os.path.join(path, CACHE_DIR)
   real = os.path.realpath(path)
   key = hashlib.sha1(os.fsencode(real)).hexdigest()[:16]
   return os.path.join(files.cache_directory(), "video_folder", f"{os.path.basename(real)}-{key}")
