@@ -8,6 +8,13 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
 # evaluation. JAX's persistent compilation cache (keyed by the program, the XLA flags and the jax
 # version) lets the second build load the first one's executable, in this process, the other
 # xdist worker and the subprocesses the CLI tests start, which read these variables too.
+# The README's test command sets no platform. With libtpu installed (the test extras), a JAX
+# program that may pick any platform prints libtpu's own warnings before falling back to the
+# CPU, or not, depending on whether another process holds libtpu at that moment. The CLI tests
+# compare a subprocess's whole stderr with the one line it should print, so every process the
+# suite starts is pinned to the CPU; the TPU tests compile for a topology, which needs no TPU
+# platform.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"videoar-tests-jax-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
