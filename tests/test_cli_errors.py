@@ -4,6 +4,7 @@ library entry points, named there)."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -212,6 +213,31 @@ def test_bad_input_is_one_line_and_touches_nothing(tmp_path, args, line):
   assert last_line(result) == line.format(w=workdir)
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+def test_a_sample_longer_than_host_memory_can_hold_is_one_line_before_anything_runs(tmp_path):
+  # Was killed for memory without a word, after the run had trained (--mode=all).
+  workdir = tmp_path / "run"
+  result = run_cli(workdir, TINY, "--mode=all", "--config.sample.length_multiple=10000000")
+  assert result.returncode == 2, result.stderr[-2000:]
+  # 2 clips x (2 context + 2 x 80,000,000) frames x 32x32x3 x 4 bytes.
+  assert re.fullmatch(
+      r"error: config.sample.length_multiple=10000000 is invalid: 2 held-out clips continued by"
+      r" 80000000 frames of 32x32x3 need at least 3662.1 GiB \(float32: the clips, the start"
+      r" noise and the continuation\), more than this host's \d+\.\d GiB of memory: lower"
+      r" sample.length_multiple, or sample.num_videos and eval.num_clips", last_line(result))
+  assert not workdir.exists()
+
+
+def test_the_memory_check_refuses_exactly_what_its_three_arrays_cannot_fit_in():
+  from videoar import base_config, validate
+  from videoar.errors import ConfigError
+  config = base_config.get_config()
+  config.data.num_frames, config.sample.length_multiple, config.sample.context_frames = 8, 3, 2
+  needed = 4 * (2 + 2 * 24) * (32 * 32 * 3) * 4
+  validate._check_held_out_memory(config, 4, (32, 32, 3), memory_bytes=needed)
+  with pytest.raises(ConfigError, match="4 held-out clips continued by 24 frames of 32x32x3"):
+    validate._check_held_out_memory(config, 4, (32, 32, 3), memory_bytes=needed - 1)
 
 
 def test_a_workdir_inside_the_data_folder_is_refused(tmp_path):

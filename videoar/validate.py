@@ -518,9 +518,36 @@ def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSour
     return
   held_out_frames = (config.sample.context_frames
                      + config.sample.length_multiple * config.data.num_frames)
+  num_clips = max(config.sample.num_videos, config.eval.num_clips)
   try:
-    pipeline.check_eval_clips(source, num_clips=max(config.sample.num_videos,
-                                                    config.eval.num_clips),
-                              num_frames=held_out_frames)
+    pipeline.check_eval_clips(source, num_clips=num_clips, num_frames=held_out_frames)
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  _check_held_out_memory(config, num_clips, clip["video"].shape[1:], host_memory_bytes())
+
+
+def host_memory_bytes() -> int:
+  """This host's physical memory in bytes (sysconf)."""
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_held_out_memory(config: ml_collections.ConfigDict, num_clips: int,
+                           frame_shape: tuple[int, ...], memory_bytes: int) -> None:
+  """Raises ConfigError when sampling or evaluating `num_clips` held-out clips of frames of
+  `frame_shape` cannot fit in `memory_bytes`. The least they hold at once, in float32: the
+  clips (context and true continuation), and while the sampler runs its start noise and its
+  continuation (Sampler.generate); the KV cache spans the training length, not the sample, and is
+  left out. A value that passes may still not fit: `--mode=sample` of 2 clips continued by 16,000
+  frames of 32x32x3 (this figure: 0.79 GB) peaked at 4.2 GB resident (2026-12-07). Without the
+  check a long sample.length_multiple was killed for memory without a word, after training."""
+  generated = config.sample.length_multiple * config.data.num_frames
+  frames = config.sample.context_frames + 2 * generated
+  needed = num_clips * frames * math.prod(frame_shape) * 4
+  if needed <= memory_bytes:
+    return
+  shape = "x".join(str(n) for n in frame_shape)
+  fail("sample.length_multiple", config.sample.length_multiple,
+       f"{num_clips} held-out clips continued by {generated} frames of {shape} need at least"
+       f" {needed / 2**30:.1f} GiB (float32: the clips, the start noise and the continuation),"
+       f" more than this host's {memory_bytes / 2**30:.1f} GiB of memory: lower"
+       " sample.length_multiple, or sample.num_videos and eval.num_clips")
