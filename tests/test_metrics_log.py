@@ -2,8 +2,11 @@
 else, and a damaged log is named rather than rewritten."""
 
 import json
+import struct
+import time
 
 import pytest
+from tensorboardX.proto import event_pb2
 
 from videoar import errors
 from videoar.train import metrics_log
@@ -33,3 +36,31 @@ def test_a_damaged_line_is_named_and_the_log_kept(tmp_path):
                                              r" line, then resume"):
     metrics_log.MetricsLog(str(tmp_path), is_main=True, resume_step=1)
   assert path.read_text() == "".join(lines)
+
+
+def _events(path):
+  """The Event records of a TFRecord events file (length, crc, data, crc each)."""
+  data, events, at = path.read_bytes(), [], 0
+  while at < len(data):
+    (length,) = struct.unpack("<Q", data[at:at + 8])
+    events.append(event_pb2.Event.FromString(data[at + 12:at + 12 + length]))
+    at += 12 + length + 4
+  return events
+
+
+def test_a_resume_tells_tensorboard_to_hide_the_killed_runs_events_past_its_checkpoint(tmp_path):
+  # Was: steps 110 and 120 shown twice, from the killed run's file and the resumed run's.
+  first = metrics_log.MetricsLog(str(tmp_path), is_main=True, resume_step=0)
+  for step in (10, 20, 30):
+    first.write(step, {"loss": 1.0})
+  first.close()
+  time.sleep(1.1)  # events files are named by the second they were opened in
+  resumed = metrics_log.MetricsLog(str(tmp_path), is_main=True, resume_step=20)
+  resumed.write(30, {"loss": 0.5})
+  resumed.close()
+  files = sorted((tmp_path / "tensorboard").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+  assert len(files) == 2
+  restarts = [(event.step, event.session_log.status) for path in files
+              for event in _events(path) if event.HasField("session_log")]
+  # TensorBoard hides every earlier event at or past the START marker's step.
+  assert restarts == [(21, event_pb2.SessionLog.START)]

@@ -47,7 +47,11 @@ class MetricsLog:
     self.writer = None
     if is_main:
       _drop_metrics_after(self.path, resume_step)
-      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      # A killed run's events file holds steps past the checkpoint that the resumed run logs
+      # again; purge_step writes TensorBoard's restart marker, which hides the earlier files'
+      # events from that step on (without it both values of a step were shown).
+      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                  purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if self.writer is None:
