@@ -1,5 +1,6 @@
 """The training side: overfitting, checkpoints, resume, config validation, the CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -413,3 +414,46 @@ runpy.run_module("videoar.main", run_name="__main__")
   assert result.returncode == 0, result.stderr[-2000:]
   assert (tmp_path / "checkpoints" / "9").is_dir()
   assert json.loads((tmp_path / "eval.json").read_text())["checkpoint_step"] == 7
+
+
+def test_a_step_that_does_not_fit_in_memory_is_one_line_naming_the_keys(tmp_path, monkeypatch):
+  # Was a 25-line JaxRuntimeError traceback from block_until_ready. Steps run asynchronously, so
+  # the allocation fails where a step's result is awaited: the fake step's metrics raise there.
+  config = tiny_config(**{"train.num_steps": 3, "eval.every": 0})
+  exp = experiment.build(config)
+  make = experiment.make_train_step
+
+  def failing(exp, layout=None):
+    real = make(exp, layout)
+
+    def step(state, batch, rng):
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 38004632912"
+                                       " bytes.")
+    return dataclasses.replace(real, step=step)
+
+  monkeypatch.setattr(experiment, "make_train_step", failing)
+  with pytest.raises(errors.UserError) as raised:
+    trainer.train(exp, str(tmp_path / "run"))
+  assert str(raised.value) == (
+      "the train step does not fit in this machine's memory (JaxRuntimeError: RESOURCE_EXHAUSTED:"
+      " Out of memory allocating 38004632912 bytes.); lower data.batch_size or data.num_frames,"
+      " or the model's size (model.width, model.depth), or shard it (mesh); the newest checkpoint"
+      " is none")
+
+
+@pytest.mark.slow
+def test_a_step_larger_than_the_memory_limit_is_one_line_from_the_cli(tmp_path):
+  # The real allocation failure, under an address-space limit (about 45 s on 2 cores).
+  import resource
+  limit = 3 * 10**9
+  result = subprocess.run(
+      [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_tiny.py:test",
+       f"--workdir={tmp_path / 'run'}", "--mode=train", "--config.data.num_frames=512",
+       "--config.model.fine_patch=0"],
+      capture_output=True, text=True, timeout=600, cwd=os.path.join(os.path.dirname(__file__), ".."),
+      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: the train step does not fit in this machine's memory (JaxRuntimeError:"
+      " RESOURCE_EXHAUSTED: Out of memory allocating")

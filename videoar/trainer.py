@@ -320,6 +320,17 @@ def _train(exp: experiment.Experiment, train_step: experiment.TrainStep, workdir
         raise Interrupted(preemption.signal, done)
     if pending is not None:
       complete(pending, config.train.num_steps)
+  except jax.errors.JaxRuntimeError as e:
+    # Steps run asynchronously: an allocation that fails surfaces where a step's result is
+    # awaited. The shapes, not the run, are at fault, so it is the user's line, not a traceback.
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    newest = max(checkpoint_lib.finished_steps(checkpoints), default=None)
+    raise errors.UserError(
+        f"the train step does not fit in this machine's memory ({_cause(e)}); lower"
+        " data.batch_size or data.num_frames, or the model's size (model.width, model.depth),"
+        f" or shard it (mesh); the newest checkpoint is"
+        f" {'none' if newest is None else f'step {newest}'}") from None
   finally:
     progress.close()
     preemption.restore()
