@@ -7,7 +7,10 @@
 # clips follow the seed), then continues 2 context frames of held-out clips for 3x the training
 # length. Arms: Teacher Forcing; Resampling Forcing with noise augmentation, parallel and
 # autoregressive resampling; autoregressive resampling with history routing (k = 25 % of the
-# frames) and with a sliding window of the same k. The last command puts the tables side by side.
+# frames) and with a sliding window of the same k. It is one `videoar.sweep`, which runs each
+# arm x seed in OUT/ARM/seedS, skips only those finished with these STEPS (a workdir that holds a
+# result of other values stops it in one line), and puts the tables side by side in OUT/sweep.md
+# and OUT/sweep.json (mean and spread over the seeds).
 set -euo pipefail
 STEPS=${STEPS:-600}
 SEEDS=${SEEDS:-0}
@@ -15,22 +18,8 @@ OUT=${OUT:-runs/rf_experiment}
 ARMS=${ARMS:-"teacher_forcing noise_augmentation parallel autoregressive routed window"}
 PYTHON=${PYTHON:-python}
 
-for seed in $SEEDS; do
-  for arm in $ARMS; do
-    case $arm in
-      autoregressive) config=configs/bouncing_rf.py ;;
-      *) config=configs/bouncing_rf.py:$arm ;;
-    esac
-    workdir=$OUT/$arm/seed$seed
-    if [ -f "$workdir/eval.json" ]; then continue; fi
-    $PYTHON -m videoar.main --config="$config" --workdir="$workdir" \
-      --config.train.num_steps="$STEPS" --config.seed="$seed"
-  done
-done
-
-runs=()
-for arm in $ARMS; do
-  dirs=$(for seed in $SEEDS; do printf '%s,' "$OUT/$arm/seed$seed"; done)
-  runs+=("$arm=${dirs%,}")
-done
-$PYTHON -m videoar.eval.compare "${runs[@]}" --json "$OUT/compare.json"
+# Word splitting joins the lists with commas, as the sweep takes them.
+arms=$(echo $ARMS | tr ' ' ',')
+seeds=$(echo $SEEDS | tr ' ' ',')
+exec $PYTHON -m videoar.sweep --config=configs/bouncing_rf.py --arms="$arms" --seeds="$seeds" \
+  --root="$OUT" --set=train.num_steps="$STEPS"
