@@ -13,7 +13,9 @@ config differs in data.source or data.options) are refused in one line: their fi
 different worlds, which neither a mean over seeds nor one table can put together.
 `--paired A:B` also counts, per metric, the seed-segments where arm A's figure is below arm B's
 at the same seed (the n-th run of A against the n-th of B): a paired comparison, which the means
-and spreads alone do not give.
+and spreads alone do not give; the paired runs must have the same segments.
+--json and --markdown name new files (one that exists is refused), each written whole. An arm
+may not be named as a row compare adds (copy_last, background, "NAME sd", "NAME n").
 `combine` and `markdown` are the same for videoar.sweep, which writes its arms' table through
 them.
 """
@@ -26,7 +28,7 @@ import os
 
 import numpy as np
 
-from videoar import errors
+from videoar import errors, files
 from videoar.eval import long_horizon
 from videoar.train import workdir as workdir_lib
 
@@ -66,6 +68,8 @@ def _mean_tables(tables: list[list[dict]], statistic=_mean) -> list[dict]:
 
 SPREAD_SUFFIX = " sd"
 COUNT_SUFFIX = " n"
+# The tables `combine` takes from the first run, beside the arms'.
+BASELINES = ("copy_last", "background")
 
 
 def eval_json_path(run: str) -> str:
@@ -202,9 +206,21 @@ def combine(runs: dict[str, list[str]]) -> dict[str, list[dict]]:
             {key: value for key, value in row.items() if key != "seeds"}
             for row in _mean_tables([r["model"] for r in results], statistic=statistic)]
     if baselines is None:
-      baselines = {k: v for k, v in results[0].items() if k in ("copy_last", "background")}
+      baselines = {k: v for k, v in results[0].items() if k in BASELINES}
   combined.update(baselines or {})
   return combined
+
+
+def segment_mismatch(first: list[str], second: list[str]) -> str | None:
+  """Why two arms' runs (workdirs or eval.json paths) cannot be paired seed n with seed n and
+  segment by segment, e.g. "a/seed0 has segments 0-7, 8-15, 16-23 and b/seed0 0-7, 8-15" (an
+  evaluation of other eval.* values); None when each pair has the same segments. Assumes as
+  many runs in each; raises as _evaluation does."""
+  for run_a, run_b in zip(first, second):
+    segments = [[row["segment"] for row in _tables(run)["model"]] for run in (run_a, run_b)]
+    if segments[0] != segments[1]:
+      return f"{run_a} has segments {', '.join(segments[0])} and {run_b} {', '.join(segments[1])}"
+  return None
 
 
 def paired(first: list[str], second: list[str]) -> dict[str, dict[str, int]]:
@@ -215,17 +231,17 @@ def paired(first: list[str], second: list[str]) -> dict[str, dict[str, int]]:
     first, second: the arms' runs (workdirs or eval.json paths), seed n of one paired with seed
       n of the other.
 
-  Raises ValueError if the two arms have different numbers of runs or segments, and
-  FileNotFoundError naming an eval.json that does not exist.
+  Raises ValueError if the two arms have different numbers of runs, or a pair other segments
+  (segment_mismatch), and FileNotFoundError naming an eval.json that does not exist.
   """
   if len(first) != len(second):
     raise ValueError(f"paired arms need as many runs each; got {len(first)} and {len(second)}")
+  mismatch = segment_mismatch(first, second)
+  if mismatch:
+    raise ValueError(mismatch)
   counts: dict[str, dict[str, int]] = {}
   for run_a, run_b in zip(first, second):
-    tables = [_tables(run)["model"] for run in (run_a, run_b)]
-    if len(tables[0]) != len(tables[1]):
-      raise ValueError(f"{run_a} has {len(tables[0])} segments and {run_b} {len(tables[1])}")
-    for row_a, row_b in zip(*tables):
+    for row_a, row_b in zip(*(_tables(run)["model"] for run in (run_a, run_b))):
       for key, a in row_a.items():
         b = row_b.get(key)
         if not isinstance(a, float) or not isinstance(b, float) or math.isnan(a) or math.isnan(b):
@@ -260,25 +276,46 @@ def partial_figures(combined: dict[str, list[dict]]) -> list[str]:
   return lines
 
 
-def seed_differences(runs: dict[str, list[str]]) -> list[str]:
-  """A line per arm whose runs were made with other values than its first run's, besides the
-  seed and the paths of each seed's own stages (Self Forcing's teacher and generator, an ODE
-  stage's pairs), e.g. "arm a: b/eval.json differs from a/eval.json in model.depth 1 -> 9": its
-  mean is then not one recipe's over seeds. Runs that record no config are left out."""
+def recipe_differences(configs: dict[str, dict | None]) -> list[str]:
+  """A line per run made with other values than the first run's, besides the seed and the
+  paths of each seed's own stages (Self Forcing's teacher and generator, an ODE stage's pairs),
+  e.g. "b/eval.json differs from a/eval.json in model.depth 1 -> 9: its mean is not one
+  recipe's over seeds": a mean over these runs is then not one recipe's over seeds.
+
+  Args:
+    configs: {run: the config it was made with, as a dict (an eval.json's or a run.json's
+      "config"), or None where none was recorded, which is left out}.
+  """
   own = {"seed", "data.path", "forcing.teacher_workdir", "forcing.generator_workdir"}
+  recorded = [(run, config) for run, config in configs.items() if config is not None]
   lines = []
-  for name, seed_runs in runs.items():
-    configs = [(run, recorded_config(run)) for run in seed_runs]
-    configs = [(run, config) for run, config in configs if config is not None]
-    for run, config in configs[1:]:
-      differences = [d for d in workdir_lib.result_differences(configs[0][1], config)
-                     if d.path not in own]
-      if differences:
-        lines.append(f"arm {name}: {run} differs from {configs[0][0]} in"
-                     f" {', '.join(map(str, differences[:3]))}"
-                     f"{f' (and {len(differences) - 3} more)' if len(differences) > 3 else ''}:"
-                     " its mean is not one recipe's over seeds")
+  for run, config in recorded[1:]:
+    differences = [d for d in workdir_lib.result_differences(recorded[0][1], config)
+                   if d.path not in own]
+    if differences:
+      lines.append(f"{run} differs from {recorded[0][0]} in"
+                   f" {', '.join(map(str, differences[:3]))}"
+                   f"{f' (and {len(differences) - 3} more)' if len(differences) > 3 else ''}:"
+                   " its mean is not one recipe's over seeds")
   return lines
+
+
+def seed_differences(runs: dict[str, list[str]]) -> list[str]:
+  """recipe_differences' lines for each arm's runs (their eval.json's configs), each after
+  "arm NAME: "."""
+  return [f"arm {name}: {line}" for name, seed_runs in runs.items()
+          for line in recipe_differences({run: recorded_config(run) for run in seed_runs})]
+
+
+def comma_split_path(pieces: list[str], index: int) -> str | None:
+  """The path that exists where pieces[index], a piece of a comma-separated list of runs that
+  names nothing, is part of a path with commas in it (pieces[i:j] joined again by commas, i <=
+  index < j), e.g. "runs/a,b" for ["runs/a", "b"] and index 0; None where there is none."""
+  for start in range(index + 1):
+    for end in range(index + 1, len(pieces) + 1):
+      if end - start > 1 and os.path.exists(",".join(pieces[start:end])):
+        return ",".join(pieces[start:end])
+  return None
 
 
 def markdown(combined: dict[str, list[dict]]) -> str:
@@ -341,19 +378,33 @@ def main(argv=None):
       parser.error(f"run {spec!r} is not NAME=RUN[,RUN...]")
     if name in runs:
       parser.error(f"arm {name!r} is named twice; give each arm one NAME=RUN1,RUN2,...")
+    # The table's rows are keyed by name: such an arm would replace a baseline, or be read as
+    # another arm's spread or count.
+    if name in BASELINES or name.endswith((SPREAD_SUFFIX, COUNT_SUFFIX)):
+      parser.error(f"arm {name!r} is named like a row compare adds ({', '.join(BASELINES)}, or"
+                   f" NAME{SPREAD_SUFFIX} and NAME{COUNT_SUFFIX} under an arm of several seeds);"
+                   " name it otherwise")
     runs[name] = dirs.split(",")
-    for run in runs[name]:
+    for index, run in enumerate(runs[name]):
       if not os.path.isfile(eval_json_path(run)):
+        whole = comma_split_path(runs[name], index)
+        if whole:
+          parser.error(f"{name}={run}: no {eval_json_path(run)}, but {whole} exists: the path"
+                       " contains a comma, which separates an arm's runs here; rename the"
+                       " folder or link it")
         parser.error(f"{name}={run}: no {eval_json_path(run)} (a workdir after `evaluate`, or "
                      "an eval.json)")
       try:
         _tables(run)
       except errors.UserError as e:
         parser.error(f"{name}={run}: {e}")
-    files = [os.path.realpath(eval_json_path(run)) for run in runs[name]]
-    if len(set(files)) < len(files):
+    evaluations = [os.path.realpath(eval_json_path(run)) for run in runs[name]]
+    if len(set(evaluations)) < len(evaluations):
       parser.error(f"{name}={dirs}: names one evaluation twice; each run of an arm is one seed")
   inputs = {os.path.realpath(eval_json_path(run)) for dirs in runs.values() for run in dirs}
+  if args.json and args.markdown and os.path.realpath(args.json) == os.path.realpath(
+      args.markdown):
+    parser.error(f"--json={args.json} and --markdown={args.markdown} name one file; name two")
   for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
     if not path:
       continue
@@ -363,6 +414,9 @@ def main(argv=None):
       parser.error(f"{flag}={path} is a folder; name the file to write")
     if os.path.realpath(path) in inputs:
       parser.error(f"{flag}={path} is one of the runs' eval.json; name another file")
+    # lexists: a link, even one to nothing, is replaced, not written through.
+    if os.path.lexists(path):
+      parser.error(f"{flag}={path} exists; name a new file, or move it away first")
   pairs = []
   for spec in args.paired:
     a, _, b = spec.partition(":")
@@ -371,6 +425,10 @@ def main(argv=None):
     if len(runs[a]) != len(runs[b]):
       parser.error(f"--paired={spec}: {a} has {len(runs[a])} runs and {b} {len(runs[b])}; "
                    "seeds pair by position")
+    mismatch = segment_mismatch(runs[a], runs[b])
+    if mismatch:
+      parser.error(f"--paired={spec}: {mismatch}; seeds pair segment by segment, so evaluate"
+                   " both arms over the same segments")
     pairs.append((a, b))
   try:
     combined = combine(runs)
@@ -384,10 +442,10 @@ def main(argv=None):
     for key, count in paired(runs[a], runs[b]).items():
       print(f"  {key}: {count['below']} / {count['equal']} / {count['above']} of {count['total']}")
   if args.json:
-    with open(args.json, "w") as f:
+    with files.replaced(args.json) as f:
       json.dump(combined, f, indent=1)
   if args.markdown:
-    with open(args.markdown, "w") as f:
+    with files.replaced(args.markdown) as f:
       f.write(markdown(combined))
 
 

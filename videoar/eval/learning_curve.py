@@ -11,7 +11,8 @@ steps/s, so evaluation time is not counted). A run resumed with other sample.* o
 several workdirs (the seeds of one arm), each cell is the mean and standard deviation over the
 runs, at the steps every run evaluated, and the minutes are their mean; runs made on different
 data (their run.json's data.source or data.options differ) are refused in one line, as their
-curves are of different worlds.
+curves are of different worlds, and a note line names each run made with other values than the
+first (its run.json's config differs in more than the seed, as eval.compare's note for an arm).
 """
 
 from __future__ import annotations
@@ -135,19 +136,24 @@ def main(argv):
     raise errors.UserError(f"--workdir={','.join(FLAGS.workdir)} must name one or more distinct"
                            " workdirs")
   runs = []
-  for workdir in FLAGS.workdir:
+  for index, workdir in enumerate(FLAGS.workdir):
     if os.path.isfile(workdir):
       raise errors.UserError(f"--workdir={workdir} is a file; name the run's workdir")
     try:
       runs.append(read(workdir))
     except FileNotFoundError:
+      whole = compare.comma_split_path(FLAGS.workdir, index)
+      if whole:
+        raise errors.MissingInput(f"--workdir={workdir} holds no metrics.jsonl, but {whole}"
+                                  " exists: the path contains a comma, which separates runs"
+                                  " here; rename the folder or link it") from None
       raise errors.MissingInput(f"--workdir={workdir} holds no metrics.jsonl") from None
     if not runs[-1][0]:
       raise errors.UserError(f"{workdir}/metrics.jsonl holds no evaluation: train with"
                              " --config.eval.every=N")
   records = {workdir: workdir_lib.RunRecord.load(workdir) for workdir in FLAGS.workdir}
-  compare.check_one_world({workdir: record.config if record else None
-                           for workdir, record in records.items()})
+  configs = {workdir: record.config if record else None for workdir, record in records.items()}
+  compare.check_one_world(configs)
   logged = {key.split("/", 1)[0] for evals, _ in runs for figures in evals.values()
             for key in figures}
   metrics = [metric for metric in FLAGS.metrics if metric in logged]
@@ -156,6 +162,8 @@ def main(argv):
     unknown = sorted(set(FLAGS.metrics) - logged)
     raise errors.UserError(f"--metrics={','.join(FLAGS.metrics)}: {', '.join(unknown)} not"
                            f" evaluated in these runs; allowed: {', '.join(sorted(logged))}")
+  for line in compare.recipe_differences(configs):
+    print(f"note: {line}")
   for workdir in FLAGS.workdir:
     for step, changes in evaluation_changes(workdir):
       print(f"note: {workdir} resumed at step {step} with other evaluation settings"
