@@ -85,6 +85,15 @@ def test_paired_refuses_runs_over_other_segments_before_printing(tmp_path):
   assert "  lost: 3 / 0 / 0 of 3" in both.stdout.splitlines()
 
 
+def test_an_arms_seeds_over_other_segments_are_refused(tmp_path):
+  """The mean over an arm's seeds paired their rows in order: a seed evaluated over 2 segments
+  cut the arm's table to 2 without a word."""
+  w1, w3 = _evaluated(tmp_path / "w1"), _evaluated(tmp_path / "w3", segments=2)
+  assert _refused(_tool("videoar.eval.compare", f"a={w1},{w3}")) == (
+      f"error: a={w1},{w3}: {w1} has segments 0-7, 8-15, 16-23 and {w3} 0-7, 8-15; an arm's seeds"
+      " are averaged segment by segment, so evaluate them over the same segments")
+
+
 @pytest.mark.parametrize("name", ["copy_last", "background", "a sd", "a n"])
 def test_compare_refuses_an_arm_named_like_a_row_it_adds(tmp_path, name):
   """Such an arm silently replaced a baseline, or (a=W1,W2 'a sd=W1') put W1's figures in the

@@ -401,6 +401,11 @@ def main(argv=None):
     evaluations = [os.path.realpath(eval_json_path(run)) for run in runs[name]]
     if len(set(evaluations)) < len(evaluations):
       parser.error(f"{name}={dirs}: names one evaluation twice; each run of an arm is one seed")
+    # The mean over seeds pairs their rows in order: other segments were cut to the shortest.
+    mismatch = segment_mismatch(runs[name][:1] * (len(runs[name]) - 1), runs[name][1:])
+    if mismatch:
+      parser.error(f"{name}={dirs}: {mismatch}; an arm's seeds are averaged segment by segment,"
+                   " so evaluate them over the same segments")
   inputs = {os.path.realpath(eval_json_path(run)) for dirs in runs.values() for run in dirs}
   if args.json and args.markdown and os.path.realpath(args.json) == os.path.realpath(
       args.markdown):
