@@ -61,7 +61,7 @@ flags.DEFINE_list("impls", None, "Attention implementations to stream with, in t
                   " the config's model.attention_impl); allowed: " + ", ".join(ops.IMPLS))
 flags.DEFINE_integer("text_tokens", 512, "Tokens of the random text embedding (text models).")
 flags.DEFINE_integer("video_frames_per_frame", 1, "Video frames a model frame decodes to (4 for"
-                     " Wan's latents), for frames/s.")
+                     " Wan's latents), for frames/s.", lower_bound=1)
 benchmarks.define_json_flag()
 # frames/s counts the chunks after the first, so two at least; steady frames/s needs more chunks
 # than the config's KV cache holds (left out with fewer), which flag parsing does not know.

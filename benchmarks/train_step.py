@@ -55,7 +55,8 @@ flags.DEFINE_integer("steps", 3, "Timed steps per implementation; the best count
 # Checked when the flags are parsed: a bad name is reported before any step compiles.
 flags.register_validator("impls", lambda impls: impls and set(impls) <= set(ops.IMPLS),
                          "allowed: " + ", ".join(ops.IMPLS))
-flags.DEFINE_integer("matmul_size", 2048, "Side of the reference matmul (float32; bf16 on a GPU).")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the reference matmul (float32; bf16 on a GPU).",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 # Dense bf16 tensor-core peak, FLOP/s.

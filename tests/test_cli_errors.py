@@ -103,7 +103,20 @@ BAD_INPUTS = [
     ("a retention that would delete every checkpoint", [TINY, "--config.train.keep_checkpoints=0"],
      "error: config.train.keep_checkpoints=0 is invalid: must be an integer >= 1"),
     ("a negative seed (was an error naming config.data, not the seed)", [TINY, "--config.seed=-1"],
-     "error: config.seed=-1 is invalid: must be an integer >= 0"),
+     "error: config.seed=-1 is invalid: must be an integer in [0, 2**32)"),
+    ("a seed of 2**63 (was a 35-line OverflowError from jax.random.key after the workdir and its"
+     " lock were made)", [TINY, "--config.seed=9223372036854775808"],
+     "error: config.seed=9223372036854775808 is invalid: must be an integer in [0, 2**32)"),
+    ("a seed of 2**32 (jax.random.key keeps its low 32 bits: it trained as seed 0; grain's"
+     " shuffle of a recorded source refuses it)", [TINY, "--config.seed=4294967296"],
+     "error: config.seed=4294967296 is invalid: must be an integer in [0, 2**32)"),
+    ("a bool flag's value as a word of its own (was the flag set and the word ignored: the run"
+     " restarted from its weights)", [TINY, "--restart_from_weights", "false"],
+     "error: unexpected argument 'false' (flags are --name=value; a bool flag is --name or"
+     " --noname)"),
+    ("a stray word (was ignored)", [TINY, "extra"],
+     "error: unexpected argument 'extra' (flags are --name=value; a bool flag is --name or"
+     " --noname)"),
     ("an Atari game ale-py does not ship (was a traceback from the emulator)",
      ["--config=configs/atari_pong.py:test", "--config.data.options.game=pongg"],
      "error: config.data: AtariEpisodes.game='pongg' is not a ROM ale-py ships (pong, breakout,"
@@ -129,6 +142,19 @@ BAD_INPUTS = [
     ("a NaN MLP ratio (was a ValueError from int() in validation)",
      [TINY, "--config.model.mlp_ratio=nan"], "error: config.model.mlp_ratio=nan is invalid: must be"
      " finite"),
+    # Validated before the stages are looked for: no trained teacher or generator needed.
+    ("a Self Forcing warp shift of 0 (was 'step 1 is not finite' after an 11 s compile, the"
+     " workdir made)", ["--config=configs/bouncing_sf.py:test", "--config.forcing.warp_shift=0.0"],
+     "error: config.forcing.warp_shift=0.0 is invalid: must be > 0 (1 leaves the times"
+     " unwarped)"),
+    ("a Self Forcing score shift of 0 (was every score time at the clamp)",
+     ["--config=configs/bouncing_sf.py:test", "--config.forcing.score_shift=0.0"],
+     "error: config.forcing.score_shift=0.0 is invalid: must be > 0 (1 leaves the times"
+     " unwarped)"),
+    ("a negative guidance of Self Forcing's real score (was accepted)",
+     ["--config=configs/bouncing_sf.py:test", "--config.forcing.real_guidance=-5.0"],
+     "error: config.forcing.real_guidance=-5.0 is invalid: must be >= 0 (0 is no guidance: the"
+     " teacher's x0 is cond + g (cond - uncond))"),
     ("a score clamp of one time (was a ValueError unpacking it)",
      ["--config=configs/bouncing_sf.py:test", "--config.forcing.score_clamp=(0.5,)"],
      "error: config.forcing.score_clamp=(0.5,) is invalid: must be (low, high) with 0 <= low <"
@@ -523,6 +549,37 @@ TOOLS_BAD_INPUTS = [
      ["benchmarks/input_pipeline.py", "--prefetch=threads,threads"],
      "error: flag --prefetch=['threads', 'threads']: names threads twice; allowed: threads,"
      " processes, each once"),
+    ("train step benchmark of an empty reference matmul (was a ZeroDivisionError)",
+     ["benchmarks/train_step.py", "--matmul_size=0"],
+     "error: flag --matmul_size=0: 0 is not a positive integer"),
+    ("train step benchmark of a negative reference matmul (was a JAX traceback)",
+     ["benchmarks/train_step.py", "--matmul_size=-5"],
+     "error: flag --matmul_size=-5: -5 is not a positive integer"),
+    ("sampler benchmark of negative video frames a frame (was frames/s -24.9 in its JSON, exit 0)",
+     ["benchmarks/sampler.py", "--video_frames_per_frame=-1"],
+     "error: flag --video_frames_per_frame=-1: -1 is not a positive integer"),
+    ("sampler benchmark of no video frames a frame (was 0 frames/s, exit 0)",
+     ["benchmarks/sampler.py", "--video_frames_per_frame=0"],
+     "error: flag --video_frames_per_frame=0: 0 is not a positive integer"),
+    ("overlap denoising figure of a workdir without checkpoints (was a MissingInput's traceback)",
+     ["docs/overlap_denoising.py", TINY, "--workdir={w}"],
+     "error: no checkpoint in {w}/checkpoints: train first (--mode=train or --mode=all)"),
+    ("overlap denoising figure of no cases (was a traceback after the evaluation)",
+     ["docs/overlap_denoising.py", TINY, "--workdir={w}", "--cases=0"],
+     "error: flag --cases=0: 0 is not a positive integer"),
+    ("overlap denoising figure at a noise level that is not a number (was a traceback after the"
+     " evaluation)", ["docs/overlap_denoising.py", TINY, "--workdir={w}", "--times=abc"],
+     "error: flag --times=['abc']: must be one or more noise levels t, each a number in (0, 1]"),
+    ("overlap denoising figure at noise levels outside (0, 1] (was accepted)",
+     ["docs/overlap_denoising.py", TINY, "--workdir={w}", "--times=1.5,-1"],
+     "error: flag --times=['1.5', '-1']: must be one or more noise levels t, each a number in"
+     " (0, 1]"),
+    ("overlap strip of a workdir without checkpoints (was a MissingInput's traceback)",
+     ["docs/overlap_strip.py", TINY, "--workdir={w}"],
+     "error: no checkpoint in {w}/checkpoints: train first (--mode=train or --mode=all)"),
+    ("overlap strip of no clips a kind (was a traceback after every clip was continued)",
+     ["docs/overlap_strip.py", TINY, "--workdir={w}", "--per_kind=0"],
+     "error: flag --per_kind=0: 0 is not a positive integer"),
 ]
 
 
@@ -833,6 +890,41 @@ def test_sampling_a_run_with_other_training_values_says_so_and_the_routing_figur
                                " model.routing_top_k 0 -> 2 (its run.json -> --config); pass the"
                                " config it was trained with")
   assert not (tmp_path / "f.png").exists()
+
+
+def test_the_overlap_figures_say_when_nothing_is_picked_and_write_into_the_workdir(finished_run,
+                                                                                  tmp_path):
+  """With one object nothing overlaps: the denoising figure printed its errors over zero cases
+  (`0.9: 0.0000`), then a ValueError; both tools wrote over a tracked figure in docs/ unless
+  told otherwise."""
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  tool = lambda name, *args: subprocess.run(
+      [sys.executable, f"docs/{name}.py", TINY, f"--workdir={workdir}", *args],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  one_object = "--config.data.options.num_objects=1"
+  for name, line in (
+      ("overlap_denoising", "error: no overlap found in 2 clips (eval.num_clips): no object"
+       " overlaps another in their continuations; nothing to draw"),
+      ("overlap_strip", "error: no overlap found in 2 clips (eval.num_clips) after which the model"
+       " loses an object (overlapping in the context frames, or first from continuation frame"
+       " 2): nothing to draw; raise --config.eval.num_clips")):
+    result = tool(name, one_object, f"--out={tmp_path}/{name}.png")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == line
+    assert not (tmp_path / f"{name}.png").exists()
+  # As the routing figure's: --out is checked before anything runs.
+  result = tool("overlap_denoising", f"--out={tmp_path}/figure")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip() == (f"error: --out='{tmp_path}/figure' is invalid: the figure is a"
+                                   " PNG; name a file ending in .png")
+  docs_strip = os.path.join(ROOT, "docs", "samples_bouncing_tiny_overlaps.png")
+  kept = open(docs_strip, "rb").read()
+  result = tool("overlap_strip")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"wrote {workdir}/overlap_strip.png" in result.stdout.splitlines()
+  assert (workdir / "overlap_strip.png").exists()
+  assert open(docs_strip, "rb").read() == kept
 
 
 # --- files a tool reads that are not what they should be --------------------------------------

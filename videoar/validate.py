@@ -189,9 +189,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     if not isinstance(value, int) or value < 0:
       fail(key, value, "must be an integer >= 0 (0 turns it off)")
-  if not isinstance(config.seed, int) or config.seed < 0:
-    # It seeds the data streams too, whose seeds are unsigned.
-    fail("seed", config.seed, "must be an integer >= 0")
+  if not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
+    # It seeds the data streams too, whose seeds are unsigned and 32-bit (grain's shuffle refuses
+    # more); jax.random.key keeps only its low 32 bits (seed 2**32 would init as seed 0) and
+    # raises an OverflowError from 2**63.
+    fail("seed", config.seed, "must be an integer in [0, 2**32)")
 
   if config.model.previous_frame_input and config.forcing.paradigm in (
       "diffusion_forcing", "bidirectional"):
@@ -438,6 +440,15 @@ def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
     fail("forcing.critic_learning_rate", f.critic_learning_rate, "must be > 0")
   _positive(config, "forcing.critic_updates")
   _positive(config, "forcing.num_steps")
+  # As forcing.time_shift: flow.shift_time takes a shift <= 0 out of (0, 1] (at 0 every few-step
+  # time is 0, a first step that is not finite, and every score time the clamp's low end).
+  # Finite: _check_finite.
+  for key in ("warp_shift", "score_shift"):
+    if not f[key] > 0:
+      fail(f"forcing.{key}", f[key], "must be > 0 (1 leaves the times unwarped)")
+  if not f.real_guidance >= 0:
+    fail("forcing.real_guidance", f.real_guidance, "must be >= 0 (0 is no guidance: the teacher's"
+         " x0 is cond + g (cond - uncond))")
   clamp = _tuple(f.score_clamp)
   if len(clamp) != 2 or not 0.0 <= clamp[0] < clamp[1] <= 1.0:
     fail("forcing.score_clamp", f.score_clamp, "must be (low, high) with 0 <= low < high <= 1")
