@@ -24,7 +24,7 @@ Knobs (config.forcing):
 Routing (config.model.routing_top_k): 0 is dense attention over the history; k > 0 makes every
 query token attend to its own frame plus the k history frames with the highest q . mean(K_j).
 
-Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
+Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated; one of the four arms at most):
   noise_augmentation, parallel    the ablation arms
   autoregressive                  the method itself (the default), named so that a sweep can name
                                   its arm (python -m videoar.sweep --arms=...)
@@ -59,27 +59,33 @@ Variants (`--config=configs/bouncing_rf.py:VARIANT`, comma-separated):
 from videoar import base_config
 
 
+# The variants that each name the history an arm trains on: one at most.
+ARMS = ("noise_augmentation", "parallel", "autoregressive", "teacher_forcing")
+
+
 def get_config(variant: str = ""):
   variants = base_config.variants(
-      variant, ("noise_augmentation", "parallel", "autoregressive", "teacher_forcing", "routed",
-                "window", "default_model", "occluded", "moving_mnist", "test"))
+      variant, ARMS + ("routed", "window", "default_model", "occluded", "moving_mnist", "test"))
+  arms = list(dict.fromkeys(v for v in variants if v in ARMS))
+  if len(arms) > 1:
+    # The later one won, silently: a sweep arm named for one trained the other.
+    raise ValueError(f"config variants {arms[0]} and {arms[1]} are two forcing arms; name one")
   config = base_config.world(base_config.get_config(), variants)
-  config.forcing.paradigm = "resampling"
-  config.forcing.resample_mode = "autoregressive"
-  config.forcing.resample_shift = 0.6
-  config.forcing.resample_steps = 3
-  config.forcing.warmup_steps = 200
+  arm = arms[0] if arms else "autoregressive"
+  # teacher_forcing is the base config's forcing, so the keys the other variants set (window's
+  # history_window, default_model's history dropout) hold in whatever order they are named.
+  if arm != "teacher_forcing":
+    config.forcing.paradigm = "resampling"
+    config.forcing.resample_mode = arm
+    config.forcing.resample_shift = 0.6
+    config.forcing.resample_steps = 3
+    config.forcing.warmup_steps = 200
   k = max(1, config.data.num_frames // 4)
-  for v in variants:
-    if v in ("noise_augmentation", "parallel", "autoregressive"):
-      config.forcing.resample_mode = v
-    elif v == "teacher_forcing":
-      config.forcing = base_config.get_config().forcing
-    elif v == "routed":
-      config.model.routing_top_k = k
-    elif v == "window":
-      config.forcing.history_window = k
-  if "default_model" in variants:  # after the arms: teacher_forcing resets the forcing keys
+  if "routed" in variants:
+    config.model.routing_top_k = k
+  if "window" in variants:
+    config.forcing.history_window = k
+  if "default_model" in variants:
     base_config.default_model(config)
   if "test" in variants:
     base_config.tiny(config)

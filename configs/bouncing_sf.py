@@ -53,7 +53,12 @@ def get_config(variant: str = ""):
   config = base_config.world(base_config.get_config(), variants)
   config.data.batch_size = 16  # the batch its stages in docs/results.md were measured at
   config.model.prediction = "data"
-  stage = next((v for v in variants if v in ("teacher", "ode")), "self_forcing")
+  stages = list(dict.fromkeys(v for v in variants if v in ("teacher", "ode")))
+  if len(stages) > 1:  # the first one won, silently
+    raise ValueError(f"config variants {stages[0]} and {stages[1]} are two stages; name one")
+  stage = stages[0] if stages else "self_forcing"
+  if "world" in variants and stage != "ode":  # the other stages train on the world already
+    raise ValueError(f"config variant 'world' is of the ODE stage ('ode,world'), not of {stage!r}")
   runs = RUNS + ("_test" if "test" in variants else "")
   if stage == "teacher":
     config.forcing.paradigm = "bidirectional"

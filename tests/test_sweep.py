@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ CONFIG = "configs/bouncing_rf.py"
 ROOT_DIR = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(ROOT_DIR, "configs"))
 import bouncing_rf  # noqa: E402
+import bouncing_sf  # noqa: E402
 import bouncing_tiny  # noqa: E402
 import mnist_small  # noqa: E402
 
@@ -339,6 +342,127 @@ def test_a_root_under_a_file_stops_with_one_line_and_keeps_the_file(tmp_path, ca
   line = f"--root={existing}/sweep: not a directory ({existing} is a file)"
   assert line in capsys.readouterr().err
   assert existing.read_text() == "kept"
+
+
+def _sweep(*flags):
+  """python -m videoar.sweep FLAGS, run from the repository's root."""
+  return subprocess.run([sys.executable, "-m", "videoar.sweep", *flags], cwd=ROOT_DIR,
+                        capture_output=True, text=True)
+
+
+def _one_line(result):
+  """The one line a refused sweep printed, after checking that it was refused (exit 2)."""
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+  return result.stderr.rstrip("\n")
+
+
+@pytest.mark.parametrize("root, line", [
+    ("", "error: --root is empty: name the sweep's directory"),
+    ("{tmp}/r[1]", "error: --root={tmp}/r[1]: '[' and ']' in the path are not supported"
+     " (checkpoint paths are read as glob patterns); rename it"),
+    pytest.param("/proc/sweep",
+                 "error: --root=/proc/sweep: cannot create it: No such file or directory",
+                 marks=pytest.mark.skipif(not os.path.isdir("/proc"), reason="no /proc")),
+], ids=["empty", "brackets", "unwritable"])
+def test_a_root_that_main_would_refuse_as_the_runs_parent_stops_with_one_line(tmp_path, root,
+                                                                              line):
+  """As videoar.main refuses such a --workdir: an empty root put the runs and sweep.md in the
+  current directory; under brackets every run failed alone and the sweep said that the same
+  command resumes them; an unwritable one was a traceback."""
+  result = _sweep("--config=configs/bouncing_tiny.py", "--arms=test", "--executor=print",
+                  f"--root={root.format(tmp=tmp_path)}")
+  assert _one_line(result) == line.format(tmp=tmp_path)
+  assert not result.stdout and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--cluster=bogus"],  # argparse's words, and each cluster quoted by Python 3.11's only
+     "error: argument --cluster: invalid choice: 'bogus' (choose from {slurm}, {local}, {debug})"),
+    (["--slurm=bogus_param=3"],
+     "error: --slurm=bogus_param=3: Unknown executor 'bogus' in parameter 'bogus_param'"
+     " (submitit's parameters: name, timeout_min, mem_gb, nodes, cpus_per_task, gpus_per_node,"
+     " tasks_per_node, stderr_to_stdout, or CLUSTER_KEY for one cluster's own, e.g."
+     " slurm_partition)"),
+    (["--cluster=local", "--slurm=nodes=2"],
+     "error: --slurm=nodes=2: LocalExecutor can use only one node. Use nodes=1"),
+    pytest.param(["--cluster=slurm"],
+                 "error: --cluster=slurm: Could not detect \"srun\", are you indeed on a slurm"
+                 " cluster?", marks=pytest.mark.skipif(bool(shutil.which("srun")),
+                                                       reason="a SLURM host")),
+], ids=["unknown cluster", "unknown parameter", "a value the cluster refuses", "no SLURM here"])
+def test_a_cluster_or_parameter_submitit_refuses_stops_with_one_line_before_anything_is_made(
+    tmp_path, flags, line):
+  """Were a traceback: the cluster's once the runs were planned, a parameter's once submitit had
+  made ROOT/submitit."""
+  result = _sweep("--config=configs/bouncing_tiny.py", "--arms=test", f"--root={tmp_path}/sweep",
+                  "--executor=submitit", *flags)
+  assert _one_line(result) in {line.format(**{c: f"'{c}'" for c in sweep.CLUSTERS}),
+                               line.format(**{c: c for c in sweep.CLUSTERS})}
+  assert not list(tmp_path.iterdir())
+
+
+# (what the config file holds, the line videoar.main prints for it); the file is written to {f}
+BAD_CONFIG_FILES = [
+    ("def get_config(variant=''):\n  return base_config.get_config()\n",
+     "error: --config: {f}: NameError: name 'base_config' is not defined"),
+    ("import videoar.no_such_module\n",
+     "error: --config: {f}: ModuleNotFoundError: No module named 'videoar.no_such_module'"),
+    ("def get_config(variant=''):\n  return {'seed': 0}\n",
+     "error: --config: get_config() returned a dict; it must return an ml_collections.ConfigDict"
+     " (e.g. base_config.get_config())"),
+]
+
+
+@pytest.mark.parametrize("text, line", BAD_CONFIG_FILES,
+                         ids=["a NameError", "an ImportError", "a dict"])
+def test_a_config_file_that_cannot_give_a_config_is_mains_one_line(tmp_path, text, line):
+  config_file = tmp_path / "my_config.py"
+  config_file.write_text(text)
+  result = _sweep(f"--config={config_file}", "--arms=a", f"--root={tmp_path}/sweep",
+                  "--executor=print")
+  assert _one_line(result) == line.format(f=config_file)
+  assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("module, variant, message", [
+    (bouncing_rf, "parallel,noise_augmentation",
+     "config variants parallel and noise_augmentation are two forcing arms; name one"),
+    (bouncing_rf, "teacher_forcing,autoregressive,test",
+     "config variants teacher_forcing and autoregressive are two forcing arms; name one"),
+    (bouncing_sf, "teacher,ode", "config variants teacher and ode are two stages; name one"),
+    (bouncing_sf, "world,test",
+     "config variant 'world' is of the ODE stage ('ode,world'), not of 'self_forcing'"),
+    (bouncing_sf, "teacher,world",
+     "config variant 'world' is of the ODE stage ('ode,world'), not of 'teacher'"),
+])
+def test_variants_that_set_the_same_knob_are_refused_not_one_silently_dropped(module, variant,
+                                                                               message):
+  with pytest.raises(ValueError) as refused:
+    module.get_config(variant)
+  assert str(refused.value) == message
+
+
+def test_the_window_holds_in_whichever_order_it_and_teacher_forcing_are_named():
+  """teacher_forcing reset the forcing keys where it came after window: the window was lost."""
+  config = bouncing_rf.get_config("window,teacher_forcing")
+  assert config.to_dict() == bouncing_rf.get_config("teacher_forcing,window").to_dict()
+  assert config.forcing.history_window == bouncing_rf.get_config("window").forcing.history_window
+  assert config.forcing.paradigm == bouncing_rf.get_config("teacher_forcing").forcing.paradigm
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--arms=parallel,autoregressive", "--variant=noise_augmentation,test"],
+     "error: --arms=parallel: config variants parallel and noise_augmentation are two forcing"
+     " arms; name one"),
+    (["--arms=autoregressive,test", "--variant=test"],  # autoregressive is the config's default
+     "error: --arms=autoregressive,test: arms autoregressive and test give the same config with"
+     " --variant=test: one recipe under two names; name one of them"),
+], ids=["a variant that overrides the arm", "two arms of one config"])
+def test_arms_that_would_train_one_recipe_under_two_names_stop_with_one_line(tmp_path, flags,
+                                                                             line):
+  result = _sweep(f"--config={CONFIG}", f"--root={tmp_path}/sweep", "--executor=print", *flags)
+  assert _one_line(result) == line
+  assert not result.stdout and not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow

@@ -39,8 +39,11 @@ the sweep.
 
 Exit status: 0 when the table is written (or, with `print`, the commands printed) and after a
 SIGTERM (a planned stop); 1 when a run failed or is unfinished (each named); 2 for bad flags, a
-config variant the config does not have, a --set key or value it rejects, arms on different data,
-or a workdir that holds other values; 128 + the signal after a SIGINT (130) or SIGHUP (129).
+config file that gives no config, a config variant the config does not have (or two that set the
+same knob), a --set key or value it rejects, arms on different data or of the same config, a
+--root that videoar.main would refuse as a workdir's parent (empty, '[' or ']', not writable), a
+--cluster or --slurm parameter submitit refuses, or a workdir that holds other values; 128 + the
+signal after a SIGINT (130) or SIGHUP (129). Each is one line before anything is written.
 """
 
 from __future__ import annotations
@@ -55,19 +58,25 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from videoar import errors, experiment, validate
+from videoar import errors, experiment, files, validate
 from videoar.data import pipeline
 from videoar.eval import compare
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import workdir as workdir_lib
 
 EXECUTORS = ("local", "submitit", "print")
+# submitit.AutoExecutor's clusters, named here so that --cluster is checked without submitit.
+CLUSTERS = ("slurm", "local", "debug")
+# What a config file's own code raises while it loads or builds its config, reported in one line
+# as videoar.main reports it (errors.parse_flags); anything else is a bug and keeps its traceback.
+CONFIG_FILE_ERRORS = (AttributeError, ImportError, KeyError, NameError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +299,33 @@ def run_submitit(runs: list[Run], folder: str, cluster: str | None,
   return failures
 
 
+def _check_submitit(parser: argparse.ArgumentParser, cluster: str | None,
+                   parameters: dict) -> None:
+  """Makes submitit's executor for `cluster` in a scratch folder and gives it the --slurm
+  `parameters` one by one, so that a cluster it cannot reach here or a parameter it refuses is
+  one line naming the flag before anything is made: the executor makes its folder, ROOT/submitit,
+  before it reads a parameter."""
+  try:
+    import submitit  # only this executor needs it (the `slurm` extra)
+  except ImportError:
+    parser.error("--executor=submitit needs submitit: pip install 'videoar[slurm]'")
+  with tempfile.TemporaryDirectory() as scratch:
+    try:
+      executor = submitit.AutoExecutor(folder=scratch, cluster=cluster)
+    except RuntimeError as e:  # --cluster=slurm where SLURM's commands are not found
+      parser.error(f"--cluster={cluster}: {e}")
+    for key, value in parameters.items():
+      try:
+        executor.update_parameters(**{key: value})
+      except (AssertionError, NameError, TypeError, ValueError) as e:
+        line = f"--slurm={key}={value}: {str(e).splitlines()[0].rstrip('.')}"
+        if isinstance(e, NameError):  # a name it does not know: its other lines list them as types
+          shared = ", ".join(submitit.AutoExecutor._typed_parameters())
+          line += (f" (submitit's parameters: {shared}, or CLUSTER_KEY for one cluster's own, e.g."
+                   " slurm_partition)")
+        parser.error(line)
+
+
 def write_table(runs: list[Run], arms: list[str], root: str, command: str) -> str:
   """Writes ROOT/sweep.md and ROOT/sweep.json (compare.combine over each arm's seeds, under
   `command`); returns the Markdown. Raises errors.UserError naming a run's eval.json that is not
@@ -324,19 +360,29 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
     spec.loader.exec_module(module)
   except SyntaxError as e:
     parser.error(errors.syntax_error_line(e))
+  except CONFIG_FILE_ERRORS as e:
+    parser.error(errors._config_file_error(["sweep", f"--config={config}"], e))
   if not callable(getattr(module, "get_config", None)):
     parser.error(f"--config={config}: the file defines no get_config(variant='')")
+
+  def get_config(variants: str, flag: str) -> ml_collections.ConfigDict:
+    """The config file's config of `variants`; a variant it refuses is one line naming `flag`."""
+    try:
+      built = module.get_config(variants)
+    except ValueError as e:
+      parser.error(f"{flag}: {e}")
+    except CONFIG_FILE_ERRORS as e:
+      parser.error(errors._config_file_error(["sweep", f"--config={config}"], e))
+    if not isinstance(built, ml_collections.ConfigDict):
+      parser.error(f"--config: get_config() returned a {type(built).__name__}; it must return an"
+                   " ml_collections.ConfigDict (e.g. base_config.get_config())")
+    return built
+
   configs = {}
   if variant:
-    try:
-      module.get_config(variant)
-    except ValueError as e:
-      parser.error(f"--variant={variant}: {e}")
+    get_config(variant, f"--variant={variant}")
   for arm in arms:
-    try:
-      arm_config = module.get_config(_variants(arm, variant))
-    except ValueError as e:
-      parser.error(f"--arms={arm}: {e}")
+    arm_config = get_config(_variants(arm, variant), f"--arms={arm}")
     for key, value in overrides.items():
       node = arm_config
       parts = key.split(".")
@@ -398,6 +444,24 @@ def recorded_differently(run: Run, config: dict) -> str | None:
           " or move that workdir away to run it again")
 
 
+def _check_root(parser: argparse.ArgumentParser, root: str) -> None:
+  """A --root the runs' workdirs cannot be under, in one line, as videoar.main refuses such a
+  --workdir: otherwise every run fails alone, or the sweep stops in a traceback."""
+  if not root:
+    parser.error("--root is empty: name the sweep's directory")
+  if set("[]") & set(root):
+    # Orbax matches checkpoint paths as glob patterns: videoar.main refuses such a workdir.
+    parser.error(f"--root={root}: '[' and ']' in the path are not supported (checkpoint paths"
+                 " are read as glob patterns); rename it")
+  blocking = errors.blocking_file(root)
+  if blocking:
+    parser.error(f"--root={root}: not a directory ({blocking} is a file)")
+  problem = files.unwritable(root)
+  if problem:
+    parser.error(f"--root={root}: cannot {'write to' if os.path.isdir(root) else 'create'} it:"
+                 f" {problem}")
+
+
 def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict:
   pairs = {}
   for item in items:
@@ -419,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="--config.KEY=VALUE for every run (repeatable)")
   parser.add_argument("--executor", choices=EXECUTORS, default="local")
-  parser.add_argument("--cluster", default=None,
-                      help="submitit's cluster: unset picks SLURM where there is one; local")
+  parser.add_argument("--cluster", choices=CLUSTERS, default=None,
+                      help="submitit's cluster: unset picks SLURM where there is one")
   parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                       help="a parameter of submitit's executor (repeatable)")
   args = parser.parse_args(argv)
@@ -447,9 +511,15 @@ def main(argv: list[str] | None = None) -> int:
     if difference:
       parser.error(f"--arms={args.arms}: arms {arms[0]} and {arm} train on different data:"
                    f" {difference}; sweep one world at a time (--variant names it for every arm)")
-  blocking = errors.blocking_file(args.root)
-  if blocking:
-    parser.error(f"--root={args.root}: not a directory ({blocking} is a file)")
+  for index, arm in enumerate(arms):
+    same = next((other for other in arms[:index] if configs[other] == configs[arm]), None)
+    if same:  # their rows would differ by the seeds' noise alone, under two names
+      parser.error(f"--arms={args.arms}: arms {same} and {arm} give the same config"
+                   f"{f' with --variant={args.variant}' if args.variant else ''}: one recipe"
+                   " under two names; name one of them")
+  _check_root(parser, args.root)
+  if args.executor == "submitit":
+    _check_submitit(parser, args.cluster, parameters)
 
   command = shlex.join(["python", "-m", "videoar.sweep"] + list(
       sys.argv[1:] if argv is None else argv))
