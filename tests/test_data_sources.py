@@ -6,8 +6,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import grain
 import ml_collections
@@ -651,6 +653,54 @@ def test_write_array_record_notes_that_a_recorded_source_ignores_the_clip_flags(
   assert ("note: --num_sequences ignored: data.source='video_folder' is recorded, and written"
           " whole") in result.stderr
   assert "wrote 1 sequences of video_folder" in result.stdout
+
+
+def stop_once_writing(command: list[str], output, signum: signal.Signals):
+  """Runs `command` from the repository root, sends it `signum` once it is writing the first
+  frame shard of `output`, and returns (its exit status, its stderr)."""
+  run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=os.path.join(os.path.dirname(__file__), ".."))
+  deadline = time.monotonic() + 120
+  while not os.path.exists(os.path.join(output, "frames-00000-of-00004.array_record")):
+    assert run.poll() is None, run.communicate()[1][-2000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  time.sleep(0.5)  # sequences are being written
+  run.send_signal(signum)
+  _, stderr = run.communicate(timeout=120)
+  return run.returncode, stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_write_array_record_in_one_line_leaving_no_dataset(tmp_path, signum,
+                                                                         sigint_at_default):
+  """Were exit status 143 without a word (SIGTERM) and a KeyboardInterrupt traceback (Ctrl-C).
+  The shards written so far stay without index.json, so nothing reads them as a dataset; the
+  next write to the folder replaces them, and one more is refused, the dataset kept."""
+  output = tmp_path / "data"
+  write = [sys.executable, "-m", "videoar.data.write_array_record",
+           "--config=configs/bouncing_tiny.py:test", f"--output={output}", "--sequence_frames=5"]
+  status, stderr = stop_once_writing(write + ["--num_sequences=20000"], output, signum)
+  assert status == 128 + signum, stderr[-2000:]
+  assert "Traceback" not in stderr
+  assert stderr.strip().splitlines()[-1] == (
+      f"error: stopped by {signum.name} part way through writing {output}; it holds no"
+      " index.json, so nothing reads it as a dataset: rerun the same command to write it whole")
+  assert "index.json" not in os.listdir(output)
+  with pytest.raises(ConfigError, match="has no index.json"):
+    array_record.ArrayRecordLatents(str(output)).lengths()
+  rerun = subprocess.run(write + ["--num_sequences=4"], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert array_record.ArrayRecordLatents(str(output)).lengths().tolist() == [5] * 4
+  written = {p.name: p.read_bytes() for p in output.iterdir()}
+  again = subprocess.run(write + ["--num_sequences=4"], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert again.returncode == 2
+  assert again.stderr.strip().splitlines()[-1] == (
+      f"error: --output={output} already holds a dataset (index.json): write to a new folder, or"
+      " move that one away")
+  assert {p.name: p.read_bytes() for p in output.iterdir()} == written
 
 
 def _sequence(frames=24, size=8, tokens=4, **entries):

@@ -4,6 +4,7 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -20,6 +21,7 @@ from videoar.diffusion import flow
 from videoar.errors import ConfigError
 from videoar.forcing import PARADIGMS, ode_regression
 from videoar.models import dit
+from test_data_sources import stop_once_writing
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -392,6 +394,57 @@ def test_ode_pairs_json_is_whole_or_absent(model_and_params, tmp_path, monkeypat
                           guidance_scale=2.0, num_shards=2, teacher_step=1)
   assert "index.json" in os.listdir(tmp_path)
   assert not [name for name in os.listdir(tmp_path) if "ode_pairs" in name]
+
+
+def test_a_sigterm_stops_ode_pairs_in_one_line_and_leaves_no_pairs(tmp_path):
+  """The probe: a SIGTERM part way was exit status 143 without a word, leaving 320 MB of shards
+  (a Ctrl-C: a 58-line traceback). Neither index.json nor ode_pairs.json is written: nothing
+  takes the shards for a dataset or for pairs, and the same command writes them whole."""
+  teacher, output = tmp_path / "teacher", tmp_path / "pairs"
+  trained = subprocess.run(
+      [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_sf.py:teacher,test",
+       f"--workdir={teacher}", "--mode=train", "--config.train.num_steps=1"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert trained.returncode == 0, trained.stderr[-2000:]
+  status, stderr = stop_once_writing(
+      [sys.executable, "-m", "videoar.ode_pairs", "--config=configs/bouncing_sf.py:teacher,test",
+       f"--teacher_workdir={teacher}", f"--output={output}", "--num_sequences=3000",
+       "--solver_steps=16"], output, signal.SIGTERM)
+  assert status == 143, stderr[-2000:]
+  assert "Traceback" not in stderr
+  assert stderr.strip().splitlines()[-1] == (
+      f"error: stopped by SIGTERM part way through writing {output}; it holds no index.json, so"
+      " nothing reads it as a dataset: rerun the same command to write it whole")
+  assert "frames-00000-of-00004.array_record" in os.listdir(output)
+  assert not {"index.json", ode_pairs.METADATA} & set(os.listdir(output))
+
+
+def test_a_signal_while_index_json_is_written_waits_for_ode_pairs_json(model_and_params, tmp_path,
+                                                                    monkeypatch):
+  """index.json without ode_pairs.json is a dataset that a rerun refuses to write over, and no
+  pairs to the launch script: a signal that comes as index.json is written stops the command
+  only once ode_pairs.json is written too."""
+  model, params = model_and_params
+  batches = [{"video": np.zeros((2, FRAMES) + SHAPE, np.float32), "label": np.array([0, 2])}]
+
+  def dump_signalled(value, f):
+    os.kill(os.getpid(), signal.SIGTERM)
+    json.dump(value, f)
+
+  monkeypatch.setattr(array_record, "json", types.SimpleNamespace(
+      dump=dump_signalled, dumps=json.dumps, loads=json.loads))
+  # The handler errors.run(main, stopped=...) gives SIGTERM.
+  previous = signal.signal(signal.SIGTERM, errors._stop)
+  try:
+    with pytest.raises(errors.Stopped):
+      ode_pairs.write_pairs(str(tmp_path), model, params, iter(batches), jax.random.key(10),
+                            num_sequences=2, num_steps=K, solver_steps=M, shift=SHIFT,
+                            guidance_scale=2.0, num_shards=2, teacher_step=1)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert {"index.json", ode_pairs.METADATA} <= set(os.listdir(tmp_path))
+  assert array_record.stopped_line("SIGTERM", str(tmp_path)) == (
+      f"stopped by SIGTERM: {tmp_path} holds a whole dataset (index.json), kept as it is")
 
 
 def test_pairs_are_stale_unless_made_from_the_teachers_newest_checkpoint(tmp_path):

@@ -7,16 +7,22 @@ which parses the flags with `parse_flags` (a bad flag, config file, variant or o
 line) and reports the USER_ERRORS that `main` raises; a command on argparse uses `ArgumentParser`
 here. Anything else is a bug and keeps its traceback. `blocking_file` finds the file that keeps
 a path (a workdir, a sweep's root, a data cache) from being a directory, for such a line.
+
+A command that writes something a signal must not leave half-made (a dataset) runs with
+`run(main, stopped=...)`: a SIGTERM or Ctrl-C then ends it with one line saying what is on
+disk, and `held_signals` keeps one from landing between files that must appear together.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import re
+import signal
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 from absl import app, flags
 import ml_collections
@@ -134,15 +140,75 @@ def _unknown_key(argv: list[str], error: Exception) -> str | None:
           " videoar/base_config.py; data.options holds the data source's options)")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
+class Stopped(BaseException):
+  """A SIGTERM or SIGINT that stops a command run with `run(main, stopped=...)`. A
+  BaseException, as KeyboardInterrupt is, so that no `except Exception` on its way out takes it
+  for an error of its own.
+
+  Attributes:
+    signal: the signal (signal.SIGTERM or signal.SIGINT).
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signal = signal.Signals(signum)
+
+
+# The signals that came inside held_signals, raised as Stopped when it ends; None outside it.
+_held: list[int] | None = None
+
+
+def _stop(signum, frame):
+  del frame
+  if _held is None:
+    raise Stopped(signum)
+  _held.append(signum)
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+  """A block that a SIGTERM or SIGINT, under `run(main, stopped=...)`, does not cut: files that
+  must be on disk together (a dataset's index.json and its ode_pairs.json) are written whole or
+  not at all. A signal that came meanwhile is raised as Stopped when the block ends, unless it
+  raised something else."""
+  global _held
+  _held = []
+  try:
+    yield
+  finally:
+    held, _held = _held, None
+  if held:
+    raise Stopped(held[0])
+
+
+def run(main: Callable[[list[str]], None],
+        stopped: Callable[[str], str] | None = None) -> None:
   """absl's app.run(main) for a command of this project: flags parsed by `parse_flags`, and a
-  USER_ERRORS raised by `main` printed as one line (exit status 2)."""
+  USER_ERRORS raised by `main` printed as one line (exit status 2).
+
+  With `stopped`, a SIGTERM or SIGINT while `main` runs (one not ignored, as a background job's
+  SIGINT is) raises Stopped, and ends the command with `error: STOPPED(the signal's name)`,
+  saying what it left, on stderr, no traceback, and exit status 128 + the signal (143 for
+  SIGTERM, 130 for SIGINT): the shell's status for a command a signal ended, so that a script's
+  `&&` or `set -e` does not go on to use what was not finished."""
 
   @functools.wraps(main)
   def reported(argv):
+    if stopped:
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+          signal.signal(signum, _stop)
     try:
       return main(argv)
     except USER_ERRORS as e:
       exit_with_error(str(e))
+    except Stopped as e:
+      signum = e.signal
+    # Outside the except block, whose traceback holds the frames of a progress bar that would
+    # draw itself again below the line when they go. A second signal cannot cut the line.
+    for other in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(other, signal.SIG_IGN)
+    print(f"error: {stopped(signum.name)}", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
 
   app.run(reported, flags_parser=parse_flags)

@@ -24,6 +24,11 @@ teacher was guided with is stored as array_record stores it (label and text per 
 actions per frame), so the student is conditioned on the same. ode_pairs.json records num_steps
 (K), solver_steps (M), warp_shift, guidance_scale, the K + 1 state `times` and `teacher_step`,
 the step of the teacher's checkpoint the pairs were made from (`stale_problem` checks it).
+
+A SIGTERM or Ctrl-C stops the command with one line, exit status 128 + the signal (143, 130),
+leaving the shards written so far without index.json and ode_pairs.json, which are written
+together last: nothing takes them for pairs, and the same command writes them whole
+(array_record.stopped_line).
 """
 
 from __future__ import annotations
@@ -136,21 +141,25 @@ def write_pairs(path: str, model: dit.CausalDiT, params, batches: Iterable[dict]
                 shift: float, guidance_scale: float, num_shards: int, teacher_step: int) -> int:
   """Writes pair_sequences() to the array_record directory `path` over `num_shards` frame shards,
   with METADATA beside them (`teacher_step`: the step of the checkpoint `params` came from);
-  returns how many sequences were written."""
+  returns how many sequences were written. METADATA is written right after index.json, a signal
+  held until both are (array_record.write_sequences' `finish`): a stop never leaves index.json
+  without it, which a rerun would refuse as a dataset and the launch script not take as pairs."""
   sequences = pair_sequences(model, params, batches, rng, num_sequences=num_sequences,
                              num_steps=num_steps, solver_steps=solver_steps, shift=shift,
                              guidance_scale=guidance_scale)
-  written = array_record.write_sequences(
-      path, tqdm.tqdm(sequences, total=num_sequences, desc="ODE pairs", unit="sequence"),
-      num_shards=min(num_shards, num_sequences))
   metadata = dict(num_steps=num_steps, solver_steps=solver_steps, warp_shift=shift,
                   guidance_scale=guidance_scale,
                   times=ode_regression.state_times(num_steps, shift).tolist(),
                   teacher_step=teacher_step)
-  # Whole or absent: the launch script takes the file for finished pairs.
-  with files.replaced(os.path.join(path, METADATA)) as f:
-    json.dump(metadata, f)
-  return written
+
+  def write_metadata():
+    # Whole or absent: the launch script takes the file for finished pairs.
+    with files.replaced(os.path.join(path, METADATA)) as f:
+      json.dump(metadata, f)
+
+  return array_record.write_sequences(
+      path, tqdm.tqdm(sequences, total=num_sequences, desc="ODE pairs", unit="sequence"),
+      num_shards=min(num_shards, num_sequences), finish=write_metadata)
 
 
 def main(argv):
@@ -269,4 +278,5 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  errors.run(main)
+  errors.run(main, stopped=lambda signame: array_record.stopped_line(signame,
+                                                                      flags.FLAGS.output))

@@ -19,12 +19,12 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 import grain
 import numpy as np
 
-from videoar import errors
+from videoar import errors, files
 
 FRAME_KEYS = ("video", "actions", "ode_states")
 SEQUENCE_KEYS = ("label", "text")
@@ -61,7 +61,7 @@ def from_bytes(record: bytes) -> dict[str, np.ndarray]:
 
 
 def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
-                    num_shards: int = 1) -> int:
+                    num_shards: int = 1, finish: Callable[[], None] | None = None) -> int:
   """Writes sequences ({video [T, h, w, c], optionally actions [T], ode_states
   [T, K + 1, h, w, c], label [], text [L, D]}) to the dataset directory `path`, dealing them to
   `num_shards` frame shards in turn; returns how many were written.
@@ -72,11 +72,17 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
   (text padded to one L), and `video` uint8 pixels in all or float latents in all (the pipeline
   rescales uint8 only). T may differ.
 
+  index.json, which makes the directory a dataset, is written last and whole, then `finish` is
+  called to write what must be there whenever index.json is (ode_pairs.json): a SIGTERM or
+  SIGINT under errors.run(main, stopped=...) waits while the two are written
+  (errors.held_signals), and one before leaves shards without index.json (stopped_line).
+
   Raises errors.UserError, before anything is written, when `path` already holds a finished
   dataset (its index.json): a new one would overwrite it; errors.ConfigError (a ValueError)
   naming the sequence, the entry and both shapes for a sequence that breaks the rules above,
   when it comes: the shards written so far are left without index.json, which the next write
-  to `path` replaces.
+  to `path` replaces; errors.Stopped for a signal held while index.json was written, once it
+  and `finish` are written.
   """
   from array_record.python import array_record_module  # only writing needs the writer
 
@@ -130,9 +136,26 @@ def write_sequences(path: str, sequences: Iterable[dict[str, np.ndarray]], *,
       "first_records": [int(shard_starts[shard] + first) for shard, first, _ in placement],
       "id_counts": {key: largest + 1 for key, largest in largest_ids.items()},
   }
-  with open(os.path.join(path, "index.json"), "w") as f:
-    json.dump(index, f)
+  with errors.held_signals():
+    with files.replaced(os.path.join(path, "index.json")) as f:
+      json.dump(index, f)
+    if finish:
+      finish()
   return len(placement)
+
+
+def stopped_line(signame: str, path: str) -> str:
+  """The line for a signal that stopped a command writing the dataset directory `path`
+  (errors.run's `stopped`): what the directory holds, and what to do."""
+  if os.path.exists(os.path.join(path, "index.json")):
+    # The signal came while index.json was written (held_signals), or before the command had
+    # looked at a `path` that already held a dataset: either way, a whole one.
+    return f"stopped by {signame}: {path} holds a whole dataset (index.json), kept as it is"
+  if not os.path.exists(path):
+    return (f"stopped by {signame} before anything was written to {path}: rerun the same"
+            " command to write it")
+  return (f"stopped by {signame} part way through writing {path}; it holds no index.json, so"
+          " nothing reads it as a dataset: rerun the same command to write it whole")
 
 
 def _shape(key: str, array: np.ndarray) -> tuple[int, ...]:

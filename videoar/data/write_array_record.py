@@ -12,7 +12,9 @@ Train on the result with --config.data.source=array_record --config.data.path=DI
 
 An --output that cannot be made a directory, one that holds a dataset already, or a data source
 that cannot open (its options, data.path) is one line, `error: ...`, exit status 2, before
-anything is generated or decoded.
+anything is generated or decoded. A SIGTERM or Ctrl-C is one line too, exit status 128 + the
+signal (143, 130): the shards written so far stay without index.json, so nothing reads them as
+a dataset, and the same command writes it whole (array_record.stopped_line).
 """
 
 from __future__ import annotations
@@ -133,4 +135,4 @@ def _remove_empty(directories: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  errors.run(main, stopped=lambda signame: array_record.stopped_line(signame, FLAGS.output))
