@@ -295,11 +295,18 @@ BAD_CONFIG_FILES = [
      " (e.g. base_config.get_config())"),
     ("def get_config():\n  return base_config.get_config()\n",
      "error: --config: {f}: NameError: name 'base_config' is not defined"),
+    # A module beside the config file (was the line without the hint).
+    ("import mybase\ndef get_config():\n  return mybase.get_config()\n",
+     "error: --config: {f}: ModuleNotFoundError: No module named 'mybase'"
+     " (a config file's own folder is not on the import path: import a module of this"
+     " repository by its package, e.g. from configs import bouncing_tiny, from the"
+     " repository's root)"),
 ]
 
 
 @pytest.mark.parametrize("text,line", BAD_CONFIG_FILES,
-                         ids=["syntax error", "a dict", "no get_config", "a list", "a NameError"])
+                         ids=["syntax error", "a dict", "no get_config", "a list", "a NameError",
+                              "a module beside it"])
 def test_a_config_file_that_cannot_give_a_config_is_one_line(tmp_path, text, line):
   config_file = tmp_path / "my_config.py"
   config_file.write_text(text)
@@ -478,7 +485,11 @@ TOOLS_BAD_INPUTS = [
     ("a sweep over a negative seed (was one failed run per arm)",
      ["-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=test", "--seeds=0,-1",
       "--root={w}/sweep"],
-     "error: --seeds='0,-1': a seed is an integer >= 0"),
+     "error: --seeds='0,-1': a seed is an integer in [0, 2**32)"),
+    ("a sweep over a seed of 2**32 (was a run that trained as seed 0)",
+     ["-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=test",
+      "--seeds=0,4294967296", "--root={w}/sweep"],
+     "error: --seeds='0,4294967296': a seed is an integer in [0, 2**32)"),
     ("a sweep whose --set misspells a key (named no close key)",
      ["-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=test",
       "--set=model.routing_topk=1", "--root={w}/sweep"],
@@ -549,6 +560,14 @@ TOOLS_BAD_INPUTS = [
      ["benchmarks/input_pipeline.py", "--prefetch=threads,threads"],
      "error: flag --prefetch=['threads', 'threads']: names threads twice; allowed: threads,"
      " processes, each once"),
+    ("a stray word after a tool's flags (was ignored: the benchmark ran)",
+     ["benchmarks/train_step.py", "--steps=1", "extra"],
+     "error: unexpected argument 'extra' (flags are --name=value; a bool flag is --name or"
+     " --noname)"),
+    ("a stray word after the learning curve's flags (was ignored)",
+     ["-m", "videoar.eval.learning_curve", "--workdir={w}", "lost"],
+     "error: unexpected argument 'lost' (flags are --name=value; a bool flag is --name or"
+     " --noname)"),
     ("train step benchmark of an empty reference matmul (was a ZeroDivisionError)",
      ["benchmarks/train_step.py", "--matmul_size=0"],
      "error: flag --matmul_size=0: 0 is not a positive integer"),

@@ -401,12 +401,24 @@ def test_a_cluster_or_parameter_submitit_refuses_stops_with_one_line_before_anyt
   assert not list(tmp_path.iterdir())
 
 
+def test_a_fractional_slurm_parameter_reaches_submitit_as_a_number():
+  # mem_gb=3.5 was passed as the text "3.5", which submitit refuses.
+  parser = errors.ArgumentParser(prog="sweep")
+  parameters = sweep._slurm_parameters(parser, ["mem_gb=3.5", "timeout_min=120",
+                                                "slurm_partition=gpu"])
+  assert parameters == {"mem_gb": 3.5, "timeout_min": 120, "slurm_partition": "gpu"}
+  sweep._check_submitit(parser, "local", {"mem_gb": 3.5, "timeout_min": 120})
+
+
 # (what the config file holds, the line videoar.main prints for it); the file is written to {f}
 BAD_CONFIG_FILES = [
     ("def get_config(variant=''):\n  return base_config.get_config()\n",
      "error: --config: {f}: NameError: name 'base_config' is not defined"),
     ("import videoar.no_such_module\n",
-     "error: --config: {f}: ModuleNotFoundError: No module named 'videoar.no_such_module'"),
+     "error: --config: {f}: ModuleNotFoundError: No module named 'videoar.no_such_module'"
+     " (a config file's own folder is not on the import path: import a module of this"
+     " repository by its package, e.g. from configs import bouncing_tiny, from the"
+     " repository's root)"),
     ("def get_config(variant=''):\n  return {'seed': 0}\n",
      "error: --config: get_config() returned a dict; it must return an ml_collections.ConfigDict"
      " (e.g. base_config.get_config())"),
@@ -576,3 +588,16 @@ def test_paired_counts_each_seed_against_the_same_seed(tmp_path, capsys):
   with pytest.raises(SystemExit):
     compare.main([f"a={','.join(a)}", f"b={b[0]}", "--paired=a:b"])
   assert "seeds pair by position" in capsys.readouterr().err
+
+
+def test_the_rf_experiment_script_is_one_sweep_of_its_arms_and_seeds(tmp_path):
+  # It ran videoar.main per arm and skipped any workdir with an eval.json, tabling an evaluation
+  # of other STEPS; the sweep refuses that (test_sweep_trains_evaluates_and_resumes_end_to_end).
+  result = subprocess.run(
+      ["bash", "launch/bouncing_rf_experiment.sh"], capture_output=True, text=True, timeout=60,
+      cwd=ROOT_DIR, env=dict(os.environ, PYTHON="echo", STEPS="7", SEEDS="0 1", ARMS="parallel test",
+                         OUT=str(tmp_path)))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == [
+      "-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=parallel,test",
+      "--seeds=0,1", f"--root={tmp_path}", "--set=train.num_steps=7"]

@@ -78,7 +78,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, for `app.run(..., flags_parser=parse_flags)`, with a bad flag or config
   override (an unknown key, a value of the wrong type), or a config file that cannot give a
   config (missing, a syntax error, an error in its get_config, no get_config, something other
-  than a ConfigDict returned), reported in one line; the arguments absl leaves."""
+  than a ConfigDict returned), or an argument that is not a flag, reported in one line; the
+  program name, which is all absl leaves."""
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:
@@ -95,6 +96,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     exit_with_error(_unknown_key(argv, e) or _config_file_error(argv, e))
   except (NameError, ImportError) as e:  # raised by the config file's own code
     exit_with_error(_config_file_error(argv, e))
+  if remaining[1:]:
+    # absl leaves what is not a flag, and no command here reads it: `--restart_from_weights
+    # false` set the flag and dropped the `false` the user meant.
+    exit_with_error(f"unexpected argument {remaining[1]!r} (flags are --name=value; a bool flag"
+                    " is --name or --noname)")
   # Some commands take no config: their --config defaults to None.
   config = flags.FLAGS.config if "config" in flags.FLAGS else None
   if config is not None and not isinstance(config, ml_collections.ConfigDict):
@@ -119,7 +125,11 @@ def _config_file_error(argv: list[str], error: Exception) -> str:
   files = [arg.split("=", 1)[1].split(":", 1)[0] for arg in argv[1:]
            if arg.startswith("--config=")]
   where = f" {files[-1]}:" if files else ""
-  return f"--config:{where} {type(error).__name__}: {error}"
+  # A config file is loaded by its path, so a module beside it is not importable by its name.
+  hint = (" (a config file's own folder is not on the import path: import a module of this"
+          " repository by its package, e.g. from configs import bouncing_tiny, from the"
+          " repository's root)" if isinstance(error, ModuleNotFoundError) else "")
+  return f"--config:{where} {type(error).__name__}: {error}{hint}"
 
 
 def _unknown_key(argv: list[str], error: Exception) -> str | None:

@@ -86,14 +86,9 @@ def _uses_cache(config) -> bool:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """errors.parse_flags, and a stray argument, or a workdir or cache directory that cannot be a
-  directory, or cannot be written, in one line."""
+  """errors.parse_flags, and a workdir or cache directory that cannot be a directory, or cannot
+  be written, in one line."""
   remaining = errors.parse_flags(argv)
-  if remaining[1:]:
-    # absl leaves what is not a flag, and main reads none: `--restart_from_weights false` would
-    # set the flag and drop the `false` the user meant.
-    errors.exit_with_error(f"unexpected argument {remaining[1]!r} (flags are --name=value; a bool"
-                           " flag is --name or --noname)")
   if not FLAGS.workdir:
     errors.exit_with_error("--workdir is empty: name the run's directory")
   if set("[]") & set(FLAGS.workdir):

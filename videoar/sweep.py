@@ -462,14 +462,31 @@ def _check_root(parser: argparse.ArgumentParser, root: str) -> None:
                  f" {problem}")
 
 
-def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict:
+def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str],
+                convert=lambda value: int(value) if value.lstrip("-").isdigit() else value
+                ) -> dict:
   pairs = {}
   for item in items:
     key, sep, value = item.partition("=")
     if not sep or not key:
       parser.error(f"--{flag}={item!r} is not KEY=VALUE")
-    pairs[key] = int(value) if value.lstrip("-").isdigit() else value
+    pairs[key] = convert(value)
   return pairs
+
+
+def _slurm_parameters(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+  """The --slurm KEY=VALUE items as submitit takes them: "120" an int, "3.5" a float (mem_gb was
+  refused as the text "3.5"), anything else the text."""
+
+  def number_or_text(value: str) -> int | float | str:
+    for kind in (int, float):
+      try:
+        return kind(value)
+      except ValueError:
+        pass
+    return value
+
+  return _key_values(parser, "slurm", items, number_or_text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,12 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--seeds={args.seeds!r} must be comma-separated integers")
   if len(set(seeds)) < len(seeds):
     parser.error(f"--seeds={args.seeds!r} repeats a seed")
-  if min(seeds) < 0:
-    parser.error(f"--seeds={args.seeds!r}: a seed is an integer >= 0")
+  if min(seeds) < 0 or max(seeds) >= 2**32:
+    # As validate's config.seed: the data streams' seeds are unsigned 32-bit.
+    parser.error(f"--seeds={args.seeds!r}: a seed is an integer in [0, 2**32)")
   overrides = _key_values(parser, "set", args.set)
   if "seed" in overrides:
     parser.error(f"--set=seed={overrides['seed']}: each run's seed comes from --seeds")
-  parameters = _key_values(parser, "slurm", args.slurm)
+  parameters = _slurm_parameters(parser, args.slurm)
   if args.executor != "submitit" and (args.slurm or args.cluster):
     parser.error(f"--slurm and --cluster are submitit's; --executor={args.executor}")
   configs = _check_arms(parser, args.config, arms, args.variant, overrides)
