@@ -37,6 +37,22 @@ def blocking_file(path: str) -> str | None:
   return None if os.path.isdir(existing) else existing
 
 
+def run_directory_problem(flag: str, path: str, what: str) -> str | None:
+  """The line for a FLAG=PATH that cannot be a directory runs keep their checkpoints under, or
+  None: empty (WHAT names what it is for, e.g. "the run's directory"), '[' or ']' in it (orbax
+  matches checkpoint paths as glob patterns: every good checkpoint under such a path read as
+  damaged and was moved aside), or a file where it or a parent should be (blocking_file)."""
+  if not path:
+    return f"{flag} is empty: name {what}"
+  if set("[]") & set(path):
+    return (f"{flag}={path}: '[' and ']' in the path are not supported (checkpoint paths are read"
+            " as glob patterns); rename it")
+  blocking = blocking_file(path)
+  if blocking:
+    return f"{flag}={path}: not a directory ({blocking} is a file)"
+  return None
+
+
 class UserError(Exception):
   """Bad input, or a state on disk, that the user can act on; the message is one line."""
 
@@ -93,9 +109,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:
     if "get_config" in str(e):
       exit_with_error("--config: the file defines no get_config(variant='') returning its config")
-    exit_with_error(_unknown_key(argv, e) or _config_file_error(argv, e))
+    exit_with_error(_unknown_key(argv, e) or config_file_error(argv, e))
   except (NameError, ImportError) as e:  # raised by the config file's own code
-    exit_with_error(_config_file_error(argv, e))
+    exit_with_error(config_file_error(argv, e))
   if remaining[1:]:
     # absl leaves what is not a flag, and no command here reads it: `--restart_from_weights
     # false` set the flag and dropped the `false` the user meant.
@@ -120,7 +136,7 @@ def syntax_error_line(error: SyntaxError) -> str:
   return f"--config: {error.filename}, line {error.lineno}: SyntaxError: {error.msg}"
 
 
-def _config_file_error(argv: list[str], error: Exception) -> str:
+def config_file_error(argv: list[str], error: Exception) -> str:
   """One line for an error the config file raised while it built its config."""
   files = [arg.split("=", 1)[1].split(":", 1)[0] for arg in argv[1:]
            if arg.startswith("--config=")]

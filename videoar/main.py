@@ -89,16 +89,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """errors.parse_flags, and a workdir or cache directory that cannot be a directory, or cannot
   be written, in one line."""
   remaining = errors.parse_flags(argv)
-  if not FLAGS.workdir:
-    errors.exit_with_error("--workdir is empty: name the run's directory")
-  if set("[]") & set(FLAGS.workdir):
-    # Orbax matches checkpoint paths as glob patterns: every good checkpoint under such a path
-    # read as damaged and was moved aside.
-    errors.exit_with_error(f"--workdir={FLAGS.workdir}: '[' and ']' in the path are not"
-                           " supported (checkpoint paths are read as glob patterns); rename it")
-  blocking = errors.blocking_file(FLAGS.workdir)
-  if blocking:
-    errors.exit_with_error(f"--workdir={FLAGS.workdir}: not a directory ({blocking} is a file)")
+  problem = errors.run_directory_problem("--workdir", FLAGS.workdir, "the run's directory")
+  if problem:
+    errors.exit_with_error(problem)
   # The directories a run writes into: a file there would stop it after compiling, and at its
   # first checkpoint with advice (to rerun) that cannot help; a symlink to nothing, the same.
   for path in (FLAGS.workdir, *(os.path.join(FLAGS.workdir, name)

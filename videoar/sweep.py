@@ -361,7 +361,7 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
   except SyntaxError as e:
     parser.error(errors.syntax_error_line(e))
   except CONFIG_FILE_ERRORS as e:
-    parser.error(errors._config_file_error(["sweep", f"--config={config}"], e))
+    parser.error(errors.config_file_error(["sweep", f"--config={config}"], e))
   if not callable(getattr(module, "get_config", None)):
     parser.error(f"--config={config}: the file defines no get_config(variant='')")
 
@@ -372,7 +372,7 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
     except ValueError as e:
       parser.error(f"{flag}: {e}")
     except CONFIG_FILE_ERRORS as e:
-      parser.error(errors._config_file_error(["sweep", f"--config={config}"], e))
+      parser.error(errors.config_file_error(["sweep", f"--config={config}"], e))
     if not isinstance(built, ml_collections.ConfigDict):
       parser.error(f"--config: get_config() returned a {type(built).__name__}; it must return an"
                    " ml_collections.ConfigDict (e.g. base_config.get_config())")
@@ -447,15 +447,9 @@ def recorded_differently(run: Run, config: dict) -> str | None:
 def _check_root(parser: argparse.ArgumentParser, root: str) -> None:
   """A --root the runs' workdirs cannot be under, in one line, as videoar.main refuses such a
   --workdir: otherwise every run fails alone, or the sweep stops in a traceback."""
-  if not root:
-    parser.error("--root is empty: name the sweep's directory")
-  if set("[]") & set(root):
-    # Orbax matches checkpoint paths as glob patterns: videoar.main refuses such a workdir.
-    parser.error(f"--root={root}: '[' and ']' in the path are not supported (checkpoint paths"
-                 " are read as glob patterns); rename it")
-  blocking = errors.blocking_file(root)
-  if blocking:
-    parser.error(f"--root={root}: not a directory ({blocking} is a file)")
+  problem = errors.run_directory_problem("--root", root, "the sweep's directory")
+  if problem:
+    parser.error(problem)
   problem = files.unwritable(root)
   if problem:
     parser.error(f"--root={root}: cannot {'write to' if os.path.isdir(root) else 'create'} it:"
