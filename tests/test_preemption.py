@@ -2,6 +2,7 @@
 
 import dataclasses
 import errno
+import gc
 import json
 import os
 import random
@@ -14,7 +15,7 @@ import time
 import jax
 import pytest
 
-from videoar import experiment, trainer
+from videoar import errors, experiment, trainer
 from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import metrics_log
 from videoar.train import preemption
@@ -286,3 +287,33 @@ def test_a_save_that_fails_says_so_in_one_line(tmp_path, monkeypatch):
   assert str(error.value) == (
       f"saving step 2 to {tmp_path}/checkpoints failed (OSError: [Errno 28] No space left on"
       " device); the newest checkpoint is none")
+
+
+def test_a_signal_in_a_garbage_collection_callback_is_sent_again_not_lost(monkeypatch):
+  # Raised there, the KeyboardInterrupt was printed as "Exception ignored in: <function
+  # _xla_gc_callback>" and dropped: a Ctrl-C while sampling wrote the samples and exited 0.
+  sent, seen = [], []
+  monkeypatch.setattr(os, "kill", lambda pid, signum: sent.append((pid, signum)))
+
+  def callback(phase, info):
+    try:
+      errors.interrupt(signal.SIGINT, sys._getframe())
+      seen.append("sent again")
+    except KeyboardInterrupt:
+      seen.append("raised")
+
+  gc.callbacks.append(callback)
+  try:
+    gc.collect()
+  finally:
+    gc.callbacks.remove(callback)
+  deadline = time.monotonic() + 5
+  while len(sent) < len(seen) and time.monotonic() < deadline:
+    time.sleep(0.01)
+  assert seen == ["sent again", "sent again"]  # gc calls back at its start and at its end
+  assert sent == [(os.getpid(), signal.SIGINT)] * 2
+  # Anywhere else it is Python's own KeyboardInterrupt, raised at once.
+  with pytest.raises(KeyboardInterrupt):
+    errors.interrupt(signal.SIGINT, sys._getframe())
+  with pytest.raises(errors.Stopped):
+    errors.raise_from_signal(signal.SIGTERM, sys._getframe(), errors.Stopped(signal.SIGTERM))

@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import os
 import re
 import signal
 import sys
+import threading
 from typing import Callable, Iterator, NoReturn
 
 from absl import app, flags
@@ -184,10 +186,31 @@ class Stopped(BaseException):
 _held: list[int] | None = None
 
 
+def raise_from_signal(signum: int, frame, error: BaseException) -> None:
+  """Raises `error` from the handler of signal `signum`, whose `frame` is where the program was:
+  unless that is inside a garbage-collection callback (jax registers one) or a __del__, where
+  Python prints an exception as "Exception ignored" and drops it, so that the command went on as
+  if no signal had come (a Ctrl-C while sampling wrote the samples and exited 0). Then the same
+  signal is sent again 10 ms later, by when the callback has returned, and returns."""
+  callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+      threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+      return
+    frame = frame.f_back
+  raise error
+
+
+def interrupt(signum: int, frame) -> None:
+  """Python's own SIGINT handler (a KeyboardInterrupt), but for a Ctrl-C that comes in a
+  garbage-collection callback, sent again (raise_from_signal)."""
+  raise_from_signal(signum, frame, KeyboardInterrupt())
+
+
 def _stop(signum, frame):
-  del frame
   if _held is None:
-    raise Stopped(signum)
+    raise_from_signal(signum, frame, Stopped(signum))
+    return
   _held.append(signum)
 
 

@@ -163,8 +163,7 @@ class _Stopped(Exception):
 
 
 def _raise_stopped(signum, frame):
-  del frame
-  raise _Stopped(signum)
+  errors.raise_from_signal(signum, frame, _Stopped(signum))
 
 
 # What the run is doing, for the line a signal leaves: "training" (from the start of a run that
@@ -228,6 +227,9 @@ def main(argv):
     # Outside the trainer's steps (compiling, sampling, evaluating) a SIGTERM ends the run with
     # a line, not silently; the trainer takes SIGTERM itself while it steps.
     signal.signal(signal.SIGTERM, _raise_stopped)
+    # Left ignored where it is (a background job's).
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+      signal.signal(signal.SIGINT, errors.interrupt)
   try:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except _Stopped as e:

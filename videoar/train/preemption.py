@@ -8,13 +8,15 @@ import signal
 import jax
 from jax.experimental import multihost_utils
 
+from videoar import errors
+
 
 class Preemption:
   """SIGTERM and the first SIGINT ask the run to stop after the current step, with a checkpoint.
 
   A single process turns either signal into a flag that the trainer checks between steps; the
-  first SIGINT then gives SIGINT back its default, so a second one raises KeyboardInterrupt at
-  once. Several processes must stop after the same step: there JAX's preemption service,
+  first SIGINT then gives SIGINT Python's default behaviour (errors.interrupt), so a second one
+  raises KeyboardInterrupt at once. Several processes must stop after the same step: there JAX's preemption service,
   started by jax.distributed.initialize, catches SIGTERM on any of them and agrees that step with
   the others, and every process asks it after every step (SIGINT keeps its default there).
 
@@ -34,7 +36,7 @@ class Preemption:
     del frame
     self.signal = signal.Signals(signum)
     if signum == signal.SIGINT:
-      signal.signal(signal.SIGINT, signal.default_int_handler)
+      signal.signal(signal.SIGINT, errors.interrupt)
 
   def reached(self, step: int) -> bool:
     """Whether the run stops after `step` (the same answer on every process)."""
