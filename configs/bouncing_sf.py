@@ -58,7 +58,8 @@ def get_config(variant: str = ""):
     raise ValueError(f"config variants {stages[0]} and {stages[1]} are two stages; name one")
   stage = stages[0] if stages else "self_forcing"
   if "world" in variants and stage != "ode":  # the other stages train on the world already
-    raise ValueError(f"config variant 'world' is of the ODE stage ('ode,world'), not of {stage!r}")
+    raise ValueError(f"config variant 'world' is of the ODE stage ('ode,world'), not of"
+                     f" {stage!r}")
   runs = RUNS + ("_test" if "test" in variants else "")
   if stage == "teacher":
     config.forcing.paradigm = "bidirectional"

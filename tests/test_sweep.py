@@ -377,7 +377,8 @@ def test_a_root_that_main_would_refuse_as_the_runs_parent_stops_with_one_line(tm
 
 @pytest.mark.parametrize("flags, line", [
     (["--cluster=bogus"],  # argparse's words, and each cluster quoted by Python 3.11's only
-     "error: argument --cluster: invalid choice: 'bogus' (choose from {slurm}, {local}, {debug})"),
+     "error: argument --cluster: invalid choice: 'bogus' (choose from {slurm}, {local},"
+     " {debug})"),
     (["--slurm=bogus_param=3"],
      "error: --slurm=bogus_param=3: Unknown executor 'bogus' in parameter 'bogus_param'"
      " (submitit's parameters: name, timeout_min, mem_gb, nodes, cpus_per_task, gpus_per_node,"
@@ -595,8 +596,8 @@ def test_the_rf_experiment_script_is_one_sweep_of_its_arms_and_seeds(tmp_path):
   # of other STEPS; the sweep refuses that (test_sweep_trains_evaluates_and_resumes_end_to_end).
   result = subprocess.run(
       ["bash", "launch/bouncing_rf_experiment.sh"], capture_output=True, text=True, timeout=60,
-      cwd=ROOT_DIR, env=dict(os.environ, PYTHON="echo", STEPS="7", SEEDS="0 1", ARMS="parallel test",
-                         OUT=str(tmp_path)))
+      cwd=ROOT_DIR, env=dict(os.environ, PYTHON="echo", STEPS="7", SEEDS="0 1",
+                             ARMS="parallel test", OUT=str(tmp_path)))
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == [
       "-m", "videoar.sweep", "--config=configs/bouncing_rf.py", "--arms=parallel,test",

@@ -450,7 +450,8 @@ def test_a_step_larger_than_the_memory_limit_is_one_line_from_the_cli(tmp_path):
       [sys.executable, "-m", "videoar.main", "--config=configs/bouncing_tiny.py:test",
        f"--workdir={tmp_path / 'run'}", "--mode=train", "--config.data.num_frames=512",
        "--config.model.fine_patch=0"],
-      capture_output=True, text=True, timeout=600, cwd=os.path.join(os.path.dirname(__file__), ".."),
+      capture_output=True, text=True, timeout=600,
+      cwd=os.path.join(os.path.dirname(__file__), ".."),
       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr

@@ -16,9 +16,10 @@ class Preemption:
 
   A single process turns either signal into a flag that the trainer checks between steps; the
   first SIGINT then gives SIGINT Python's default behaviour (errors.interrupt), so a second one
-  raises KeyboardInterrupt at once. Several processes must stop after the same step: there JAX's preemption service,
-  started by jax.distributed.initialize, catches SIGTERM on any of them and agrees that step with
-  the others, and every process asks it after every step (SIGINT keeps its default there).
+  raises KeyboardInterrupt at once. Several processes must stop after the same step: there JAX's
+  preemption service, started by jax.distributed.initialize, catches SIGTERM on any of them and
+  agrees that step with the others, and every process asks it after every step (SIGINT keeps its
+  default there).
 
   Attributes:
     signal: the signal that asked the run to stop (signal.SIGTERM or SIGINT), or None.
