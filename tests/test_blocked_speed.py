@@ -67,3 +67,65 @@ def test_windowed_and_subclassed_masks_take_the_general_path():
                Shifted(4), masks.SlidingWindow(6, 2)):
     assert blocked._causal_units(spec) is None  # pylint: disable=protected-access
     assert blocked.computed_blocks(spec, 4) == blocked.plan(spec, 4).computed_blocks()
+
+
+@pytest.mark.parametrize("budget,groups", [(40_000, ((1, 1), (1, 3))), (20_000, ((1, 3), (2, 3)))])
+def test_causal_path_in_groups_equals_dense(monkeypatch, budget, groups):
+  """Groups of (batch, head) pairs, and the backward that recomputes each group's forward,
+  against the dense reference: outputs and gradients."""
+  spec, tokens = masks.TeacherForcing(5), 4
+  pair_logits = blocked.computed_blocks(spec, tokens) * tokens**2
+  monkeypatch.setattr(blocked, "CPU_TEMP_BYTES", budget)
+  pair_groups = blocked._pair_groups  # pylint: disable=protected-access
+  forward = pair_groups(2, 3, pair_logits, blocked.FORWARD_BYTES_PER_LOGIT)
+  backward = pair_groups(2, 3, pair_logits, blocked.BACKWARD_BYTES_PER_LOGIT)
+  assert (forward, backward) == groups, pair_logits
+  keys = jax.random.split(jax.random.key(5), 4)
+  q, k, v, cotangent = (3 * jax.random.normal(key, (2, 10 * tokens, 3, 8)) for key in keys)
+
+  def output_and_grads(impl):
+    attend = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=tokens, impl=impl)
+    out, vjp = jax.vjp(attend, q, k, v)
+    return (out,) + vjp(cotangent)
+
+  got, want = jax.jit(lambda: output_and_grads("blocked"))(), jax.jit(
+      lambda: output_and_grads("dense"))()
+  for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()), err_msg=name)
+
+
+def test_pair_groups_split_heads_then_the_batch():
+  group = lambda batch, heads, most_pairs: blocked._pair_groups(  # pylint: disable=protected-access
+      batch, heads, 1000, blocked.CPU_TEMP_BYTES / (1000 * most_pairs))
+  assert group(8, 4, 32) == (1, 1)
+  assert group(8, 4, 16) == (1, 2)
+  assert group(8, 4, 8) == (1, 4)
+  assert group(8, 4, 4) == (2, 4)
+  assert group(8, 4, 1) == (8, 4)
+  assert group(8, 4, 0.5) == (8, 4)  # one pair a group even where one pair is over the budget
+  assert group(1, 6, 4) == (1, 2)
+
+
+@pytest.mark.parametrize("n,backward", [(16, True), (32, False)])
+def test_the_2n_layout_on_cpu_keeps_its_temporaries_under_the_mmap_threshold(n, backward):
+  """The benchmark's shapes (benchmarks/attention.py): past glibc's 32 MB mmap threshold every
+  call faults its temporaries in again (blocked.CPU_TEMP_BYTES). N = 32's forward+backward
+  does not fit even one head a group, and is not held to it."""
+  spec, shape = masks.TeacherForcing(n), (1, 2 * n * 64, 4, 64)
+  q = jax.ShapeDtypeStruct(shape, jnp.float32)
+  attend = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=64, impl="auto")
+  if backward:
+    fn, args = (lambda q, k, v, ct: jax.vjp(attend, q, k, v)[1](ct)), (q, q, q, q)
+  else:
+    fn, args = attend, (q, q, q)
+  temp = jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+  assert temp <= 32 << 20, temp / 2**20
+
+
+def test_only_a_cpu_target_runs_the_causal_path_in_groups():
+  spec, shape = masks.TeacherForcing(32), (1, 64 * 64, 4, 64)
+  q = jax.ShapeDtypeStruct(shape, jnp.float32)
+  for platform, grouped in (("cpu", True), ("tpu", False), (None, False)):
+    jaxpr = jax.make_jaxpr(lambda q, k, v: blocked.blocked_attention(
+        q, k, v, spec, tokens_per_frame=64, platform=platform))(q, q, q)
+    assert ("custom_vjp_call" in str(jaxpr)) == grouped, platform

@@ -20,7 +20,10 @@ lower s key units, a dense rectangle; each level is one batched matmul pair over
 shape. Each query row gets a partial softmax from the diagonal and from each level its unit
 index has a bit set in, merged by their row maxima as in online softmax. The work is the allowed
 blocks, plus at most part of one block per level where the units are not a power of two, plus
-(2N layout) a zero noisy chunk that pads the last query unit.
+(2N layout) a zero noisy chunk that pads the last query unit. Compiled for a CPU, the path runs
+in groups of (batch, head) pairs, one group after another, small enough that the call's
+temporaries stay under glibc's mmap threshold, and its backward then saves only q, k and v and
+recomputes each group's forward (CPU_TEMP_BYTES).
 
 Routing (routing.py) is served two ways:
   masked  the blocks the frame mask allows, narrowed by the per-token selection: work grows with
@@ -56,6 +59,17 @@ MAX_BUCKETS = 8
 # (N = 16) and 45 against 48 ms (N = 32), 55-59 ms at 16-64 MB; forward+backward the same at 4
 # and 8 MB, slower at 2 MB.
 MAX_LOGITS = 1 << 21
+# XLA:CPU allocates a call's temporaries as one block, and glibc serves a block larger than its
+# highest mmap threshold (32 MB) as fresh pages that every call faults in again: at the 2N
+# layout's N = 32 (64 tokens a frame, 4 heads of 64) that was 13-15 ms of a 48 ms forward. So on a
+# CPU the unit-causal path runs in groups of (batch, head) pairs whose temporaries stay within
+# CPU_TEMP_BYTES, and where the backward needs more than one group it saves only q, k and v and
+# recomputes each group's forward (flash attention's trade of arithmetic for memory). Bytes per
+# logit: the compiled forward's and forward+backward's temporaries at N = 16 and 32, over their
+# logits (docs/performance.md, "Temporaries under the mmap threshold").
+CPU_TEMP_BYTES = 30 << 20
+FORWARD_BYTES_PER_LOGIT = 6.5
+BACKWARD_BYTES_PER_LOGIT = 13.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +260,75 @@ def computed_blocks(mask: masks.MaskSpec, tokens_per_frame: int) -> int:
   return unit_pairs * rows * chunk + (units * chunk * chunk if paired else 0)
 
 
-def _causal_attention(q, k, v, chunk: int, paired: bool, tokens_per_frame: int) -> jax.Array:
-  """`blocked_attention` for the unit-causal masks of `_causal_units` (module docstring)."""
+def _pair_groups(batch: int, heads: int, pair_logits: int,
+                 bytes_per_logit: float) -> tuple[int, int]:
+  """(batch parts, head parts): the fewest groups of (batch, head) pairs, heads split before
+  the batch, whose `pair_logits` logits each take at most CPU_TEMP_BYTES; one pair a group
+  where a single pair takes more."""
+  most_pairs = CPU_TEMP_BYTES // (pair_logits * bytes_per_logit)
+  splits = [(1, p) for p in range(1, heads + 1) if heads % p == 0]
+  splits += [(p, heads) for p in range(2, batch + 1) if batch % p == 0]
+  for batch_parts, head_parts in splits:
+    if (batch // batch_parts) * (heads // head_parts) <= most_pairs:
+      return batch_parts, head_parts
+  return batch, heads
+
+
+def _in_groups(fn, parts: tuple[int, int], *xs):
+  """fn over groups of (batch, head) pairs of xs [B, T, H, D] (T may differ between them),
+  one after another in a `lax.map`: returns fn's outputs [B, T, H, D] in their places."""
+  batch_parts, head_parts = parts
+  if parts == (1, 1):
+    return fn(*xs)
+  b, h = xs[0].shape[0], xs[0].shape[2]
+  bg, hg = b // batch_parts, h // head_parts
+
+  def group(i):
+    start = (i // head_parts * bg, 0, i % head_parts * hg, 0)
+    return fn(*(jax.lax.dynamic_slice(x, start, (bg, x.shape[1], hg, x.shape[3])) for x in xs))
+
+  def put_back(y):  # [groups, B/bp, T, H/hp, D] -> [B, T, H, D]
+    y = y.reshape(batch_parts, head_parts, bg, y.shape[2], hg, y.shape[4])
+    return jnp.moveaxis(y, 1, 3).reshape(b, y.shape[3], h, y.shape[5])
+
+  return jax.tree.map(put_back, jax.lax.map(group, jnp.arange(batch_parts * head_parts)))
+
+
+def _causal_attention(q, k, v, mask: masks.MaskSpec, tokens_per_frame: int,
+                      bounded_temporaries: bool) -> jax.Array:
+  """`blocked_attention` for the unit-causal masks of `_causal_units`; with
+  `bounded_temporaries`, in groups of (batch, head) pairs (CPU_TEMP_BYTES)."""
+  attend = functools.partial(_unit_causal_attention, chunk_paired=_causal_units(mask),
+                             tokens_per_frame=tokens_per_frame)
+  if not bounded_temporaries:
+    return attend(q, k, v)
+  pair_logits = computed_blocks(mask, tokens_per_frame) * tokens_per_frame**2
+  b, _, h, _ = q.shape
+  forward = _pair_groups(b, h, pair_logits, FORWARD_BYTES_PER_LOGIT)
+  backward = _pair_groups(b, h, pair_logits, BACKWARD_BYTES_PER_LOGIT)
+  if backward == (1, 1):
+    return attend(q, k, v)
+
+  @jax.custom_vjp
+  def grouped(q, k, v):
+    return _in_groups(attend, forward, q, k, v)
+
+  def grouped_forward(q, k, v):
+    return grouped(q, k, v), (q, k, v)
+
+  def grouped_backward(saved, d_out):
+    group_vjp = lambda q, k, v, d_out: jax.vjp(attend, q, k, v)[1](d_out)
+    return _in_groups(group_vjp, backward, *saved, d_out)
+
+  grouped.defvjp(grouped_forward, grouped_backward)
+  return grouped(q, k, v)
+
+
+def _unit_causal_attention(q, k, v, chunk_paired: tuple[int, bool],
+                           tokens_per_frame: int) -> jax.Array:
+  """Unit-causal attention (module docstring) of q, k, v [B, T, H, D] in one computation;
+  chunk_paired: `_causal_units` of the mask."""
+  chunk, paired = chunk_paired
   b, tq, h, d = q.shape
   ct = chunk * tokens_per_frame
   streams = 2 if paired else 1
@@ -282,16 +363,19 @@ def _causal_attention(q, k, v, chunk: int, paired: bool, tokens_per_frame: int) 
 
 def blocked_attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
                       kv_frame_valid: jax.Array | None = None,
-                      selection: jax.Array | None = None) -> jax.Array:
+                      selection: jax.Array | None = None,
+                      platform: str | None = None) -> jax.Array:
   """Attention over the frame blocks `mask` allows; equal to `reference.dense_attention`.
 
   `selection` ([B, H, Tq, Fk] bool, from routing.select_frames) further narrows each query
   token's key frames. BlockCausal and TeacherForcing without a window, `kv_frame_valid` or a
   selection run the unit-causal path (module docstring); everything else the bucketed plan.
+  `platform`: the one compiled for (ops.target_platform); on "cpu" the unit-causal path keeps
+  its temporaries under glibc's mmap threshold (CPU_TEMP_BYTES).
   """
   causal = _causal_units(mask)
   if causal is not None and kv_frame_valid is None and selection is None:
-    return _causal_attention(q, k, v, *causal, tokens_per_frame)
+    return _causal_attention(q, k, v, mask, tokens_per_frame, platform == "cpu")
   return _planned_attention(q, k, v, mask, tokens_per_frame=tokens_per_frame,
                             kv_frame_valid=kv_frame_valid, selection=selection)
 

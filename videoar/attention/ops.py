@@ -134,7 +134,7 @@ def attention(q, k, v, mask: masks.MaskSpec, *, tokens_per_frame: int,
   if routing is None:
     if impl == "dense":
       return dense_attention(q, k, v, mask, **kwargs)
-    return blocked.blocked_attention(q, k, v, mask, **kwargs)
+    return blocked.blocked_attention(q, k, v, mask, platform=platform, **kwargs)
   if impl == "dense":
     return routing_lib.routed_attention_reference(q, k, v, mask, routing, **kwargs)
   if blocked.prefers_gather(mask, routing):
