@@ -1,4 +1,5 @@
-"""Meshes, logical axis names, and a train step sharded over 8 devices against one device.
+"""Meshes, logical axis names, and a train step and the CPU's grouped causal attention sharded
+over 8 devices against one device.
 
 The 8-device check runs in a subprocess with --xla_force_host_platform_device_count=8: the device
 count is fixed when JAX starts, and this process must stay single-device for the other tests.
@@ -14,9 +15,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from jax.sharding import AbstractMesh, AxisType
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from videoar import errors, experiment, validate
+from videoar.attention import blocked, masks, ops
 from videoar.data import pipeline
 from videoar.train import sharding as sharding_lib
 
@@ -314,7 +317,30 @@ def _child_main():
         max_param_diff=max_diff(params, reference), max_param_change=max_diff(params, initial),
         qkv_spec=list(qkv.sharding.spec), qkv_shard=list(qkv.addressable_shards[0].data.shape),
         qkv_shape=list(qkv.shape), mu_spec=list(mu.sharding.spec))
+  report["grouped attention"] = _grouped_attention_error()
   print(json.dumps(report))
+
+
+def _grouped_attention_error():
+  """The CPU's grouped causal attention (blocked.CPU_TEMP_BYTES at one (batch, head) pair a
+  group), batch and heads sharded over the 8 devices, against the same attention whole on one
+  device: the largest difference in the output and the gradients, over their largest value."""
+  spec, tokens = masks.TeacherForcing(4), 4
+  keys = jax.random.split(jax.random.key(2), 4)
+  q, k, v, cotangent = (jax.random.normal(key, (4, 8 * tokens, 4, 8)) for key in keys)
+
+  def output_and_grads(q, k, v, cotangent):
+    attend = lambda q, k, v: ops.attention(q, k, v, spec, tokens_per_frame=tokens)
+    out, vjp = jax.vjp(attend, q, k, v)
+    return (out,) + vjp(cotangent)
+
+  whole = jax.jit(output_and_grads)(q, k, v, cotangent)
+  budget, blocked.CPU_TEMP_BYTES = blocked.CPU_TEMP_BYTES, 1
+  mesh = jax.make_mesh((2, 4), ("data", "tensor"), axis_types=(AxisType.Auto,) * 2)
+  shard = NamedSharding(mesh, P("data", None, "tensor"))
+  grouped = jax.jit(output_and_grads)(*(jax.device_put(x, shard) for x in (q, k, v, cotangent)))
+  blocked.CPU_TEMP_BYTES = budget
+  return max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(grouped, whole))
 
 
 def test_sharded_step_matches_single_device_step():
@@ -324,6 +350,7 @@ def test_sharded_step_matches_single_device_step():
                           timeout=600, cwd=ROOT, env=dict(env, PYTHONPATH=ROOT))
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report.pop("grouped attention") <= 1e-5, report
   for name, r in report.items():
     np.testing.assert_allclose(r["loss"], r["reference_loss"], rtol=LOSS_RTOL, err_msg=name)
     np.testing.assert_allclose(r["grad_norm"], r["reference_grad_norm"], rtol=LOSS_RTOL,
