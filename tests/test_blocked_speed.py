@@ -101,6 +101,7 @@ def test_pair_groups_split_heads_then_the_batch():
   assert group(1, 6, 4) == (1, 2)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the groups are a CPU target's")
 @pytest.mark.parametrize("n,backward", [(16, True), (32, False)])
 def test_the_2n_layout_on_cpu_keeps_its_temporaries_under_the_mmap_threshold(n, backward):
   """The benchmark's shapes (benchmarks/attention.py): past glibc's 32 MB mmap threshold every
