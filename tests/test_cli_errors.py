@@ -43,7 +43,9 @@ BAD_INPUTS = [
      "error: config.data.options.num_objects=2 is invalid: data.source='moving_mnist' takes only:"
      " digit_size, max_speed, min_speed, num_digits, size"),
     ("a value of the wrong type", [TINY, "--config.model.width=wide"],
-     "error: flag --config.model.width=wide: invalid literal for int() with base 10: 'wide'"),
+     "error: flag --config.model.width=wide: 'wide' is not an integer"),
+    ("a number of the wrong type", [TINY, "--config.sample.guidance_scale=high"],
+     "error: flag --config.sample.guidance_scale=high: 'high' is not a number"),
     ("an unknown config variant", ["--config=configs/bouncing_tiny.py:huge"],
      "error: flag --config=configs/bouncing_tiny.py:huge: ValueError: config variant 'huge' is"
      " unknown; allowed: patch4, test"),

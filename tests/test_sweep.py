@@ -312,7 +312,8 @@ def test_submitit_local_runs_the_commands_as_jobs(tmp_path):
     (["--arms=parallel", "--slurm=timeout_min=5"], "--slurm and --cluster are submitit's"),
     (["--arms=parallel", "--set=model.widht=3"],
      "--set=model.widht=3: the config of arm parallel has no such key"),
-    (["--arms=parallel", "--set=model.width=abc"], "--set=model.width=abc: invalid literal for int"),
+    (["--arms=parallel", "--set=model.width=abc"],
+     "--set=model.width=abc: 'abc' is not an integer"),
     (["--arms=parallel", "--set=sample.guidance_interval=(0.7,0.2)"],
      "arm parallel: config.sample.guidance_interval=(0.7, 0.2) is invalid"),
     (["--arms=parallel", "--set=model.patch=5"],  # only the world's frames refuse it

@@ -92,6 +92,22 @@ class ArgumentParser(argparse.ArgumentParser):
     exit_with_error(message)
 
 
+# Python's words for a config override of the wrong type, and what they mean to a user.
+_CONVERSION_ERRORS = (
+    (re.compile(r"invalid literal for int\(\) with base 10: ('.*')$"), r"\1 is not an integer"),
+    (re.compile(r"could not convert string to float: ('.*')$"), r"\1 is not a number"),
+)
+
+
+def flag_error_line(error: flags.Error) -> str:
+  """The first line of absl's error for a bad flag or config override, with Python's conversion
+  message said plainly: "flag --config.model.width=wide: 'wide' is not an integer"."""
+  line = str(error).strip().splitlines()[0]
+  for pattern, plain in _CONVERSION_ERRORS:
+    line = pattern.sub(plain, line)
+  return line
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, for `app.run(..., flags_parser=parse_flags)`, with a bad flag or config
   override (an unknown key, a value of the wrong type), or a config file that cannot give a
@@ -103,7 +119,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     # A config file that raised comes wrapped with its traceback: its last line says why.
     first, *rest = str(e).strip().splitlines()
-    exit_with_error(f"{first.split(': Error whilst')[0]}: {rest[-1]}" if rest else first)
+    exit_with_error(f"{first.split(': Error whilst')[0]}: {rest[-1]}" if rest
+                    else flag_error_line(e))
   except SyntaxError as e:
     exit_with_error(syntax_error_line(e))
   except OSError as e:  # a config file that cannot be read: the last line names it

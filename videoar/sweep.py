@@ -408,7 +408,7 @@ def _check_arms(parser: argparse.ArgumentParser, config: str, arms: list[str], v
       if flag_values.config.data.source in pipeline.PROCEDURAL_SOURCES:
         experiment.build(flag_values.config)
     except flags.Error as e:  # a value of the wrong type: "flag --config.KEY=VALUE: why"
-      parser.error(str(e).splitlines()[0].replace("flag --config.", "--set=", 1))
+      parser.error(errors.flag_error_line(e).replace("flag --config.", "--set=", 1))
     except errors.ConfigError as e:
       parser.error(f"arm {arm}: {e}")
     configs[arm] = flag_values.config.to_dict()
