@@ -46,6 +46,8 @@ BAD_INPUTS = [
      "error: flag --config.model.width=wide: 'wide' is not an integer"),
     ("a number of the wrong type", [TINY, "--config.sample.guidance_scale=high"],
      "error: flag --config.sample.guidance_scale=high: 'high' is not a number"),
+    ("a boolean of the wrong type", [TINY, "--config.eval.fvd=maybe"],
+     "error: flag --config.eval.fvd=maybe: 'maybe' is not a boolean (true or false)"),
     ("an unknown config variant", ["--config=configs/bouncing_tiny.py:huge"],
      "error: flag --config=configs/bouncing_tiny.py:huge: ValueError: config variant 'huge' is"
      " unknown; allowed: patch4, test"),

@@ -92,10 +92,12 @@ class ArgumentParser(argparse.ArgumentParser):
     exit_with_error(message)
 
 
-# Python's words for a config override of the wrong type, and what they mean to a user.
+# Python's and absl's words for a config override of the wrong type, said plainly.
 _CONVERSION_ERRORS = (
     (re.compile(r"invalid literal for int\(\) with base 10: ('.*')$"), r"\1 is not an integer"),
     (re.compile(r"could not convert string to float: ('.*')$"), r"\1 is not a number"),
+    (re.compile(r"\('Non-boolean argument to boolean flag', ('.*')\)$"),
+     r"\1 is not a boolean (true or false)"),
 )
 
 
