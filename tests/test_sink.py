@@ -176,16 +176,14 @@ def _random_params(model):
                                    for p, k in zip(leaves, keys)])
 
 
-def cached_sample(model, params, noise, times, *, chunk, window, sink, span):
-  """The Sampler as it is, over a cache of sink + window * chunk frames with that sink."""
+def cached_sample(model, params, noise, times, *, chunk, window, sink, train_frames):
+  """The Sampler as it is, over its own cache of sink + window * chunk frames with that sink,
+  for a model trained on clips of `train_frames` (None: the cache's window)."""
   b = noise.shape[0]
   sampler = sampling.Sampler(model, frame_shape=FRAME, chunk=chunk,
-                             window=sink + (window + 1) * chunk)
-  cache = kv_cache.init(num_layers=model.depth, batch=b, slots=sampler.slots,
-                        tokens_per_frame=model.tokens_per_frame(*FRAME[:2]),
-                        num_heads=model.num_heads, head_dim=model.head_dim, frame_shape=FRAME,
-                        sink=sink, span=span)
-  frames, _ = jax.jit(sampler.rollout)(params, cache, noise,
+                             window=sink + (window + 1) * chunk, sink_frames=sink,
+                             train_frames=train_frames)
+  frames, _ = jax.jit(sampler.rollout)(params, sampler.init_cache(b), noise,
                                        jnp.broadcast_to(times, (b, len(times))))
   return frames
 
@@ -247,12 +245,12 @@ def test_cache_with_sink_equals_recomputation_under_the_windowed_mask(
   noise = jax.random.normal(jax.random.key(5), (2, frames) + FRAME)
   times = flow.step_times(2, 2.0)
   cached = cached_sample(model, params, noise, times, chunk=chunk, window=window, sink=sink,
-                         span=frames - chunk)
+                         train_frames=frames)
   reference = reference_sample(model, params, noise, times, chunk=chunk, train_frames=frames,
                                window=window, sink=sink)
   np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=1e-5, rtol=0)
   fifo = cached_sample(model, params, noise, times, chunk=chunk, window=window + sink // chunk,
-                       sink=0, span=None)
+                       sink=0, train_frames=None)
   assert float(jnp.abs(fifo - cached).max()) > 1e-3, "the sink changed nothing"
 
 
@@ -271,13 +269,12 @@ def test_past_the_training_length_a_chunk_is_the_last_chunk_of_a_training_clip(c
   params = _random_params(model)
   noise = jax.random.normal(jax.random.key(6), (2, frames) + FRAME)
   times = flow.step_times(2, 2.0)
-  span = train_frames - chunk if sink else None
   cached = cached_sample(model, params, noise, times, chunk=chunk, window=window, sink=sink,
-                         span=span)
+                         train_frames=train_frames if sink else None)
   reference = reference_sample(model, params, noise, times, chunk=chunk,
                                train_frames=train_frames, window=window, sink=sink)
   np.testing.assert_allclose(np.asarray(cached), np.asarray(reference), atol=1e-5, rtol=0)
   if sink:
     window_relative = cached_sample(model, params, noise, times, chunk=chunk, window=window,
-                                    sink=sink, span=None)
+                                    sink=sink, train_frames=None)
     assert float(jnp.abs(window_relative - cached).max()) > 1e-3
