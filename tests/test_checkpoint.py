@@ -108,6 +108,34 @@ def test_newest_run_round_trips(saved):
                                 jax.random.key_data(jax.random.key(2)))
 
 
+def test_a_save_in_flight_is_no_checkpoint_until_it_is_whole(saved, monkeypatch):
+  """While the thread writing step 3 is held before its last rename, the directory holds no
+  step 3: finished_steps lists 1 and 2 and a reader restores step 2 (orbax writes into a
+  temporary name and renames it when whole, so a crash mid-save leaves no half step)."""
+  release, rename = threading.Event(), os.rename
+
+  def held_off_main(*args, **kwargs):
+    if threading.current_thread() is not threading.main_thread():
+      release.wait(timeout=60)
+    return rename(*args, **kwargs)
+
+  monkeypatch.setattr(os, "rename", held_off_main)
+  writer = checkpoint_lib.Checkpointer(saved, keep=5)
+  try:
+    writer.save(make_state(3), data={"step": 3}, rng=jax.random.key(3))
+    time.sleep(1.0)  # time for a writer that does not rename to write step 3 whole
+    assert checkpoint_lib.finished_steps(saved) == [1, 2]
+    reader = checkpoint_lib.Checkpointer(saved, keep=5, read_only=True)
+    try:
+      assert int(reader.restore_latest(make_state(0)).step) == 2
+    finally:
+      reader.close()
+  finally:
+    release.set()
+    writer.close()
+  assert checkpoint_lib.finished_steps(saved) == [1, 2, 3]
+
+
 @pytest.mark.parametrize("like,first", [
     (make_state(0, width=8),
      "params/dense/bias is float32[4] in the checkpoint, float32[8] in this config"),
