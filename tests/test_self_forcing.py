@@ -394,6 +394,108 @@ def test_critic_loss_trains_the_critic_only():
   assert _max_abs(to_critic) > 0.0
 
 
+# --- the loss values against their hand computation --------------------------------------------
+
+BATCH = {"video": np.zeros((B, F) + FRAME, np.float32), "label": LABELS}
+LOSS_KEY = jax.random.key(0)
+
+
+@_jit
+def _loss_draws(rng):
+  """(start noise z, rollout key, score time t_b [B], score noise eps) that a generator or critic
+  loss keyed by `rng` draws: rng split in 4 for z, the rollout, t and eps."""
+  noise_rng, rollout_rng, time_rng, eps_rng = jax.random.split(rng, 4)
+  shape = (B, F) + FRAME
+  t_b = flow.sample_score_time(time_rng, (B,), OPTIONS.score_shift, OPTIONS.score_clamp)
+  return (jax.random.normal(noise_rng, shape), rollout_rng, t_b,
+          jax.random.normal(eps_rng, shape))
+
+
+@_jit
+def _full_velocity(params, x_t, t_b, labels):
+  """A score network's velocity on whole videos: full mask, one t per video."""
+  v, _ = MODEL.apply(params, x_t, jnp.broadcast_to(t_b[:, None], (B, F)),
+                     frame_pos_f=jnp.arange(F), mask=masks.Full(F), labels_b=labels)
+  return v
+
+
+def _noised_at(video, eps, t_b):
+  """(1 - t) x + t eps with t = t_b of each video, in numpy."""
+  t = t_b[:, None, None, None, None]
+  return (1 - t) * video + t * eps
+
+
+def _hand_dmd(video, eps, t_b):
+  """(x0_real, x0_fake, g) by hand: x0 = x_t - t v of the teacher (guided cond + 3 (cond -
+  uncond)) and of the critic at x_t = (1 - t) x + t eps; g = (fake - real) / mean |x - real|."""
+  x_t = _noised_at(video, eps, t_b)
+  t = t_b[:, None, None, None, None]
+  x0 = lambda params, labels: x_t - t * np.asarray(_full_velocity(params, x_t, t_b, labels))
+  cond, uncond = x0(TEACHER, LABELS), x0(TEACHER, np.full_like(LABELS, MODEL.num_classes))
+  real = cond + OPTIONS.real_guidance * (cond - uncond)
+  fake = x0(CRITIC, LABELS)
+  g = (fake - real) / np.mean(np.abs(video - real), axis=(1, 2, 3, 4), keepdims=True)
+  return real, fake, g
+
+
+def _draws_and_rollout():
+  """The loss key's draws (t_b, eps) and its generator rollout, all numpy."""
+  z, rollout_rng, t_b, eps = _loss_draws(LOSS_KEY)
+  video, *_ = _training_rollout_vjp()(GEN, np.asarray(z), rollout_rng)
+  t_b = np.asarray(t_b)
+  # Times far from 1/2 and from each other: noising at 1 - t instead of t would show.
+  assert np.all(np.abs(t_b - 0.5) > 0.1) and abs(t_b[0] - t_b[1]) > 1e-3
+  return np.asarray(video), t_b, np.asarray(eps)
+
+
+def test_critic_loss_is_flow_matching_on_the_noised_rollout():
+  """critic_loss against mean((v_critic(x_t, t) - (eps - x))^2) by hand, x_t = (1 - t) x + t eps,
+  x the rollout, t and eps the loss's own draws."""
+  video, t_b, eps = _draws_and_rollout()
+  loss, metrics = _jit(lambda gen, critic, rng: self_forcing.critic_loss(
+      MODEL, gen, MODEL, critic, BATCH, rng, OPTIONS))(GEN, CRITIC, LOSS_KEY)
+  v = np.asarray(_full_velocity(CRITIC, _noised_at(video, eps, t_b), t_b, LABELS))
+  expected = np.mean(np.square(v - (eps - video)))
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  assert float(metrics["critic_loss"]) == float(loss)
+
+
+def test_dmd_generator_loss_is_the_score_gap_at_the_drawn_time():
+  """generator_loss (DMD) against 0.5 mean(g^2), g = (x0_fake - x0_real) / mean |x - x0_real| by
+  hand at x_t = (1 - t) x + t eps, x the rollout, t and eps the loss's own draws."""
+  video, t_b, eps = _draws_and_rollout()
+  loss, metrics = _jit(lambda gen, critic, rng: self_forcing.generator_loss(
+      MODEL, gen, MODEL, TEACHER, MODEL, critic, BATCH, rng, OPTIONS))(GEN, CRITIC, LOSS_KEY)
+  _, _, g = _hand_dmd(video, eps, t_b)
+  np.testing.assert_allclose(loss, 0.5 * np.mean(np.square(g)), rtol=1e-4)
+  np.testing.assert_allclose(metrics["dmd_gradient_norm"], np.mean(np.abs(g)), rtol=1e-4)
+  np.testing.assert_allclose(metrics["score_time"], np.mean(t_b), rtol=1e-6)
+
+
+def test_dmd_generator_gradient_in_the_video_is_fake_minus_real_over_its_norm(monkeypatch):
+  """d generator_loss / d video against (x0_fake - x0_real) / mean |x - x0_real| / x.size by
+  hand, with an identity generator (its parameters are the video) and the loss's own draws."""
+  monkeypatch.setattr(self_forcing, "training_rollout",
+                      lambda student, params, z, cond, rng, options: (params, jnp.int32(0)))
+  _, _, t_b, eps = _loss_draws(LOSS_KEY)
+  t_b, eps = np.asarray(t_b), np.asarray(eps)
+  video = _normal(30)
+
+  @_jit
+  def grad(video, critic, rng):
+    fn = lambda video: self_forcing.generator_loss(MODEL, video, MODEL, TEACHER, MODEL, critic,
+                                                   BATCH, rng, OPTIONS)[0]
+    return jax.value_and_grad(fn)(video)
+
+  loss, to_video = grad(video, CRITIC, LOSS_KEY)
+  real, fake, g = _hand_dmd(video, eps, t_b)
+  np.testing.assert_allclose(to_video, g / video.size, rtol=1e-4, atol=1e-4 * np.abs(g).max()
+                             / video.size)
+  np.testing.assert_allclose(loss, 0.5 * np.mean(np.square(g)), rtol=1e-4)
+  # Descent moves x towards the real score and away from the fake one.
+  assert np.sum(to_video * (fake - real)) > 0
+
+
 def test_options_are_checked():
   with pytest.raises(ValueError, match="loss='wgan' is unknown"):
     self_forcing.Options(num_frames=F, frame_shape=FRAME, chunk=C, loss="wgan")
