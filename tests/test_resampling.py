@@ -224,3 +224,29 @@ def test_a_labelled_history_in_training_is_the_samplers_cache_at_its_history_tim
   np.testing.assert_allclose(np.asarray(cached), np.asarray(two_n), atol=1e-4, rtol=0)
   unlabelled, _ = teacher.apply_two_n(model, params, generated, x_t, t, {}, chunk=1)
   assert float(jnp.abs(unlabelled - two_n)[:, 1:].max()) > 1e-3
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_parallel_resampling_is_euler_from_x_ts_on_the_clean_history(steps):
+  """degrade_history(mode="parallel") == Euler steps from x_ts to 0 of apply_two_n's velocity
+  with the clean video as history, from the same draws of t_s and eps."""
+  batch, params = _setup(3)
+  rng = jax.random.key(6)
+  video = batch["video"]
+  shift = 2.0
+  history, t_s = resampling.degrade_history(MODEL, params, video, {}, rng, chunk=1,
+                                            mode="parallel", resample_shift=shift,
+                                            resample_steps=steps)
+  time_rng, noise_rng = jax.random.split(rng)
+  expected_t_s = flow.sample_time(time_rng, (2,), shift)
+  np.testing.assert_array_equal(np.asarray(t_s), np.asarray(expected_t_s))
+  assert float(t_s.min()) > 0.05
+  eps = jax.random.normal(noise_rng, video.shape)
+  x = flow.interpolate(video, eps, jnp.broadcast_to(t_s[:, None], (2, N)))
+  times = flow.step_times(steps, 1.0, t_s)  # [2, steps + 1], from t_s down to 0
+  for i in range(steps):
+    t_now, t_next = times[:, i, None], times[:, i + 1, None]
+    v, _ = teacher.apply_two_n(MODEL, params, video, x, jnp.broadcast_to(t_now, (2, N)), {},
+                               chunk=1)
+    x = x + (t_next - t_now)[..., None, None, None] * v
+  np.testing.assert_allclose(np.asarray(history), np.asarray(x), atol=1e-5, rtol=0)
