@@ -9,6 +9,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import ml_collections
@@ -63,6 +64,29 @@ def test_tiny_model_overfits_one_batch():
     state, metrics = train_step(state, batch, fixed)
     losses.append(float(metrics["loss"]))
   assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_ema_follows_its_ramped_recurrence_and_each_step_draws_from_its_own_key():
+  """Three steps of step_lib.train_step: the EMA is e <- d_s e + (1 - d_s) p_{s+1} with
+  d_s = min(decay, (1 + s) / (10 + s)), from e = p_0; step s's randomness is fold_in(rng, s)
+  (a resumed run draws what an uninterrupted one would, and no two steps draw alike)."""
+  optimizer, decay, rng = optax.sgd(0.1), 0.95, jax.random.key(7)
+  state = state_lib.create({"w": jnp.array([1.0, -2.0, 0.5])}, optimizer)
+  loss_fn = lambda params, batch, rng, step: (
+      jnp.sum(jnp.square(params["w"])), {"draw": jax.random.uniform(rng)})
+  step = jax.jit(lambda state: step_lib.train_step(
+      state, None, rng, loss_fn=loss_fn, optimizer=optimizer, schedule=lambda s: 0.1,
+      ema_decay=decay))
+  ema = np.asarray(state.params["w"])
+  draws = []
+  for s in range(3):
+    state, metrics = step(state)
+    d = min(decay, (1 + s) / (10 + s))
+    ema = d * ema + (1 - d) * np.asarray(state.params["w"])
+    np.testing.assert_allclose(state.ema_params["w"], ema, rtol=1e-6)
+    draws.append(float(metrics["draw"]))
+    assert draws[-1] == float(jax.random.uniform(jax.random.fold_in(rng, s)))
+  assert len(set(draws)) == 3
 
 
 def test_checkpoint_round_trips(tmp_path):
