@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from videoar import base_config
-from videoar.data.bouncing import SHAPE_NAMES, BouncingWorld
+from videoar.data.bouncing import SHAPE_NAMES, BouncingWorld, reflect_trajectories
 from videoar.data.moving_mnist import MovingMnist, mnist_digits
 from videoar.data.pipeline import (
     EVAL_INDEX_OFFSET,
@@ -263,3 +263,34 @@ def test_bad_bouncing_field_raises_naming_it(kwargs, field):
 def test_bad_moving_mnist_field_raises_naming_it():
     with pytest.raises(ValueError, match="MovingMnist.digit_size"):
         MovingMnist(digit_size=40)
+
+
+def test_reflect_trajectories_move_by_at_most_the_velocity_and_reverse_at_the_walls():
+    """Per-step moves against |velocity|, positions against [low, high], turns against walls."""
+    low, high = 3.0, 28.0
+    start = np.array([[5.0, 20.0], [27.0, 4.0]])
+    velocity = np.array([[1.7, -2.3], [-0.9, 3.1]])
+    positions = reflect_trajectories(start, velocity, low, high, 200)
+    assert positions.min() >= low and positions.max() <= high
+    steps = np.diff(positions, axis=0)
+    assert (np.abs(steps) <= np.abs(velocity) + 1e-9).all()
+    turned = np.sign(steps[1:]) != np.sign(steps[:-1])
+    t, k, axis = np.nonzero(turned)
+    assert len(set(zip(k, axis))) == 4  # every object bounces on both axes
+    after = positions[t + 1, k, axis]
+    speed = np.abs(velocity[k, axis])
+    near_low, near_high = after - low <= speed + 1e-9, high - after <= speed + 1e-9
+    assert (near_low | near_high).all()
+    # Off the low wall the object moves up, off the high wall down.
+    assert (steps[t + 1, k, axis][near_low & ~near_high] > 0).all()
+    assert (steps[t + 1, k, axis][near_high & ~near_low] < 0).all()
+
+
+def test_visible_fraction_of_an_object_counts_what_the_object_drawn_over_it_hides():
+    """visible of two squares against their alpha: apart, and object 1 over 4 of its 7 columns."""
+    world = BouncingWorld(num_objects=2, shapes=("square",))
+    positions = np.array([[[10.0, 10.0], [10.0, 13.0]], [[8.0, 8.0], [22.0, 22.0]]])
+    shapes = np.zeros(2, np.int64)
+    _, visible = world._render(positions, np.array([0, 1]), shapes)
+    # Square 0 covers columns 7..13, square 1 columns 10..16 over it: columns 7..9 show.
+    np.testing.assert_allclose(visible, [[3 / 7, 1.0], [1.0, 1.0]], rtol=1e-6)

@@ -194,3 +194,21 @@ def test_evaluation_reports_digit_accuracy_for_every_method(classifier, clips, m
 
     bouncing = types.SimpleNamespace(source=object(), config=exp.config)
     assert run.frame_scorers(bouncing, clips) == []
+
+
+def test_seen_in_context_counts_a_digit_clear_in_one_context_frame_of_two():
+    """seen_in_context against digits clear in frame 0 only, and clear in neither frame."""
+    apart, overlapping = [[8.0, 8.0], [24.0, 24.0]], [[12.0, 12.0], [14.0, 14.0]]
+    clear_first = np.array([[apart, overlapping]])  # [B=1, C=2, K=2, 2]
+    np.testing.assert_array_equal(digits.seen_in_context(clear_first, DIGIT_SIZE), [[True, True]])
+    never_clear = np.array([[overlapping, overlapping]])
+    np.testing.assert_array_equal(digits.seen_in_context(never_clear, DIGIT_SIZE), [[False, False]])
+
+
+def test_ink_ratio_counts_only_pixels_brighter_than_mid_grey():
+    """ink_ratio of a frame with -0.4 and 0.2 pixels against a truth with only the 0.2 pixel."""
+    truth = np.full((1, 1, 4, 4, 1), -1.0)
+    truth[0, 0, 1, 1] = 0.2
+    frames = np.full_like(truth, -0.4)
+    frames[0, 0, 1, 1] = 0.2
+    np.testing.assert_array_equal(digits.ink_ratio(frames, truth), [[1.0]])
