@@ -2,13 +2,17 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from videoar.data.bouncing import BouncingWorld
+from videoar.eval import perceptual, run
 from videoar.eval.long_horizon import baselines, format_table, segment_table
 from videoar.eval.metrics import frame_difference_energy, intensity_histogram_distance, psnr, ssim
-from videoar.eval.objects import compare_objects, detect_objects, object_speed
+from videoar.eval.objects import (compare_objects, detect_objects, object_speed,
+                                  overlapped_before, overlapping)
 
 PALETTE = np.array(
     [
@@ -352,3 +356,86 @@ def test_learning_curve_refuses_runs_of_different_worlds(tmp_path):
     assert damaged.returncode == 2 and damaged.stderr == (
         f"error: {seed1}/run.json is not a run record (a JSON object of 'config' and 'dataset'"
         " objects): restore it from a copy\n"), damaged.stderr[-2000:]
+
+
+# score (videoar.eval.run) on bouncing-world clips, against answers known without it.
+SCORE_CONTEXT, SCORE_GENERATED, SCORE_SEGMENT = 4, 8, 4
+
+
+def score_experiment():
+    """The little of an Experiment that score reads: the context, segment length and world."""
+    config = SimpleNamespace(sample=SimpleNamespace(context_frames=SCORE_CONTEXT),
+                             eval=SimpleNamespace(segment_len=SCORE_SEGMENT))
+    return SimpleNamespace(config=config, source=BouncingWorld())
+
+
+def bouncing_clips(world, indices=(1, 10)):
+    """Clips of `world` (seed 0; these overlap nowhere), context and continuation, stacked."""
+    num_frames = SCORE_CONTEXT + SCORE_GENERATED
+    clips = [world.clip(0, index, num_frames) for index in indices]
+    return {key: np.stack([clip[key] for clip in clips]) for key in clips[0]}
+
+
+def run_score(monkeypatch, exp, clips, generated, **kwargs):
+    """run.score without LPIPS (its network is slow and not what these tests check)."""
+    monkeypatch.setattr(perceptual, "is_pixels", lambda frames: False)
+    return run.score(exp, clips, generated, **kwargs)
+
+
+def test_score_of_the_true_continuation_finds_every_object_where_it_is(monkeypatch):
+    """The model row of generated == truth: nothing lost or invented, positions within 0.5 px."""
+    exp = score_experiment()
+    clips = bouncing_clips(exp.source)
+    assert not overlapping(clips["positions"], exp.source.radius).any()  # none hidden
+    truth = clips["video"][:, SCORE_CONTEXT:]
+    rows = run_score(monkeypatch, exp, clips, truth.copy(), baselines=False)["model"]
+    assert [row["segment"] for row in rows] == ["0-3", "4-7"]
+    for row in rows:
+        assert row["lost"] == 0 and row["invented"] == 0
+        assert row["position_error"] < 0.5
+
+
+def test_score_copy_last_repeats_the_last_context_frame(monkeypatch):
+    """copy_last's rows equal segment_table's of a hand-built repeat of truth[:, context - 1]."""
+    exp = score_experiment()
+    clips = bouncing_clips(exp.source)
+    truth = clips["video"][:, SCORE_CONTEXT:]
+    tables = run_score(monkeypatch, exp, clips, truth.copy())
+    copy = np.repeat(clips["video"][:, SCORE_CONTEXT - 1 : SCORE_CONTEXT], SCORE_GENERATED, axis=1)
+    expected = segment_table(copy, truth, segment_len=SCORE_SEGMENT,
+                             positions=clips["positions"][:, SCORE_CONTEXT:],
+                             color_ids=clips["color_ids"], palette=exp.source.palette_array())
+    for row, want in zip(tables["copy_last"], expected, strict=True):
+        for name in ("psnr", "ssim", "position_error", "lost", "invented"):
+            assert row[name] == pytest.approx(want[name], nan_ok=True), name
+    assert np.isfinite(tables["copy_last"][0]["psnr"])  # no true future frame copied
+
+
+def test_score_counts_overlaps_of_the_context_in_the_continuation(monkeypatch):
+    """Overlap mask and figures equal the whole-clip overlapped_before, sliced after the context."""
+    # Objects overlapping only in the context have overlapped in every generated frame: the
+    # all-background baseline loses them all "after overlap", none "never overlapped".
+    exp = score_experiment()
+    world = exp.source
+    t = np.arange(SCORE_CONTEXT + SCORE_GENERATED, dtype=np.float64)[:, None]
+    # One object still at (5, 5), the other leaving it diagonally at 2 px a frame: the centres are
+    # 2t apart on both axes, within 2 * radius = 7 (overlapping) only at t <= 3, the context.
+    positions = np.stack([np.full((len(t), 2), 5.0), 5.0 + 2.0 * t + np.zeros(2)], axis=1)
+    color_ids, shapes = np.array([0, 2]), np.array([0, 0])
+    video, visible = world._render(positions, color_ids, shapes)
+    clips = {"video": video[None], "positions": positions[None].astype(np.float32),
+             "color_ids": color_ids[None], "shapes": shapes[None], "visible": visible[None]}
+    touching = overlapping(clips["positions"], world.radius)[0]
+    assert touching[:SCORE_CONTEXT].all() and not touching[SCORE_CONTEXT:].any()
+
+    [scorer] = run.frame_scorers(exp, clips)
+    whole = overlapped_before(clips["positions"], world.radius)[:, SCORE_CONTEXT:]
+    np.testing.assert_array_equal(scorer.overlapped, whole)
+    assert scorer.overlapped.all()
+
+    truth = clips["video"][:, SCORE_CONTEXT:]
+    tables = run_score(monkeypatch, exp, clips, truth.copy())
+    for row in tables["background"]:
+        assert row["lost_after_overlap"] == 1.0 and np.isnan(row["lost_never_overlapped"])
+    for row in tables["model"]:
+        assert row["lost_after_overlap"] == 0.0 and np.isnan(row["lost_never_overlapped"])
