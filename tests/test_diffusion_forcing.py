@@ -12,26 +12,15 @@ from videoar import base_config, experiment, validate
 from videoar.attention import masks
 from videoar.diffusion import flow
 from videoar.forcing import common, diffusion_forcing
-from videoar.models import dit
+
+from test_resampling import MODEL, N, _setup
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import bouncing_tiny  # noqa: E402
 
-MODEL = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2)
-B, N = 2, 4
+# The resampling tests' model and its perturbed parameters: the same tiny causal DiT.
+B = 2
 OPTIONS = dict(time_shift=1.0, cond_drop_prob=0.0)
-
-
-def _setup(key=0):
-  video = jax.random.normal(jax.random.key(key), (B, N, 8, 8, 3))
-  params = MODEL.init(jax.random.key(key + 1), video, jnp.zeros((B, N)),
-                      frame_pos_f=jnp.arange(N), mask=masks.BlockCausal(N))
-  # Off the zero-initialised output layer, so that the output depends on its inputs.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(key + 2), len(leaves))
-  params = jax.tree.unflatten(
-      tree, [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-  return {"video": video}, params
 
 
 def test_noise_levels_are_drawn_independently_per_frame(monkeypatch):
