@@ -13,13 +13,13 @@ from videoar.attention import masks
 from videoar.diffusion import flow
 from videoar.forcing import common, diffusion_forcing
 
+# The resampling tests' tiny causal DiT and its perturbed parameters.
 from test_resampling import MODEL, N, _setup
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import bouncing_tiny  # noqa: E402
 
-# The resampling tests' model and its perturbed parameters: the same tiny causal DiT.
-B = 2
+B = 2  # the batch of test_resampling._setup
 OPTIONS = dict(time_shift=1.0, cond_drop_prob=0.0)
 
 
