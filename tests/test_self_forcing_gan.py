@@ -304,6 +304,11 @@ def test_a_gan_train_step_runs_through_the_experiment(trained_stage):
   assert bool(metrics["finite"]) and np.isfinite(metrics["loss"])
   assert np.isfinite(metrics["critic_loss"]) and metrics["grad_norm"] > 0
   assert "fake_logit" in metrics and "dmd_gradient_norm" not in metrics
+  # The discriminator's own metrics reach the log too (they were computed and dropped), named
+  # apart from the generator's fake_logit.
+  assert {"critic_real_logit", "critic_fake_logit", "critic_exit_step"} <= set(metrics)
+  assert metrics["critic_fake_logit"] != metrics["fake_logit"]
+  assert metrics["critic_r1"] > 0 and metrics["critic_r2"] > 0
   moved = lambda a, b: any(not np.array_equal(x, y)
                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert moved(before["generator"], after["generator"])

@@ -63,7 +63,8 @@ def generator_critic_step(state: state_lib.TrainState, batch, rng, *, generator_
   state.opt_state {"generator", "critic"}, state.ema_params {"generator"}.
   `generator_loss(generator, critic, teacher, batch, rng) -> (loss, metrics)` is differentiated
   with respect to the generator only, `critic_loss(critic, generator, batch, rng) -> (loss,
-  metrics)` with respect to the critic only. Each update draws its own key from
+  metrics)` with respect to the critic only; the critic's metrics are logged averaged over its
+  updates, each named critic_NAME (a name that starts with critic_ as it is). Each update draws its own key from
   fold_in(rng, step), so a resumed run draws what an uninterrupted one would.
   """
   step_rng = jax.random.fold_in(rng, state.step)
@@ -77,21 +78,25 @@ def generator_critic_step(state: state_lib.TrainState, batch, rng, *, generator_
 
   def critic_update(carry, key):
     critic, critic_opt = carry
-    (critic_value, _), critic_grads = jax.value_and_grad(critic_loss, has_aux=True)(
-        critic, jax.lax.stop_gradient(generator), batch, key)
+    (critic_value, critic_metrics), critic_grads = jax.value_and_grad(
+        critic_loss, has_aux=True)(critic, jax.lax.stop_gradient(generator), batch, key)
     critic_step, critic_opt = critic_optimizer.update(critic_grads, critic_opt, critic)
     return ((optax.apply_updates(critic, critic_step), critic_opt),
-            (critic_value, optax.global_norm(critic_grads)))
+            (critic_value, critic_metrics, optax.global_norm(critic_grads)))
 
-  (critic, critic_opt), (critic_losses, critic_norms) = jax.lax.scan(
+  (critic, critic_opt), (critic_losses, critic_metrics, critic_norms) = jax.lax.scan(
       critic_update, (p["critic"], opt["critic"]), jax.random.split(critic_rng, critic_updates))
   ema = {"generator": _ema(state.ema_params["generator"], generator, ema_decay, state.step)}
   grad_norm = optax.global_norm(grads)
   finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(critic_losses).all()
             & _all_finite((generator, critic, ema)))
-  metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                 critic_loss=critic_losses.mean(), critic_grad_norm=critic_norms.mean(),
-                 finite=finite)
+  # The critic's own metrics (the discriminator's logits and penalties, its exit step), averaged
+  # over its updates, named critic_* apart from the generator's (both log a fake_logit).
+  critic_means = {name if name.startswith("critic_") else f"critic_{name}": value.mean()
+                  for name, value in critic_metrics.items()}
+  metrics = {**metrics, **critic_means, "loss": loss, "grad_norm": grad_norm,
+             "learning_rate": schedule(state.step), "critic_loss": critic_losses.mean(),
+             "critic_grad_norm": critic_norms.mean(), "finite": finite}
   new_state = state.replace(
       step=state.step + 1, params=dict(p, generator=generator, critic=critic), ema_params=ema,
       opt_state={"generator": generator_opt, "critic": critic_opt})
