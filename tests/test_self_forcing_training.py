@@ -33,7 +33,8 @@ def _self_forcing_config(stage_workdir, num_steps, variant):
 
 def _logged(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    keys = ("step", "loss", "critic_loss", "grad_norm")
+    # critic_exit_step: the critic's own metrics are logged (they were computed and dropped).
+    keys = ("step", "loss", "critic_loss", "critic_exit_step", "grad_norm")
     return [{k: r[k] for k in keys} for r in map(json.loads, f)]
 
 
@@ -379,3 +380,18 @@ def test_self_forcing_from_an_untrained_teacher_stops_before_making_its_workdir(
       f" checkpoints/ holds no finished checkpoint: {TEACHER}, trained first")
   assert not workdir.exists()
   assert os.listdir(tmp_path / "teacher") == ["checkpoints"]
+
+
+def test_a_routed_generator_trains_against_its_dense_teacher_and_logs_its_routing(
+    teacher_workdir, tmp_path):
+  """Self Forcing with model.routing_top_k passed validation, then stopped with a traceback
+  while tracing its first step: the teacher and critic, which score whole videos
+  bidirectionally, were routed as the generator is; and the routing histogram read the
+  generator/critic state's whole parameters as one model's."""
+  config = _self_forcing_config(teacher_workdir, 1, "test")
+  config.model.routing_top_k = 1
+  exp = experiment.build(config)
+  assert exp.model.routing_top_k == 1 and exp.score_model.routing_top_k == 0
+  trainer.train(exp, str(tmp_path / "run"))
+  assert [r["step"] for r in _logged(tmp_path / "run")] == [1]
+  assert os.listdir(tmp_path / "run" / "tensorboard")

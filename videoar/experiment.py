@@ -71,10 +71,12 @@ class Experiment:
 
   @property
   def score_model(self) -> dit.CausalDiT:
-    """Self Forcing's teacher and critic: the model without the previous-frame input. They score
-    whole noised videos at one t, where no frame is clean, so only the causal generator (and the
-    ODE-regressed student it starts from) may read its clean previous frame."""
-    return self.model.clone(previous_frame_input=False)
+    """Self Forcing's teacher and critic: the model without the previous-frame input and without
+    routing. They score whole noised videos at one t, where no frame is clean, so only the causal
+    generator (and the ODE-regressed student it starts from) may read its clean previous frame;
+    and they attend bidirectionally, with no history to route over (routing has no parameters:
+    a routed generator's teacher is the dense bidirectional model it was trained as)."""
+    return self.model.clone(previous_frame_input=False, routing_top_k=0)
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:

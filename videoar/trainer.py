@@ -295,7 +295,8 @@ def _train(exp: experiment.Experiment, train_step: experiment.TrainStep, workdir
         metrics["frames_per_s"] = metrics["steps_per_s"] * frames_per_step
         last_time, last_step = now, done
         if routing_frequencies:
-          log.routing_histogram(done, np.asarray(routing_frequencies(state.params, batch)))
+          log.routing_histogram(done, np.asarray(routing_frequencies(experiment.sampled_params(
+              state, False, config.forcing.paradigm == "self_forcing"), batch)))
         log.write(done, metrics)
       if evaluate and (done % config.eval.every == 0 or is_last):
         # The bar stands still for these seconds: say why, so that it does not look hung.
