@@ -40,18 +40,37 @@ def test_model_with_top_k_covering_the_history_equals_the_dense_model():
                              dense.apply(params, sequence, t, **kwargs)[0], atol=1e-5)
 
 
-def test_routing_frequencies_pick_exactly_top_k_history_frames():
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_routing_frequencies_pick_exactly_top_k_history_frames(chunk):
+  """With chunks of 2 the histogram and the routing figure averaged each history frame over
+  every later query frame, the one in its own chunk too, which the mask never lets pick it:
+  hidden cells are NaN, apart from a choice of 0."""
   video = jax.random.normal(jax.random.key(3), (2, N, 8, 8, 3))
   k = 2
   model = dit.CausalDiT(patch=4, width=32, depth=2, num_heads=2, previous_frame_input=True,
                         routing_top_k=k)
   frequencies = np.asarray(teacher.routing_frequencies(model, _params(model, video), video, {},
-                                                              chunk=1))
+                                                       chunk=chunk))
   assert frequencies.shape == (2, N, N)
   for i in range(N):
-    # Noisy frame i has i history frames and picks min(k, i) of them; none from its future.
-    np.testing.assert_allclose(frequencies[:, i, :i].sum(axis=-1), min(k, i), rtol=1e-6)
-    assert (frequencies[:, i, i:] == 0).all()
+    # Noisy frame i sees the h frames before its chunk and picks min(k, h) of them.
+    h = i - i % chunk
+    np.testing.assert_allclose(frequencies[:, i, :h].sum(axis=-1), min(k, h), rtol=1e-6)
+    assert np.isnan(frequencies[:, i, h:]).all()
+
+
+def test_the_routing_histogram_averages_each_frame_over_the_query_frames_that_may_pick_it(
+    tmp_path):
+  from videoar.train import metrics_log
+  nan = np.nan
+  # Chunks of 2 over 4 frames: frames 2 and 3 may pick 0 and 1; nothing may pick 2 or 3.
+  frequencies = np.array([[nan, nan, nan, nan], [nan, nan, nan, nan], [0.2, 0.6, nan, nan],
+                          [0.4, 1.0, nan, nan]])
+  logged = {}
+  log = metrics_log.MetricsLog(str(tmp_path), is_main=True, resume_step=0)
+  log.writer.add_histogram_raw = lambda name, **kw: logged.update(kw)
+  log.routing_histogram(5, frequencies)
+  np.testing.assert_allclose(logged["bucket_counts"], [0.3, 0.8, 0.0, 0.0])
 
 
 def test_a_routed_model_conditioned_on_text_logs_its_routing_while_training(tmp_path):

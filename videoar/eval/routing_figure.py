@@ -22,8 +22,10 @@ from videoar.train import workdir as workdir_lib
 
 
 def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
-  """Left: the mean over layers as a query x history heatmap. Right: routing frequency by how far
-  back the history frame is (1 = the frame just before), and for the first frame (the sink)."""
+  """Left: the mean over layers as a query x history heatmap (blank where the mask hides the
+  history frame: `frequencies` [depth, N, N] NaN there, teacher.routing_frequencies). Right:
+  routing frequency by how far back the history frame is (1 = the frame just before), over the
+  query frames that may see it, and for the first frame (the sink)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -31,14 +33,18 @@ def plot(frequencies: np.ndarray, top_k: int, path: str) -> None:
   mean = frequencies.mean(axis=0)
   n = mean.shape[0]
   fig, (ax_map, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
-  image = ax_map.imshow(np.where(np.tril(np.ones((n, n)), -1) > 0, mean, np.nan), vmin=0, vmax=1,
-                        cmap="viridis")
+  image = ax_map.imshow(mean, vmin=0, vmax=1, cmap="viridis")
   ax_map.set_xlabel("history frame j")
   ax_map.set_ylabel("query (noisy) frame i")
   ax_map.set_title(f"routing frequency, top-{top_k}, mean of {len(frequencies)} layers")
   fig.colorbar(image, ax=ax_map)
   distances = np.arange(1, n)
-  by_distance = [np.mean([mean[i, i - d] for i in range(d, n)]) for d in distances]
+
+  def over_seen(values):  # 0 at a distance no query frame may look back (within its chunk)
+    seen = [v for v in values if np.isfinite(v)]
+    return np.mean(seen) if seen else 0.0
+
+  by_distance = [over_seen([mean[i, i - d] for i in range(d, n)]) for d in distances]
   first = [mean[i, 0] for i in range(1, n)]
   ax_dist.bar(distances, by_distance, label="frame i - d")
   ax_dist.plot(distances, first, "o-", color="tab:red", label="first frame (for query i = d)")

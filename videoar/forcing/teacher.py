@@ -97,7 +97,9 @@ def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, cond: dict, *
   routed to history frame j (columns), at t = 0.5, each layer separately, in the Teacher Forcing
   layout over the clean video [B, N, H, W, C], conditioned on `cond` (model.conditioning of the
   video's batch: a conditioned model needs it) and masked as the run trains (chunk, window,
-  sink). Raises ValueError for a model without routing."""
+  sink); NaN where that mask hides frame j from frame i (frames of its own chunk or later, and
+  outside its window), so that averages over query frames count only those that may pick j.
+  Raises ValueError for a model without routing."""
   if not model.routing_top_k:
     raise ValueError("routing_frequencies needs a model with routing_top_k > 0")
   b, n = video_bfhwc.shape[:2]
@@ -111,4 +113,5 @@ def routing_frequencies(model: dit.CausalDiT, params, video_bfhwc, cond: dict, *
   else:
     per_layer = [v["attn"]["routing_frequency"][0] for k, v in
                  sorted(sown.items(), key=lambda kv: int(kv[0].split("_")[1]))]
-  return jnp.stack([f[n:, :n] for f in per_layer])
+  visible = masks.TeacherForcing(n, chunk, history_window, sink_frames).frame_mask()[n:, :n]
+  return jnp.stack([jnp.where(visible, f[n:, :n], jnp.nan) for f in per_layer])

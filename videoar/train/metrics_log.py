@@ -90,13 +90,14 @@ class MetricsLog:
 
   def routing_histogram(self, step: int, frequencies_nn: np.ndarray) -> None:
     """Logs how often each history frame is routed to, as a histogram over the history frame
-    index: the mean routing frequency [N query frames, N history frames] averaged over the query
-    frames that may see each history frame."""
+    index: the mean routing frequency [N query frames, N history frames] (NaN where the mask
+    hides the history frame: teacher.routing_frequencies) averaged over the query frames that may
+    see each history frame (0 for a frame none may see)."""
     if self.writer is None:
       return
     n = frequencies_nn.shape[0]
-    visible = np.tril(np.ones((n, n)), -1)
-    per_frame = (frequencies_nn * visible).sum(0) / np.maximum(visible.sum(0), 1)
+    visible = np.isfinite(frequencies_nn)
+    per_frame = np.where(visible, frequencies_nn, 0).sum(0) / np.maximum(visible.sum(0), 1)
     self.writer.add_histogram_raw(
         "routing/history_frame", min=0, max=n - 1, num=n,
         sum=float((per_frame * np.arange(n)).sum()),
