@@ -136,6 +136,11 @@ BAD_INPUTS = [
      "error: config.sample.time_shift=0.0 is invalid: must be > 0"),
     ("a negative guidance scale", [TINY, "--config.sample.guidance_scale=-2"],
      "error: config.sample.guidance_scale=-2.0 is invalid: must be >= 0 (1 is no guidance)"),
+    ("guidance with nothing to guide on (the sampler ran unguided without a word)",
+     [TINY, "--config.sample.guide_history=False"],
+     "error: config.sample.guidance_scale=3.0 is invalid: guides nothing: the model is conditioned"
+     " on nothing (model.num_classes, num_actions and text_dim are 0) and sample.guide_history is"
+     " off; set 1, or guide on the history"),
     ("a width the heads leave the decoder no head dim for (named only fine_width before)",
      [TINY, "--config.model.width=30"],
      "error: config.model.fine_width=32 is invalid: must be a multiple of the trunk's head dim 15"

@@ -253,6 +253,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be (low, high) with 0 <= low < high <= 1")
   if config.sample.guide_history and config.sample.guidance_scale == 1.0:
     fail("sample.guide_history", True, "guides nothing at sample.guidance_scale=1")
+  conditioned = any(_get(config, f"model.{key}") for key in ("num_classes", "num_actions",
+                                                              "text_dim"))
+  if config.sample.guidance_scale != 1.0 and not (config.sample.guide_history or conditioned):
+    # The sampler would run unguided without a word (Sampler.guided).
+    fail("sample.guidance_scale", config.sample.guidance_scale,
+         "guides nothing: the model is conditioned on nothing (model.num_classes, num_actions and"
+         " text_dim are 0) and sample.guide_history is off; set 1, or guide on the history")
   _check_optimizer(config.optim)
   if config.sample.solver not in sampling.SOLVERS:
     fail("sample.solver", config.sample.solver, f"allowed: {', '.join(sampling.SOLVERS)}")
