@@ -255,6 +255,20 @@ def _student(data_path):
   return config
 
 
+def test_the_ode_students_step_traces_from_shapes_alone():
+  """build_for_shapes (the AOT tool's --frame_shape, the benchmarks) gave the ODE student's batch
+  no ode_states, a KeyError while its step was traced."""
+  config = bouncing_sf.get_config("ode,test")
+  exp = experiment.build_for_shapes(config, (32, 32, 3))
+  assert exp.clip_spec["ode_states"].shape == (config.data.num_frames,
+                                               config.forcing.num_steps + 1, 32, 32, 3)
+  train_step = experiment.make_train_step(exp)
+  state = jax.eval_shape(train_step.init, jax.random.key(0))
+  _, metrics = jax.eval_shape(train_step.step, state, experiment.example_batch(exp),
+                              jax.random.key(1))
+  assert metrics["loss"].shape == ()
+
+
 def test_pairs_of_the_students_levels_build(tmp_path):
   experiment.build(_student(_pairs_set(tmp_path / "pairs")))
   # Sampled and evaluated on the world, which holds no pairs: nothing to check.

@@ -154,7 +154,8 @@ def build_for_shapes(config: ml_collections.ConfigDict,
                      frame_shape: tuple[int, int, int]) -> Experiment:
   """An Experiment without a data source, for work that depends on shapes only (benchmarks, the
   AOT tool, the parameters' layout): the config is validated but not checked against any data.
-  Conditioning inputs get the shapes the model asks for (text: TEXT_TOKENS_FOR_SHAPES tokens)."""
+  Conditioning inputs get the shapes the model asks for (text: TEXT_TOKENS_FOR_SHAPES tokens),
+  and ODE regression its pairs' states (ode_states [F, forcing.num_steps + 1, H, W, C])."""
   validate.validate(config)
   h, w, _ = frame_shape
   if h % config.model.patch or w % config.model.patch:
@@ -163,10 +164,12 @@ def build_for_shapes(config: ml_collections.ConfigDict,
   n = config.data.num_frames
   shapes = {"video": ((n,) + tuple(frame_shape), jnp.float32), "label": ((), jnp.int32),
             "actions": ((n,), jnp.int32),
-            "text": ((TEXT_TOKENS_FOR_SHAPES, config.model.text_dim), jnp.float32)}
-  spec = {key: jax.ShapeDtypeStruct(*shapes[key])
-          for key in ("video",) + model.conditioning_keys()}
-  return Experiment(config, None, model, spec)
+            "text": ((TEXT_TOKENS_FOR_SHAPES, config.model.text_dim), jnp.float32),
+            "ode_states": ((n, config.forcing.num_steps + 1) + tuple(frame_shape), jnp.float32)}
+  keys = ("video",) + model.conditioning_keys()
+  if config.forcing.paradigm == "ode_regression":  # the teacher's states are its batches' input
+    keys += ("ode_states",)
+  return Experiment(config, None, model, {key: jax.ShapeDtypeStruct(*shapes[key]) for key in keys})
 
 
 def define_frame_shape_flag() -> None:
@@ -189,7 +192,8 @@ def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
       attention_impl=m.attention_impl, routing_top_k=m.routing_top_k, prediction=m.prediction,
       previous_frame_input=m.previous_frame_input, fine_patch=m.fine_patch,
       fine_width=m.fine_width, fine_depth=m.fine_depth, warp_sigma=m.warp_sigma,
-      warp_residual=m.warp_residual, dtype=jnp.dtype(m.dtype), scan_layers=m.scan_layers, remat_policy=m.remat_policy)
+      warp_residual=m.warp_residual, dtype=jnp.dtype(m.dtype), scan_layers=m.scan_layers,
+      remat_policy=m.remat_policy)
 
 
 def example_batch(exp: Experiment, batch_size: int | None = None,
