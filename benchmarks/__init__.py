@@ -123,8 +123,10 @@ def _writable_file(path: str | None) -> bool:
 
 
 def write_json(path: str | None, **results) -> None:
+  """Writes `results` and the machine to `path` (nothing for None), whole or not at all: an
+  earlier result there (a committed docs/*.json) is replaced only by a complete one."""
   if path:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
+    with files.replaced(path) as f:
       json.dump(dict(machine=machine(), **results), f, indent=2)
     print(f"\nwrote {path}")

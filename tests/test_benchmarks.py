@@ -88,3 +88,15 @@ def test_write_json_creates_the_directory_it_is_given(tmp_path):
   path = tmp_path / "new" / "dir" / "figures.json"
   benchmarks.write_json(str(path), speedup=9.5)
   assert json.loads(path.read_text())["speedup"] == 9.5
+
+
+def test_a_result_that_cannot_be_written_whole_leaves_the_earlier_one(tmp_path):
+  """write_json truncated the earlier file (a committed docs/*.json) before json.dump ran, so a
+  result that failed to serialise left an empty file."""
+  import benchmarks
+  path = tmp_path / "figures.json"
+  benchmarks.write_json(str(path), speedup=9.5)
+  with pytest.raises(TypeError):
+    benchmarks.write_json(str(path), speedup=object())
+  assert json.loads(path.read_text())["speedup"] == 9.5
+  assert os.listdir(tmp_path) == ["figures.json"]
