@@ -36,9 +36,8 @@ import ml_collections
 
 from videoar import base_config
 
-# A latent frame of a 480x832 video (Wan's VAE), and that of the tiny variant: the frame shape
-# of shape-only work without the data (launch/aot_compile.py --frame_shape, benchmarks, tests).
-LATENT_SHAPE = (60, 104, 16)
+# A latent frame of the tiny variant, for its tests (the full shape's, [60, 104, 16], is what
+# launch/aot_compile.py and benchmarks/sampler.py take as --frame_shape=60,104,16).
 TINY_LATENT_SHAPE = (8, 8, 4)
 TEXT_DIM = 4096
 

@@ -10,7 +10,7 @@ import pytest
 from videoar.data.bouncing import BouncingWorld
 from videoar.eval import perceptual, run
 from videoar.eval.long_horizon import baselines, format_table, segment_table
-from videoar.eval.metrics import frame_difference_energy, intensity_histogram_distance, psnr, ssim
+from videoar.eval.metrics import psnr, ssim
 from videoar.eval.objects import (compare_objects, detect_objects, object_speed,
                                   overlapped_before, overlapping)
 
@@ -108,28 +108,6 @@ def test_ssim_matches_per_pixel_loop():
     y = np.clip(x + 0.3 * rng.normal(size=x.shape), -1, 1)
     assert abs(ssim(x, y) - reference_ssim(x, y, 2.0)) < 1e-6
     assert abs(ssim(x, y, data_range=1.0) - reference_ssim(x, y, 1.0)) < 1e-6
-
-
-def test_drift_statistics():
-    clip, _ = moving_clip(5, [0, 2])
-    static = np.repeat(clip[:1], 3, axis=0)
-    np.testing.assert_allclose(intensity_histogram_distance(static, clip[:1]), 0.0, atol=1e-12)
-    # Moving objects rasterise to slightly different pixel counts, nothing more.
-    assert np.all(intensity_histogram_distance(clip, clip) < 0.01)
-    empty = np.full_like(clip, -1.0)
-    distance = intensity_histogram_distance(empty, clip)
-    assert distance.shape == (5,)
-    # Empty frames keep all their mass in the lowest bin; the clip moves a fraction to the top bin.
-    np.testing.assert_allclose(distance, 2 * np.mean(clip == 1.0))
-    # Overshooting values land in the edge bins rather than vanishing from the histogram.
-    np.testing.assert_allclose(intensity_histogram_distance(empty - 0.5, empty), 0.0, atol=1e-12)
-
-    energy = frame_difference_energy(clip[None])
-    assert energy.shape == (1, 4)
-    assert np.all(energy > 0)
-    np.testing.assert_allclose(frame_difference_energy(np.repeat(clip[:1], 3, axis=0)), 0.0)
-    step = np.stack([empty[0], empty[0] + 0.5])
-    np.testing.assert_allclose(frame_difference_energy(step), [0.25])
 
 
 def test_detect_objects_finds_centroids_and_nothing_else():

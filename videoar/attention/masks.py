@@ -55,9 +55,6 @@ class MaskSpec:
     t = tokens_per_frame
     return np.repeat(np.repeat(self.frame_mask(), t, axis=0), t, axis=1)
 
-  def block_sparsity(self) -> float:
-    """Fraction of (query frame, key frame) blocks that are empty."""
-    return 1.0 - float(self.frame_mask().mean())
 
 
 def diagonal_chunk(mask: MaskSpec) -> int:

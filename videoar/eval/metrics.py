@@ -1,4 +1,4 @@
-"""Per-frame image metrics and drift statistics, in numpy.
+"""Per-frame image metrics (PSNR, SSIM), in numpy.
 
 Frames are arrays [..., H, W, C] with values in [-1, 1] (so the default data range is 2); every
 metric returns one value per frame, shaped like the leading axes [...].
@@ -61,47 +61,3 @@ def ssim(pred: np.ndarray, true: np.ndarray, data_range: float = 2.0) -> np.ndar
     numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
     denominator = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     return (numerator / denominator).mean(axis=(-3, -2, -1))
-
-
-def _intensity_histograms(frames: np.ndarray, bins: int, value_range: tuple[float, float]) -> np.ndarray:
-    """Normalised histogram of all channel values of each frame, [..., H, W, C] -> [..., bins].
-
-    Values outside value_range fall into the edge bins, so a model that overshoots still has a
-    histogram that sums to one and is penalised for mass at the extremes."""
-    low, high = value_range
-    values = np.asarray(frames, np.float64)
-    leading = values.shape[:-3]
-    values = values.reshape(-1, int(np.prod(values.shape[-3:])))
-    bin_index = np.clip(np.floor((values - low) / (high - low) * bins), 0, bins - 1).astype(np.int64)
-    # One bincount over all frames at once: frame f's bins are offset to f * bins.
-    flat_index = bin_index + bins * np.arange(values.shape[0])[:, None]
-    counts = np.bincount(flat_index.ravel(), minlength=values.shape[0] * bins)
-    histograms = counts.reshape(values.shape[0], bins) / values.shape[1]
-    return histograms.reshape(*leading, bins)
-
-
-def intensity_histogram_distance(
-    frames: np.ndarray,
-    reference_frames: np.ndarray,
-    bins: int = 32,
-    value_range: tuple[float, float] = (-1.0, 1.0),
-) -> np.ndarray:
-    """L1 distance, in [0, 2], between each frame's intensity histogram and the pooled histogram
-    of all reference frames (e.g. real data): frames [..., H, W, C] -> [...].
-
-    Intensities are the individual channel values; a growing distance over time shows colour or
-    brightness drift even when the content no longer matches the truth pixel by pixel.
-    """
-    frame_histograms = _intensity_histograms(frames, bins, value_range)
-    reference = np.asarray(reference_frames)
-    pooled = reference.reshape(-1, *reference.shape[-3:])
-    reference_histogram = _intensity_histograms(pooled, bins, value_range).mean(axis=0)
-    return np.abs(frame_histograms - reference_histogram).sum(axis=-1)
-
-
-def frame_difference_energy(frames: np.ndarray) -> np.ndarray:
-    """Mean squared difference between consecutive frames, [..., F, H, W, C] -> [..., F - 1].
-
-    Near zero means the video froze; far above the data's own level means flicker or blow-up."""
-    values = np.asarray(frames, np.float64)
-    return np.mean(np.square(np.diff(values, axis=-4)), axis=(-3, -2, -1))
