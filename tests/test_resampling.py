@@ -48,11 +48,12 @@ def test_zero_resampling_noise_equals_teacher_forcing(mode):
 def test_warmup_steps_are_teacher_forcing():
   batch, params = _setup()
   rng = jax.random.key(9)
+  resample = dict(resample_mode="autoregressive", resample_shift=0.6, resample_steps=3)
   rf = resampling.loss_fn(MODEL, params, batch, rng, step=jnp.asarray(3), warmup_steps=10,
-                          **OPTIONS)[0]
+                          **resample, **OPTIONS)[0]
   tf = teacher.loss_fn(MODEL, params, batch, rng, **OPTIONS)[0]
   after = resampling.loss_fn(MODEL, params, batch, rng, step=jnp.asarray(10), warmup_steps=10,
-                             **OPTIONS)[0]
+                             **resample, **OPTIONS)[0]
   np.testing.assert_allclose(rf, tf, rtol=1e-6)
   assert abs(float(after) - float(tf)) > 1e-4
 
@@ -171,7 +172,8 @@ def test_history_time_input_labels_the_noised_history_with_its_level():
   the loss; in the warm-up the history is clean and labelled 0, Teacher Forcing's."""
   batch, params = _setup()
   rng = jax.random.key(9)
-  options = dict(resample_mode="noise_augmentation", resample_shift=2.0, **OPTIONS)
+  options = dict(resample_mode="noise_augmentation", resample_shift=2.0, resample_steps=3,
+                 **OPTIONS)
   loss = lambda labelled, step=1: resampling.loss_fn(
       MODEL, params, batch, rng, step=jnp.asarray(step), warmup_steps=1,
       history_time_input=labelled, **options)[0]
@@ -189,7 +191,8 @@ def test_history_time_input_labels_the_noised_history_with_its_level():
                                                                  **OPTIONS)[0], rtol=1e-6)
   with pytest.raises(ValueError, match="noise_augmentation"):
     resampling.loss_fn(MODEL, params, batch, rng, step=jnp.asarray(1), history_time_input=True,
-                       resample_mode="parallel", **OPTIONS)
+                       resample_mode="parallel", resample_shift=0.6, resample_steps=3,
+                       **OPTIONS)
 
 
 def test_a_labelled_history_in_training_is_the_samplers_cache_at_its_history_time():

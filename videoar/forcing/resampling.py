@@ -81,8 +81,8 @@ def _parallel_resample(model, params, video_bfhwc, x_ts, times_bs, cond, *, chun
 
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
-            cond_drop_prob: float, step, loss_weighting: str = "velocity", resample_mode: str = "autoregressive",
-            resample_shift: float = 0.6, resample_steps: int = 4, warmup_steps: int = 0,
+            cond_drop_prob: float, step, resample_mode: str, resample_shift: float,
+            resample_steps: int, loss_weighting: str = "velocity", warmup_steps: int = 0,
             history_window: int = 0, sink_frames: int = 0, history_drop_prob: float = 0.0,
             history_time_input: bool = False):
   # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
