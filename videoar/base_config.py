@@ -1,7 +1,8 @@
 """The base config: every key a run reads, with its default, in one place.
 
 The defaults are plain Teacher Forcing on the bouncing world, 32x32, on a laptop CPU: the built-in
-default run (configs/bouncing_tiny.py) without its noise augmentation of the history. Every file
+default run (configs/bouncing_tiny.py) without what `default_model` adds (its FineDecoder, history
+dropout and guidance, 1800 steps) and without its noise augmentation of the history. Every file
 in configs/ starts from `get_config()` and overrides what differs; the library reads keys as
 `config.a.b`, never `config.a.get(b, default)`, so a default lives here and nowhere else.
 `default_model(config)` gives a config the default run's model and sampler (its studies' arms use

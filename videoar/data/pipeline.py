@@ -8,8 +8,9 @@ stream visits those clips in a seeded shuffle that changes every epoch.
 
 The global training stream is then split between hosts (host p takes clips p::process_count)
 and batched. Batches are random-access by step, so resuming at step s reproduces exactly the
-batches an uninterrupted run would have seen; batch_iterator reads them in order with thread or
-process prefetch, and its get_state() / set_state() checkpoint the position.
+batches an uninterrupted run would have seen (the trainer resumes by starting the batches at the
+checkpoint's step: no iterator state is saved); batch_iterator reads them in order with thread or
+process prefetch.
 
 Held-out clips come from clip indices starting at EVAL_INDEX_OFFSET: for a procedural source,
 the same seed's stream past anything train_batches reaches; for a recorded source, frames no
@@ -255,13 +256,12 @@ def train_batches(
 
 def batch_iterator(batches: grain.MapDataset, *, prefetch: str = "threads",
                    num_workers: int = 2) -> grain.DatasetIterator:
-  """Iterates `batches` in order while `num_workers` threads or processes prepare the next ones.
+  """Iterates `batches` in order while `num_workers` threads or processes prepare the next ones
+  (a run resumed at step s iterates batches[s:]). Threads suit sources whose clips cost little
+  Python time (file reads, NumPy); processes escape the GIL for Python-heavy sources but each
+  worker starts by importing what the pipeline's functions need, which takes seconds.
 
-  get_state() after k batches, given to set_state() of a fresh iterator over the same batches,
-  makes it continue with batch k; grain.checkpoint.CheckpointSave(iterator) writes that state
-  into an orbax checkpoint. Threads suit sources whose clips cost little Python time (file
-  reads, NumPy); processes escape the GIL for Python-heavy sources but each worker starts by
-  importing what the pipeline's functions need, which takes seconds.
+  Raises ValueError for a `prefetch` not in PREFETCH or fewer than one worker.
   """
   if prefetch not in PREFETCH:
     raise ValueError(f"data.prefetch={prefetch!r} is unknown; allowed: {', '.join(PREFETCH)}")
