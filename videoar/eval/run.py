@@ -134,7 +134,7 @@ def score(exp: experiment.Experiment, clips: dict, generated: np.ndarray, baseli
     if num_context:
       methods.update(long_horizon.baselines(clips["video"][:, :num_context], truth.shape[1]))
     else:
-      methods["background"] = np.full_like(truth, -1.0)
+      methods["background"] = np.full_like(truth, objects.BACKGROUND_VALUE)
     methods["truth"] = truth
   scorers = frame_scorers(exp, clips)
   if perceptual.is_pixels(truth):
