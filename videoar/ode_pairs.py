@@ -69,9 +69,8 @@ def guided_velocity(model: dit.CausalDiT, params, x_bfhwc, t_bf, cond: dict,
   n = x_bfhwc.shape[1]
   guided = guidance_scale != 1.0 and bool(cond)
   if guided:
-    null = model.null_conditioning(cond)
     x_bfhwc, t_bf = jnp.concatenate([x_bfhwc, x_bfhwc]), jnp.concatenate([t_bf, t_bf])
-    cond = {key: jnp.concatenate([value, null[key]]) for key, value in cond.items()}
+    cond = model.with_null_conditioning(cond)
   v, _ = model.apply(params, x_bfhwc, t_bf, frame_pos_f=jnp.arange(n, dtype=jnp.int32),
                      mask=masks.Full(n), **cond)
   if not guided:

@@ -143,8 +143,7 @@ class Sampler:
       x_bchwc, t_bc, previous_bchwc = (
           jnp.concatenate(pair) for pair in ((x_bchwc, x_null), (t_bc, t_bc),
                                              (previous_bchwc, null_history(previous_bchwc))))
-      null = self.model.null_conditioning(cond)
-      cond = {key: jnp.concatenate([value, null[key]]) for key, value in cond.items()}
+      cond = self.model.with_null_conditioning(cond)
     c = x_bchwc.shape[1]
     return self.model.apply(
         params, x_bchwc, t_bc, frame_pos_f=kv_cache_lib.query_positions(cache, c),

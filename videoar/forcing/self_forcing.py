@@ -179,11 +179,9 @@ def real_score(teacher: dit.CausalDiT, params, x_t_bfhwc, t_b, cond: dict,
   model without conditioning."""
   if not cond:
     return fake_score(teacher, params, x_t_bfhwc, t_b, cond)
-  null = teacher.null_conditioning(cond)
-  doubled = {key: jnp.concatenate([value, null[key]]) for key, value in cond.items()}
   x_t = jnp.concatenate([x_t_bfhwc, x_t_bfhwc])
   x0_cond, x0_null = jnp.split(fake_score(teacher, params, x_t, jnp.concatenate([t_b, t_b]),
-                                          doubled), 2)
+                                          teacher.with_null_conditioning(cond)), 2)
   return x0_cond + guidance * (x0_cond - x0_null)
 
 

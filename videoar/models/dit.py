@@ -186,6 +186,12 @@ class CausalDiT(nn.Module):
              "text_bld": jnp.zeros_like}
     return {key: nulls[key](value) for key, value in cond.items()}
 
+  def with_null_conditioning(self, cond: dict) -> dict:
+    """`cond` of batch B followed by its null: the conditioning of classifier-free guidance's
+    two passes in one call of batch 2B (conditional rows first)."""
+    null = self.null_conditioning(cond)
+    return {key: jnp.concatenate([value, null[key]]) for key, value in cond.items()}
+
   @nn.compact
   def __call__(self, x_bfhwc, t_bf, *, frame_pos_f, mask: masks.MaskSpec, labels_b=None,
                actions_bf=None, text_bld=None, previous_bfhwc=None,
