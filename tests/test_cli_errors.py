@@ -44,6 +44,13 @@ BAD_INPUTS = [
      " digit_size, max_speed, min_speed, num_digits, size"),
     ("a value of the wrong type", [TINY, "--config.model.width=wide"],
      "error: flag --config.model.width=wide: 'wide' is not an integer"),
+    ("a mode that is not one (no did-you-mean before)", [TINY, "--mode=eval"],
+     "error: flag --mode=eval: value should be one of all, train, sample, evaluate (did you mean"
+     " evaluate?)"),
+    ("a value for a group of keys (was ml_collections' 'Failed to parse ... as a ConfigDict')",
+     [TINY, "--config.model=3"],
+     "error: flag --config.model=3: config.model is a group of keys, not a value: set one of"
+     " them, --config.model.KEY=VALUE (every key is in videoar/base_config.py)"),
     ("a number of the wrong type", [TINY, "--config.sample.guidance_scale=high"],
      "error: flag --config.sample.guidance_scale=high: 'high' is not a number"),
     ("a boolean of the wrong type", [TINY, "--config.eval.fvd=maybe"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import functools
 import gc
 import os
@@ -101,12 +102,31 @@ _CONVERSION_ERRORS = (
 )
 
 
+# absl's and ml_collections' words for a value that is not one of a flag's choices, and for a
+# value given to a group of config keys.
+_CHOICE_ERROR = re.compile(r"^(flag --\w+=(.*): value should be one of) <(.*)>$")
+_GROUP_ERROR = re.compile(r"^flag --config\.([\w.]+)=(.*): Failed to parse .* as a ConfigDict.*$")
+
+
 def flag_error_line(error: flags.Error) -> str:
   """The first line of absl's error for a bad flag or config override, with Python's conversion
-  message said plainly: "flag --config.model.width=wide: 'wide' is not an integer"."""
+  message said plainly: "flag --config.model.width=wide: 'wide' is not an integer"; a choice
+  that is not one of a flag's with the nearest one: "flag --mode=eval: value should be one of
+  all, train, sample, evaluate (did you mean evaluate?)"; and a value given to a group of keys
+  ("--config.model=3") said as that."""
   line = str(error).strip().splitlines()[0]
   for pattern, plain in _CONVERSION_ERRORS:
     line = pattern.sub(plain, line)
+  choice = _CHOICE_ERROR.match(line)
+  if choice:
+    prefix, value, options = choice[1], choice[2], choice[3].split("|")
+    near = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
+    line = f"{prefix} {', '.join(options)}" + (f" (did you mean {near[0]}?)" if near else "")
+  group = _GROUP_ERROR.match(line)
+  if group:
+    key, value = group[1], group[2]
+    line = (f"flag --config.{key}={value}: config.{key} is a group of keys, not a value: set one"
+            f" of them, --config.{key}.KEY=VALUE (every key is in videoar/base_config.py)")
   return line
 
 
