@@ -5,6 +5,7 @@ library entry points, named there)."""
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -705,7 +706,29 @@ def test_a_different_run_on_a_workdir_refuses_in_one_line(finished_run, args, li
   assert result.returncode == 2, result.stderr[-2000:]
   assert last_line(result) == "error: " + line.format(w=finished_run)
   assert "Traceback" not in result.stderr
+  # The refusal is the run's one line: the model's banner came first on stdout.
+  assert "CausalDiT" not in result.stdout
   assert listing(finished_run) == before
+
+
+def test_each_line_reaches_a_pipe_when_it_is_printed(tmp_path):
+  """Into a file or pipe, Python buffered stdout: a followed log (tail -f) showed "samples: ..."
+  and "evaluating: ..." only with the job's last line (during training the progress bar
+  flushed it). The job's work is stood in for by a line and a wait far longer than the test's."""
+  code = ("import sys, time; from absl import app; from videoar import main; "
+          "main._run = lambda *args: (print('sampling'), time.sleep(600)); "
+          "app.run(main.main, flags_parser=main._parse_flags)")
+  process = subprocess.Popen(
+      [sys.executable, "-c", code, f"--workdir={tmp_path / 'run'}", TINY],
+      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+      env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
+  try:
+    ready, _, _ = select.select([process.stdout], [], [], 120)
+    assert ready, "the line did not reach the pipe within 120 s"
+    assert process.stdout.readline() == "sampling\n"
+  finally:
+    process.kill()
+    process.wait()
 
 
 def test_rollout_paths_of_metrics_the_source_lacks_refuse_before_generating(finished_run):

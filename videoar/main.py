@@ -215,6 +215,9 @@ def _run(config, workdir: str, mode: str) -> None:
 
 def main(argv):
   del argv
+  # Each line as it is printed, also into a file or pipe (Python buffers them there): a log that
+  # is followed (tail -f) shows "samples: ..." when sampling ends, not with the last line.
+  sys.stdout.reconfigure(line_buffering=True)
   if not FLAGS.verbose:
     logging.set_verbosity(logging.WARNING)
   start = time.perf_counter()

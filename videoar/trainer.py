@@ -148,15 +148,6 @@ def _train(exp: experiment.Experiment, train_step: experiment.TrainStep, workdir
   init_rng, train_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(config.seed))),
                                 out_shardings=layout.replicated)()
   like = jax.eval_shape(train_step.init, init_rng)
-  if is_main:
-    num_params = sum(x.size for x in jax.tree.leaves(like.params))
-    # Resampling names its mode: the default's "noise_augmentation" is a baseline, not the
-    # paper's self-resampling, and the banner is where a user first reads what trains.
-    paradigm = config.forcing.paradigm
-    if paradigm == "resampling":
-      paradigm += f" ({config.forcing.resample_mode})"
-    print(f"CausalDiT with {num_params / 1e6:.2f}M parameters, {paradigm},"
-          f" mesh {dict(layout.mesh.shape)}")
 
   # --- the run in the workdir: resume it, refuse, or start a new one ---------------------------
   record = workdir_lib.RunRecord(config.to_dict(), data_identity(exp))
@@ -179,6 +170,16 @@ def _train(exp: experiment.Experiment, train_step: experiment.TrainStep, workdir
     workdir_lib.check_steps_left(workdir, newest, config.train.num_steps)
     if recorded is not None:
       differences = same_run()
+  if is_main:  # once the workdir's run is not refused: a refusal is its one line
+    num_params = sum(x.size for x in jax.tree.leaves(like.params))
+    # Resampling names its mode: the default's "noise_augmentation" is a baseline, not the
+    # paper's self-resampling, and the banner is where a user first reads what trains.
+    paradigm = config.forcing.paradigm
+    if paradigm == "resampling":
+      paradigm += f" ({config.forcing.resample_mode})"
+    print(f"CausalDiT with {num_params / 1e6:.2f}M parameters, {paradigm},"
+          f" mesh {dict(layout.mesh.shape)}")
+
   checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.train.keep_checkpoints)
   try:
     resumed = checkpointer.restore_latest_run(like, train_rng)
