@@ -1,6 +1,7 @@
 """The training side: overfitting, checkpoints, resume, config validation, the CLI."""
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -56,9 +57,9 @@ def test_tiny_model_overfits_one_batch():
 
   optimizer = state_lib.make_optimizer(config)
   state = state_lib.create(experiment.init_params(exp, jax.random.key(0)), optimizer)
-  train_step = step_lib.make_train_step(
-      loss_fn=loss_fn, optimizer=optimizer,
-      schedule=state_lib.learning_rate_schedule(config), ema_decay=0.9)
+  train_step = jax.jit(functools.partial(
+      step_lib.train_step, loss_fn=loss_fn, optimizer=optimizer,
+      schedule=state_lib.learning_rate_schedule(config), ema_decay=0.9), donate_argnums=0)
   losses = []
   for _ in range(300):
     state, metrics = train_step(state, batch, fixed)

@@ -103,19 +103,14 @@ def generator_critic_step(state: state_lib.TrainState, batch, rng, *, generator_
   return new_state, metrics
 
 
-def make_train_step(*, layout: sharding_lib.Layout | None = None,
-                    state_sharding: state_lib.TrainState | None = None,
+def make_train_step(*, layout: sharding_lib.Layout, state_sharding: state_lib.TrainState,
                     step_fn: Callable = train_step, **kwargs):
-  """`step_fn` (train_step, or generator_critic_step) with `kwargs` bound, jitted once; the state
-  is donated so parameters and optimizer moments update in place.
-
-  With a `layout`, the step runs over its mesh: the state stays where `state_sharding` puts it,
-  batches come as layout.batch, the key and the metrics are replicated, and the model's logical
-  axis constraints bind to the mesh. Without one, it runs where its arguments are.
+  """`step_fn` (train_step, or generator_critic_step) with `kwargs` bound, jitted once over the
+  layout's mesh; the state is donated so parameters and optimizer moments update in place. The
+  state stays where `state_sharding` puts it, batches come as layout.batch, the key and the
+  metrics are replicated, and the model's logical axis constraints bind to the mesh.
   """
   step = functools.partial(step_fn, **kwargs)
-  if layout is None:
-    return jax.jit(step, donate_argnums=0)
 
   def sharded_step(state, batch, rng):
     with layout.logical_axes():
