@@ -64,8 +64,8 @@ def generator_critic_step(state: state_lib.TrainState, batch, rng, *, generator_
   `generator_loss(generator, critic, teacher, batch, rng) -> (loss, metrics)` is differentiated
   with respect to the generator only, `critic_loss(critic, generator, batch, rng) -> (loss,
   metrics)` with respect to the critic only; the critic's metrics are logged averaged over its
-  updates, each named critic_NAME (a name that starts with critic_ as it is). Each update draws its own key from
-  fold_in(rng, step), so a resumed run draws what an uninterrupted one would.
+  updates, each named critic_NAME (a name that starts with critic_ as it is). Each update draws
+  its own key from fold_in(rng, step), so a resumed run draws what an uninterrupted one would.
   """
   step_rng = jax.random.fold_in(rng, state.step)
   generator_rng, critic_rng = jax.random.split(step_rng)
