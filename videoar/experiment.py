@@ -185,6 +185,8 @@ def define_frame_shape_flag() -> None:
 
 
 def make_model(config: ml_collections.ConfigDict) -> dit.CausalDiT:
+  """The CausalDiT that config.model describes, unbound (Module.init makes its parameters);
+  validate.validate checks the keys, not this."""
   m = config.model
   return dit.CausalDiT(
       patch=m.patch, width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,

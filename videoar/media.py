@@ -54,4 +54,6 @@ def frame_strip(rows_bfhwc: np.ndarray, every: int = 1, gap: int = 1) -> np.ndar
 
 
 def write_png(path: str, image_hwc: np.ndarray, upscale: int = 3) -> None:
+  """Writes an image [H, W, C] in [-1, 1] (C = 1 or 3) to `path` (a .png: imageio picks the
+  format by the name) as uint8 RGB, nearest-neighbour upscaled `upscale` times (to_uint8)."""
   imageio.imwrite(path, to_uint8(image_hwc, upscale))

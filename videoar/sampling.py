@@ -124,6 +124,10 @@ class Sampler:
   # --- building blocks -------------------------------------------------------------------------
 
   def init_cache(self, batch: int) -> kv_cache_lib.KVCache:
+    """An empty KV cache (kv_cache.init) for `batch` videos: window - chunk slots in every
+    model layer, this sampler's sink and span; 2 x batch rows under guidance (conditional, then
+    null pass). Raises ValueError (kv_cache.init) for a sink that leaves no slot to roll through,
+    or train_frames below the window."""
     h, w, _ = self.frame_shape
     m = self.model
     return kv_cache_lib.init(
@@ -156,6 +160,12 @@ class Sampler:
     return jnp.split(cache_array, 2)[0] if self.guided else cache_array
 
   def velocity(self, params, cache, x_bchwc, t_bc, cond=None):
+    """The model's velocity [B, c, H, W, C] of a chunk x_bchwc [B, c, H, W, C] at times t_bc
+    [B, c] over the cache, conditioned on `cond` (CausalDiT.conditioning); a model with
+    previous_frame_input reads the cache's last frame as every frame's previous one. Under
+    guidance (classifier-free, Ho & Salimans 2022; with guide_history, of the history too):
+    v_null + s (v_cond - v_null), s = guidance_scale at times inside guidance_interval and 1
+    (v_cond alone) outside it."""
     last = self._cache_rows(cache.last_frame)[:, None]
     previous = jnp.broadcast_to(last, x_bchwc.shape)
     v, _ = self._apply(params, cache, x_bchwc, t_bc, previous, cond)

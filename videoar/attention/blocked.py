@@ -102,6 +102,11 @@ def _query_group_size(num_query_frames: int, tokens_per_frame: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def plan(mask: masks.MaskSpec, tokens_per_frame: int) -> Plan:
+  """How `blocked_attention` covers `mask` for frames of `tokens_per_frame` tokens: query
+  frames in groups (the most whole frames dividing them that fit a QUERY_TILE_TOKENS tile), each
+  group's key frames padded to a multiple of 1/MAX_BUCKETS of the longest list, groups of one
+  padded length in one Bucket. Static numpy, cached per (mask, tokens_per_frame).
+  Raises ValueError for a mask with a query frame that sees no key frame."""
   frame_mask = mask.frame_mask()
   fq = frame_mask.shape[0]
   if not frame_mask.any(axis=1).all():

@@ -49,6 +49,8 @@ def to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def from_bytes(record: bytes) -> dict[str, np.ndarray]:
+  """The arrays {key: array} of a record that to_bytes wrote, in its order, each of its
+  header's dtype and shape; read-only views of `record`, not copies."""
   # Not np.load: NumPy parses .npy headers with ast.literal_eval, which CPython 3.11 can crash
   # ("AST constructor recursion depth mismatch") when prefetch threads call it at once.
   end = record.index(b"\n")

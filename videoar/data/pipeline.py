@@ -38,7 +38,12 @@ PREFETCH = ("threads", "processes")
 
 
 class ClipSource(Protocol):
-  def clip(self, seed: int, index: int, num_frames: int) -> dict[str, np.ndarray]: ...
+  """A data source: clips addressed by (seed, index) (module docstring)."""
+
+  def clip(self, seed: int, index: int, num_frames: int) -> dict[str, np.ndarray]:
+    """Clip `index` of `num_frames` frames, a pure function of its arguments: `video`
+    [F, H, W, C] and the source's other arrays; index >= EVAL_INDEX_OFFSET is held out."""
+    ...
 
 
 class Recording(Protocol):

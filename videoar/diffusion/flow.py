@@ -12,11 +12,15 @@ def _broadcast_time(t_bf: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def interpolate(x: jax.Array, eps: jax.Array, t_bf: jax.Array) -> jax.Array:
+  """x_t = (1 - t) x + t eps: frames x [B, F, ...] moved to time t_bf [B, F] on the straight
+  path to the noise eps (same shape as x), rectified flow's interpolant (Liu et al. 2022)."""
   t = _broadcast_time(t_bf, x)
   return (1.0 - t) * x + t * eps
 
 
 def velocity_target(x: jax.Array, eps: jax.Array) -> jax.Array:
+  """The flow-matching target eps - x (shape of x): the constant velocity dx_t/dt of
+  `interpolate`'s path, which the model learns to predict."""
   return eps - x
 
 

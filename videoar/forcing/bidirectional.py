@@ -13,6 +13,12 @@ from videoar.models import dit
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
             cond_drop_prob: float, loss_weighting: str = "velocity", step=None):
+  """The bidirectional model's flow-matching loss of a batch {video [B, N, H, W, C], the
+  model's conditioning}: one time t per video shared by its N frames, all noised and predicted
+  in one pass under full attention (masks.Full), the teacher of Self Forcing (Huang et al.
+  2025). The conditioning is dropped to its null with probability cond_drop_prob; `chunk` and
+  `step` are unused. Returns (loss, {"loss": loss}). Raises ValueError for an unknown
+  loss_weighting."""
   del chunk, step
   cond_rng, time_rng, noise_rng = jax.random.split(rng, 3)
   cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)

@@ -37,6 +37,7 @@ def per_chunk_time(rng: jax.Array, batch: int, num_frames: int, chunk: int, shif
 
 
 def mse(prediction, target):
+  """The mean of the squared difference of `prediction` and `target` over all entries: []."""
   return jnp.mean(jnp.square(prediction - target))
 
 

@@ -13,6 +13,12 @@ from videoar.models import dit
 
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
             cond_drop_prob: float, loss_weighting: str = "velocity", step=None):
+  """Diffusion Forcing's flow-matching loss (Chen et al. 2024) of a batch {video
+  [B, N, H, W, C], the model's conditioning}: an independent time t per frame, the N noisy
+  frames predicted in one pass under the block-causal mask of `chunk`-frame chunks
+  (masks.BlockCausal). The conditioning is dropped to its null with probability cond_drop_prob;
+  `step` is unused. Returns (loss, {"loss": loss}). Raises ValueError for an unknown
+  loss_weighting or a chunk below 1."""
   del step
   cond_rng, time_rng, noise_rng = jax.random.split(rng, 3)
   cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)

@@ -85,6 +85,17 @@ def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift:
             resample_steps: int, loss_weighting: str = "velocity", warmup_steps: int = 0,
             history_window: int = 0, sink_frames: int = 0, history_drop_prob: float = 0.0,
             history_time_input: bool = False):
+  """Resampling Forcing's loss of a batch {video [B, N, H, W, C], the model's conditioning}:
+  teacher.history_conditioned_loss of the clean frames on a history the model degraded itself
+  (degrade_history, without gradient, by resample_mode "noise_augmentation", "parallel" or
+  "autoregressive", reading the batch's conditioning without dropout). While the train step
+  `step` < warmup_steps the history is the clean video: plain Teacher Forcing. With
+  history_time_input the history is labelled with its noise level t_s instead of t = 0.
+  Returns (loss, {"loss": loss, "history_mse": the history's mean squared error to the video}).
+
+  Raises ValueError for history_time_input without resample_mode="noise_augmentation", an
+  unknown resample_mode or an unknown loss_weighting.
+  """
   # The loss draws exactly what Teacher Forcing draws; resampling has a stream of its own.
   cond_rng, loss_rng = jax.random.split(rng)
   resample_rng = jax.random.fold_in(rng, 1)

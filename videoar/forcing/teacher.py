@@ -81,6 +81,15 @@ def history_conditioned_loss(model: dit.CausalDiT, params, history_bfhwc, video_
 def loss_fn(model: dit.CausalDiT, params, batch, rng, *, chunk: int, time_shift: float,
             cond_drop_prob: float, loss_weighting: str = "velocity", history_window: int = 0,
             sink_frames: int = 0, history_drop_prob: float = 0.0, step=None):
+  """Teacher Forcing's flow-matching loss of a batch {video [B, N, H, W, C], the model's
+  conditioning}: every frame noised at its chunk's time and predicted in one pass over
+  Resampling Forcing's 2N layout [history ; noisy frames] (masks.TeacherForcing), the history
+  being the clean video itself (history_conditioned_loss), dropped to the null history per
+  video with probability history_drop_prob. The conditioning is dropped to its null with
+  probability cond_drop_prob (common.conditioning); `step` is unused.
+  Returns (loss, {"loss": loss}). Raises ValueError for an unknown loss_weighting, or a
+  history_window or sink_frames that masks.TeacherForcing refuses.
+  """
   del step
   cond_rng, loss_rng = jax.random.split(rng)
   cond = common.conditioning(model, batch, cond_rng, cond_drop_prob)

@@ -75,6 +75,8 @@ def init(*, num_layers: int, batch: int, slots: int, tokens_per_frame: int, num_
 
 
 def frame_valid(cache: KVCache) -> jax.Array:
+  """[slots] bool: which slots hold a written frame (frame_index >= 0); empty slots are never
+  attended."""
   return cache.frame_index >= 0
 
 

@@ -83,6 +83,8 @@ def dense_general_init(init, axes: tuple[str, ...]):
 
 
 def embed(num_embeddings: int, features: int, **kwargs) -> nn.Embed:
+  """nn.Embed whose table [num_embeddings, features] is named by the logical axes
+  ("vocab", "embed")."""
   return nn.Embed(num_embeddings, features, embedding_init=nn.with_logical_partitioning(
       nn.linear.default_embed_init, ("vocab", "embed")), **kwargs)
 
@@ -93,10 +95,14 @@ def constrain_tokens(x_bftd):
 
 
 def constrain_cond(cond_bfd):
+  """Pins the per-frame conditioning [B, F, D] to the mesh (a no-op outside a logical-axis
+  context)."""
   return nn.with_logical_constraint(cond_bfd, ("batch", "frame", "activation_embed"))
 
 
 def modulate(x_bftd, shift_bfd, scale_bfd):
+  """AdaLN's modulation (DiT, Peebles & Xie 2023): x (1 + scale) + shift, tokens [B, F, T, D]
+  by a shift and scale [B, F, D] per frame."""
   return x_bftd * (1.0 + scale_bfd[:, :, None]) + shift_bfd[:, :, None]
 
 

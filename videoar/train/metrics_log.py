@@ -54,6 +54,8 @@ class MetricsLog:
                                   purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
+    """Appends the scalars {name: value} of `step` to tensorboard (as train/NAME) and as one
+    line to metrics.jsonl (non-finite values as null); nothing on other processes."""
     if self.writer is None:
       return
     for key, value in metrics.items():

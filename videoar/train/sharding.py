@@ -199,6 +199,7 @@ class Layout:
 
   @property
   def replicated(self) -> NamedSharding:
+    """The whole array on every device of the mesh (PartitionSpec())."""
     return NamedSharding(self.mesh, PartitionSpec())
 
   @property
@@ -230,6 +231,8 @@ class Layout:
       yield
 
   def check_batch_size(self, global_batch_size: int) -> None:
+    """Raises ConfigError (a ValueError) for a data.batch_size that does not split evenly over
+    the mesh's batch shards and the processes (their least common multiple must divide it)."""
     shards = math.prod(self.mesh.shape[axis] for axis in _axes(self.batch.spec[0]))
     processes = jax.process_count()
     if global_batch_size % math.lcm(shards, processes):

@@ -16,6 +16,9 @@ from videoar.train import sharding as sharding_lib
 
 @flax.struct.dataclass
 class TrainState:
+  """What a train step carries (a pytree): the step [] int32, the parameters, the EMA copy of
+  the trained ones and the optimizer state (create, create_generator_critic)."""
+
   step: jax.Array
   params: dict
   ema_params: dict
