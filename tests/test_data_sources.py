@@ -107,6 +107,16 @@ def test_same_seed_gives_the_same_batches(name, pong, videos, latents):
   assert not np.array_equal(first[0]["video"], other[0]["video"])
 
 
+def test_uint8_pixels_of_a_recording_read_as_minus_one_to_one():
+  """Guards against rescaling a recorded source's uint8 pixels by / 255 (to [0, 1]) instead of
+  / 127.5 - 1: pixel 0 must read as -1, 255 as 1, and every value in between linearly."""
+  source = pipeline.RecordedClips(NumberedFrames((256,)), eval_fraction=0.0)
+  video = source.clip(0, 0, 256)["video"]  # frame t is pixel value t
+  assert video.dtype == np.float32
+  assert np.all(video[0] == -1.0) and np.all(video[255] == 1.0)
+  np.testing.assert_allclose(video[:, 0, 0, 0], np.arange(256) / 127.5 - 1.0, atol=1e-6)
+
+
 def test_recorded_training_stream_visits_every_clip_once_an_epoch_in_a_new_order():
   source = pipeline.RecordedClips(NumberedFrames((30, 12, 5)), stride=2, eval_fraction=0.0)
   # Windows of 3 frames spanning 5: 26 + 8 + 1 of them, one starting at every frame.
@@ -389,6 +399,16 @@ def test_write_array_record_converts_a_procedural_source(tmp_path):
   with pytest.raises(errors.UserError, match=f"{tmp_path} already holds a dataset"):
     array_record.write_sequences(str(tmp_path), sequences, num_shards=2)
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
+
+
+def test_id_counts_keep_the_largest_id_of_an_earlier_sequence(tmp_path):
+  """Guards against id_counts taking the largest id of the last sequence written alone: the
+  largest label and action are in the first sequence here, and later ones hold smaller ids."""
+  video = np.zeros((3, 2, 2, 1), np.uint8)
+  sequences = [{"video": video, "label": np.int32(label), "actions": np.int32(actions)}
+               for label, actions in ((5, [0, 4, 2]), (2, [1, 0, 1]), (0, [0, 0, 0]))]
+  array_record.write_sequences(str(tmp_path), sequences, num_shards=1)
+  assert array_record.ArrayRecordLatents(str(tmp_path)).id_counts() == {"label": 6, "actions": 5}
 
 
 def small_dataset(path) -> str:

@@ -217,6 +217,22 @@ def test_pairs_round_trip_through_array_record_with_states_aligned(model_and_par
     np.testing.assert_array_equal(clip["video"], expected[s]["video"][start:start + 4])
 
 
+def test_pairs_of_each_batch_start_from_that_batchs_own_noise(model_and_params):
+  """Guards against drawing every batch's noise from one key: two identical batches must give
+  pairs from different noise, batch i's being normal(fold_in(rng, i)) (its first state)."""
+  model, params = model_and_params
+  batch = {"video": np.zeros((1, FRAMES) + SHAPE, np.float32), "label": np.array([1])}
+  rng = jax.random.key(3)
+  first, second = ode_pairs.pair_sequences(model, params, iter([batch, batch]), rng,
+                                           num_sequences=2, num_steps=K, solver_steps=M,
+                                           shift=SHIFT, guidance_scale=1.0)
+  for i, pair in enumerate((first, second)):
+    noise = jax.random.normal(jax.random.fold_in(rng, i), (1, FRAMES) + SHAPE, jnp.float32)
+    np.testing.assert_allclose(pair["ode_states"][:, 0], noise[0], atol=1e-6)
+  assert not np.allclose(first["ode_states"][:, 0], second["ode_states"][:, 0])
+  assert not np.allclose(first["video"], second["video"])
+
+
 def test_a_teacher_workdir_of_a_causal_run_is_one_line_naming_the_flag(trained_stage, tmp_path):
   """The o03 probe: a causal run's workdir as --teacher_workdir was a checkpoint mismatch whose
   advice was to use a new --workdir, a flag this tool does not have; nothing is written."""
@@ -463,8 +479,9 @@ def test_a_signal_while_index_json_is_written_waits_for_ode_pairs_json(model_and
 
 def test_pairs_are_stale_unless_made_from_the_teachers_newest_checkpoint(tmp_path):
   """stale_problem, which launch/self_forcing.sh runs before the ODE stage: pairs of the teacher's
-  newest step pass; of another step, or recording none and older than that step, are named;
-  METADATA that cannot be read is one line."""
+  newest step pass; of another step (earlier or later: guards against `made < newest`), or
+  recording none and older than that step, are named; METADATA that cannot be read is one
+  line."""
   teacher, pairs = tmp_path / "teacher", tmp_path / "pairs"
   (teacher / "checkpoints" / "5").mkdir(parents=True)
   pairs.mkdir()
@@ -475,6 +492,12 @@ def test_pairs_are_stale_unless_made_from_the_teachers_newest_checkpoint(tmp_pat
   metadata.write_text(json.dumps({"teacher_step": 3}))
   assert ode_pairs.stale_problem(str(pairs), str(teacher)) == (
       f"the ODE pairs in {pairs} were made from step 3 of the teacher in {teacher}, whose"
+      " newest checkpoint is step 5")
+  # Pairs recording a later step than the newest checkpoint (the teacher's workdir was replaced,
+  # or its later checkpoints deleted) are no more the newest checkpoint's than an earlier one's.
+  metadata.write_text(json.dumps({"teacher_step": 7}))
+  assert ode_pairs.stale_problem(str(pairs), str(teacher)) == (
+      f"the ODE pairs in {pairs} were made from step 7 of the teacher in {teacher}, whose"
       " newest checkpoint is step 5")
   metadata.write_text("{}")  # made before teacher_step was recorded, after the teacher's step 5
   assert ode_pairs.stale_problem(str(pairs), str(teacher)) is None

@@ -14,7 +14,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from test_data_sources import NumberedFrames
+from test_data_sources import NumberedFrames, tiny_video
 from videoar.data import pipeline, video_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,6 +177,49 @@ def test_file_cut_short_is_skipped_with_the_reason(tmp_path, name, codec, option
   assert folder.lengths().tolist() == [30]
   assert list(folder.skipped()) == [name]
   assert folder.skipped()[name].startswith("truncated")
+
+
+def test_videos_in_hidden_subfolders_are_not_listed(tmp_path):
+  """Guards against os.walk descending into hidden folders: DIR/.cache/x.mp4 (an editor's or a
+  tool's cache, or .videoar_cache itself) is no training video, though DIR/sub/y.mp4 is."""
+  for name in ("a.mp4", os.path.join("sub", "b.mp4"), os.path.join(".cache", "x.mp4"),
+               os.path.join("sub", ".hidden", "y.mp4")):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b"")
+  assert video_folder.video_files(str(tmp_path)) == ["a.mp4", os.path.join("sub", "b.mp4")]
+
+
+@pytest.mark.parametrize("intervals,whole", [(1.5, True), (2.5, False)])
+def test_a_declared_end_within_the_tolerated_shortfall_is_not_truncation(tmp_path, monkeypatch,
+                                                                         intervals, whole):
+  """Guards against tolerating no shortfall at all: a container that declares its stream ends
+  up to MAX_SHORTFALL_FRAMES frame intervals after the last decoded frame (containers round
+  timestamps and durations) is decoded whole; one that declares more is truncated."""
+  path = str(tmp_path / "v.mp4")
+  tiny_video(path)  # 6 frames at 25 fps
+  declared_end = video_folder._declared_end
+  monkeypatch.setattr(video_folder, "_declared_end",
+                      lambda container, stream: declared_end(container, stream) + intervals / 25)
+  if whole:
+    assert video_folder.decode(path, 8, "crop").shape == (6, 8, 8, 3)
+  else:
+    with pytest.raises(video_folder.UndecodableVideo, match="^truncated: frames end at"):
+      video_folder.decode(path, 8, "crop")
+
+
+def test_a_subfolder_holding_only_an_undecodable_video_is_no_class(tmp_path):
+  """Guards against counting every subfolder with a video file as a class: one whose only video
+  cannot be decoded gives no clip, so it must not take a label (nor count in id_counts)."""
+  for name in ("cats", "dogs"):
+    (tmp_path / name).mkdir()
+    tiny_video(str(tmp_path / name / "v.mp4"))
+  (tmp_path / "broken").mkdir()
+  (tmp_path / "broken" / "bad.mp4").write_bytes(b"")
+  folder = video_folder.VideoFolder(path=str(tmp_path), size=8, labels=True)
+  assert list(folder.skipped()) == [os.path.join("broken", "bad.mp4")]
+  assert folder.class_names() == ["cats", "dogs"]
+  assert folder.id_counts() == {"label": 2}
+  assert [int(folder.read(i, np.arange(2))["label"]) for i in range(2)] == [0, 1]
 
 
 def test_video_folder_holds_out_whole_videos():
