@@ -89,6 +89,26 @@ def test_causal_path_in_groups_equals_dense(monkeypatch, budget, groups):
   assert_blocked_equals_dense(spec, tokens, seed=5)
 
 
+def test_causal_path_in_query_slices_equals_dense(monkeypatch):
+  """With MAX_LOGITS small, every level of the unit-causal path computes its logits in slices
+  of two query rows (blocked._capped_partial_softmax): guards against slices put back in the
+  wrong order (rows interleaved across slices), against the dense reference, outputs and
+  gradients."""
+  # BlockCausal(8), 4 tokens a frame, batch 2, 3 heads: levels of 4 x 4, 2 x 8 and 1 x 16 rows
+  # over as many keys, 384, 768 and 1536 logits: 2, 4 and 8 slices of 2 rows each.
+  monkeypatch.setattr(blocked, "MAX_LOGITS", 200)
+  partial_softmax = blocked._partial_softmax  # pylint: disable=protected-access
+  sliced = []
+
+  def recording(q, k, v):
+    sliced.append(q.shape[-2] < k.shape[-2])  # a slice of the rows over all of their keys
+    return partial_softmax(q, k, v)
+
+  monkeypatch.setattr(blocked, "_partial_softmax", recording)
+  assert_blocked_equals_dense(masks.BlockCausal(8), 4, seed=6)
+  assert sum(sliced) == 3, sliced  # one slice traced per level (lax.map)
+
+
 def test_pair_groups_split_heads_then_the_batch():
   group = lambda batch, heads, most_pairs: blocked._pair_groups(  # pylint: disable=protected-access
       batch, heads, 1000, blocked.CPU_TEMP_BYTES / (1000 * most_pairs))

@@ -143,3 +143,17 @@ def test_a_path_with_a_comma_is_named_where_commas_separate_runs(tmp_path):
       " a comma, which separates an arm's runs here; rename the folder or link it")
   assert compare.comma_split_path([other, f"{tmp_path}/p", "c", other], 2) == workdir
   assert compare.comma_split_path([f"{tmp_path}/p", "d"], 0) is None
+
+
+def test_the_learning_curve_by_default_prints_the_default_metrics_a_run_has(tmp_path):
+  """The default --metrics list is the bouncing world's: a run of another world, which logs only
+  some of it, was refused instead of shown what it has. Named on the command line, a metric the
+  run lacks is still refused."""
+  workdir = _trained(tmp_path / "run", 0, 1)  # its evaluation logs lost only
+  result = _tool("videoar.eval.learning_curve", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "lost per segment" in result.stdout and "| 100 | 1.7 | 1 |" in result.stdout
+  assert "invented" not in result.stdout
+  assert _refused(_tool("videoar.eval.learning_curve", f"--workdir={workdir}",
+                        "--metrics=lost,invented")) == (
+      "error: --metrics=lost,invented: invented not evaluated in these runs; allowed: lost")

@@ -285,6 +285,18 @@ def test_learning_curve_reads_the_evaluations_and_the_training_minutes(tmp_path)
     assert "| 100 | 2.5 | 1.5 | 2 |" in text and "| 150 | 2.9 | 0.5 | - |" in text
 
 
+def test_learning_curve_orders_the_segment_columns_by_their_first_frame():
+    """Guards against columns sorted as strings (0-7, 16-23, 24-31, 8-15): the segments run
+    0-7, 8-15, 16-23, 24-31 left to right, each cell under its own segment."""
+    from videoar.eval import learning_curve
+
+    segments = ["16-23", "0-7", "24-31", "8-15"]  # as a dict of a record may hold them
+    evals = {100: {f"lost/{segment}": float(segment.split("-")[0]) for segment in segments}}
+    text = learning_curve.tables(evals, {100: 1.0}, ["lost"])
+    assert "| step | minutes | 0-7 | 8-15 | 16-23 | 24-31 |" in text, text
+    assert "| 100 | 1.0 | 0 | 8 | 16 | 24 |" in text, text
+
+
 def test_learning_curve_over_runs_is_mean_and_sd_at_the_common_steps(tmp_path):
     from videoar.eval import learning_curve
 

@@ -125,6 +125,14 @@ def test_frame_scores_are_zero_on_the_truth_and_the_shift_when_moved():
         pong_frame_scores(truth[0], truth[0])
 
 
+def test_frame_scores_refuse_more_generated_clips_than_true_ones():
+    """Guards against shapes that numpy broadcasts: generated [2, F, ...] against truth [1, F, ...]
+    was scored as if the one true clip were the truth of both."""
+    truth = clip([60, 70, 80], [40, 50, 60], [90, 94, 98])
+    with pytest.raises(ValueError, match="must both be"):
+        pong_frame_scores(np.concatenate([truth, truth]), truth)
+
+
 def test_evaluation_reports_ball_and_paddle_for_every_method(tmp_path):
     truth = clip([60, 70, 80, 90, 100, 110], [40, 50, 60, 70, 80, 90], [90, 94, 98, 102, 106, 110])
     methods = {"truth": truth, "copy_last": np.repeat(truth[:, :1], 6, axis=1),

@@ -15,7 +15,7 @@ import pytest
 
 import ml_collections
 
-from videoar import errors, experiment, media, trainer
+from videoar import errors, experiment, media, trainer, validate
 from videoar.data import array_record, pipeline
 from videoar.eval import long_horizon, run
 from videoar.diffusion import flow
@@ -189,6 +189,37 @@ def test_bad_config_raises_naming_the_key(overrides, message):
     experiment.build(tiny_config(**overrides))
   assert str(error.value).startswith(message)
   assert "\n" not in str(error.value)
+
+
+# Values at the edge of an allowed range, each refused with the line its own check writes (a
+# later check naming the same key would hide a range that admits the edge).
+EDGE_CONFIGS = [
+    ({"sample.context_frames": 8}, "config.sample.context_frames=8",
+     "must be in [0, data.num_frames=8)"),
+    ({"sample.history_time": 1.0, "forcing.history_time_input": True},
+     "config.sample.history_time=1.0", "must be in [0, 1)"),
+    ({"sample.guidance_interval": (0.5, 0.5)}, "config.sample.guidance_interval=(0.5, 0.5)",
+     "0 <= low < high <= 1"),
+    ({"model.num_heads": 8}, "config.model.num_heads=8", "fewer than 8 channels a head"),
+    ({"sample.guidance_interval": (float("nan"), 1.0)},
+     "config.sample.guidance_interval=(nan, 1.0)", "must be finite"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,allowed", EDGE_CONFIGS, ids=[k for _, k, _ in EDGE_CONFIGS])
+def test_values_at_the_edge_of_their_range_are_refused_by_their_own_check(overrides, key, allowed):
+  """Guards against a range check that admits its edge: context_frames equal to
+  data.num_frames (no frame left to generate), history_time 1 (a history of pure noise), a
+  guidance interval (t, t) (guiding nothing), width / num_heads = 4 at width 32 and 8 heads (too
+  few channels for the 3D rotary embedding), and against a finite check that looks at a
+  tuple-valued key as a whole rather than at its elements (a NaN inside the interval)."""
+  config = tiny_config(**overrides)
+  assert config.model.width == 32  # the head-dim case: 32 / 8 heads = 4 channels a head
+  with pytest.raises(errors.ConfigError) as error:
+    validate.validate(config)
+  message = str(error.value)
+  assert message.startswith(f"{key} is invalid: ") and allowed in message, message
+  validate.validate(tiny_config())  # the test config itself passes
 
 
 def test_cli_rejects_a_bad_config_in_one_line_before_compiling(tmp_path):
