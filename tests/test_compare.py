@@ -157,3 +157,37 @@ def test_the_learning_curve_by_default_prints_the_default_metrics_a_run_has(tmp_
   assert _refused(_tool("videoar.eval.learning_curve", f"--workdir={workdir}",
                         "--metrics=lost,invented")) == (
       "error: --metrics=lost,invented: invented not evaluated in these runs; allowed: lost")
+
+
+def test_the_mean_over_seeds_leaves_out_a_seeds_nan_figure():
+  """Guards against averaging a NaN figure in: the mean (and count) over seeds must be over the
+  seeds with a finite number, not NaN because one seed's figure is."""
+  tables = [[dict(segment="0-7", frames=8, psnr=20.0, lost=1.0)],
+            [dict(segment="0-7", frames=8, psnr=float("nan"), lost=3.0)]]
+  assert compare._mean_tables(tables) == [
+      dict(segment="0-7", frames=8, psnr=20.0, lost=2.0, seeds=2)]
+  assert compare._mean_tables(tables, statistic=len)[0]["psnr"] == 1
+
+
+def test_a_figure_no_seed_has_is_not_noted_as_partial(tmp_path):
+  """Guards against noting a figure that no seed has a number for (0 of 2 seeds, e.g. FVD never
+  computed) as a partial figure: only figures some but not all seeds have are noted."""
+  for seed, psnr in enumerate((20.0, None)):
+    os.makedirs(tmp_path / f"seed{seed}")
+    row = dict(segment="0-7", frames=8, psnr=psnr, fvd=None)
+    (tmp_path / f"seed{seed}" / "eval.json").write_text(json.dumps({"tables": {"model": [row]}}))
+  combined = compare.combine({"arm": [str(tmp_path / "seed0"), str(tmp_path / "seed1")]})
+  assert combined["arm"][0]["fvd"] is None and combined["arm n"][0]["fvd"] == 0
+  assert compare.partial_figures(combined) == [
+      "arm: psnr 0-7 over 1 of 2 seeds (the others have no finite number)"]
+
+
+def test_combined_arms_show_the_baselines_of_the_first_run(tmp_path):
+  """Guards against the baselines (copy_last, background) being taken from each arm in turn,
+  so that the last arm's overwrote the first run's."""
+  first, second = _evaluated(tmp_path / "a", lost=1.0), _evaluated(tmp_path / "b", lost=5.0)
+  with open(os.path.join(first, "eval.json")) as f:
+    baselines = {k: v for k, v in json.load(f)["tables"].items() if k in compare.BASELINES}
+  combined = compare.combine({"a": [first], "b": [second]})
+  assert {k: combined[k] for k in compare.BASELINES} == baselines
+  assert combined["copy_last"][0]["lost"] == 1.0

@@ -96,3 +96,37 @@ def test_a_killed_writers_temporary_folder_is_removed_and_a_live_ones_kept(tmp_p
     assert sorted(os.listdir(tmp_path)) == sorted(["eval.json", live.name])
   finally:
     os.close(fd)
+
+
+def test_an_interrupt_mid_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+  """Guards against `replaced` cleaning up only on Exception: a KeyboardInterrupt (Ctrl-C) inside
+  the block must also remove the temporary file and leave the old content."""
+  path = str(tmp_path / "run.json")
+  with open(path, "w") as f:
+    f.write("old")
+  with pytest.raises(KeyboardInterrupt):
+    with files.replaced(path) as f:
+      f.write("new, cut short")
+      raise KeyboardInterrupt
+  with open(path) as f:
+    assert f.read() == "old"
+  assert os.listdir(tmp_path) == ["run.json"]
+
+
+def test_outputs_replaced_together_are_renamed_in_their_order_up_to_a_failing_one(tmp_path):
+  """Guards against renaming `names` in another order than given: the last name marks the set
+  complete, so when the second rename fails (a non-empty folder of that name is still there) the
+  first name has arrived and the last has not."""
+  (tmp_path / "samples").mkdir()
+  (tmp_path / "samples" / "strip.png").write_text("old")
+  with pytest.raises(OSError):
+    with files.replaced_together(str(tmp_path), ("frames", "samples", "eval.json")) as staging:
+      for name in ("frames", "samples"):
+        os.mkdir(os.path.join(staging, name))
+        with open(os.path.join(staging, name, "strip.png"), "w") as f:
+          f.write("new")
+      with open(os.path.join(staging, "eval.json"), "w") as f:
+        f.write("new")
+  assert sorted(os.listdir(tmp_path)) == ["frames", "samples"]
+  assert (tmp_path / "frames" / "strip.png").read_text() == "new"
+  assert (tmp_path / "samples" / "strip.png").read_text() == "old"

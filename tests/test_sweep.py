@@ -334,6 +334,19 @@ def test_bad_flags_stop_with_one_line(tmp_path, capsys, flags, message):
   assert not list(tmp_path.iterdir())
 
 
+def test_a_repeated_seed_stops_with_one_line(tmp_path, capsys):
+  """Guards against accepting --seeds that repeat a seed: two runs of one arm would share a
+  workdir (and count twice in the mean), so --seeds=0,0 exits 2 naming the repeat. The print
+  executor keeps the test fast where the flag is let through: nothing trains."""
+  with pytest.raises(SystemExit) as stopped:
+    sweep.main([f"--config={CONFIG}", f"--root={tmp_path}", "--arms=parallel", "--seeds=0,0",
+                "--executor=print"])
+  assert stopped.value.code == 2
+  err = capsys.readouterr().err
+  assert err == "error: --seeds='0,0' repeats a seed\n", err
+  assert not list(tmp_path.iterdir())
+
+
 def test_a_root_under_a_file_stops_with_one_line_and_keeps_the_file(tmp_path, capsys):
   existing = tmp_path / "notes.txt"
   existing.write_text("kept")

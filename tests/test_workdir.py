@@ -313,3 +313,23 @@ def test_a_result_of_other_values_differs_in_all_but_how_the_run_logs_and_is_lai
   other["sample"]["num_steps"], other["train"]["num_steps"], other["new_key"] = 4, 10, 1
   assert [str(d) for d in workdir_lib.result_differences(recorded, other)] == [
       "sample.num_steps 20 -> 4", "train.num_steps 9 -> 10"]
+
+
+def test_a_damaged_record_with_an_extra_key_is_refused(tmp_path):
+  """Guards against accepting run.json with keys besides 'config' and 'dataset': a record must
+  be exactly those two objects, not a superset of them."""
+  (tmp_path / "run.json").write_text('{"config": {}, "dataset": {}, "extra": {}}')
+  with pytest.raises(RunRefused, match="is not a run record"):
+    RunRecord.load(str(tmp_path))
+
+
+def test_sampling_with_another_seed_or_model_is_trained_differently_but_not_other_training(
+    tmp_path):
+  """Guards against SAMPLING_READS leaving out the seed: sampling a run with a seed other than
+  the one it was trained with must be reported, as a model change is; keys only training reads
+  (optim.*, data.batch_size) are not."""
+  changed().save(str(tmp_path))
+  current = changed(seed=1, model__width=256, optim__learning_rate=1e-4, data__batch_size=32)
+  differences = workdir_lib.trained_differently(str(tmp_path), current.config)
+  assert sorted(str(d) for d in differences) == ["model.width 128 -> 256", "seed 0 -> 1"]
+  assert workdir_lib.trained_differently(str(tmp_path / "elsewhere"), current.config) == ()
