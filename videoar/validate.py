@@ -253,8 +253,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be (low, high) with 0 <= low < high <= 1")
   if config.sample.guide_history and config.sample.guidance_scale == 1.0:
     fail("sample.guide_history", True, "guides nothing at sample.guidance_scale=1")
-  conditioned = any(_get(config, f"model.{key}") for key in ("num_classes", "num_actions",
-                                                              "text_dim"))
+  conditioned = any(config.model[key] for key in ("num_classes", "num_actions", "text_dim"))
   if config.sample.guidance_scale != 1.0 and not (config.sample.guide_history or conditioned):
     # The sampler would run unguided without a word (Sampler.guided).
     fail("sample.guidance_scale", config.sample.guidance_scale,
