@@ -81,6 +81,7 @@ def test_train_step_reports_the_diffusion_forcing_loss():
     config.forcing[key] = base.forcing[key]
   config.model.previous_frame_input = False  # DF trains with no clean previous frame
   config.sample.guide_history = False  # guidance on a history DF never drops
+  config.sample.guidance_scale = 1.0
   config.optim.warmup_steps = 0  # a learning rate above 0 at step 0
   config.model.fine_patch = 0  # smaller to compile
   config.data.batch_size = 2
