@@ -232,6 +232,7 @@ def _train(exp: experiment.Experiment, train_step: experiment.TrainStep, workdir
           experiment.model_inputs),
       prefetch=config.data.prefetch, num_workers=config.data.num_workers)
   routing_frequencies = _routing_frequencies(exp, layout) if exp.model.routing_top_k else None
+  generator_critic = config.forcing.paradigm == "self_forcing"  # the model is the generator
   # Sampling reads the whole model on one process: a run over several skips it, and says so.
   evaluate = None
   if config.eval.every and processes == 1:
@@ -296,14 +297,14 @@ def _train(exp: experiment.Experiment, train_step: experiment.TrainStep, workdir
         metrics["frames_per_s"] = metrics["steps_per_s"] * frames_per_step
         last_time, last_step = now, done
         if routing_frequencies:
-          log.routing_histogram(done, np.asarray(routing_frequencies(experiment.sampled_params(
-              state, False, config.forcing.paradigm == "self_forcing"), batch)))
+          log.routing_histogram(done, np.asarray(routing_frequencies(
+              experiment.sampled_params(state, False, generator_critic), batch)))
         log.write(done, metrics)
       if evaluate and (done % config.eval.every == 0 or is_last):
         # The bar stands still for these seconds: say why, so that it does not look hung.
         progress.set_postfix_str(f"evaluating at step {done}")
         log.write_eval(done, *evaluate(experiment.sampled_params(
-            state, config.sample.use_ema, config.forcing.paradigm == "self_forcing")))
+            state, config.sample.use_ema, generator_critic)))
         progress.set_postfix_str("")
       if done % config.train.checkpoint_every == 0 or is_last or preempted:
         _check_finite(jax.device_get(pending), done, saved)
