@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -136,16 +137,30 @@ def test_training_on_a_damaged_run_record_is_one_line_with_the_trainers_advice(t
   assert sorted(os.listdir(tmp_path)) == [".lock", "run.json"]  # the lock file, emptied
 
 
-def test_evaluation_while_training_logs_the_ema_weights_segment_metrics(tmp_path):
+def test_evaluation_while_training_logs_the_ema_weights_segment_metrics(tmp_path, monkeypatch):
   """eval.every: metrics.jsonl gets the segment metrics at those steps and the last, computed on
   the weights the checkpoint's EMA holds (the same figures as evaluating it afterwards), and
-  tensorboard gets the strip."""
-  config = tiny_config(**{"train.num_steps": 4, "eval.every": 3, "eval.during_training_clips": 2})
+  tensorboard gets the strip. The logged steps_per_s is the training's rate
+  (eval.learning_curve adds it up to minutes of training): the log window after an evaluation
+  does not count the evaluation's seconds."""
+  evaluation_seconds, evaluate = 3.0, run.DuringTraining.__call__
+
+  def slow_evaluate(self, params):
+    time.sleep(evaluation_seconds)
+    return evaluate(self, params)
+
+  monkeypatch.setattr(run.DuringTraining, "__call__", slow_evaluate)
+  config = tiny_config(**{"train.num_steps": 4, "train.log_every": 1, "eval.every": 3,
+                          "eval.during_training_clips": 2})
   exp = experiment.build(config)
   trainer.train(exp, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
-    logged = {r["step"]: r for r in map(json.loads, f) if "eval/lost/0-7" in r}
+    records = [json.loads(line) for line in f]
+  logged = {r["step"]: r for r in records if "eval/lost/0-7" in r}
   assert sorted(logged) == [3, 4]
+  rate = {r["step"]: r["steps_per_s"] for r in records if "steps_per_s" in r}
+  assert 1.0 / rate[4] < evaluation_seconds / 2, rate  # the window after step 3's evaluation
+  monkeypatch.undo()
   scalars, strip, videos = run.DuringTraining(exp)(
       experiment.restore_params(exp, str(tmp_path), True))
   assert set(scalars) == {key[len("eval/"):] for key in logged[4] if key != "step"}

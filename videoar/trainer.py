@@ -303,8 +303,12 @@ def _train(exp: experiment.Experiment, train_step: experiment.TrainStep, workdir
       if evaluate and (done % config.eval.every == 0 or is_last):
         # The bar stands still for these seconds: say why, so that it does not look hung.
         progress.set_postfix_str(f"evaluating at step {done}")
+        evaluation_start = time.perf_counter()
         log.write_eval(done, *evaluate(experiment.sampled_params(
             state, config.sample.use_ema, generator_critic)))
+        # steps_per_s is the training's rate (eval.learning_curve adds it up to minutes of
+        # training): the next log's window starts after the evaluation, not before it.
+        last_time += time.perf_counter() - evaluation_start
         progress.set_postfix_str("")
       if done % config.train.checkpoint_every == 0 or is_last or preempted:
         _check_finite(jax.device_get(pending), done, saved)
