@@ -46,9 +46,14 @@ check() {
   $PYTHON -c '
 import sys
 from videoar import errors, sweep
+from videoar.train import workdir as workdir_lib
 check, workdir = sys.argv[1:]
 try:
-  done = sweep.trained(workdir) if check == "trained" else sweep.unfinished(workdir) is None
+  if check == "trained":
+    record = workdir_lib.RunRecord.load(workdir)
+    done = bool(record) and sweep.trained(workdir, record.config["train"]["num_steps"])
+  else:
+    done = sweep.unfinished(workdir) is None
 except errors.UserError as e:
   errors.exit_with_error(str(e))
 sys.exit(0 if done else 1)' "$1" "$2" || status=$?

@@ -44,8 +44,9 @@ def _script(code):
 
 
 def test_plan_gives_one_command_per_arm_and_seed(tmp_path):
-  runs = sweep.plan(CONFIG, ["parallel", "teacher_forcing"], [0, 3], str(tmp_path), "occluded",
-                    ("train.num_steps=7",), python="py")
+  runs = sweep.plan(CONFIG, ["parallel", "teacher_forcing"], [0, 3], str(tmp_path),
+                    {"parallel": 7, "teacher_forcing": 7}, "occluded", ("train.num_steps=7",),
+                    python="py")
   assert [(r.arm, r.seed) for r in runs] == [("parallel", 0), ("parallel", 3),
                                             ("teacher_forcing", 0), ("teacher_forcing", 3)]
   assert runs[1].argv == ("py", "-m", "videoar.main", f"--config={CONFIG}:parallel,occluded",
@@ -55,15 +56,16 @@ def test_plan_gives_one_command_per_arm_and_seed(tmp_path):
 
 
 def test_a_trained_run_without_its_evaluation_is_evaluated_not_trained(tmp_path):
+  """Trained to the command's train.num_steps: evaluated. Short of it, trained on, whatever its
+  run.json says: a sweep rerun with more steps than the run was started with (--set
+  train.num_steps) trains it on rather than evaluating the old model again and again."""
   workdir = tmp_path / "parallel" / "seed0"
   (workdir / "checkpoints" / "4").mkdir(parents=True)
   (workdir / "run.json").write_text(json.dumps({"config": {"train": {"num_steps": 4}},
                                                 "dataset": {}}))
-  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path))
+  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path), {"parallel": 4})
   assert run.argv[-1] == "--mode=evaluate"
-  (workdir / "run.json").write_text(json.dumps({"config": {"train": {"num_steps": 6}},
-                                                "dataset": {}}))
-  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path))
+  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path), {"parallel": 6})
   assert "--mode=evaluate" not in run.argv  # steps left: the command resumes training
 
 
@@ -132,7 +134,8 @@ def test_a_run_evaluated_before_its_last_step_is_trained_on_not_tabled(tmp_path,
 
   # Trained on to 400 but stopped during its new evaluation: the eval.json left is step 53's.
   _fake_eval(workdir, 20.0, 1.0, config=record.config, checkpoint_step=53)
-  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path), overrides=("train.num_steps=400",))
+  [run] = sweep.plan(CONFIG, ["parallel"], [0], str(tmp_path), {"parallel": 400},
+                     overrides=("train.num_steps=400",))
   assert not run.finished and run.argv[-1] == "--mode=evaluate"
   _fake_eval(workdir, 20.0, 1.0, config=record.config, checkpoint_step=400)
   assert run.finished
@@ -524,7 +527,7 @@ def test_sweep_trains_evaluates_and_resumes_end_to_end(tmp_path):
 
 def test_a_workdir_of_other_values_is_named_not_passed_off_as_the_commands(tmp_path):
   config = bouncing_rf.get_config("parallel").to_dict()
-  [run] = sweep.plan(CONFIG, ["parallel"], [1], str(tmp_path))
+  [run] = sweep.plan(CONFIG, ["parallel"], [1], str(tmp_path), {"parallel": 1})
   assert sweep.recorded_differently(run, config) is None  # nothing there yet
   record = json.loads(json.dumps(dict(config, seed=1)))
   (tmp_path / "parallel" / "seed1").mkdir(parents=True)

@@ -99,12 +99,13 @@ def _variants(arm: str, variant: str) -> str:
   return ",".join(v for v in (arm, variant) if v)
 
 
-def trained(workdir: str) -> bool:
-  """Whether the run in `workdir` reached its train.num_steps (its run.json's): a finished
-  checkpoint at or past it."""
+def trained(workdir: str, num_steps: int) -> bool:
+  """Whether the run in `workdir` reached `num_steps` (the train.num_steps of the command about
+  to run it, not its run.json's: a sweep rerun with more steps trains on): a run recorded there
+  with a finished checkpoint at or past it."""
   record = workdir_lib.RunRecord.load(workdir)
   steps = checkpoint_lib.finished_steps(os.path.join(workdir, "checkpoints"))
-  return bool(record and steps and steps[-1] >= record.config["train"]["num_steps"])
+  return bool(record and steps and steps[-1] >= num_steps)
 
 
 def _result_config(workdir: str) -> dict | None:
@@ -143,15 +144,18 @@ def unfinished(workdir: str) -> str | None:
           " (evaluated before its training finished)")
 
 
-def plan(config: str, arms: list[str], seeds: list[int], root: str, variant: str = "",
-         overrides: tuple[str, ...] = (), python: str = sys.executable) -> list[Run]:
-  """The runs of the sweep, arm by arm, seed by seed, each with videoar.main's command line.
+def plan(config: str, arms: list[str], seeds: list[int], root: str, num_steps: dict[str, int],
+         variant: str = "", overrides: tuple[str, ...] = (),
+         python: str = sys.executable) -> list[Run]:
+  """The runs of the sweep, arm by arm, seed by seed, each with videoar.main's command line: a
+  run trained to its arm's num_steps is evaluated (`--mode=evaluate`), any other trained on.
 
   Args:
     config: a config file (configs/NAME.py) whose variants the arms are.
     arms: variant names, one per arm; `variant`, if given, is added to every arm's.
     seeds: config.seed of each run.
     root: the runs' workdirs are ROOT/ARM/seedS.
+    num_steps: each arm's train.num_steps, overrides included (`_check_arms`' configs).
     overrides: KEY=VALUE, given to every run as --config.KEY=VALUE.
     python: the interpreter the commands name.
   """
@@ -163,7 +167,7 @@ def plan(config: str, arms: list[str], seeds: list[int], root: str, variant: str
       argv = (python, "-m", "videoar.main", f"--config={config}:{variants}",
               f"--workdir={workdir}", f"--config.seed={seed}",
               *(f"--config.{override}" for override in overrides))
-      if trained(workdir):
+      if trained(workdir, num_steps[arm]):
         argv += ("--mode=evaluate",)
       runs.append(Run(arm, seed, workdir, argv))
   return runs
@@ -535,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
 
   command = shlex.join(["python", "-m", "videoar.sweep"] + list(
       sys.argv[1:] if argv is None else argv))
-  runs = plan(args.config, arms, seeds, args.root, args.variant, tuple(args.set))
+  runs = plan(args.config, arms, seeds, args.root,
+              {arm: configs[arm]["train"]["num_steps"] for arm in arms}, args.variant,
+              tuple(args.set))
   for run in runs:
     try:
       line = recorded_differently(run, configs[run.arm])
