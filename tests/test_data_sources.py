@@ -216,10 +216,15 @@ def test_pong_paddle_moves_the_way_the_recorded_action_says(pong):
 
 def test_atari_episodes_are_generated_once(pong, monkeypatch):
   episodes = pong.recording
+  episodes.generate()  # the fixture's episodes, played here if no test before this one read them
   fresh = dataclasses.replace(episodes)  # equal, so it shares the cached index
   monkeypatch.setattr(atari, "play_episode", lambda *args: pytest.fail("played again"))
   episodes.generate()
   np.testing.assert_array_equal(fresh.lengths(), episodes.lengths())
+  # Another policy is another cache, however close its setting (the name once kept 6 digits).
+  other = dataclasses.replace(episodes, sticky=episodes.sticky + 1e-7)
+  assert other.directory != episodes.directory
+  assert os.path.basename(episodes.directory) == "pong_64px_skip4_sticky0.75_2x150"
 
 
 def test_video_folder_trains_on_the_rest_and_reports_two_skipped(videos, caplog):
@@ -373,6 +378,21 @@ def test_labels_asked_of_a_video_folder_for_an_unconditioned_model_are_a_config_
   config.model.num_classes = 2
   validate.validate_source(config, source, clip)
 
+
+def test_a_stride_that_would_drop_actions_is_a_config_error(pong):
+  """Frames `stride` apart keep one action of every `stride`: the model would be told only the
+  last action of those that led from one kept frame to the next."""
+  config = _conditioned_config("atari", "num_actions", 6)
+  config.data.options = ml_collections.ConfigDict({"stride": 2})
+  clip = pong.clip(0, 0, 4)
+  with pytest.raises(ConfigError) as error:
+    validate.validate_source(config, pong, clip)
+  assert str(error.value) == (
+      "config.data.options.stride=2 is invalid: must be 1 for a model conditioned on actions"
+      " (model.num_actions): each frame's action leads to it from the frame before, so frames 2"
+      " apart would drop 1 of every 2 actions")
+  config.model.num_actions = 0  # an unconditioned model of the same frames reads no action
+  validate.validate_source(config, pong, clip)
 
 def test_array_record_reads_back_what_was_written(pong, latents):
   episodes = pong.recording

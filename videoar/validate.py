@@ -522,6 +522,13 @@ def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSour
     if entry in _ID_NAMES and count > size:
       fail(key, size, f"data.source={config.data.source!r} has {_ID_NAMES[entry]}s up to"
            f" {count - 1}: must be >= {count} (the id {key.split('.')[-1]} is the null one)")
+  # Frame t's action is the one that led to it from frame t - 1: frames `stride` apart keep one
+  # action of every `stride`, and the model would be told only the last of those that acted.
+  stride = config.data.options.get("stride", 1)
+  if config.model.num_actions and "actions" in clip and stride > 1:
+    fail("data.options.stride", stride, "must be 1 for a model conditioned on actions"
+         " (model.num_actions): each frame's action leads to it from the frame before, so"
+         f" frames {stride} apart would drop {stride - 1} of every {stride} actions")
   # Labels asked of a source (a video folder's subfolders) that no model reads were dropped
   # without a word: the run trained unconditioned.
   if config.data.options.get("labels") and not config.model.num_classes:

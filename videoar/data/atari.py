@@ -84,8 +84,10 @@ class AtariEpisodes:
 
   @property
   def directory(self) -> str:
+    # repr, not a rounded format: two policies must not share a cache (its index is not checked
+    # against the settings that name it).
     return os.path.join(
-        self.path, f"{self.game}_{self.size}px_skip{self.frameskip}_sticky{self.sticky:g}"
+        self.path, f"{self.game}_{self.size}px_skip{self.frameskip}_sticky{self.sticky!r}"
         f"_{self.num_episodes}x{self.max_frames}")
 
   def lengths(self) -> np.ndarray:
