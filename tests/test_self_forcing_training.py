@@ -382,6 +382,20 @@ def test_self_forcing_from_an_untrained_teacher_stops_before_making_its_workdir(
   assert os.listdir(tmp_path / "teacher") == ["checkpoints"]
 
 
+def test_only_training_needs_the_stages_a_self_forcing_run_starts_from(tmp_path):
+  """A trained Self Forcing run is sampled and evaluated from its own checkpoints: with its
+  teacher's and student's workdirs moved away (or unset) its experiment still builds. Training
+  refuses them in one line before its workdir is made."""
+  config = bouncing_sf.get_config("test")
+  config.forcing.teacher_workdir = str(tmp_path / "moved_away")
+  config.forcing.generator_workdir = None
+  exp = experiment.build(config)
+  with pytest.raises(ConfigError) as error:
+    trainer.train(exp, str(tmp_path / "run"))
+  assert str(error.value).startswith(
+      f"config.forcing.teacher_workdir='{tmp_path / 'moved_away'}' is invalid: no such directory")
+  assert not (tmp_path / "run").exists()
+
 def test_a_routed_generator_trains_against_its_dense_teacher_and_logs_its_routing(
     teacher_workdir, tmp_path):
   """Self Forcing with model.routing_top_k passed validation, then stopped with a traceback

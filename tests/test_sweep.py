@@ -198,10 +198,18 @@ def test_compare_and_the_sweeps_table_refuse_runs_of_different_worlds(tmp_path, 
 
 
 def test_local_runs_each_command_and_names_the_failed_ones(tmp_path, capsys):
+  """A failed run is named; one that refused its input (exit 2, videoar.main's one line) with
+  that line, which was only in its log, and not as a run the same command resumes."""
+  refused = ("import sys; print('error: config.data.path=\\'x\\' does not exist',"
+             " file=sys.stderr); sys.exit(2)")
   runs = [sweep.Run("a", 0, str(tmp_path / "a" / "seed0"), _script("print('trained')")),
-          sweep.Run("a", 1, str(tmp_path / "a" / "seed1"), _script("import sys; sys.exit(3)"))]
+          sweep.Run("a", 1, str(tmp_path / "a" / "seed1"), _script("import sys; sys.exit(3)")),
+          sweep.Run("a", 2, str(tmp_path / "a" / "seed2"), _script(refused))]
   failures = sweep.run_local(runs)
-  assert failures == [f"a seed 1 exited 3 (see {tmp_path}/a/seed1.log)"]
+  assert failures == [
+      f"a seed 1 exited 3 (see {tmp_path}/a/seed1.log)",
+      f"a seed 2 was refused: config.data.path='x' does not exist (output in"
+      f" {tmp_path}/a/seed2.log); the same command is refused again until that is changed"]
   assert (tmp_path / "a" / "seed0.log").read_text() == "trained\n"
   # Run again (a resumed sweep), the log keeps the earlier attempt's output.
   sweep.run_local(runs[:1])

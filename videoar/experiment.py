@@ -88,7 +88,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   pairs of other levels than its forcing keys' (check_ode_pairs).
   """
   validate.validate(config)
-  validate.validate_stages(config)
   options = validate.source_options(config)
   try:
     source = pipeline.make_source(config.data.source, path=config.data.path, **options)

@@ -274,9 +274,19 @@ def run_local(runs: list[Run]) -> list[str]:
                       f" (output in {log}); the same command resumes the sweep")
       print(f"  {'finished' if status == 0 else f'failed (exit {status})'} in"
             f" {time.perf_counter() - started:.0f} s; output in {log}", flush=True)
-      if status:
+      if status == 2:  # videoar.main refused its input in one line (errors.exit_with_error)
+        failures.append(f"{run.arm} seed {run.seed} was refused: {_last_error(log)} (output in"
+                        f" {log}); the same command is refused again until that is changed")
+      elif status:
         failures.append(f"{run.arm} seed {run.seed} exited {status} (see {log})")
   return failures
+
+
+def _last_error(log: str) -> str:
+  """The last `error: ...` line of a run's log, without its prefix, or what stands in for it."""
+  with open(log, errors="replace") as f:
+    lines = [line.strip() for line in f if line.startswith("error: ")]
+  return lines[-1][len("error: "):] if lines else "no error line in its output"
 
 
 def run_submitit(runs: list[Run], folder: str, cluster: str | None,
@@ -574,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
   left = [f"{run.arm} seed {run.seed}: {unfinished(run.workdir)}" for run in runs
           if not run.finished]
   if failures or left:
-    print("sweep: not every run finished; the same command resumes them:", file=sys.stderr)
+    print("sweep: not every run finished; the same command resumes them (a refused one once its"
+          " input is changed):", file=sys.stderr)
     for line in failures or left:
       print(f"  {line}", file=sys.stderr)
     return 1

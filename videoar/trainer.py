@@ -106,10 +106,15 @@ def train(exp: experiment.Experiment, workdir: str, *,
   another run holds the workdir; workdir.RunRefused when the workdir's run is another one, has
   no steps left, or has no checkpoint to restart from (checked before the workdir is made);
   checkpoint errors for checkpoints of another model or damaged ones; errors.UserError when the
-  workdir cannot be created.
+  workdir cannot be created; ConfigError naming forcing.teacher_workdir or generator_workdir when
+  the stages a Self Forcing run starts from are not trained runs it can read
+  (validate.validate_stages; checked before the workdir is made).
   """
   is_main = jax.process_index() == 0
   checkpoints = os.path.join(workdir, "checkpoints")
+  # Only training reads the stages a Self Forcing run starts from: a trained run is sampled and
+  # evaluated from its own checkpoints, with or without them.
+  validate.validate_stages(exp.config)
   # The ODE student is sampled and evaluated on the world (experiment.check_ode_pairs), but it
   # trains on pairs only: without them its loss failed while it was traced (a KeyError).
   if exp.config.forcing.paradigm == "ode_regression" and "ode_states" not in exp.clip_spec:
