@@ -711,8 +711,14 @@ def test_a_signal_stops_write_array_record_in_one_line_leaving_no_dataset(tmp_pa
       f"error: stopped by {signum.name} part way through writing {output}; it holds no"
       " index.json, so nothing reads it as a dataset: rerun the same command to write it whole")
   assert "index.json" not in os.listdir(output)
-  with pytest.raises(ConfigError, match="has no index.json"):
+  with pytest.raises(ConfigError) as error:
     array_record.ArrayRecordLatents(str(output)).lengths()
+  assert str(error.value) == (
+      f"data.path={str(output)!r} has no index.json: it must be a dataset written whole by"
+      " python -m videoar.data.write_array_record (or, for ODE regression, python -m"
+      " videoar.ode_pairs)")
+  with pytest.raises(ConfigError, match=r"^data.path='\S+/nowhere' does not exist: it must be"):
+    array_record.ArrayRecordLatents(str(tmp_path / "nowhere")).lengths()
   rerun = subprocess.run(write + ["--num_sequences=4"], capture_output=True, text=True,
                          timeout=120, cwd=os.path.join(os.path.dirname(__file__), ".."))
   assert rerun.returncode == 0, rerun.stderr[-2000:]

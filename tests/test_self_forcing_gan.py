@@ -263,6 +263,9 @@ def test_real_and_fake_share_the_time_and_the_noise():
      " model.depth=1)"),
     ("gan,test", "gan_weights", (1.0, 0.0), "must be (w_G, w_D), both > 0"),
     ("gan,test", "r2_weight", -1.0, "must be >= 0 (0 turns it off)"),
+    # Was scored unguided without a word: the teacher has no unconditional score to guide from.
+    ("test", "real_guidance", 7.0, "guides nothing: the teacher is conditioned on nothing"
+     " (model.num_classes, num_actions and text_dim are 0)"),
 ])
 def test_gan_keys_are_validated_in_one_line(variant, key, value, message):
   config = bouncing_sf.get_config(variant)

@@ -253,8 +253,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be (low, high) with 0 <= low < high <= 1")
   if config.sample.guide_history and config.sample.guidance_scale == 1.0:
     fail("sample.guide_history", True, "guides nothing at sample.guidance_scale=1")
-  conditioned = any(config.model[key] for key in ("num_classes", "num_actions", "text_dim"))
-  if config.sample.guidance_scale != 1.0 and not (config.sample.guide_history or conditioned):
+  if config.sample.guidance_scale != 1.0 and not (config.sample.guide_history
+                                                  or _conditioned(config)):
     # The sampler would run unguided without a word (Sampler.guided).
     fail("sample.guidance_scale", config.sample.guidance_scale,
          "guides nothing: the model is conditioned on nothing (model.num_classes, num_actions and"
@@ -455,9 +455,18 @@ def _check_self_forcing(config: ml_collections.ConfigDict) -> None:
   if not f.real_guidance >= 0:
     fail("forcing.real_guidance", f.real_guidance, "must be >= 0 (0 is no guidance: the teacher's"
          " x0 is cond + g (cond - uncond))")
+  if not _conditioned(config) and f.real_guidance != base_config.get_config().forcing.real_guidance:
+    # self_forcing.real_score scores unguided without a word: there is no unconditional score.
+    fail("forcing.real_guidance", f.real_guidance, "guides nothing: the teacher is conditioned"
+         " on nothing (model.num_classes, num_actions and text_dim are 0)")
   clamp = _tuple(f.score_clamp)
   if len(clamp) != 2 or not 0.0 <= clamp[0] < clamp[1] <= 1.0:
     fail("forcing.score_clamp", f.score_clamp, "must be (low, high) with 0 <= low < high <= 1")
+
+
+def _conditioned(config: ml_collections.ConfigDict) -> bool:
+  """Whether the model reads conditioning (a class, actions or text) that guidance can drop."""
+  return any(config.model[key] for key in ("num_classes", "num_actions", "text_dim"))
 
 
 def _tuple(value) -> tuple:

@@ -227,8 +227,10 @@ class ArrayRecordLatents:
 def _index(path: str) -> dict:
   index_path = os.path.join(path, "index.json")
   if not os.path.exists(index_path):
-    raise errors.ConfigError(f"data.path={path!r} has no index.json: write it with"
-                             " python -m videoar.data.write_array_record")
+    what = "does not exist" if not os.path.exists(path) else "has no index.json"
+    raise errors.ConfigError(
+        f"data.path={path!r} {what}: it must be a dataset written whole by python -m"
+        " videoar.data.write_array_record (or, for ODE regression, python -m videoar.ode_pairs)")
   try:
     with open(index_path) as f:
       index = json.load(f)
