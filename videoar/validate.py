@@ -502,7 +502,22 @@ def source_options(config: ml_collections.ConfigDict) -> dict:
   for key in sorted(set(options) - allowed):
     fail(f"data.options.{key}", options[key],
          f"data.source={config.data.source!r} takes only: {', '.join(sorted(allowed))}")
+  # A recording is made (Atari's episodes played, a folder's videos decoded) before a frame of it
+  # can be checked: where its options give the frame's size, the patch is checked first.
+  if config.data.source in pipeline.RECORDINGS and "size" in allowed:
+    default = {f.name: f.default for f in dataclasses.fields(source)}["size"]
+    size = options.get("size", default)
+    if isinstance(size, int):  # else the source's own check names it
+      _check_patch(config, size, size)
   return options
+
+
+def _check_patch(config: ml_collections.ConfigDict, height: int, width: int) -> None:
+  """That model.patch divides the data's frames of height x width."""
+  patch = config.model.patch
+  if height % patch or width % patch:
+    fail("model.patch", patch, f"must divide the frame size {height}x{width} of"
+         f" data.source={config.data.source!r}")
 
 
 def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSource,
@@ -511,11 +526,7 @@ def validate_source(config: ml_collections.ConfigDict, source: pipeline.ClipSour
   against the patch, the conditioning the model asks for (ids within its embeddings, where the
   source knows their range: pipeline.id_counts), and the held-out clips that `sample` and
   `evaluate` continue."""
-  height, width = clip["video"].shape[1:3]
-  patch = config.model.patch
-  if height % patch or width % patch:
-    fail("model.patch", patch, f"must divide the frame size {height}x{width} of"
-         f" data.source={config.data.source!r}")
+  _check_patch(config, *clip["video"].shape[1:3])
   for entry, key in CONDITIONING_SIZES.items():
     size = _get(config, key)
     if not size:
