@@ -597,10 +597,22 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_it_and_the_remedy(tmp
     folder.lengths()
   assert str(error.value) == (
       f"data.path={str(data)!r}: the decoded-frame cache {folder.cache_directory} cannot be"
-      " written (Not a directory): data.path is not writable, so the cache goes under"
-      " $VIDEOAR_CACHE (default ~/.cache/videoar): set $VIDEOAR_CACHE to a folder this run can"
-      " write")
+      f" written (Not a directory): {tmp_path / 'cache'} is a file where the cache's folder goes:"
+      " move it away (the cache is made again by decoding)")
   assert (tmp_path / "cache").read_text() == "a file"
+
+
+def test_a_file_where_the_cache_goes_in_the_data_folder_is_named_and_kept(tmp_path):
+  """Was "cannot be written (Not a directory): free space there or fix its permissions"."""
+  tiny_video(str(tmp_path / "v.mp4"))
+  (tmp_path / ".videoar_cache").write_text("a file")
+  folder = video_folder.VideoFolder(path=str(tmp_path), size=8)
+  with pytest.raises(ValueError) as error:
+    folder.lengths()
+  assert str(error.value).endswith(
+      f"(Not a directory): {tmp_path / '.videoar_cache'} is a file where the cache's folder goes:"
+      " move it away (the cache is made again by decoding)")
+  assert (tmp_path / ".videoar_cache").read_text() == "a file"
 
 
 def _cut(path):

@@ -249,8 +249,16 @@ def test_video_folder_holds_out_whole_videos():
                                 hold_out="sequences")
   assert len(none.held_out_sequences()) == 0 and none.num_clips(5) == 16 * 44
   alone = pipeline.RecordedClips(NumberedFrames((48,)), eval_fraction=0.1, hold_out="sequences")
-  with pytest.raises(ValueError, match=r"holds out 1 of the 1 sequences .* leaving none to train"):
+  # One line that says what to do (was: "... or set eval_fraction=0", which the held-out clips'
+  # check then refused, naming eval_fraction again).
+  with pytest.raises(ValueError, match=r"has 1 sequence, and whole sequences are held out for"
+                     r" evaluation \(data.options.eval_fraction=0.1\): add a second, one to"
+                     " train on and one to evaluate on"):
     alone.num_clips(5)
+  most = pipeline.RecordedClips(NumberedFrames((48,) * 2), eval_fraction=0.9, hold_out="sequences")
+  with pytest.raises(ValueError, match=r"holds out 2 of the 2 sequences .* leaving none to train"
+                     " on: add sequences, or lower eval_fraction"):
+    most.num_clips(5)
   with pytest.raises(ValueError, match="RecordedClips.hold_out='videos' is unknown"):
     pipeline.RecordedClips(NumberedFrames((48,)), hold_out="videos")
 

@@ -149,11 +149,18 @@ def _split(clips: RecordedClips) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     train_lengths = np.floor(lengths * (1.0 - clips.eval_fraction)).astype(np.int64)
     return train_lengths, train_lengths, lengths - train_lengths
   count = max(1, round(clips.eval_fraction * len(lengths))) if clips.eval_fraction else 0
+  if count >= len(lengths) == 1:
+    # eval_fraction=0 would only move the refusal to the held-out clips that sampling and
+    # evaluation continue.
+    raise ValueError(
+        f"{clips.recording} has 1 sequence, and whole sequences are held out for evaluation"
+        f" (data.options.eval_fraction={clips.eval_fraction}): add a second, one to train on and"
+        " one to evaluate on")
   if count >= len(lengths):
     raise ValueError(
         f"data.options.eval_fraction={clips.eval_fraction} holds out {count} of the"
         f" {len(lengths)} sequences of {clips.recording} whole, leaving none to train on: add"
-        " sequences, or set eval_fraction=0 to hold out none")
+        " sequences, or lower eval_fraction")
   # A fixed seed, not the run's: every run is evaluated on the same sequences.
   held = np.zeros(len(lengths), bool)
   held[np.random.default_rng(0).permutation(len(lengths))[:count]] = True

@@ -36,7 +36,7 @@ import threading
 import numpy as np
 from absl import logging
 
-from videoar import files
+from videoar import errors, files
 
 VIDEO_EXTENSIONS = frozenset({
     ".avi", ".flv", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm",
@@ -145,7 +145,11 @@ def _writing_cache(folder: "VideoFolder"):
     yield
   except OSError as e:
     directory = folder.cache_directory
-    if _cache_root(folder.path) == os.path.join(folder.path, CACHE_DIR):
+    blocking = errors.blocking_file(directory)
+    if blocking:
+      remedy = (f"{blocking} is a file where the cache's folder goes: move it away (the cache is"
+                " made again by decoding)")
+    elif _cache_root(folder.path) == os.path.join(folder.path, CACHE_DIR):
       remedy = "free space there or fix its permissions (deleting it costs only decoding again)"
     else:
       remedy = (f"data.path is not writable, so the cache goes under ${files.CACHE_ENV}"
