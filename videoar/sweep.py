@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--slurm and --cluster are submitit's; --executor={args.executor}")
   configs = _check_arms(parser, args.config, arms, args.variant, overrides)
   for arm in arms[1:]:  # a table of arms on different data would compare worlds, not arms
-    difference = compare.data_difference(configs[arms[0]], configs[arm])
+    difference = workdir_lib.data_difference(configs[arms[0]], configs[arm])
     if difference:
       parser.error(f"--arms={args.arms}: arms {arms[0]} and {arm} train on different data:"
                    f" {difference}; sweep one world at a time (--variant names it for every arm)")

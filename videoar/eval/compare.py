@@ -140,26 +140,6 @@ def evaluated_step(run: str) -> int | None:
   return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
-def data_difference(first: dict, second: dict) -> workdir_lib.Difference | None:
-  """The first difference between the data two configs (as dicts) train and evaluate on:
-  data.source, else the first key of data.options (in sorted order) whose value differs; None
-  where they are the same world. Other data keys (clip length, batch size) are the run's own. A
-  key one config lacks (a hand-written config, or an option added to the code after the run) is
-  not known, so not a difference: it was said as "-> None"."""
-  for key in ("source", "options"):
-    records = []
-    for config in (first, second):
-      data = config.get("data")
-      data = data if isinstance(data, dict) else {}
-      records.append(workdir_lib.RunRecord({"data": {key: data[key]}} if key in data else {}, {}))
-    # Sorted by key.
-    differences = [d for d in workdir_lib.compare(*records).blocking
-                   if workdir_lib.ABSENT not in (d.old, d.new)]
-    if differences:
-      return differences[0]
-  return None
-
-
 def check_one_world(configs: dict[str, dict | None]) -> None:
   """Checks that runs to be combined or compared were made on the same data.
 
@@ -173,7 +153,7 @@ def check_one_world(configs: dict[str, dict | None]) -> None:
   """
   recorded = [(name, config) for name, config in configs.items() if config is not None]
   for name, config in recorded[1:]:
-    difference = data_difference(recorded[0][1], config)
+    difference = workdir_lib.data_difference(recorded[0][1], config)
     if difference:
       raise errors.UserError(
           f"{recorded[0][0]} and {name} were made on different data: {difference}; combine and"

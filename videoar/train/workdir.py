@@ -296,6 +296,26 @@ def compare(recorded: RunRecord, current: RunRecord) -> Differences:
   return Differences(harmless=tuple(harmless), blocking=tuple(blocking))
 
 
+def data_difference(first: dict, second: dict) -> Difference | None:
+  """The first difference between the data two configs (as dicts) train and evaluate on:
+  data.source, else the first key of data.options (in sorted order) whose value differs; None
+  where they are the same world. Other data keys (clip length, batch size) are the run's own. A
+  key one config lacks (a hand-written config, or an option added to the code after the run) is
+  not known, so not a difference: it was said as "-> None"."""
+  for key in ("source", "options"):
+    records = []
+    for config in (first, second):
+      data = config.get("data")
+      data = data if isinstance(data, dict) else {}
+      records.append(RunRecord({"data": {key: data[key]}} if key in data else {}, {}))
+    # Sorted by key.
+    differences = [d for d in compare(*records).blocking
+                   if ABSENT not in (d.old, d.new)]
+    if differences:
+      return differences[0]
+  return None
+
+
 def check_same_run(workdir: str, recorded: RunRecord, current: RunRecord, *,
                    weight_keys: frozenset[str] = frozenset()) -> Differences:
   """The differences between the run in `workdir` and the current one, when it may resume.
