@@ -327,6 +327,16 @@ WRONG_STAGES = [
     ("a teacher of another width", "teacher", _wide_teacher,
      "the run in it trained model.width=64 and this config has 32:"
      f" {TEACHER}, trained first with this config's model"),
+    # Was distilled without a word (another world of the same frames), or refused by the
+    # checkpoint's restore with advice about --workdir (frames of another channel count).
+    ("a teacher of the occluded world", "teacher",
+     lambda: bouncing_sf.get_config("teacher,occluded,test"),
+     "the run in it trained on other data (data.options.occluders [[0, 11, 32, 10]] -> []: its"
+     f" run.json -> this config): {TEACHER}, trained first on this config's data"),
+    ("a teacher of Moving-MNIST", "teacher",
+     lambda: bouncing_sf.get_config("teacher,moving_mnist,test"),
+     "the run in it trained on other data (data.source moving_mnist -> bouncing: its run.json"
+     f" -> this config): {TEACHER}, trained first on this config's data"),
     ("a Self Forcing run as the generator", "generator", lambda: bouncing_sf.get_config("test"),
      f"the run in it is of forcing.paradigm='self_forcing': {STUDENT}, trained first"),
     ("the teacher as the generator, which reads its previous frame", "generator",

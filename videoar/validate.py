@@ -398,8 +398,9 @@ def stage_problem(workdir: str | None, config: ml_collections.ConfigDict,
   """What keeps `workdir` from being the `stage` (a key of STAGES) that a run of `config` reads,
   worded to follow "KEY=WORKDIR is invalid: "; None when nothing does. The stage must hold a
   finished checkpoint and a run.json whose run is of the stage's kind (the teacher
-  bidirectional, the generator anything but Self Forcing) and of config's model
-  (TRAINED_MODEL_KEYS; for the generator previous_frame_input too). Reads no checkpoint."""
+  bidirectional, the generator anything but Self Forcing), of config's model
+  (TRAINED_MODEL_KEYS; for the generator previous_frame_input too) and, for the teacher, of its
+  data (workdir.data_difference: the source and its options). Reads no checkpoint."""
   needed = f"it must be the workdir of {STAGES[stage]}, trained first"
   if not workdir:
     return f"not set: {needed}"
@@ -417,6 +418,13 @@ def stage_problem(workdir: str | None, config: ml_collections.ConfigDict,
   wrong_kind = paradigm != "bidirectional" if stage == "teacher" else paradigm == SELF_FORCING
   if wrong_kind:
     return f"the run in it is of forcing.paradigm={paradigm!r}: {needed}"
+  # The teacher scores this run's videos as samples of its world; the generator (the ODE
+  # student) trained on the teacher's pairs, another source by design.
+  if stage == "teacher":
+    difference = workdir_lib.data_difference(record.config, config.to_dict())
+    if difference:
+      return (f"the run in it trained on other data ({difference}: its run.json -> this config):"
+              f" {needed} on this config's data")
   trained = record.config.get("model", {})
   keys = TRAINED_MODEL_KEYS + (("previous_frame_input",) if stage == "generator" else ())
   for key in keys:
