@@ -406,6 +406,16 @@ def test_only_training_needs_the_stages_a_self_forcing_run_starts_from(tmp_path)
       f"config.forcing.teacher_workdir='{tmp_path / 'moved_away'}' is invalid: no such directory")
   assert not (tmp_path / "run").exists()
 
+def test_evaluating_the_teacher_says_its_figures_compare_unrelated_videos(tmp_path, capsys):
+  """The bidirectional teacher samples from no context and no conditioning: its evaluation's
+  per-clip figures compared unrelated videos without a word."""
+  exp = experiment.build(bouncing_sf.get_config("teacher,test"))
+  run.evaluate(exp, experiment.init_params(exp, jax.random.key(0)), str(tmp_path), None)
+  note = ("note: sample.context_frames=0 and the model reads no conditioning: each sample"
+          " continues nothing")
+  assert note in capsys.readouterr().out
+  assert note in (tmp_path / "eval.txt").read_text()
+
 def test_a_routed_generator_trains_against_its_dense_teacher_and_logs_its_routing(
     teacher_workdir, tmp_path):
   """Self Forcing with model.routing_top_k passed validation, then stopped with a traceback

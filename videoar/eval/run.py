@@ -288,6 +288,12 @@ def evaluate(exp: experiment.Experiment, params, workdir: str,
              f" {perceptual.I3D_FRAMES} frames; it depends on the clip count.\n")
   else:
     text += f"\nFVD: {no_fvd}.\n"
+  if not num_context and not exp.model.conditioning_keys():
+    # A bidirectional teacher's evaluation (configs/bouncing_sf.py:teacher): its samples are
+    # not continuations, so the per-clip figures compare two unrelated videos.
+    text += ("note: sample.context_frames=0 and the model reads no conditioning: each sample"
+             " continues nothing, so the figures above compare it with an unrelated held-out"
+             " clip; only distribution figures (FVD) say how good the samples are.\n")
   print(text)
   print(f"scored in {seconds:.1f} s")
   result = dict(checkpoint_step=checkpoint_step,
