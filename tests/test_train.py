@@ -487,6 +487,28 @@ runpy.run_module("videoar.main", run_name="__main__")
   assert json.loads((tmp_path / "eval.json").read_text())["checkpoint_step"] == 7
 
 
+def test_a_run_read_with_data_of_other_frames_names_the_data_not_the_model(tmp_path):
+  """A run trained on 3-channel frames, sampled with a config of grey ones and the same model
+  keys: the checkpoint's restore said "written for another model or optimizer ... use a new
+  --workdir, or restore the config the run was started with"; the run.json says what differs."""
+  config = tiny_config()
+  exp = experiment.build(config)
+  state = state_lib.create(experiment.init_params(exp, jax.random.key(0)),
+                           state_lib.make_optimizer(config))
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=1)
+  checkpointer.save(state)
+  checkpointer.close()
+  grey = tiny_config(**{"data.source": "moving_mnist"})
+  grey.data.options = ml_collections.ConfigDict()
+  with pytest.raises(checkpoint_lib.CheckpointMismatch, match="written for another model"):
+    experiment.restore_trained(experiment.build(grey), str(tmp_path), use_ema=True)  # no record
+  workdir_lib.RunRecord(config.to_dict(), {}).save(str(tmp_path))
+  with pytest.raises(checkpoint_lib.CheckpointMismatch) as error:
+    experiment.restore_trained(experiment.build(grey), str(tmp_path), use_ema=True)
+  assert str(error.value) == (
+      f"{tmp_path} was trained on other data (data.source bouncing -> moving_mnist: its run.json"
+      " -> this config), whose frames its weights do not fit: pass the data it was trained with")
+
 def test_a_step_that_does_not_fit_in_memory_is_one_line_naming_the_keys(tmp_path, monkeypatch):
   # Was a 25-line JaxRuntimeError traceback from block_until_ready. Steps run asynchronously, so
   # the allocation fails where a step's result is awaited: the fake step's metrics raise there.

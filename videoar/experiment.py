@@ -39,6 +39,7 @@ from videoar.train import checkpoint as checkpoint_lib
 from videoar.train import sharding as sharding_lib
 from videoar.train import state as state_lib
 from videoar.train import step as step_lib
+from videoar.train import workdir as workdir_lib
 
 # What a train step reads of a batch: the clips, their conditioning, and ODE-regression's stored
 # teacher trajectories.
@@ -410,7 +411,8 @@ def restore_trained(exp: Experiment, workdir: str, use_ema: bool, single_network
   one before it read, and a run training in the same workdir may save another meanwhile.
 
   Raises errors.MissingInput (a FileNotFoundError) when there is none, and the Checkpointer's
-  errors for checkpoints of another model or damaged ones.
+  errors for checkpoints of another model or damaged ones; for a run whose run.json records
+  other data (workdir.data_difference) whose weights do not fit, a CheckpointMismatch naming it.
   """
   config = exp.config
   directory = require_checkpoint(workdir)
@@ -434,6 +436,17 @@ def restore_trained(exp: Experiment, workdir: str, use_ema: bool, single_network
                                              read_only=True)
   try:
     state = checkpointer.restore_latest(like)
+  except checkpoint_lib.CheckpointMismatch as e:
+    # A run's model keys are checked against its run.json before (videoar.main); what is left to
+    # shape its weights is its data's frames (their channels), which the advice to use a new
+    # workdir would not mend. A stage's data may differ by design (the ODE student's pairs).
+    record = None if single_network else workdir_lib.RunRecord.load(workdir)
+    difference = record and workdir_lib.data_difference(record.config, config.to_dict())
+    if difference:
+      raise checkpoint_lib.CheckpointMismatch(
+          f"{workdir} was trained on other data ({difference}: its run.json -> this config),"
+          " whose frames its weights do not fit: pass the data it was trained with") from e
+    raise
   finally:
     checkpointer.close()
   if state is None:
