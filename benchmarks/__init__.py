@@ -11,7 +11,7 @@ from typing import Callable
 from absl import flags
 import jax
 
-from videoar import errors, files
+from videoar import files
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -108,17 +108,10 @@ def define_json_flag() -> None:
 def _writable_file(path: str | None) -> bool:
   if path is None:
     return True
-  if not path:  # was taken for no --json: the run wrote nothing, without a word
-    raise flags.ValidationError("is empty; name the JSON file to write, or leave --json out")
-  if os.path.isdir(path):
-    raise flags.ValidationError("is a directory; name the JSON file to write")
-  folder = os.path.dirname(path) or "."
-  blocking = errors.blocking_file(folder)
-  if blocking:
-    raise flags.ValidationError(f"{blocking} is a file, not a directory to write into")
-  problem = files.unwritable(folder)
+  problem = files.unwritable_file(path, "the JSON file")
   if problem:
-    raise flags.ValidationError(f"cannot write into {folder}: {problem}")
+    # An empty --json was taken for none: the run wrote nothing, without a word.
+    raise flags.ValidationError(problem + (", or leave --json out" if not path else ""))
   return True
 
 

@@ -191,3 +191,55 @@ def test_combined_arms_show_the_baselines_of_the_first_run(tmp_path):
   combined = compare.combine({"a": [first], "b": [second]})
   assert {k: combined[k] for k in compare.BASELINES} == baselines
   assert combined["copy_last"][0]["lost"] == 1.0
+
+
+@pytest.mark.parametrize("flag", ["--json", "--markdown"])
+def test_compare_refuses_an_output_it_cannot_write_or_an_empty_one_before_printing(tmp_path,
+                                                                                   flag):
+  """--json=/proc/x.json printed the table, then a FileNotFoundError's traceback, exit 1; an
+  empty --json wrote nothing without a word, exit 0."""
+  w1 = _evaluated(tmp_path / "w1")
+  assert _refused(_tool("videoar.eval.compare", f"a={w1}", f"{flag}=/proc/videoar_x.out")) == (
+      f"error: {flag}=/proc/videoar_x.out: cannot write into /proc: No such file or directory")
+  assert _refused(_tool("videoar.eval.compare", f"a={w1}", f"{flag}=")) == (
+      f"error: {flag} is empty; name the file to write")
+  assert os.listdir(tmp_path) == ["w1"]
+
+
+def test_unwritable_file_says_why_a_file_cannot_be_written_and_makes_nothing(tmp_path):
+  from videoar import files
+  (tmp_path / "a_file").write_text("mine")
+  assert files.unwritable_file("") == "is empty; name the file to write"
+  assert files.unwritable_file(str(tmp_path), "the JSON file") == (
+      "is a directory; name the JSON file to write")
+  assert files.unwritable_file(f"{tmp_path}/a_file/x/y.json") == (
+      f"{tmp_path}/a_file is a file, not a directory to write into")
+  assert files.unwritable_file("/proc/videoar_nope/x.json") == (
+      "cannot write into /proc/videoar_nope: No such file or directory")
+  # A folder yet to be made can be: the command makes it when it writes.
+  assert files.unwritable_file(f"{tmp_path}/new/x.json") is None
+  assert files.unwritable_file(f"{tmp_path}/a_file") is None  # replaced, where a command may
+  assert sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+def test_the_learning_curve_refuses_one_run_named_twice_by_other_paths(tmp_path):
+  """--workdir=W,W/ (or W,X/../W) averaged one run with itself as two seeds: a table of
+  "6.50 ± 0.00", exit 0, where compare refuses an arm that names one evaluation twice."""
+  workdir = _trained(tmp_path / "run", 0, 1)
+  os.makedirs(tmp_path / "x")
+  for second in (f"{workdir}/", f"{tmp_path}/x/../run"):
+    assert _refused(_tool("videoar.eval.learning_curve", f"--workdir={workdir},{second}")) == (
+        f"error: --workdir={workdir},{second}: {workdir} and {second} are one run; each workdir"
+        " is one seed")
+
+
+def test_the_learning_curve_refuses_a_metrics_log_that_is_a_folder_and_empty_metrics(tmp_path):
+  """A metrics.jsonl that is a folder was an IsADirectoryError's traceback; --metrics= printed
+  a blank line, exit 0."""
+  workdir = _trained(tmp_path / "run", 0, 1)
+  assert _refused(_tool("videoar.eval.learning_curve", f"--workdir={workdir}", "--metrics=")) == (
+      "error: --metrics is empty; name the metrics to print; allowed: lost")
+  os.makedirs(tmp_path / "folder" / "metrics.jsonl")
+  assert _refused(_tool("videoar.eval.learning_curve", f"--workdir={tmp_path}/folder")) == (
+      f"error: {tmp_path}/folder/metrics.jsonl is a directory, not a run's metrics log: name the"
+      " workdir of a run")

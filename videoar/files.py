@@ -9,7 +9,8 @@ and run.json private while every other output of a run was not.
 files): they are written into a hidden temporary folder beside them and renamed into place once
 all are written, so that an interrupted run leaves no part of a set where a whole one belongs.
 
-`unwritable` says, before a long run, why a directory it will write into cannot be written.
+`unwritable` says, before a long run, why a directory it will write into cannot be written;
+`unwritable_file` the same of a file a command is told to write (a --json flag).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO
+
+from videoar import errors
 
 FILE_MODE = 0o644
 # The name replaced_together's temporary folders start with: hidden, and saying what they hold.
@@ -57,6 +60,27 @@ def unwritable(directory: str) -> str | None:
     for path in missing:
       with contextlib.suppress(OSError):
         os.rmdir(path)
+  return None
+
+
+def unwritable_file(path: str, what: str = "the file") -> str | None:
+  """Why a file cannot be written at `path`, worded to follow "FLAG=PATH: ", or None when it
+  can: "is empty; name WHAT to write" (WHAT e.g. "the JSON file"), "is a directory; name WHAT
+  to write", "FILE is a file, not a directory to write into" (errors.blocking_file), "cannot
+  write into FOLDER: WHY" (unwritable). A folder yet to be made, that can be, is no problem (and
+  is not made here); nor is a file that exists, which the caller refuses where it must not be
+  written over. Checked before a long run, so that its result is not lost at the end."""
+  if not path:
+    return f"is empty; name {what} to write"
+  if os.path.isdir(path):
+    return f"is a directory; name {what} to write"
+  folder = os.path.dirname(path) or "."
+  blocking = errors.blocking_file(folder)
+  if blocking:
+    return f"{blocking} is a file, not a directory to write into"
+  problem = unwritable(folder)
+  if problem:
+    return f"cannot write into {folder}: {problem}"
   return None
 
 

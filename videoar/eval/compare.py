@@ -14,7 +14,8 @@ different worlds, which neither a mean over seeds nor one table can put together
 `--paired A:B` also counts, per metric, the seed-segments where arm A's figure is below arm B's
 at the same seed (the n-th run of A against the n-th of B): a paired comparison, which the means
 and spreads alone do not give; the paired runs must have the same segments.
---json and --markdown name new files (one that exists is refused), each written whole. An arm
+--json and --markdown name new files, each written whole; one that is empty, exists, or is in
+a folder that is not there or cannot be written is refused before a table is printed. An arm
 may not be named as a row compare adds (copy_last, background, "NAME sd", "NAME n").
 `combine` and `markdown` are the same for videoar.sweep, which writes its arms' table through
 them.
@@ -298,6 +299,28 @@ def comma_split_path(pieces: list[str], index: int) -> str | None:
   return None
 
 
+def new_file_problem(flag: str, path: str | None) -> str | None:
+  """The line refusing FLAG=PATH as the new file a command is to write (compare's --json and
+  --markdown, docs/rollout_paths.py's --json), or None where it can be written, or for None (no
+  such flag): empty, in no folder, a folder, a file (or link) that exists (nothing a user has is
+  written over), or in a folder that cannot be written (files.unwritable_file, e.g. /proc).
+  Checked before the work whose result it is to hold."""
+  if path is None:
+    return None
+  if not path:
+    return f"{flag} is empty; name the file to write"
+  folder = os.path.dirname(path)
+  if not os.path.isdir(folder or "."):
+    return f"{flag}={path}: no folder {folder}"
+  if os.path.isdir(path):
+    return f"{flag}={path} is a folder; name the file to write"
+  # lexists: a link, even one to nothing, is replaced, not written through.
+  if os.path.lexists(path):
+    return f"{flag}={path} exists; name a new file, or move it away first"
+  problem = files.unwritable_file(path)
+  return f"{flag}={path}: {problem}" if problem else None
+
+
 def markdown(combined: dict[str, list[dict]]) -> str:
   """`combine`'s tables as Markdown: per metric (long_horizon.METRIC_TITLES' order and number
   formats) a table with a row per arm or baseline and a column per segment, each cell the mean
@@ -391,17 +414,11 @@ def main(argv=None):
       args.markdown):
     parser.error(f"--json={args.json} and --markdown={args.markdown} name one file; name two")
   for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
-    if not path:
-      continue
-    if not os.path.isdir(os.path.dirname(path) or "."):
-      parser.error(f"{flag}={path}: no folder {os.path.dirname(path)}")
-    if os.path.isdir(path):
-      parser.error(f"{flag}={path} is a folder; name the file to write")
-    if os.path.realpath(path) in inputs:
+    if path is not None and os.path.realpath(path) in inputs:
       parser.error(f"{flag}={path} is one of the runs' eval.json; name another file")
-    # lexists: a link, even one to nothing, is replaced, not written through.
-    if os.path.lexists(path):
-      parser.error(f"{flag}={path} exists; name a new file, or move it away first")
+    problem = new_file_problem(flag, path)
+    if problem:
+      parser.error(problem)
   pairs = []
   for spec in args.paired:
     a, _, b = spec.partition(":")
@@ -426,10 +443,10 @@ def main(argv=None):
     print(f"\n{a} below {b} at the same seed (seed-segments: below / equal / above):")
     for key, count in paired(runs[a], runs[b]).items():
       print(f"  {key}: {count['below']} / {count['equal']} / {count['above']} of {count['total']}")
-  if args.json:
+  if args.json is not None:
     with files.replaced(args.json) as f:
       json.dump(combined, f, indent=1)
-  if args.markdown:
+  if args.markdown is not None:
     with files.replaced(args.markdown) as f:
       f.write(markdown(combined))
 

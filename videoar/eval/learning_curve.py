@@ -11,8 +11,9 @@ steps/s, so evaluation time is not counted). A run resumed with other sample.* o
 several workdirs (the seeds of one arm), each cell is the mean and standard deviation over the
 runs, at the steps every run evaluated, and the minutes are their mean; runs made on different
 data (their run.json's data.source or data.options differ) are refused in one line, as their
-curves are of different worlds, and a note line names each run made with other values than the
-first (its run.json's config differs in more than the seed, as eval.compare's note for an arm).
+curves are of different worlds, and so is one run named twice (W and W/, or X/../W: one folder),
+which is no second seed; a note line names each run made with other values than the first (its
+run.json's config differs in more than the seed, as eval.compare's note for an arm).
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ flags.DEFINE_list("metrics", ["lost", "invented", "color_drift", "position_error
 def _records(workdir: str) -> list[dict]:
   """The records of a run's metrics.jsonl (blank lines skipped). A last line that is not JSON is
   left out: the line a running (or killed) run was writing. Raises FileNotFoundError when the
-  run has no metrics.jsonl, errors.UserError naming any other line that is not JSON or not a
-  record (an object with a "step")."""
+  run has no metrics.jsonl, errors.UserError naming a metrics.jsonl that is a directory, or any
+  other line that is not JSON or not a record (an object with a "step")."""
   path = os.path.join(workdir, "metrics.jsonl")
-  with open(path) as f:
-    lines = f.read().splitlines()
+  try:
+    with open(path) as f:
+      lines = f.read().splitlines()
+  except IsADirectoryError:
+    raise errors.UserError(f"{path} is a directory, not a run's metrics log: name the workdir of"
+                           " a run") from None
   records = []
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -135,6 +140,13 @@ def main(argv):
   if not FLAGS.workdir or len(set(FLAGS.workdir)) < len(FLAGS.workdir):
     raise errors.UserError(f"--workdir={','.join(FLAGS.workdir)} must name one or more distinct"
                            " workdirs")
+  # One run under two paths (W and W/, or X/../W) would be averaged with itself as two seeds.
+  seen = {}
+  for workdir in FLAGS.workdir:
+    same = seen.setdefault(os.path.realpath(workdir), workdir)
+    if same != workdir:
+      raise errors.UserError(f"--workdir={','.join(FLAGS.workdir)}: {same} and {workdir} are one"
+                             " run; each workdir is one seed")
   runs = []
   for index, workdir in enumerate(FLAGS.workdir):
     if os.path.isfile(workdir):
@@ -156,6 +168,9 @@ def main(argv):
   compare.check_one_world(configs)
   logged = {key.split("/", 1)[0] for evals, _ in runs for figures in evals.values()
             for key in figures}
+  if not FLAGS.metrics:
+    raise errors.UserError("--metrics is empty; name the metrics to print; allowed:"
+                           f" {', '.join(sorted(logged))}")
   metrics = [metric for metric in FLAGS.metrics if metric in logged]
   # The default list is the bouncing world's: another world's run shows what it has of it.
   if len(metrics) < len(FLAGS.metrics) and (FLAGS["metrics"].present or not metrics):
