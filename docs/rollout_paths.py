@@ -10,7 +10,15 @@ ways (Sampler.rollout_on_true_history): the model's own rollout, each chunk over
 frames, and with its own frames let back in along one path only (the KV cache holding the
 generated frames with the true previous frame, or the true frames in the KV cache with the last
 generated frame as the previous frame). Prints each way's per-segment figures of the source's
-metrics and writes them as JSON.
+metrics and, with --json, writes them as strict JSON (null for a figure that is not a number,
+e.g. a digit accuracy with no digit to read), whole, into a new file.
+
+CONFIG must be the config the run was trained with: a model of other values than the
+workdir's run.json (e.g. --config.model.prediction=velocity on a run trained with "data") is
+refused in one line before the model runs, as `videoar.main --mode=evaluate` refuses it, and
+other values it samples with (the data's options, the history) are noted on stderr, as there.
+A --json that is empty, exists (nothing is written over), or is in a folder that is not there or
+cannot be written is refused in one line before the model runs too.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from videoar import errors, experiment  # noqa: E402
-from videoar.eval import long_horizon, run  # noqa: E402
+from videoar import errors, experiment, files, validate  # noqa: E402
+from videoar.eval import compare, long_horizon, run  # noqa: E402
+from videoar.train import metrics_log  # noqa: E402
+from videoar.train import workdir as workdir_lib  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "The trained model's config (with the flags it"
                                 " was trained and is sampled with).", lock_config=True)
@@ -38,13 +48,28 @@ flags.DEFINE_list("metrics", ["digit_accuracy", "ink_ratio", "lost", "color_drif
 # Checked when the flags are parsed: a misspelt name is reported before the model runs.
 flags.register_validator("metrics", lambda metrics: metrics and set(metrics) <= set(METRICS),
                          "allowed: " + ", ".join(METRICS))
-flags.DEFINE_string("json", None, "Also write {way: per-segment rows} here.")
+flags.DEFINE_string("json", None, "Also write {way: per-segment rows} here: a new file.")
 FLAGS = flags.FLAGS
 
 # (own KV cache, own previous frame) of each way.
 WAYS = {"rollout": (True, True), "true history": (False, False),
         "own KV cache, true previous frame": (True, False),
         "true KV cache, own previous frame": (False, True)}
+
+
+def check_trained_alike(workdir: str, config) -> None:
+  """As videoar.main does for --mode=evaluate and sample: raises RunRefused when the run in
+  `workdir` (its run.json) was trained with another model than `config` (a checkpoint of other
+  prediction or shapes: the figures would be another model's), and notes on stderr the other
+  values that sampling reads (workdir.trained_differently)."""
+  differences = workdir_lib.trained_differently(workdir, config.to_dict())
+  weights = [d for d in differences if d.path in validate.TRAINED_MODEL_PATHS]
+  if weights:
+    raise workdir_lib.RunRefused(
+        f"{workdir} was trained with another model: {', '.join(map(str, weights))} (its"
+        f" run.json -> this command); pass the values it was trained with")
+  if differences:
+    print(workdir_lib.trained_differently_line(workdir, differences), file=sys.stderr)
 
 
 def main(argv):
@@ -54,6 +79,10 @@ def main(argv):
     raise errors.UserError("config.model.previous_frame_input=False: the model reads its"
                            " history through the KV cache alone; there is no second path to"
                            " separate")
+  problem = compare.new_file_problem("--json", FLAGS.json)
+  if problem:
+    raise errors.UserError(problem)
+  check_trained_alike(FLAGS.workdir, c)
   experiment.require_checkpoint(FLAGS.workdir)
   exp = experiment.build(c)
   params = experiment.restore_params(exp, FLAGS.workdir, use_ema=c.sample.use_ema)
@@ -84,10 +113,11 @@ def main(argv):
     print(metric)
     for way, rows in tables.items():
       print(f"  {way:36s} " + " / ".join(f"{row[metric]:.3f}" for row in rows))
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump({way: [{k: row[k] for k in ("segment", *metrics)} for row in rows]
-                 for way, rows in tables.items()}, f, indent=1)
+  if FLAGS.json is not None:
+    written = {way: [{k: row[k] for k in ("segment", *metrics)} for row in rows]
+               for way, rows in tables.items()}
+    with files.replaced(FLAGS.json) as f:
+      json.dump(metrics_log.strict(written), f, indent=1, allow_nan=False)
     print(f"wrote {FLAGS.json}")
 
 
