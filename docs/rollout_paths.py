@@ -32,10 +32,9 @@ import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from videoar import errors, experiment, files, validate  # noqa: E402
+from videoar import errors, experiment, files  # noqa: E402
 from videoar.eval import compare, long_horizon, run  # noqa: E402
 from videoar.train import metrics_log  # noqa: E402
-from videoar.train import workdir as workdir_lib  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "The trained model's config (with the flags it"
                                 " was trained and is sampled with).", lock_config=True)
@@ -57,21 +56,6 @@ WAYS = {"rollout": (True, True), "true history": (False, False),
         "true KV cache, own previous frame": (False, True)}
 
 
-def check_trained_alike(workdir: str, config) -> None:
-  """As videoar.main does for --mode=evaluate and sample: raises RunRefused when the run in
-  `workdir` (its run.json) was trained with another model than `config` (a checkpoint of other
-  prediction or shapes: the figures would be another model's), and notes on stderr the other
-  values that sampling reads (workdir.trained_differently)."""
-  differences = workdir_lib.trained_differently(workdir, config.to_dict())
-  weights = [d for d in differences if d.path in validate.TRAINED_MODEL_PATHS]
-  if weights:
-    raise workdir_lib.RunRefused(
-        f"{workdir} was trained with another model: {', '.join(map(str, weights))} (its"
-        f" run.json -> this command); pass the values it was trained with")
-  if differences:
-    print(workdir_lib.trained_differently_line(workdir, differences), file=sys.stderr)
-
-
 def main(argv):
   del argv
   c = FLAGS.config
@@ -82,7 +66,7 @@ def main(argv):
   problem = compare.new_file_problem("--json", FLAGS.json)
   if problem:
     raise errors.UserError(problem)
-  check_trained_alike(FLAGS.workdir, c)
+  experiment.check_trained_alike(FLAGS.workdir, c)
   experiment.require_checkpoint(FLAGS.workdir)
   exp = experiment.build(c)
   params = experiment.restore_params(exp, FLAGS.workdir, use_ema=c.sample.use_ema)

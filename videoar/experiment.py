@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from typing import Any, Callable, NamedTuple
 
 from absl import flags
@@ -399,6 +400,22 @@ def restore_params(exp: Experiment, workdir: str, use_ema: bool, single_network:
                    model: dit.CausalDiT | None = None):
   """`restore_trained(...).params`: the weights alone, for a caller that records no step."""
   return restore_trained(exp, workdir, use_ema, single_network, model).params
+
+
+def check_trained_alike(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """For sampling or evaluating the run in `workdir` with `config`: raises workdir.RunRefused
+  when its run.json records another model (validate.TRAINED_MODEL_PATHS: weights of other
+  shapes or another output, whose figures would be another model's; said from the record,
+  before any checkpoint is read, with what to pass instead), and notes on stderr the other values
+  that sampling reads (workdir.trained_differently): samples and figures use `config`'s."""
+  differences = workdir_lib.trained_differently(workdir, config.to_dict())
+  weights = [d for d in differences if d.path in validate.TRAINED_MODEL_PATHS]
+  if weights:
+    raise workdir_lib.RunRefused(
+        f"{workdir} was trained with another model: {', '.join(map(str, weights))} (its"
+        f" run.json -> this command); pass the values it was trained with")
+  if differences:
+    print(workdir_lib.trained_differently_line(workdir, differences), file=sys.stderr)
 
 
 def restore_trained(exp: Experiment, workdir: str, use_ema: bool, single_network: bool = False,

@@ -51,7 +51,6 @@ from ml_collections import config_flags
 from videoar import errors, experiment, files, trainer, validate
 from videoar.data import video_folder
 from videoar.eval import run
-from videoar.train import workdir as workdir_lib
 
 MODES = ("all", "train", "sample", "evaluate")
 # What a user can act on, printed as one line; anything else is a bug and keeps its traceback.
@@ -194,16 +193,7 @@ def _run(config, workdir: str, mode: str) -> None:
     trainer.train(exp, workdir, restart_from_weights=FLAGS.restart_from_weights)
   if mode in ("all", "sample", "evaluate"):
     if mode != "all":  # "all" trained (or resumed) this very run
-      differences = workdir_lib.trained_differently(workdir, config.to_dict())
-      # Weights of another shape would be refused by the checkpoint's restore anyway, with
-      # advice for training; the record says it first, and what to pass instead.
-      weights = [d for d in differences if d.path in validate.TRAINED_MODEL_PATHS]
-      if weights:
-        raise workdir_lib.RunRefused(
-            f"{workdir} was trained with another model: {', '.join(map(str, weights))} (its"
-            f" run.json -> this command); pass the values it was trained with")
-      if differences:
-        print(workdir_lib.trained_differently_line(workdir, differences), file=sys.stderr)
+      experiment.check_trained_alike(workdir, config)
     trained = experiment.restore_trained(exp, workdir, use_ema=config.sample.use_ema)
     if mode in ("all", "sample"):
       _stage = "sampling"
