@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from typing import Callable
 
 from absl import flags
 import jax
 
-from videoar import files
+from videoar import base_config, errors, files, validate
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -73,6 +74,32 @@ def block_matmul_flops(model, num_tokens: int) -> float:
   (width, depth, mlp_ratio, text_dim)."""
   per_block = 4 + (2 if model.text_dim else 0) + 2 * model.mlp_ratio
   return 2 * per_block * model.width**2 * model.depth * num_tokens
+
+
+def check_impls(flag: str, impls: list[str], config=None) -> None:
+  """Raises errors.UserError, one line naming --FLAG and its value, for an attention
+  implementation in `impls` that this host's platform cannot run with `config`'s model
+  (validate.validate_platform, as videoar.main refuses it: cudnn off a GPU, pallas on one; by
+  default the base config in bfloat16, which checks the platform alone). All are checked before
+  any is built: one that can never run here would end the run in an error after the others'
+  minutes. Pallas on a CPU runs in interpret mode: a note on stderr says its timings are that
+  mode's."""
+  backend = jax.default_backend()
+  if config is None:
+    config = base_config.get_config()
+    config.model.dtype = "bfloat16"
+  given = f"--{flag}={','.join(impls)}"
+  for impl in impls:
+    trial = config.copy_and_resolve_references()
+    trial.model.attention_impl = impl
+    try:
+      validate.validate_platform(trial, backend)
+    except errors.ConfigError as e:
+      why = str(e).split(" is invalid: ", 1)[-1]
+      raise errors.UserError(f"{given}: {impl + ' ' if len(impls) > 1 else ''}{why}") from None
+  if "pallas" in impls and backend == "cpu":
+    print(f"note: {given} on a 'cpu' host runs Pallas in interpret mode: its timings are"
+          " interpret mode's and say nothing of the kernel", file=sys.stderr, flush=True)
 
 
 def machine() -> dict:

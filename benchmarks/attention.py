@@ -131,6 +131,7 @@ def main(argv):
   if FLAGS.shape == "wan" and jax.default_backend() == "cpu":
     raise errors.UserError("--shape=wan is a GPU benchmark: its dense reference is 100s of GFLOP;"
                            " on a CPU leave --shape at cpu")
+  benchmarks.check_impls("impl", [FLAGS.impl])
   layout = layout_rows(shape, FLAGS.impl, FLAGS.repeats)
   tokens, heads, head_dim = shape.tokens, shape.heads, shape.head_dim
   benchmarks.print_table(

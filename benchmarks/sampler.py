@@ -12,10 +12,12 @@ random weights cast to the model's compute dtype (a deployment streams in that d
 model gets a random text embedding of --text_tokens tokens. Latency counts from the call to
 `stream` to its first chunk, cold (compiling included) and warm (a second stream). frames/s
 counts the chunks after the first of the warm stream, steady frames/s those that see a full KV
-cache, each times --video_frames_per_frame (4 for Wan's VAE latents; the DiT only, no VAE
-decoding). Each implementation in --impls streams in turn with the same weights; one that fails
-is reported (the dispatcher's refusal in one line, any other error with its traceback; under
-"failed" in the JSON) and the others still run. The profile
+cache, each times --video_frames_per_frame (4 for Wan's VAE latents, refused on pixel frames;
+the DiT only, no VAE decoding). Each implementation in --impls streams in turn with the same
+weights; one the host's platform can never run (cudnn off a GPU) is refused before any builds,
+and one that fails at run time (cudnn on a mask it does not serve) is reported (the
+dispatcher's refusal in one line, any other error with its traceback; under "failed" in the
+JSON) and the others still run. The profile
 beside it, over the steady chunk time (chunks that see a full KV cache; if none do, those after
 the first): one attention call at the chunk's shape over a full KV cache, timed alone, and its
 share of a chunk (calls per chunk x that time); the model's FLOPs per chunk (attention, and the
@@ -46,6 +48,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import benchmarks  # noqa: E402
@@ -53,23 +56,26 @@ from configs import bouncing_rf, bouncing_tiny  # noqa: E402
 from videoar import errors, experiment  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
 from videoar.attention import routing as routing_lib  # noqa: E402
+from videoar.eval import perceptual  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py[:VARIANT]);"
                                 " default configs/bouncing_tiny.py.")
 experiment.define_frame_shape_flag()
 flags.DEFINE_list("impls", None, "Attention implementations to stream with, in turn (default:"
                   " the config's model.attention_impl); allowed: " + ", ".join(ops.IMPLS))
-flags.DEFINE_integer("text_tokens", 512, "Tokens of the random text embedding (text models).")
+flags.DEFINE_integer("text_tokens", 512, "Tokens of the random text embedding (text models).",
+                     lower_bound=1)
 flags.DEFINE_integer("video_frames_per_frame", 1, "Video frames a model frame decodes to (4 for"
-                     " Wan's latents), for frames/s.", lower_bound=1)
+                     " Wan's latents), for frames/s; latent frames only (a pixel frame is one"
+                     " video frame).", lower_bound=1)
 benchmarks.define_json_flag()
 # frames/s counts the chunks after the first, so two at least; steady frames/s needs more chunks
 # than the config's KV cache holds (left out with fewer), which flag parsing does not know.
 flags.DEFINE_integer("chunks", 8, "Chunks streamed each time (at least 2).", lower_bound=2)
 flags.DEFINE_list("arms", None, "Variants of configs/bouncing_rf.py whose samplers to time per"
                   " frame, side by side (routed@K, window@K: with K history frames); each arm's"
-                  " config sets the model and sampler, so --config, --impls and --chunks do not"
-                  " apply.")
+                  " config sets the model and sampler, so --config, --frame_shape, --impls,"
+                  " --text_tokens, --video_frames_per_frame and --chunks do not apply (refused).")
 flags.DEFINE_integer("frames", 80, "With --arms: frames streamed each time (80: 10x training).",
                      lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "With --arms: timed streams per arm (the best counts).",
@@ -82,6 +88,35 @@ FLAGS = flags.FLAGS
 # Matrix-multiply FLOPs of one model call on a chunk above which a CPU run is refused: Wan's is
 # about 12 TFLOP (its chunk, five calls with attention, about 200).
 CPU_FLOP_LIMIT = 1e12
+
+
+# The flags of a config's stream that --arms replaces with its arms' configs and --frames.
+ARMS_REPLACE = ("config", "frame_shape", "impls", "text_tokens", "video_frames_per_frame",
+                "chunks")
+
+
+def check_arms_flags(arms: list[str]) -> None:
+  """Raises errors.UserError naming the flags given with --arms that its arms replace (they
+  were ignored without a word); a --config.KEY override counts as --config."""
+  given = [f"--{name}" for name in ARMS_REPLACE
+           if FLAGS[name].present or any(FLAGS[other].present for other in FLAGS
+                                         if other.startswith(name + "."))]
+  if given:
+    raise errors.UserError(
+        f"--arms={','.join(arms)} with {', '.join(given)}: each arm's config (a variant of"
+        " configs/bouncing_rf.py) sets the model and its sampler, so these do not apply; leave"
+        " them out, or --arms")
+
+
+def check_video_frames(frame_shape: tuple[int, ...]) -> None:
+  """Raises errors.UserError for --video_frames_per_frame above 1 on pixel frames
+  (perceptual.is_pixels: 1 or 3 channels), each of which is one video frame: frames/s was
+  multiplied by it."""
+  if FLAGS.video_frames_per_frame > 1 and perceptual.is_pixels(np.empty((0, *frame_shape))):
+    raise errors.UserError(
+        f"--video_frames_per_frame={FLAGS.video_frames_per_frame}: the model's frames are pixels"
+        f" ({'x'.join(map(str, frame_shape))}), each one video frame; it is for latents (e.g."
+        " --frame_shape=60,104,16 of Wan's VAE): leave it at 1")
 
 
 # The config key an arm's `@K` sets: the number of history frames the arm attends to.
@@ -228,15 +263,20 @@ def stream_impl(config, impl: str, params) -> dict:
 def main(argv):
   del argv
   if FLAGS.arms:
+    check_arms_flags(FLAGS.arms)
     return time_arms(FLAGS.arms)
   config = FLAGS.config or bouncing_tiny.get_config()
   impls = FLAGS.impls or [config.model.attention_impl]
   for impl in impls:
     if impl not in ops.IMPLS:
       raise errors.UserError(f"--impls: {impl!r} is unknown; allowed: {', '.join(ops.IMPLS)}")
+  # Every impl the platform can never run is refused before any builds (cudnn on a CPU); one
+  # that fails at run time (cudnn on a mask it does not serve) is reported below.
+  benchmarks.check_impls("impls" if FLAGS.impls else "config.model.attention_impl", impls, config)
   # Initialised with the config's own attention: the init call runs a training mask, which an
   # impl named in --impls may not serve (cudnn at frames of a few tokens).
   exp = build(config, config.model.attention_impl)
+  check_video_frames(exp.frame_shape)
   model = exp.model
   tokens = model.tokens_per_frame(*exp.frame_shape[:2])
   chunk_tokens = config.forcing.chunk * tokens
@@ -256,7 +296,7 @@ def main(argv):
   matmul_tflops = matmul_flops / matmul_s / 1e12
   rows, failed = [], {}
   for impl in impls:
-    # One impl that fails (cudnn on a mask or platform it does not serve) leaves the others'
+    # One impl that fails (cudnn on a mask it does not serve) leaves the others'
     # figures: its error is printed and written to the JSON, and the exit status is 1.
     try:
       rows.append(stream_impl(config, impl, params))

@@ -43,12 +43,46 @@ import jax.numpy as jnp  # noqa: E402
 import benchmarks  # noqa: E402
 from benchmarks import runners  # noqa: E402
 from configs import bouncing_tiny  # noqa: E402
-from videoar import errors  # noqa: E402
+from videoar import errors, validate  # noqa: E402
 from videoar.attention import masks, ops  # noqa: E402
+
+
+def config_for_patch(patch: int):
+  """bouncing_tiny with PATCHxPATCH patches in the trunk, and its FineDecoder where there is
+  something finer to decode (model.fine_patch below the patch)."""
+  config = bouncing_tiny.get_config()
+  config.model.patch = patch
+  if config.model.fine_patch >= patch:
+    config.model.fine_patch = 0  # nothing finer to decode
+  return config
+
+
+def _runs(patch: int) -> bool:
+  size = bouncing_tiny.get_config().data.options.size
+  if patch < 1 or size % patch:  # validate.validate_source's check, which needs a data source
+    return False
+  try:
+    validate.validate(config_for_patch(patch))
+  except errors.ConfigError:
+    return False
+  return True
+
+
+def _patch_allowed(patch: int) -> bool:
+  """Checked when the flags are parsed: a patch the config cannot run with is named with the
+  patches it can (was the error of config.model.fine_patch, a key the user never set)."""
+  if _runs(patch):
+    return True
+  size = bouncing_tiny.get_config().data.options.size
+  allowed = ", ".join(str(p) for p in range(1, size + 1) if _runs(p))
+  raise flags.ValidationError(f"allowed: {allowed} (divisors of bouncing_tiny's {size}x{size}"
+                              " frames)")
+
 
 benchmarks.define_json_flag()
 flags.DEFINE_integer("patch", 8, "Patch side: 8 is the default config, 4 gives 64 tokens a frame"
-                     " (and no FineDecoder).")
+                     " (and no FineDecoder); a divisor of the frame size.")
+flags.register_validator("patch", _patch_allowed)
 flags.DEFINE_list("impls", ["dense", "auto"], "Attention implementations to run the step with;"
                   " allowed: " + ", ".join(ops.IMPLS))
 flags.DEFINE_integer("steps", 3, "Timed steps per implementation; the best counts.", lower_bound=1)
@@ -126,10 +160,8 @@ def attention_runner(config, exp, impl: str):
 
 def main(argv):
   del argv
-  config = bouncing_tiny.get_config()
-  config.model.patch = FLAGS.patch
-  if config.model.fine_patch >= FLAGS.patch:
-    config.model.fine_patch = 0  # nothing finer to decode
+  config = config_for_patch(FLAGS.patch)
+  benchmarks.check_impls("impls", FLAGS.impls, config)
   runners, xla_flops = {}, {}
   for impl in FLAGS.impls:
     exp, runners[f"step {impl}"], xla_flops[impl] = step_runner(config, impl)
