@@ -5,8 +5,8 @@ is wrong and what is allowed, `error: ...` on stderr, exit status 2, no tracebac
 the checkpoint and workdir errors in videoar/train). A command runs its `main` through `run`,
 which parses the flags with `parse_flags` (a bad flag, config file, variant or override in one
 line) and reports the USER_ERRORS that `main` raises; a command on argparse uses `ArgumentParser`
-here. Anything else is a bug and keeps its traceback. `blocking_file` finds the file that keeps
-a path (a workdir, a sweep's root, a data cache) from being a directory, for such a line.
+here. Anything else is a bug and keeps its traceback. `files.blocking_file` finds the file that
+keeps a path (a workdir, a sweep's root, a data cache) from being a directory, for such a line.
 
 A command that writes something a signal must not leave half-made (a dataset) runs with
 `run(main, stopped=...)`: a SIGTERM or Ctrl-C then ends it with one line saying what is on
@@ -30,27 +30,20 @@ from typing import Callable, Iterator, NoReturn
 from absl import app, flags
 import ml_collections
 
-
-def blocking_file(path: str) -> str | None:
-  """The absolute path of PATH, or of the nearest of its parents that exists, when that is not a
-  directory: a file that keeps PATH from being a directory a run can create. None otherwise."""
-  existing = os.path.abspath(path)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  return None if os.path.isdir(existing) else existing
+from videoar import files
 
 
 def run_directory_problem(flag: str, path: str, what: str) -> str | None:
   """The line for a FLAG=PATH that cannot be a directory runs keep their checkpoints under, or
   None: empty (WHAT names what it is for, e.g. "the run's directory"), '[' or ']' in it (orbax
   matches checkpoint paths as glob patterns: every good checkpoint under such a path read as
-  damaged and was moved aside), or a file where it or a parent should be (blocking_file)."""
+  damaged and was moved aside), or a file where it or a parent should be (files.blocking_file)."""
   if not path:
     return f"{flag} is empty: name {what}"
   if set("[]") & set(path):
     return (f"{flag}={path}: '[' and ']' in the path are not supported (checkpoint paths are read"
             " as glob patterns); rename it")
-  blocking = blocking_file(path)
+  blocking = files.blocking_file(path)
   if blocking:
     return f"{flag}={path}: not a directory ({blocking} is a file)"
   return None

@@ -23,7 +23,6 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
-from videoar import errors
 
 FILE_MODE = 0o644
 # The name replaced_together's temporary folders start with: hidden, and saying what they hold.
@@ -63,10 +62,19 @@ def unwritable(directory: str) -> str | None:
   return None
 
 
+def blocking_file(path: str) -> str | None:
+  """The absolute path of PATH, or of the nearest of its parents that exists, when that is not a
+  directory: a file that keeps PATH from being a directory a run can create. None otherwise."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  return None if os.path.isdir(existing) else existing
+
+
 def unwritable_file(path: str, what: str = "the file") -> str | None:
   """Why a file cannot be written at `path`, worded to follow "FLAG=PATH: ", or None when it
   can: "is empty; name WHAT to write" (WHAT e.g. "the JSON file"), "is a directory; name WHAT
-  to write", "FILE is a file, not a directory to write into" (errors.blocking_file), "cannot
+  to write", "FILE is a file, not a directory to write into" (blocking_file), "cannot
   write into FOLDER: WHY" (unwritable). A folder yet to be made, that can be, is no problem (and
   is not made here); nor is a file that exists, which the caller refuses where it must not be
   written over. Checked before a long run, so that its result is not lost at the end."""
@@ -75,7 +83,7 @@ def unwritable_file(path: str, what: str = "the file") -> str | None:
   if os.path.isdir(path):
     return f"is a directory; name {what} to write"
   folder = os.path.dirname(path) or "."
-  blocking = errors.blocking_file(folder)
+  blocking = blocking_file(folder)
   if blocking:
     return f"{blocking} is a file, not a directory to write into"
   problem = unwritable(folder)

@@ -122,7 +122,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   if _uses_cache(FLAGS.config):
     cache = files.cache_directory()
     named = f"the cache directory {cache} (${files.CACHE_ENV}, default ~/.cache/videoar)"
-    blocking = errors.blocking_file(cache)
+    blocking = files.blocking_file(cache)
     if blocking:
       errors.exit_with_error(f"{named} cannot be made: {blocking} is a file")
     problem = files.unwritable(cache)

@@ -231,7 +231,7 @@ def check_output(output: str) -> None:
   """Raises UserError when `output` cannot be the new directory of a set of pairs: it, or a
   folder above it, is a file (was a FileExistsError traceback once a batch was solved), or it
   holds a dataset (array_record.write_sequences' own line, said before the teacher is read)."""
-  blocking = errors.blocking_file(output)
+  blocking = files.blocking_file(output)
   if blocking:
     raise UserError(f"--output={output!r} is invalid: {blocking} is a file, not a directory to"
                     " write the pairs into")

@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from videoar import errors, files
+from videoar import files
 
 # Games that wait for FIRE before play (re)starts: a uniform policy would spend most of an
 # episode on a frozen screen.
@@ -114,7 +114,7 @@ class AtariEpisodes:
     import tqdm  # only the generation command shows progress
 
     # os.makedirs would fail in a traceback (NotADirectoryError).
-    blocking = errors.blocking_file(self.directory)
+    blocking = files.blocking_file(self.directory)
     if blocking:
       raise ValueError(f"data.path={self.path!r}: {blocking} is a file; data.path names the"
                        " folder the episodes are cached in")

@@ -36,7 +36,7 @@ import threading
 import numpy as np
 from absl import logging
 
-from videoar import errors, files
+from videoar import files
 
 VIDEO_EXTENSIONS = frozenset({
     ".avi", ".flv", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm",
@@ -145,7 +145,7 @@ def _writing_cache(folder: "VideoFolder"):
     yield
   except OSError as e:
     directory = folder.cache_directory
-    blocking = errors.blocking_file(directory)
+    blocking = files.blocking_file(directory)
     if blocking:
       remedy = (f"{blocking} is a file where the cache's folder goes: move it away (the cache is"
                 " made again by decoding)")

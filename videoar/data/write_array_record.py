@@ -28,7 +28,7 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from videoar import errors
+from videoar import errors, files
 from videoar.data import array_record, pipeline
 
 config_flags.DEFINE_config_file("config", None, "The config whose data.source to convert.",
@@ -68,7 +68,7 @@ def _check_output(path: str) -> None:
   dataset already (which write_sequences would refuse only after the source was read)."""
   if not path:
     raise errors.UserError("--output is empty: name the directory to write the shards to")
-  blocking = errors.blocking_file(path)
+  blocking = files.blocking_file(path)
   if blocking:
     raise errors.UserError(f"--output={path}: not a directory ({blocking} is a file)")
   if os.path.exists(os.path.join(path, "index.json")):

@@ -15,7 +15,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from videoar import errors, experiment
+from videoar import errors, experiment, files
 from videoar.data import pipeline
 from videoar.forcing import teacher
 from videoar.train import workdir as workdir_lib
@@ -69,7 +69,7 @@ def check_out(out: str) -> None:
   if not out.endswith(".png"):
     raise errors.UserError(f"--out={out!r} is invalid: the figure is a PNG; name a file ending in"
                            " .png")
-  blocking = errors.blocking_file(os.path.dirname(os.path.abspath(out)))
+  blocking = files.blocking_file(os.path.dirname(os.path.abspath(out)))
   if blocking:
     raise errors.UserError(f"--out={out!r} is invalid: {blocking} is a file, not a folder")
   try:
