@@ -394,6 +394,7 @@ def test_a_stride_that_would_drop_actions_is_a_config_error(pong):
   config.model.num_actions = 0  # an unconditioned model of the same frames reads no action
   validate.validate_source(config, pong, clip)
 
+
 @pytest.mark.parametrize("name", ["atari", "video_folder"])
 def test_a_patch_that_does_not_divide_a_recordings_frames_is_refused_before_it_is_made(
     tmp_path, name):
